@@ -1,0 +1,1 @@
+"""buildmaster: a build farm dispatcher for Debian-style package archives."""

@@ -1,0 +1,128 @@
+"""Archives: a distribution's primary and partner archives, copy archives and PPAs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from buildmaster.enums import ArchivePurpose
+from buildmaster.model import Archive, HasId, id_of
+from buildmaster.store.database import Database, NotFound, Transaction
+
+__all__ = ["ArchiveSet", "ARCHIVE_COLUMNS", "archive_from_row"]
+
+ARCHIVE_COLUMNS = (
+    "a.id, a.owner, p.name, a.distribution, d.name, a.name, a.displayname, a.purpose, a.private,"
+    " a.require_virtualized, a.relative_build_score, a.enabled"
+)
+ARCHIVE_FROM = (
+    "archive a JOIN person p ON p.id = a.owner JOIN distribution d ON d.id = a.distribution"
+)
+
+
+def archive_from_row(row: tuple[Any, ...]) -> Archive:
+    return Archive(
+        id=row[0],
+        owner_id=row[1],
+        owner_name=row[2],
+        distribution_id=row[3],
+        distribution_name=row[4],
+        name=row[5],
+        displayname=row[6],
+        purpose=ArchivePurpose(row[7]),
+        private=row[8],
+        require_virtualized=row[9],
+        relative_build_score=row[10],
+        enabled=row[11],
+    )
+
+
+class ArchiveSet:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def new(
+        self,
+        owner: HasId | int,
+        distribution: HasId | int,
+        purpose: ArchivePurpose,
+        name: str | None = None,
+        displayname: str = "",
+        private: bool = False,
+        require_virtualized: bool | None = None,
+        relative_build_score: int = 0,
+    ) -> Archive:
+        """Create an archive. A PPA always requires virtualized builders (its code is untrusted).
+
+        ``name`` defaults to ``primary``/``partner``/``ppa`` by purpose.
+        """
+        if name is None:
+            name = {ArchivePurpose.PRIMARY: "primary", ArchivePurpose.PARTNER: "partner"}.get(
+                purpose, "ppa"
+            )
+        if require_virtualized is None:
+            require_virtualized = purpose is ArchivePurpose.PPA
+
+        async def create(tx: Transaction) -> int:
+            row = await tx.query_one(
+                "INSERT INTO archive (owner, distribution, name, displayname, purpose, private,"
+                " require_virtualized, relative_build_score) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                " RETURNING id",
+                (
+                    id_of(owner),
+                    id_of(distribution),
+                    name,
+                    displayname,
+                    int(purpose),
+                    private,
+                    require_virtualized,
+                    relative_build_score,
+                ),
+            )
+            assert row is not None
+            return int(row[0])
+
+        return await self.get(await self._db.transaction(create))
+
+    async def get(self, archive: HasId | int) -> Archive:
+        rows = await self._db.query(
+            f"SELECT {ARCHIVE_COLUMNS} FROM {ARCHIVE_FROM} WHERE a.id = %s", (id_of(archive),)
+        )
+        if not rows:
+            raise NotFound(f"no archive {id_of(archive)}")
+        return archive_from_row(rows[0])
+
+    async def get_primary(self, distribution: HasId | int) -> Archive:
+        """The distribution's primary archive (its ``main_archive``)."""
+        rows = await self._db.query(
+            f"SELECT {ARCHIVE_COLUMNS} FROM {ARCHIVE_FROM} WHERE a.distribution = %s AND a.purpose = %s",
+            (id_of(distribution), int(ArchivePurpose.PRIMARY)),
+        )
+        if not rows:
+            raise NotFound(f"distribution {id_of(distribution)} has no primary archive")
+        return archive_from_row(rows[0])
+
+    async def getPPAByName(
+        self, owner: HasId | int, name: str = "ppa", distribution: HasId | int | None = None
+    ) -> Archive:
+        """The PPA ``name`` of ``owner`` (in ``distribution``, when given)."""
+        sql = f"SELECT {ARCHIVE_COLUMNS} FROM {ARCHIVE_FROM} WHERE a.owner = %s AND a.name = %s AND a.purpose = %s"
+        args: tuple[Any, ...] = (id_of(owner), name, int(ArchivePurpose.PPA))
+        if distribution is not None:
+            sql += " AND a.distribution = %s"
+            args += (id_of(distribution),)
+        rows = await self._db.query(sql + " ORDER BY a.id LIMIT 1", args)
+        if not rows:
+            raise NotFound(f"person {id_of(owner)} has no PPA called {name!r}")
+        return archive_from_row(rows[0])
+
+    async def set_relative_build_score(self, archive: HasId | int, score: int) -> Archive:
+        await self._db.execute(
+            "UPDATE archive SET relative_build_score = %s WHERE id = %s", (score, id_of(archive))
+        )
+        return await self.get(archive)
+
+    async def set_private(self, archive: HasId | int, private: bool) -> Archive:
+        await self._db.execute(
+            "UPDATE archive SET private = %s WHERE id = %s", (private, id_of(archive))
+        )
+        return await self.get(archive)

@@ -1,0 +1,398 @@
+"""The connection pool: txpostgres connections that reconnect, and errors as our own types.
+
+Everything here returns Deferreds and never blocks the reactor: txpostgres drives psycopg2's
+asynchronous connections from the reactor's file-descriptor events.
+
+Queries are written as::
+
+    rows = await db.query("SELECT id, name FROM builder WHERE name = %s", (name,))
+
+and multi-statement changes as an ``async def`` taking a :class:`Transaction`::
+
+    async def rename(tx: Transaction) -> None:
+        await tx.execute("UPDATE builder SET name = %s WHERE id = %s", (new, builder_id))
+        await tx.execute("INSERT INTO event ...")
+
+    await db.transaction(rename)
+
+which runs in one database transaction (committed when the function returns, rolled back
+when it raises).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg2
+import psycopg2.errors
+from twisted.internet import defer, error, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txpostgres import reconnection, retrying, txpostgres
+
+__all__ = [
+    "Database",
+    "Transaction",
+    "DatabaseError",
+    "ConstraintViolation",
+    "DatabaseUnavailable",
+    "NotFound",
+]
+
+T = TypeVar("T")
+_log = Logger()
+Row = tuple[Any, ...]
+
+
+class DatabaseError(Exception):
+    """Something went wrong in the database layer."""
+
+
+class ConstraintViolation(DatabaseError):
+    """A change was refused by a constraint: the state it would create is impossible.
+
+    :ivar constraint: the name of the constraint (or ``None`` when PostgreSQL gave none).
+    :ivar detail: PostgreSQL's explanation.
+    """
+
+    def __init__(self, constraint: str | None, detail: str) -> None:
+        super().__init__(f"refused by constraint {constraint}: {detail}" if constraint else detail)
+        self.constraint = constraint
+        self.detail = detail
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database cannot be reached right now; the pool is reconnecting."""
+
+
+class NotFound(DatabaseError, LookupError):
+    """The row asked for does not exist."""
+
+
+_RETRYABLE = (psycopg2.errors.SerializationFailure, psycopg2.errors.DeadlockDetected)
+
+
+def translate_failure(failure: Failure) -> Failure:
+    """Turn a psycopg2 / txpostgres failure into one of our :class:`DatabaseError` types."""
+    exc = failure.value
+    if isinstance(exc, DatabaseError):
+        return failure
+    if isinstance(exc, psycopg2.IntegrityError):
+        diag = exc.diag
+        detail = diag.message_primary or str(exc).strip()
+        if diag.message_detail:
+            detail = f"{detail} ({diag.message_detail})"
+        return Failure(ConstraintViolation(diag.constraint_name, detail))
+    if isinstance(
+        exc,
+        psycopg2.OperationalError
+        | psycopg2.InterfaceError
+        | reconnection.ConnectionDead
+        | error.ConnectionLost
+        | txpostgres.RollbackFailed,
+    ) and not isinstance(exc, _RETRYABLE):
+        return Failure(
+            DatabaseUnavailable(f"database unavailable: {str(exc).strip() or type(exc).__name__}")
+        )
+    return failure
+
+
+class Transaction:
+    """The handle an interaction gets: run statements inside one database transaction."""
+
+    def __init__(self, cursor: txpostgres.Cursor) -> None:
+        self._cursor = cursor
+
+    async def query(
+        self, sql: str, args: Sequence[Any] | dict[str, Any] | None = None
+    ) -> list[Row]:
+        """Run ``sql`` and return all its rows."""
+        cursor = await self._cursor.execute(sql, args)
+        return list(cursor.fetchall())
+
+    async def query_one(
+        self, sql: str, args: Sequence[Any] | dict[str, Any] | None = None
+    ) -> Row | None:
+        """Run ``sql`` and return its first row, or ``None``."""
+        cursor = await self._cursor.execute(sql, args)
+        row = cursor.fetchone()
+        return tuple(row) if row is not None else None
+
+    async def execute(self, sql: str, args: Sequence[Any] | dict[str, Any] | None = None) -> int:
+        """Run ``sql`` and return how many rows it touched."""
+        cursor = await self._cursor.execute(sql, args)
+        return int(cursor.rowcount)
+
+
+def _connection_is_dead(failure: Failure) -> bool:
+    return bool(
+        failure.check(
+            psycopg2.InterfaceError,
+            psycopg2.OperationalError,
+            txpostgres.RollbackFailed,
+            error.ConnectionLost,
+        )
+    )
+
+
+class _Connection(txpostgres.Connection):
+    """A txpostgres connection that reports a server going away as a lost connection.
+
+    An idle connection is watched for NOTIFY events; when the server closes it, txpostgres
+    raises out of ``doRead`` and the reactor logs an "Unhandled Error". Returning the loss
+    instead makes the reactor call ``connectionLost``, which starts the reconnection.
+    """
+
+    def doRead(self) -> Any:
+        try:
+            txpostgres._PollingMixin.doRead(self)
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
+            return error.ConnectionLost(str(e).strip())
+        if self._connection.closed:
+            return error.ConnectionLost("the database connection was closed")
+        self.checkForNotifies()
+        self.reactor.addReader(self)
+        return None
+
+
+class _Detector(reconnection.DeadConnectionDetector):
+    """A DeadConnectionDetector whose reconnection attempts can be stopped on shutdown."""
+
+    def __init__(self, reactor: Any, on_dead: Callable[[], None]) -> None:
+        super().__init__(
+            deathChecker=_connection_is_dead,
+            reconnectionIterator=lambda: retrying.simpleBackoffIterator(
+                initialDelay=0.1, maxDelay=2.0, factor=2.0, maxRetries=0, now=True
+            ),
+            reactor=reactor,
+        )
+        self._reconnecting: defer.Deferred[Any] | None = None
+        self._on_dead = on_dead
+        self.stopped = False
+
+    def startReconnecting(self, f: Failure) -> None:
+        if self.stopped:
+            return
+        self._on_dead()
+        call = retrying.RetryingCall(self.reconnect)
+        call.reactor = self.reactor
+        d = call.start(self.reconnectionIterator())
+        self._reconnecting = d
+
+        def recovered(_: object) -> Any:
+            self._reconnecting = None
+            return self.connectionRecovered()
+
+        def gave_up(failure: Failure) -> None:
+            self._reconnecting = None
+            if not self.stopped:  # never happens: reconnection retries forever
+                _log.failure("Reconnecting to the database stopped", failure)
+
+        d.addCallbacks(recovered, gave_up)
+
+    def stop(self) -> None:
+        """Stop reconnecting (the pool is closing)."""
+        self.stopped = True
+        reconnecting, self._reconnecting = self._reconnecting, None
+        if reconnecting is not None:
+            try:
+                reconnecting.cancel()
+            except Exception:
+                # txpostgres cannot cancel a connection attempt in flight; closing the
+                # half-open connection below ends it
+                pass
+        if self.reconnectable is not None:
+            try:
+                self.reconnectable.close()
+            except Exception:
+                pass
+
+
+class Database:
+    """A small pool of txpostgres connections to one PostgreSQL database.
+
+    :param reactor: provides IReactorFDSet and IReactorTime (the connections are driven by it).
+    :param dsn: a libpq connection string.
+    :param size: how many connections to open.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any, dsn: str, size: int = 4) -> None:
+        self._reactor = reactor
+        self.dsn = dsn
+        self.size = size
+        self._cooperator = task.Cooperator(scheduler=lambda f: reactor.callLater(0, f))
+        self._connections: list[txpostgres.Connection] = []
+        self._listener: txpostgres.Connection | None = None
+        self._channels: dict[str, list[Callable[[str], object]]] = {}
+        self._closed = False
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {"options": "-c timezone=UTC", "application_name": "buildmaster"}
+
+    def _new_connection(self) -> txpostgres.Connection:
+        detector = _Detector(self._reactor, on_dead=self._connection_died)
+        return _Connection(reactor=self._reactor, cooperator=self._cooperator, detector=detector)
+
+    def _connection_died(self) -> None:
+        if not self._closed:
+            self._log.warn("Lost a database connection; reconnecting")
+
+    async def connect(self) -> None:
+        """Open the pool's connections.
+
+        :raises DatabaseUnavailable: when the server cannot be reached.
+        """
+        connections = [self._new_connection() for _ in range(self.size)]
+        results = await defer.DeferredList(
+            [c.connect(self.dsn, **self._connect_kwargs()) for c in connections],
+            consumeErrors=True,
+        )
+        failures = [result for ok, result in results if not ok]
+        if failures:
+            for c in connections:
+                c.detector.stop()  # and close
+            translate_failure(failures[0]).raiseException()
+        self._connections = connections
+
+    async def close(self) -> None:
+        """Close every connection (pending reconnection attempts are abandoned)."""
+        self._closed = True
+        every = list(self._connections)
+        if self._listener is not None:
+            every.append(self._listener)
+            self._listener = None
+        self._connections = []
+        for c in every:
+            # let queries in flight finish before closing under them
+            if c.lock.locked and not c.detector.connectionIsDead:
+                await c.lock.acquire()
+            c.detector.stop()  # and close
+
+    def _pick(self) -> txpostgres.Connection:
+        live = [c for c in self._connections if not c.detector.connectionIsDead]
+        if not live:
+            if self._closed:
+                raise DatabaseUnavailable("the database pool is closed")
+            raise DatabaseUnavailable("database unavailable: every connection is reconnecting")
+        return min(live, key=lambda c: len(c.lock.waiting) + (1 if c.lock.locked else 0))
+
+    def query(
+        self, sql: str, args: Sequence[Any] | dict[str, Any] | None = None
+    ) -> defer.Deferred[list[Row]]:
+        """Run one statement in its own transaction.
+
+        :returns: a Deferred that fires with the list of rows (tuples), or fails with a
+            :class:`DatabaseError`.
+        """
+        try:
+            conn = self._pick()
+        except DatabaseError:
+            return defer.fail()
+        d = conn.runQuery(sql, args)
+        return d.addErrback(translate_failure)
+
+    def execute(
+        self, sql: str, args: Sequence[Any] | dict[str, Any] | None = None
+    ) -> defer.Deferred[None]:
+        """Run one statement that returns no rows, in its own transaction."""
+        try:
+            conn = self._pick()
+        except DatabaseError:
+            return defer.fail()
+        d = conn.runOperation(sql, args)
+        return d.addErrback(translate_failure)
+
+    def transaction(
+        self, interaction: Callable[..., Awaitable[T]], *args: Any, retries: int = 3
+    ) -> defer.Deferred[T]:
+        """Run ``interaction(tx, *args)`` in one transaction.
+
+        A serialization failure or deadlock is retried (up to ``retries`` times): an
+        interaction must therefore only touch the database.
+
+        :returns: a Deferred that fires with what the interaction returned, or fails with a
+            :class:`DatabaseError` (or whatever the interaction raised).
+        """
+        return defer.Deferred.fromCoroutine(self._transaction(interaction, args, retries))
+
+    async def _transaction(
+        self, interaction: Callable[..., Awaitable[T]], args: tuple[Any, ...], retries: int
+    ) -> T:
+        def run(cursor: txpostgres.Cursor) -> defer.Deferred[T]:
+            return defer.Deferred.fromCoroutine(
+                _as_coroutine(interaction(Transaction(cursor), *args))
+            )
+
+        for attempt in range(retries + 1):
+            conn = self._pick()
+            try:
+                return await conn.runInteraction(run).addErrback(translate_failure)
+            except _RETRYABLE:
+                if attempt == retries:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- LISTEN / NOTIFY -----------------------------------------------------------------
+
+    async def listen(self, channel: str, callback: Callable[[str], object]) -> None:
+        """Call ``callback(payload)`` for every NOTIFY on ``channel``.
+
+        Uses one dedicated connection for all channels (the pool's connections are shared
+        by queries); after a reconnection the channels are listened to again.
+        """
+        if self._listener is None:
+            listener = self._new_connection()
+            await listener.connect(self.dsn, **self._connect_kwargs())
+            listener.addNotifyObserver(self._notified)
+            listener.detector.addRecoveryHandler(self._relisten)
+            self._listener = listener
+        first = channel not in self._channels
+        self._channels.setdefault(channel, []).append(callback)
+        if first:
+            await self._listener.runOperation(f'LISTEN "{_identifier(channel)}"')
+
+    async def _relisten_async(self) -> None:
+        assert self._listener is not None
+        for channel in self._channels:
+            await self._listener.runOperation(f'LISTEN "{_identifier(channel)}"')
+        # anything notified while we were away was lost: tell every observer
+        for channel, callbacks in self._channels.items():
+            for callback in callbacks:
+                self._call_observer(channel, callback, "")
+
+    def _relisten(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._relisten_async())
+
+    def _notified(self, notify: Any) -> None:
+        for callback in self._channels.get(notify.channel, ()):
+            self._call_observer(notify.channel, callback, notify.payload)
+
+    def _call_observer(self, channel: str, callback: Callable[[str], object], payload: str) -> None:
+        try:
+            result = callback(payload)
+        except Exception:
+            self._log.failure("NOTIFY observer for {channel} failed", channel=channel)
+            return
+        if isinstance(result, defer.Deferred):
+            result.addErrback(
+                lambda f: self._log.failure(
+                    "NOTIFY observer for {channel} failed", f, channel=channel
+                )
+            )
+
+    async def notify(self, channel: str, payload: str = "") -> None:
+        """Send a NOTIFY (outside any transaction)."""
+        await self.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+
+def _identifier(name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"not a plain identifier: {name!r}")
+    return name
+
+
+async def _as_coroutine(awaitable: Awaitable[T]) -> T:
+    return await awaitable

@@ -1,0 +1,189 @@
+"""Test fixtures: a throwaway PostgreSQL cluster, a fresh database per test, log capture.
+
+The cluster is started once per test session (initdb + pg_ctl into a temporary directory,
+fsync off, a free port on 127.0.0.1). The schema is migrated once into a template database;
+each test that asks for a database gets a copy of it (``CREATE DATABASE ... TEMPLATE``),
+dropped again afterwards.
+
+The reactor is not imported at module level (pytest-twisted installs it first).
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, cast
+
+import psycopg2
+import pytest
+import pytest_twisted
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
+from zope.interface import implementer
+
+from buildmaster.store.cluster import PostgresCluster
+
+TEMPLATE = "buildmaster_template"
+
+
+@implementer(ILogObserver)
+class CapturedLog:
+    """Every log event emitted during one test, with helpers to look at them."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.allowed_errors: list[type[BaseException]] = []
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def messages(self, level: LogLevel | None = None) -> list[str]:
+        from twisted.logger import formatEvent
+
+        return [formatEvent(e) for e in self.events if level is None or e.get("log_level") == level]
+
+    def warnings(self) -> list[str]:
+        return self.messages(LogLevel.warn)
+
+    def allow_errors(self, *types: type[BaseException]) -> None:
+        """Let logged errors of these types pass (the test expects them)."""
+        self.allowed_errors.extend(types)
+
+    def unexpected_errors(self) -> list[dict[str, Any]]:
+        bad = []
+        for event in self.events:
+            failure = event.get("log_failure")
+            if failure is not None:
+                if self.allowed_errors and failure.check(*self.allowed_errors):
+                    continue
+                bad.append(event)
+            elif event.get("log_level") in (LogLevel.error, LogLevel.critical):
+                if not self.allowed_errors:
+                    bad.append(event)
+        return bad
+
+
+@pytest.fixture(autouse=True)
+def captured_log() -> Iterator[CapturedLog]:
+    """Capture log events; a logged error or unhandled Deferred failure fails the test."""
+    log = CapturedLog()
+    globalLogPublisher.addObserver(cast(ILogObserver, log))
+    try:
+        yield log
+        gc.collect()  # unhandled errors in Deferreds are logged when they are collected
+    finally:
+        globalLogPublisher.removeObserver(cast(ILogObserver, log))
+    bad = log.unexpected_errors()
+    if bad:
+        from twisted.logger import formatEvent
+
+        details = []
+        for event in bad:
+            text = formatEvent(event)
+            failure = event.get("log_failure")
+            if failure is not None:
+                text += "\n" + failure.getTraceback()
+            details.append(text)
+        pytest.fail("errors were logged during the test:\n" + "\n---\n".join(details))
+
+
+@pytest.fixture
+def reactor() -> Any:
+    """The running reactor (installed by pytest-twisted)."""
+    from twisted.internet import reactor as the_reactor
+
+    return the_reactor
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """One throwaway cluster for the whole session, with the migrated template database."""
+    cluster = PostgresCluster.throwaway_cluster(fsync=False)
+    cluster.start()
+    try:
+        _create_database(cluster, TEMPLATE)
+        subprocess.run(
+            [sys.executable, "-m", "buildmaster.store.schema", "--dsn", cluster.dsn(TEMPLATE)],
+            check=True,
+            capture_output=True,
+        )
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _admin(cluster: PostgresCluster) -> Any:
+    conn = psycopg2.connect(cluster.dsn("postgres"))
+    conn.autocommit = True
+    return conn
+
+
+def _create_database(cluster: PostgresCluster, name: str, template: str | None = None) -> None:
+    conn = _admin(cluster)
+    try:
+        with conn.cursor() as cur:
+            if template:
+                cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY')
+            else:
+                cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        conn.close()
+
+
+def _drop_database(cluster: PostgresCluster, name: str) -> None:
+    conn = _admin(cluster)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        conn.close()
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def dsn(pg_cluster: PostgresCluster) -> Iterator[str]:
+    """A fresh database holding the current schema and nothing else."""
+    name = f"test_{os.getpid()}_{next(_counter)}"
+    _create_database(pg_cluster, name, TEMPLATE)
+    try:
+        yield pg_cluster.dsn(name)
+    finally:
+        _drop_database(pg_cluster, name)
+
+
+@pytest.fixture
+def empty_dsn(pg_cluster: PostgresCluster) -> Iterator[str]:
+    """A fresh database without any schema (for migration tests)."""
+    name = f"empty_{os.getpid()}_{next(_counter)}"
+    _create_database(pg_cluster, name)
+    try:
+        yield pg_cluster.dsn(name)
+    finally:
+        _drop_database(pg_cluster, name)
+
+
+@pytest_twisted.async_yield_fixture
+async def db(reactor: Any, dsn: str) -> AsyncIterator[Any]:
+    """A connected :class:`buildmaster.store.database.Database` on a fresh database."""
+    from buildmaster.store.database import Database
+
+    database = Database(reactor, dsn, size=3)
+    await database.connect()
+    yield database
+    await database.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def store(db: Any) -> AsyncIterator[Any]:
+    """A :class:`buildmaster.store.Store` on a fresh database."""
+    from buildmaster.store import Store
+
+    yield Store(db)

@@ -1,0 +1,139 @@
+"""The txpostgres pool: transactions, errors as our own types, reconnection, NOTIFY."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import pytest
+import pytest_twisted
+from twisted.internet import defer, task, threads
+
+from buildmaster.store import ConstraintViolation, Database, DatabaseUnavailable, NotFound, Store
+from buildmaster.store.cluster import PostgresCluster
+from buildmaster.store.database import Transaction
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_transaction_commits_or_leaves_nothing(db: Database) -> None:
+    await db.execute("CREATE TABLE t (x int PRIMARY KEY)")
+
+    async def two_rows(tx: Transaction, fail: bool) -> int:
+        await tx.execute("INSERT INTO t VALUES (1)")
+        await tx.execute("INSERT INTO t VALUES (2)")
+        if fail:
+            raise RuntimeError("changed my mind")
+        row = await tx.query_one("SELECT count(*) FROM t")
+        assert row is not None
+        return int(row[0])
+
+    with pytest.raises(RuntimeError):
+        await db.transaction(two_rows, True)
+    assert await db.query("SELECT count(*) FROM t") == [(0,)]
+    assert await db.transaction(two_rows, False) == 2
+    assert await db.query("SELECT x FROM t ORDER BY x") == [(1,), (2,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_constraint_violation_is_a_domain_error(db: Database) -> None:
+    await db.execute("CREATE TABLE t (x int CONSTRAINT t_positive CHECK (x > 0))")
+    with pytest.raises(ConstraintViolation) as info:
+        await db.execute("INSERT INTO t VALUES (-1)")
+    assert not isinstance(info.value, psycopg2.Error)
+    assert info.value.constraint == "t_positive"
+    assert "t_positive" in str(info.value)
+    # the connection is still usable afterwards
+    assert await db.query("SELECT 1") == [(1,)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_rows_are_not_found(store: Store) -> None:
+    with pytest.raises(NotFound, match="no builder called 'nobody'"):
+        await store.builders.getByName("nobody")
+    with pytest.raises(NotFound, match="no build queue entry 12345"):
+        await store.queue.destroySelf(12345)
+
+
+@pytest_twisted.ensureDeferred
+async def test_queries_run_concurrently_on_several_connections(db: Database) -> None:
+    started = db._reactor.seconds()
+    await defer.gatherResults([db.query("SELECT pg_sleep(0.3)") for _ in range(3)])
+    assert db._reactor.seconds() - started < 0.8  # three connections, not one after another
+
+
+@pytest_twisted.ensureDeferred
+async def test_notify_reaches_listeners_and_new_jobs_are_announced(db: Database) -> None:
+    received: list[str] = []
+    got = defer.Deferred[None]()
+
+    def observer(payload: str) -> None:
+        received.append(payload)
+        if len(received) == 2 and not got.called:
+            got.callback(None)
+
+    await db.listen("buildqueue_waiting", observer)
+    await db.notify("buildqueue_waiting", "hello")
+    from buildmaster.sampledata import load_sample_data
+
+    await load_sample_data(Store(db))  # queues two jobs: the trigger announces the waiting one
+    await got
+    processor = (await db.query("SELECT id FROM processor WHERE name = '386'"))[0][0]
+    assert received[0] == "hello"
+    assert received[1] == f"{processor} false"
+
+
+# -- reconnection -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_cluster() -> Iterator[PostgresCluster]:
+    """A cluster of this module's own, since the test restarts it."""
+    with PostgresCluster.throwaway_cluster() as cluster:
+        yield cluster
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_pool_survives_a_server_restart(
+    reactor: Any, own_cluster: PostgresCluster
+) -> None:
+    db = Database(reactor, own_cluster.dsn(), size=2)
+    await db.connect()
+    notified: list[str] = []
+    await db.listen("ping", notified.append)
+    try:
+        [(started_before,)] = await db.query("SELECT pg_postmaster_start_time()")
+        await threads.deferToThread(own_cluster.restart)
+
+        errors: list[BaseException] = []
+        for _ in range(100):
+            try:
+                result = await db.query("SELECT pg_postmaster_start_time()")
+                break
+            except Exception as e:
+                errors.append(e)
+                await task.deferLater(reactor, 0.1, lambda: None)
+        else:
+            raise AssertionError(f"the pool never came back: {errors[-3:]}")
+        assert result[0][0] > started_before  # really a new server
+        assert all(isinstance(e, DatabaseUnavailable) for e in errors), errors
+        # LISTEN is re-established on the new connection
+        for _ in range(50):
+            await db.notify("ping", "after restart")
+            await task.deferLater(reactor, 0.1, lambda: None)
+            if "after restart" in notified:
+                break
+        assert "after restart" in notified
+    finally:
+        await db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unreachable_server_is_reported_clearly(reactor: Any) -> None:
+    from buildmaster.store.cluster import free_port
+
+    db = Database(
+        reactor, f"host=127.0.0.1 port={free_port()} user=postgres dbname=x connect_timeout=2"
+    )
+    with pytest.raises(DatabaseUnavailable, match="database unavailable"):
+        await db.connect()

@@ -1,0 +1,193 @@
+"""The async store, in the seed's vocabulary, against a real database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from buildmaster.enums import (
+    BuildQueueStatus,
+    BuildStatus,
+    PackagePublishingPocket,
+    SourcePackageFileType,
+)
+from buildmaster.sampledata import SampleData, add_metadata_only_file, load_sample_data
+from buildmaster.store import ConstraintViolation, NotFound, Store
+from buildmaster.transitions import IllegalTransition
+
+
+@pytest_twisted.async_yield_fixture
+async def seeded(store: Store) -> Any:
+    yield await load_sample_data(store)
+
+
+@pytest_twisted.ensureDeferred
+async def test_builder_set_changes(store: Store, seeded: SampleData) -> None:
+    bob = await store.builders.set_builderok(
+        seeded.bob, False, "(111, 'Connection refused')", by_master=True
+    )
+    assert (bob.builderok, bob.failnotes, bob.failed_by_master) == (
+        False,
+        "(111, 'Connection refused')",
+        True,
+    )
+    bob = await store.builders.set_builderok(bob, True)
+    assert (bob.builderok, bob.failnotes, bob.failed_by_master, bob.failure_count) == (
+        True,
+        None,
+        False,
+        0,
+    )
+
+    bob = await store.builders.set_trusted(bob, False)
+    assert bob.virtualized and not bob.trusted
+    bob = await store.builders.set_vm_host(bob, "localhost.ppa")
+    assert bob.vm_host == "localhost.ppa"
+    bob = await store.builders.set_manual(bob, True)
+    assert bob.manual
+    assert await store.builders.getByName("bob") == bob  # what the setters return is what is stored
+
+
+@pytest_twisted.ensureDeferred
+async def test_builder_registration_refuses_nonsense(store: Store, seeded: SampleData) -> None:
+    with pytest.raises(ConstraintViolation, match="builder_name_key"):
+        await store.builders.new("bob", "http://elsewhere:8221/", [seeded.processor_386])
+    with pytest.raises(ConstraintViolation, match="builder_url_check"):
+        await store.builders.new("newbie", "ftp://x/", [seeded.processor_386])
+    assert await store.builders.count() == 2
+    newbie = await store.builders.new(
+        "newbie", "http://newbie:8221/", [seeded.processor_386, seeded.processor_amd64]
+    )
+    assert newbie.processor_ids == tuple(
+        sorted((seeded.processor_386.id, seeded.processor_amd64.id))
+    )
+    assert await store.builders.count() == 3
+    assert [e.kind for e in await store.events.for_builder(newbie.id)] == ["registered"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_add_or_update_chroot(store: Store, seeded: SampleData) -> None:
+    assert await store.distributions.get_chroot(seeded.hoary_i386) is None
+    first = await add_metadata_only_file(
+        store, "chroot-ubuntu-hoary-i386.tar.bz2", b"one", "application/x-bzip2"
+    )
+    das = await store.distributions.addOrUpdateChroot(seeded.hoary_i386, first)
+    assert das.chroot_id == first
+    second = await add_metadata_only_file(
+        store, "chroot-ubuntu-hoary-i386.tar.bz2", b"two", "application/x-bzip2"
+    )
+    await store.distributions.addOrUpdateChroot(seeded.hoary_i386, second)
+    chroot = await store.distributions.get_chroot(seeded.hoary_i386)
+    assert chroot is not None and chroot.id == second and chroot.filesize == 3
+    assert (await store.distributions.get_chroot(seeded.hoary_amd64)) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_build_and_queue_entry_for_a_ppa(store: Store, seeded: SampleData) -> None:
+    dsc = await add_metadata_only_file(store, "pmount_0.1-1.dsc", b"Source: pmount\n", "text/plain")
+    spr = await store.sources.new(
+        "pmount", "0.1-1", seeded.hoary, component="main", files=[(dsc, SourcePackageFileType.DSC)]
+    )
+    build = await store.builds.createBuild(
+        spr, seeded.hoary_i386, PackagePublishingPocket.RELEASE, seeded.cprov_ppa
+    )
+    assert build.status is BuildStatus.NEEDSBUILD and build.is_virtualized
+    assert build.processor_id == seeded.processor_386.id
+    assert build.cookie == f"PACKAGEBUILD-{build.id}"
+
+    job = await store.queue.createBuildQueueEntry(build)
+    assert job.id == 3  # the seed's queue entry 3
+    assert job.virtualized and job.builder_id is None and job.status is BuildQueueStatus.WAITING
+    assert job.lastscore == 1500 + 1000 + 5  # release pocket, main, low urgency
+    assert await store.queue.get_for_build(build) == job
+
+
+@pytest_twisted.ensureDeferred
+async def test_private_archives_score_higher(store: Store, seeded: SampleData) -> None:
+    await store.archives.set_private(seeded.cprov_ppa, True)
+    await store.archives.set_relative_build_score(seeded.cprov_ppa, 100)
+    spr = await store.sources.new("secret", "1.0", seeded.hoary)
+    build = await store.builds.createBuild(
+        spr, seeded.hoary_i386, PackagePublishingPocket.SECURITY, seeded.cprov_ppa
+    )
+    job = await store.queue.createBuildQueueEntry(build)
+    assert job.lastscore == 10000 + 100 + 5 + 4500 + 1000
+
+
+@pytest_twisted.ensureDeferred
+async def test_destroy_self_removes_only_the_queue_entry(store: Store, seeded: SampleData) -> None:
+    lost = await store.queue.get(seeded.lost_job_id)
+    await store.queue.destroySelf(lost)
+    with pytest.raises(NotFound):
+        await store.queue.get(seeded.lost_job_id)
+    assert await store.queue.get_for_builder(seeded.bob) is None
+    assert (await store.builds.get(lost.build_id)).status is BuildStatus.BUILDING
+    assert [e.kind for e in await store.events.for_build(lost.build_id)][-1] == "dequeued"
+
+
+@pytest_twisted.ensureDeferred
+async def test_build_state_changes_follow_the_rules(store: Store, seeded: SampleData) -> None:
+    lost = await store.queue.get(seeded.lost_job_id)
+    build = await store.builds.set_status(
+        lost.build_id, BuildStatus.FAILEDTOBUILD, reason="bob died"
+    )
+    assert build.status is BuildStatus.FAILEDTOBUILD and build.date_finished is not None
+    assert build.failure_reason == "bob died"
+    with pytest.raises(IllegalTransition, match="cannot go from FAILEDTOBUILD to FULLYBUILT"):
+        await store.builds.set_status(build, BuildStatus.FULLYBUILT)
+    assert (await store.builds.get(build)).status is BuildStatus.FAILEDTOBUILD
+    history = [e.message for e in await store.events.for_build(build.id) if e.kind == "state"]
+    assert history == ["BUILDING -> FAILEDTOBUILD: bob died"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_find_build_candidate_rules(store: Store, seeded: SampleData) -> None:
+    await store.queue.destroySelf(seeded.lost_job_id)
+    bob = await store.builders.getByName("bob")
+    job = await store.queue.findBuildCandidate(bob)
+    assert job is not None and job.id == seeded.waiting_job_id
+    assert (await store.queue.get(job)).builder_id is None  # finding is not claiming
+
+    # a PPA job is never offered to a trusted builder
+    spr = await store.sources.new("pmount", "0.1-1", seeded.hoary)
+    ppa_build = await store.builds.createBuild(
+        spr, seeded.hoary_i386, PackagePublishingPocket.RELEASE, seeded.cprov_ppa
+    )
+    ppa_job = await store.queue.createBuildQueueEntry(ppa_build)
+    await store.db.execute("UPDATE buildqueue SET lastscore = 99999 WHERE id = %s", (ppa_job.id,))
+    assert (await store.queue.findBuildCandidate(bob)).id == seeded.waiting_job_id  # type: ignore[union-attr]
+
+    # and a trusted job never to a virtualized builder
+    bob = await store.builders.set_trusted(bob, False)
+    assert (await store.queue.findBuildCandidate(bob)).id == ppa_job.id  # type: ignore[union-attr]
+
+    # wrong processor, manual mode, or a failed builder: nothing
+    newbie = await store.builders.new("amd", "http://amd:8221/", [seeded.processor_amd64])
+    assert await store.queue.findBuildCandidate(newbie) is None
+    assert await store.queue.findBuildCandidate(await store.builders.set_manual(bob, True)) is None
+    bob = await store.builders.set_manual(bob, False)
+    assert (
+        await store.queue.findBuildCandidate(
+            await store.builders.set_builderok(bob, False, "broken")
+        )
+        is None
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_highest_score_first_then_oldest(store: Store, seeded: SampleData) -> None:
+    await store.queue.destroySelf(seeded.lost_job_id)
+    jobs = []
+    for name in ("a1", "a2", "a3"):
+        spr = await store.sources.new(name, "1", seeded.hoary)
+        build = await store.builds.createBuild(
+            spr, seeded.hoary_i386, PackagePublishingPocket.RELEASE, seeded.primary
+        )
+        jobs.append(await store.queue.createBuildQueueEntry(build))
+    await store.db.execute(
+        "UPDATE buildqueue SET lastscore = 5000 WHERE id IN (%s, %s)", (jobs[1].id, jobs[2].id)
+    )
+    bob = await store.builders.getByName("bob")
+    assert (await store.queue.findBuildCandidate(bob)).id == jobs[1].id  # type: ignore[union-attr]
