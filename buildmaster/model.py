@@ -38,6 +38,7 @@ __all__ = [
     "BuildFile",
     "BuildQueue",
     "Event",
+    "BuilderSnapshot",
     "id_of",
 ]
 
@@ -267,3 +268,12 @@ class Event:
     builder_id: int | None
     kind: str
     message: str
+
+
+@attrs.frozen
+class BuilderSnapshot:
+    """A builder with the job it runs (if any) and that job's build, read together."""
+
+    builder: Builder
+    job: BuildQueue | None
+    build: Build | None

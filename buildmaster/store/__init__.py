@@ -26,6 +26,7 @@ from buildmaster.store.database import (
 from buildmaster.store.distributions import DistributionSet, PersonSet, ProcessorSet
 from buildmaster.store.events import EventQueries
 from buildmaster.store.files import FileQueries
+from buildmaster.store.jobs import JobQueries
 from buildmaster.store.sources import SourcePackageReleaseSet
 
 __all__ = [
@@ -53,3 +54,4 @@ class Store:
         self.builds = BuildSet(db)
         self.queue = BuildQueueSet(db)
         self.events = EventQueries(db)
+        self.jobs = JobQueries(db)

@@ -10,14 +10,24 @@ from buildmaster.model import Builder, HasId, id_of
 from buildmaster.store.database import Database, NotFound, Transaction
 from buildmaster.store.events import record_event
 
-__all__ = ["BuilderSet", "BUILDER_COLUMNS", "builder_from_row"]
+__all__ = ["BuilderSet", "BUILDER_COLUMNS", "BUILDER_WIDTH", "builder_columns", "builder_from_row"]
 
-BUILDER_COLUMNS = (
-    "b.id, b.name, b.title, b.url, b.virtualized, b.vm_host, b.builderok, b.failnotes,"
-    " b.failed_by_master, b.manual, b.active, b.failure_count, b.clean_status, b.version,"
-    " coalesce((SELECT array_agg(bp.processor ORDER BY bp.processor) FROM builderprocessor bp"
-    " WHERE bp.builder = b.id), '{}')"
-)
+
+def builder_columns(alias: str = "b") -> str:
+    """The columns :func:`builder_from_row` reads, from ``builder`` aliased ``alias``."""
+    names = (
+        "id, name, title, url, virtualized, vm_host, builderok, failnotes, failed_by_master,"
+        " manual, active, failure_count, clean_status, version"
+    )
+    plain = ", ".join(f"{alias}.{n.strip()}" for n in names.split(","))
+    return (
+        f"{plain}, coalesce((SELECT array_agg(bp.processor ORDER BY bp.processor)"
+        f" FROM builderprocessor bp WHERE bp.builder = {alias}.id), '{{}}')"
+    )
+
+
+BUILDER_COLUMNS = builder_columns("b")
+BUILDER_WIDTH = 15
 
 
 def builder_from_row(row: tuple[Any, ...]) -> Builder:

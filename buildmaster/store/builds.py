@@ -21,6 +21,10 @@ from buildmaster.store.files import LIBRARYFILE_COLUMNS, LIBRARYFILE_JOIN, libra
 from buildmaster.transitions import check_transition
 
 __all__ = [
+    "build_columns",
+    "queue_columns",
+    "BUILD_WIDTH",
+    "QUEUE_WIDTH",
     "BuildSet",
     "BuildQueueSet",
     "BUILD_COLUMNS",
@@ -33,15 +37,27 @@ __all__ = [
     "score_inputs",
 ]
 
-BUILD_COLUMNS = (
-    "b.id, b.sourcepackagerelease, b.distroarchseries, b.archive, b.pocket, b.processor, b.virtualized,"
-    " b.buildstate, b.datecreated, b.date_started, b.date_first_dispatched, b.date_finished, b.builder,"
-    " b.log, b.dependencies, b.failure_count, b.failure_reason"
-)
-QUEUE_COLUMNS = (
-    "q.id, q.build, q.builder, q.status, q.lastscore, q.manual, q.processor, q.virtualized,"
-    " q.date_started, q.logtail"
-)
+
+def build_columns(alias: str = "b") -> str:
+    """The columns :func:`build_from_row` reads, from ``build`` aliased ``alias``."""
+    names = (
+        "id, sourcepackagerelease, distroarchseries, archive, pocket, processor, virtualized,"
+        " buildstate, datecreated, date_started, date_first_dispatched, date_finished, builder,"
+        " log, dependencies, failure_count, failure_reason"
+    )
+    return ", ".join(f"{alias}.{n.strip()}" for n in names.split(","))
+
+
+def queue_columns(alias: str = "q") -> str:
+    """The columns :func:`queue_from_row` reads, from ``buildqueue`` aliased ``alias``."""
+    names = "id, build, builder, status, lastscore, manual, processor, virtualized, date_started, logtail"
+    return ", ".join(f"{alias}.{n.strip()}" for n in names.split(","))
+
+
+BUILD_COLUMNS = build_columns("b")
+BUILD_WIDTH = 17
+QUEUE_COLUMNS = queue_columns("q")
+QUEUE_WIDTH = 10
 
 
 def build_from_row(row: tuple[Any, ...]) -> Build:

@@ -227,6 +227,7 @@ class Database:
         self._connections: list[txpostgres.Connection] = []
         self._listener: txpostgres.Connection | None = None
         self._channels: dict[str, list[Callable[[str], object]]] = {}
+        self._session_lost: list[Callable[[], object]] = []
         self._closed = False
 
     def _connect_kwargs(self) -> dict[str, Any]:
@@ -337,25 +338,50 @@ class Database:
 
     # -- LISTEN / NOTIFY -----------------------------------------------------------------
 
-    async def listen(self, channel: str, callback: Callable[[str], object]) -> None:
-        """Call ``callback(payload)`` for every NOTIFY on ``channel``.
-
-        Uses one dedicated connection for all channels (the pool's connections are shared
-        by queries); after a reconnection the channels are listened to again.
-        """
+    async def _session(self) -> txpostgres.Connection:
+        """The dedicated connection for LISTEN and session-level advisory locks."""
         if self._listener is None:
             listener = self._new_connection()
             await listener.connect(self.dsn, **self._connect_kwargs())
             listener.addNotifyObserver(self._notified)
             listener.detector.addRecoveryHandler(self._relisten)
             self._listener = listener
+        return self._listener
+
+    async def listen(self, channel: str, callback: Callable[[str], object]) -> None:
+        """Call ``callback(payload)`` for every NOTIFY on ``channel``.
+
+        Uses one dedicated connection for all channels (the pool's connections are shared
+        by queries); after a reconnection the channels are listened to again and every
+        observer is called with an empty payload (meaning: anything may have changed).
+        """
+        listener = await self._session()
         first = channel not in self._channels
         self._channels.setdefault(channel, []).append(callback)
         if first:
-            await self._listener.runOperation(f'LISTEN "{_identifier(channel)}"')
+            await listener.runOperation(f'LISTEN "{_identifier(channel)}"')
+
+    async def session_query(
+        self, sql: str, args: Sequence[Any] | dict[str, Any] | None = None
+    ) -> list[Row]:
+        """Run a query on the session connection (for session-level advisory locks, which
+        live as long as that connection: ``on_session_lost`` callbacks hear when it drops).
+        """
+        listener = await self._session()
+        try:
+            return list(await listener.runQuery(sql, args))
+        except Exception:
+            translate_failure(Failure()).raiseException()
+            raise  # pragma: no cover
+
+    def on_session_lost(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` when the session connection was lost and came back."""
+        self._session_lost.append(callback)
 
     async def _relisten_async(self) -> None:
         assert self._listener is not None
+        for lost in self._session_lost:
+            lost()
         for channel in self._channels:
             await self._listener.runOperation(f'LISTEN "{_identifier(channel)}"')
         # anything notified while we were away was lost: tell every observer

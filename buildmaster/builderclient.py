@@ -1,0 +1,249 @@
+"""The seam between the master and one builder: every protocol call, with its timeout.
+
+:class:`BuilderClient` makes the XML-RPC calls of PROTOCOL.md over :mod:`buildmaster.httpclient`
+(kept-alive connections, bounded answers, a deadline on the injected clock for every call)
+and fetches files from the builder's ``/filecache``. Whatever goes wrong is translated here,
+once, into one of three exception types:
+
+* :class:`BuilderUnreachable`: the connection was refused, timed out, or dropped. A refused
+  connection keeps the seed's wording, ``(111, 'Connection refused')``.
+* :class:`BuilderFault`: the builder answered with an XML-RPC Fault (e.g. 8002 for a call in
+  the wrong state).
+* :class:`BuilderProtocolError` (from :mod:`buildmaster.protocol`): the answer is not valid
+  HTTP, not valid XML-RPC, too large, or not what the protocol says.
+
+All three derive from :class:`BuilderError`; its ``str()`` is the failnote.
+"""
+
+from __future__ import annotations
+
+import os
+import xmlrpc.client
+from collections.abc import Mapping
+from typing import Any
+from xml.parsers.expat import ExpatError
+
+from twisted.internet import error
+
+from buildmaster.httpclient import (
+    ConnectionClosed,
+    HTTPClient,
+    HTTPError,
+    MalformedResponse,
+    RequestTimeout,
+    ResponseTooLarge,
+    Sink,
+)
+from buildmaster.protocol import (
+    BuilderError,
+    BuilderInfo,
+    BuilderProtocolError,
+    BuildStartResult,
+    EnsurePresentResult,
+    StatusReport,
+    parse_build,
+    parse_ensurepresent,
+    parse_info,
+    parse_state_reply,
+    parse_status,
+)
+
+__all__ = [
+    "BuilderClient",
+    "BuilderError",
+    "BuilderUnreachable",
+    "BuilderFault",
+    "BuilderProtocolError",
+    "FileMissing",
+    "FileTooLarge",
+    "DEFAULT_TRUSTED_TIMEOUT",
+    "DEFAULT_VIRTUALIZED_TIMEOUT",
+    "ENSUREPRESENT_FACTOR",
+]
+
+DEFAULT_TRUSTED_TIMEOUT = 40.0
+DEFAULT_VIRTUALIZED_TIMEOUT = 30.0
+#: The real daemon downloads synchronously inside ensurepresent: give it much longer.
+ENSUREPRESENT_FACTOR = 20
+#: The largest XML-RPC answer we read (a status with a big filemap fits easily).
+MAX_RPC_RESPONSE = 32 * 1024 * 1024
+
+
+class BuilderUnreachable(BuilderError):
+    """Refused, timed out or dropped: the builder could not be talked to."""
+
+
+class BuilderFault(BuilderError):
+    """The builder answered with an XML-RPC Fault."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"<Fault {code}: {message[:200]!r}>")
+        self.code = code
+        self.message = message
+
+
+class FileMissing(BuilderProtocolError):
+    """The builder has no such file in its cache (HTTP 404)."""
+
+
+class FileTooLarge(BuilderProtocolError):
+    """The file is larger than we accept from a builder."""
+
+
+def connect_failure_reason(exc: error.ConnectError) -> str:
+    """``(111, 'Connection refused')`` for ECONNREFUSED, as the seed's failnotes read."""
+    errno = getattr(exc, "osError", None)
+    if isinstance(errno, int):
+        return str((errno, os.strerror(errno)))
+    return str(exc).strip() or type(exc).__name__
+
+
+class BuilderClient:
+    """Talk to the builder at ``url`` (e.g. ``http://bob:8221/``).
+
+    :param http: the shared :class:`~buildmaster.httpclient.HTTPClient`.
+    :param timeout: seconds for each call (status, echo, info, build, abort, clean);
+        ``ensurepresent`` gets ``timeout * ENSUREPRESENT_FACTOR``.
+    """
+
+    def __init__(
+        self, http: HTTPClient, url: str, timeout: float = DEFAULT_TRUSTED_TIMEOUT
+    ) -> None:
+        self.url = url if url.endswith("/") else url + "/"
+        self._rpc_url = self.url + "rpc"
+        self._http = http
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"<BuilderClient {self.url}>"
+
+    async def _call(
+        self, method: str, *args: Any, timeout: float | None = None, reuse: bool = True
+    ) -> Any:
+        payload = xmlrpc.client.dumps(args, method, allow_none=True).encode("utf-8")
+        seconds = self.timeout if timeout is None else timeout
+        try:
+            response = await self._http.request(
+                b"POST",
+                self._rpc_url,
+                payload,
+                {b"Content-Type": b"text/xml"},
+                timeout=seconds,
+                max_body=MAX_RPC_RESPONSE,
+                reuse=reuse,
+            )
+        except error.ConnectError as e:
+            raise BuilderUnreachable(connect_failure_reason(e)) from None
+        except RequestTimeout as e:
+            raise BuilderUnreachable(f"{method}() got no answer: {e}") from None
+        except ConnectionClosed as e:
+            raise BuilderUnreachable(f"{method}(): {e}") from None
+        except ResponseTooLarge as e:
+            raise BuilderProtocolError(f"{method}(): {e}") from None
+        except (MalformedResponse, HTTPError) as e:
+            raise BuilderProtocolError(f"{method}(): malformed HTTP answer: {e}") from None
+        if response.status != 200:
+            raise BuilderProtocolError(f"{method}(): HTTP {response.status} {response.reason[:80]}")
+        assert response.body is not None
+        try:
+            values, _ = xmlrpc.client.loads(response.body)
+        except xmlrpc.client.Fault as fault:
+            raise BuilderFault(int(fault.faultCode), str(fault.faultString)) from None
+        except (
+            ExpatError,
+            ValueError,
+            TypeError,
+            IndexError,
+            OverflowError,
+            xmlrpc.client.ResponseError,
+        ) as e:
+            raise BuilderProtocolError(
+                f"{method}(): malformed XML-RPC answer: {str(e)[:200]}"
+            ) from None
+        if len(values) != 1:
+            raise BuilderProtocolError(f"{method}(): expected one value, got {len(values)}")
+        return values[0]
+
+    async def echo(self, *args: Any) -> list[Any]:
+        """The liveness ping: the builder returns the arguments."""
+        result = await self._call("echo", *args)
+        if not isinstance(result, list) or result != list(args):
+            raise BuilderProtocolError(f"echo{args!r} returned {str(result)[:80]}")
+        return result
+
+    async def info(self) -> BuilderInfo:
+        return parse_info(await self._call("info"))
+
+    async def status(self) -> StatusReport:
+        return parse_status(await self._call("status"))
+
+    async def ensurepresent(
+        self, sha1: str, url: str | None, username: str | None = None, password: str | None = None
+    ) -> EnsurePresentResult:
+        """Ask the builder to have the file ``sha1`` in its cache (downloading ``url``)."""
+        result = await self._call(
+            "ensurepresent",
+            sha1,
+            url,
+            username,
+            password,
+            timeout=self.timeout * ENSUREPRESENT_FACTOR,
+        )
+        return parse_ensurepresent(result)
+
+    async def build(
+        self,
+        build_id: str,
+        builder_type: str,
+        chroot_sha1: str,
+        filemap: Mapping[str, str],
+        args: Mapping[str, Any],
+    ) -> BuildStartResult:
+        """Start a build. Never retried over a kept-alive connection (it is not idempotent)."""
+        result = await self._call(
+            "build", build_id, builder_type, chroot_sha1, dict(filemap), dict(args), reuse=False
+        )
+        return parse_build(result)
+
+    async def abort(self) -> Any:
+        return parse_state_reply(await self._call("abort", reuse=False), "abort")
+
+    async def clean(self) -> Any:
+        return parse_state_reply(await self._call("clean", reuse=False), "clean")
+
+    def file_url(self, name: str) -> str:
+        """The URL of a file in the builder's cache (a SHA-1, or ``buildlog``)."""
+        return f"{self.url}filecache/{name}"
+
+    async def fetch_file(
+        self, name: str, sink: Sink, max_size: int, timeout: float | None = None
+    ) -> int:
+        """Stream ``/filecache/<name>`` into ``sink``; returns the number of bytes.
+
+        :raises BuilderUnreachable: connection problems or the deadline passed.
+        :raises FileMissing: not in the cache (HTTP 404).
+        :raises FileTooLarge: larger than ``max_size``.
+        :raises BuilderProtocolError: any other bad answer.
+        """
+        seconds = self.timeout * ENSUREPRESENT_FACTOR if timeout is None else timeout
+        try:
+            response = await self._http.request(
+                b"GET", self.file_url(name), timeout=seconds, max_body=max_size, sink=sink
+            )
+        except error.ConnectError as e:
+            raise BuilderUnreachable(connect_failure_reason(e)) from None
+        except RequestTimeout as e:
+            raise BuilderUnreachable(f"fetching {name}: {e}") from None
+        except ConnectionClosed as e:
+            raise BuilderUnreachable(f"fetching {name}: {e}") from None
+        except ResponseTooLarge as e:
+            raise FileTooLarge(f"fetching {name}: {e}") from None
+        except HTTPError as e:
+            raise BuilderProtocolError(f"fetching {name}: malformed HTTP answer: {e}") from None
+        if response.status == 404:
+            raise FileMissing(f"fetching {name}: not in the builder's cache (HTTP 404)")
+        if response.status != 200:
+            raise BuilderProtocolError(
+                f"fetching {name}: HTTP {response.status} {response.reason[:80]}"
+            )
+        return response.length

@@ -1,0 +1,51 @@
+"""The master's settings, as one frozen value (built from the command line by tap.py)."""
+
+from __future__ import annotations
+
+import attrs
+
+from buildmaster.buildargs import ArchiveURLs
+from buildmaster.builderclient import DEFAULT_TRUSTED_TIMEOUT, DEFAULT_VIRTUALIZED_TIMEOUT
+from buildmaster.policy import FailurePolicy
+
+__all__ = ["MasterConfig"]
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be positive, not {value!r}")
+
+
+@attrs.frozen
+class MasterConfig:
+    #: seconds between scans of every builder (events dispatch in between)
+    scan_interval: float = attrs.field(default=15.0, validator=_positive)
+    #: XML-RPC timeout for trusted builders (ensurepresent gets 20 times this)
+    socket_timeout: float = attrs.field(default=DEFAULT_TRUSTED_TIMEOUT, validator=_positive)
+    #: XML-RPC timeout for virtualized builders
+    virtualized_socket_timeout: float = attrs.field(
+        default=DEFAULT_VIRTUALIZED_TIMEOUT, validator=_positive
+    )
+    #: the command that resets a virtualized builder's VM, with %(vm_host)s and %(buildd_name)s
+    vm_resume_command: str | None = None
+    vm_resume_timeout: float = attrs.field(default=300.0, validator=_positive)
+    #: a cancelled build that has not aborted after this long is a builder failure
+    cancel_timeout: float = attrs.field(default=180.0, validator=_positive)
+    failure_policy: FailurePolicy = FailurePolicy()
+    archive_urls: ArchiveURLs = ArchiveURLs()
+    #: seconds between batched writes of the log tails
+    logtail_interval: float = attrs.field(default=2.0, validator=_positive)
+    #: re-probing of automatically failed builders: first delay and ceiling
+    probe_initial_delay: float = attrs.field(default=15.0, validator=_positive)
+    probe_max_delay: float = attrs.field(default=600.0, validator=_positive)
+    #: limits on what a builder may hand back
+    max_log_size: int = 1024 * 1024 * 1024
+    max_result_file_size: int = 8 * 1024 * 1024 * 1024
+    max_result_files: int = 1000
+    #: public URL of a build, with {build_id} (sent to builders as build_url)
+    build_url_template: str | None = None
+    #: each builder is worked by one master at a time (PostgreSQL advisory locks)
+    exclusive_builders: bool = True
+
+    def timeout_for(self, virtualized: bool) -> float:
+        return self.virtualized_socket_timeout if virtualized else self.socket_timeout

@@ -1,0 +1,555 @@
+"""A small, strict, non-blocking HTTP/1.1 client for talking to builders.
+
+Builders are untrusted: every response is bounded (head size, body size, chunk sizes) and
+every request has a deadline on the injected clock. Connections to a builder are kept alive
+and reused (a builder is polled every few seconds; reusing the connection makes a status
+poll about three times cheaper than a new connection per call, as
+``twisted.web.xmlrpc.Proxy`` does).
+
+A body is either collected in memory (bounded by ``max_body``) or streamed to a ``sink``
+callable as it arrives; when the sink returns a Deferred, reading from the socket pauses
+until it fires (so a slow disk never makes the master buffer a 10 GB log).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+from twisted.internet import defer, error, protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = [
+    "HTTPClient",
+    "Response",
+    "HTTPError",
+    "ResponseTooLarge",
+    "MalformedResponse",
+    "RequestTimeout",
+]
+
+Sink = Callable[[bytes], "defer.Deferred[None] | None"]
+
+MAX_HEAD = 64 * 1024
+_STATUS_LINE = re.compile(rb"^HTTP/1\.([01]) (\d{3})(?: (.*))?$")
+_CHUNK_SIZE = re.compile(rb"^([0-9A-Fa-f]{1,15})(?:;.*)?$")
+_TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+class HTTPError(Exception):
+    """The exchange failed (our own type for everything that can go wrong in it)."""
+
+
+class MalformedResponse(HTTPError):
+    """The peer's answer is not valid HTTP."""
+
+
+class ResponseTooLarge(HTTPError):
+    """The peer's answer is bigger than we accept."""
+
+
+class RequestTimeout(HTTPError):
+    """No complete answer before the deadline."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"timeout after {seconds:g} seconds")
+        self.seconds = seconds
+
+
+class ConnectionClosed(HTTPError):
+    """The peer closed the connection before answering completely."""
+
+
+@attrs.frozen
+class Response:
+    status: int
+    reason: str
+    headers: dict[bytes, bytes]
+    body: bytes | None  # None when streamed to a sink
+    length: int  # body bytes received
+
+
+@attrs.define
+class _Request:
+    method: bytes
+    head: bytes
+    body: bytes
+    max_body: int
+    sink: Sink | None
+    deferred: defer.Deferred[Response]
+
+
+class _HTTPClientProtocol(protocol.Protocol):
+    """One connection; one request at a time."""
+
+    transport: Any  # an ITCPTransport once connected
+
+    def __init__(self) -> None:
+        self._request: _Request | None = None
+        self._buffer = bytearray()
+        self._state = "idle"
+        self._status = 0
+        self._reason = ""
+        self._headers: dict[bytes, bytes] = {}
+        self._keep_alive = False
+        self._remaining = 0  # bytes left in the body (LENGTH) or in the chunk (CHUNK_DATA)
+        self._received = 0
+        self._body = bytearray()
+        self._waiting_sink = False
+        self._connected = False
+        self.on_connected: Callable[[_HTTPClientProtocol], None] | None = None
+        self.on_idle: Callable[[_HTTPClientProtocol], None] | None = None
+        self.on_lost: Callable[[_HTTPClientProtocol], None] | None = None
+
+    # -- the pool's side --------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._connected = True
+        if self.on_connected is not None:
+            self.on_connected(self)
+
+    @property
+    def available(self) -> bool:
+        return self._connected and self._request is None
+
+    def send(self, request: _Request) -> None:
+        assert self._request is None, "one request at a time"
+        self._request = request
+        self._state = "status"
+        self._buffer.clear()
+        self._headers = {}
+        self._received = 0
+        self._body = bytearray()
+        self.transport.write(request.head + request.body)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    # -- parsing ---------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._request is None:
+            # bytes nobody asked for: a broken or hostile peer; never reuse this connection
+            self.transport.abortConnection()
+            return
+        self._buffer += data
+        try:
+            self._parse()
+        except HTTPError as e:
+            self._fail(Failure(e))
+            self.transport.abortConnection()
+
+    def _parse(self) -> None:
+        while self._request is not None and not self._waiting_sink:
+            if self._state in ("status", "headers"):
+                if not self._parse_head():
+                    return
+            elif self._state == "length":
+                if not self._buffer:
+                    return
+                piece = bytes(self._buffer[: self._remaining])
+                del self._buffer[: len(piece)]
+                self._remaining -= len(piece)
+                self._deliver(piece)
+                if self._remaining == 0:
+                    self._finish()
+            elif self._state == "chunk_size":
+                line = self._take_line(1024)
+                if line is None:
+                    return
+                match = _CHUNK_SIZE.match(line.strip())
+                if match is None:
+                    raise MalformedResponse(f"bad chunk size line {line[:40]!r}")
+                self._remaining = int(match.group(1), 16)
+                self._state = "chunk_data" if self._remaining else "trailer"
+            elif self._state == "chunk_data":
+                if not self._buffer:
+                    return
+                piece = bytes(self._buffer[: self._remaining])
+                del self._buffer[: len(piece)]
+                self._remaining -= len(piece)
+                self._deliver(piece)
+                if self._remaining == 0:
+                    self._state = "chunk_end"
+            elif self._state == "chunk_end":
+                line = self._take_line(2)
+                if line is None:
+                    return
+                if line:
+                    raise MalformedResponse("chunk not followed by CRLF")
+                self._state = "chunk_size"
+            elif self._state == "trailer":
+                line = self._take_line(MAX_HEAD)
+                if line is None:
+                    return
+                if not line:
+                    self._finish()
+            elif self._state == "until_close":
+                if not self._buffer:
+                    return
+                piece = bytes(self._buffer)
+                self._buffer.clear()
+                self._deliver(piece)
+            else:  # pragma: no cover - no other states
+                raise AssertionError(self._state)
+
+    def _take_line(self, limit: int) -> bytes | None:
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            if len(self._buffer) > limit:
+                raise MalformedResponse("line too long")
+            return None
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 1]
+        return line.rstrip(b"\r")
+
+    def _parse_head(self) -> bool:
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buffer) > MAX_HEAD:
+                raise ResponseTooLarge("response head larger than 64 KiB")
+            return False
+        if end > MAX_HEAD:
+            raise ResponseTooLarge("response head larger than 64 KiB")
+        head = bytes(self._buffer[:end])
+        del self._buffer[: end + 4]
+        lines = head.split(b"\r\n")
+        match = _STATUS_LINE.match(lines[0])
+        if match is None:
+            raise MalformedResponse(f"bad status line {lines[0][:80]!r}")
+        minor, status, reason = match.groups()
+        self._status = int(status)
+        self._reason = (reason or b"").decode("latin-1")
+        headers: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon or not _TOKEN.match(name):
+                raise MalformedResponse(f"bad header line {line[:80]!r}")
+            key = name.lower()
+            value = value.strip()
+            headers[key] = headers[key] + b", " + value if key in headers else value
+        self._headers = headers
+        if 100 <= self._status < 200:  # an interim response: the real one follows
+            return True
+        connection = headers.get(b"connection", b"").lower()
+        self._keep_alive = minor == b"1" and b"close" not in connection
+        assert self._request is not None
+        if self._request.method == b"HEAD" or self._status in (204, 304):
+            self._finish()
+            return True
+        encoding = headers.get(b"transfer-encoding", b"").lower()
+        if encoding:
+            if encoding != b"chunked":
+                raise MalformedResponse(f"unsupported transfer encoding {encoding[:40]!r}")
+            self._state = "chunk_size"
+        elif b"content-length" in headers:
+            raw = headers[b"content-length"]
+            if not raw.isdigit() or len(raw) > 18:
+                raise MalformedResponse(f"bad Content-Length {raw[:40]!r}")
+            self._remaining = int(raw)
+            if self._remaining > self._request.max_body:
+                raise ResponseTooLarge(
+                    f"response body of {self._remaining} bytes exceeds the limit of {self._request.max_body}"
+                )
+            self._state = "length"
+            if self._remaining == 0:
+                self._finish()
+        else:
+            self._keep_alive = False
+            self._state = "until_close"
+        return True
+
+    def _deliver(self, piece: bytes) -> None:
+        assert self._request is not None
+        self._received += len(piece)
+        if self._received > self._request.max_body:
+            raise ResponseTooLarge(
+                f"response body exceeds the limit of {self._request.max_body} bytes"
+            )
+        if self._request.sink is None:
+            self._body += piece
+            return
+        result = self._request.sink(piece)
+        if isinstance(result, defer.Deferred):
+            self._waiting_sink = True
+            self.transport.pauseProducing()
+            result.addCallbacks(self._sink_ready, self._sink_failed)
+
+    def _sink_ready(self, _: object) -> None:
+        self._waiting_sink = False
+        if self._request is None:
+            return
+        self.transport.resumeProducing()
+        try:
+            self._parse()
+        except HTTPError as e:
+            self._fail(Failure(e))
+            self.transport.abortConnection()
+
+    def _sink_failed(self, failure: Failure) -> None:
+        self._waiting_sink = False
+        self._fail(failure)
+        self.transport.abortConnection()
+
+    def _finish(self) -> None:
+        request, self._request = self._request, None
+        assert request is not None
+        self._state = "idle"
+        response = Response(
+            status=self._status,
+            reason=self._reason,
+            headers=self._headers,
+            body=bytes(self._body) if request.sink is None else None,
+            length=self._received,
+        )
+        self._body = bytearray()
+        if self._buffer or not self._keep_alive:
+            self.transport.loseConnection()
+        elif self.on_idle is not None:
+            self.on_idle(self)
+        request.deferred.callback(response)
+
+    def _fail(self, failure: Failure) -> None:
+        request, self._request = self._request, None
+        self._state = "idle"
+        if request is not None and not request.deferred.called:
+            request.deferred.errback(failure)
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        self._connected = False
+        if self.on_lost is not None:
+            self.on_lost(self)
+        if self._request is None:
+            return
+        if self._state == "until_close" and reason.check(
+            error.ConnectionDone, error.ConnectionLost
+        ):
+            self._finish()
+            return
+        got_nothing = self._state == "status" and not self._buffer
+        self._fail(
+            Failure(
+                ConnectionClosed(
+                    "connection closed before a complete answer"
+                    + ("" if got_nothing else " (partial response)")
+                )
+            )
+        )
+
+
+class _Factory(protocol.ClientFactory):
+    """Builds one protocol and fires ``connected`` with it once it is connected."""
+
+    def __init__(self, connected: defer.Deferred[_HTTPClientProtocol]) -> None:
+        self._connected = connected
+
+    def buildProtocol(self, addr: Any) -> _HTTPClientProtocol:
+        p = _HTTPClientProtocol()
+        p.factory = self
+        p.on_connected = self._made
+        return p
+
+    def _made(self, p: _HTTPClientProtocol) -> None:
+        if self._connected.called:  # too late: the deadline passed while connecting
+            p.abort()
+        else:
+            self._connected.callback(p)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self._connected.called:
+            self._connected.errback(reason)
+
+
+class HTTPClient:
+    """Requests over kept-alive connections, with deadlines and size limits.
+
+    :param reactor: provides IReactorTCP and IReactorTime (the deadlines use its clock).
+    :param max_idle_per_host: connections kept open per (host, port) between requests.
+    """
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any, max_idle_per_host: int = 2) -> None:
+        self._reactor = reactor  # IReactorTCP and IReactorTime
+        self._clock = reactor
+        self._max_idle = max_idle_per_host
+        self._idle: dict[tuple[str, int], list[_HTTPClientProtocol]] = {}
+        self._all: set[_HTTPClientProtocol] = set()
+
+    def request(
+        self,
+        method: bytes,
+        url: str,
+        body: bytes = b"",
+        headers: dict[bytes, bytes] | None = None,
+        timeout: float = 30.0,
+        max_body: int = 1024 * 1024,
+        sink: Sink | None = None,
+        reuse: bool = True,
+    ) -> defer.Deferred[Response]:
+        """Send one request and return its response.
+
+        :param timeout: seconds (on the injected clock) for the whole exchange, connecting
+            included.
+        :param max_body: the largest response body accepted (:class:`ResponseTooLarge`).
+        :param sink: receives the body in pieces instead of collecting it in memory.
+        :param reuse: whether a kept-alive connection may carry this request (pass
+            ``False`` for calls that must not be retried).
+        :returns: a Deferred firing with a :class:`Response` (any status code), or failing
+            with :class:`HTTPError` subclasses, ``twisted.internet.error.ConnectError``
+            subclasses (e.g. ``ConnectionRefusedError``), or :class:`RequestTimeout`.
+        """
+        return defer.Deferred.fromCoroutine(
+            self._request(method, url, body, headers or {}, timeout, max_body, sink, reuse)
+        )
+
+    async def _request(
+        self,
+        method: bytes,
+        url: str,
+        body: bytes,
+        headers: dict[bytes, bytes],
+        timeout: float,
+        max_body: int,
+        sink: Sink | None,
+        reuse: bool,
+    ) -> Response:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise HTTPError(f"unsupported URL {url!r} (only http:// is supported)")
+        host, port = parts.hostname, parts.port or 80
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        lines = [
+            method + b" " + path.encode("ascii") + b" HTTP/1.1",
+            b"Host: " + (parts.netloc.rsplit("@", 1)[-1]).encode("ascii"),
+            b"Content-Length: " + str(len(body)).encode("ascii"),
+        ]
+        lines.extend(name + b": " + value for name, value in headers.items())
+        head = b"\r\n".join(lines) + b"\r\n\r\n"
+        deadline = self._clock.seconds() + timeout
+
+        attempts = 2 if reuse else 1
+        for attempt in range(attempts):
+            conn = self._take_idle(host, port) if reuse and attempt == 0 else None
+            reused = conn is not None
+            try:
+                if conn is None:
+                    conn = await self._connect(
+                        host, port, max(deadline - self._clock.seconds(), 0.001), timeout
+                    )
+                return await self._exchange(
+                    conn, method, head, body, max_body, sink, deadline, timeout, (host, port), reuse
+                )
+            except ConnectionClosed:
+                # a kept-alive connection the builder had closed meanwhile: try a fresh one
+                if reused and attempt + 1 < attempts and sink is None:
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _take_idle(self, host: str, port: int) -> _HTTPClientProtocol | None:
+        idle = self._idle.get((host, port))
+        while idle:
+            conn = idle.pop()
+            if conn.available:
+                return conn
+        return None
+
+    async def _connect(
+        self, host: str, port: int, remaining: float, timeout: float
+    ) -> _HTTPClientProtocol:
+        connected: defer.Deferred[_HTTPClientProtocol] = defer.Deferred()
+        factory = _Factory(connected)
+        connector = self._reactor.connectTCP(
+            host, port, factory, timeout=max(int(remaining + 0.999), 1)
+        )
+
+        def expire() -> None:
+            if not connected.called:
+                connected.errback(RequestTimeout(timeout))
+            if connector.state == "connecting":
+                connector.stopConnecting()
+
+        timer = self._clock.callLater(remaining, expire)
+        try:
+            conn = await connected
+        finally:
+            if timer.active():
+                timer.cancel()
+        if not conn.available:  # pragma: no cover - lost between connect and now
+            raise ConnectionClosed("connection closed before a complete answer")
+        self._all.add(conn)
+        return conn
+
+    async def _exchange(
+        self,
+        conn: _HTTPClientProtocol,
+        method: bytes,
+        head: bytes,
+        body: bytes,
+        max_body: int,
+        sink: Sink | None,
+        deadline: float,
+        timeout: float,
+        key: tuple[str, int],
+        reuse: bool,
+    ) -> Response:
+        done: defer.Deferred[Response] = defer.Deferred()
+        timed_out = []
+
+        def expire() -> None:
+            timed_out.append(True)
+            conn.abort()
+
+        remaining = max(deadline - self._clock.seconds(), 0.0)
+        timer = self._clock.callLater(remaining, expire)
+
+        def idle(c: _HTTPClientProtocol) -> None:
+            if reuse:
+                self._keep(key, c)
+            else:
+                c.transport.loseConnection()
+
+        conn.on_idle = idle
+        conn.on_lost = self._forget
+        conn.send(_Request(method, head, body, max_body, sink, done))
+        try:
+            return await done
+        except ConnectionClosed:
+            if timed_out:
+                raise RequestTimeout(timeout) from None
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    def _keep(self, key: tuple[str, int], conn: _HTTPClientProtocol) -> None:
+        idle = self._idle.setdefault(key, [])
+        if len(idle) >= self._max_idle:
+            conn.transport.loseConnection()
+        else:
+            idle.append(conn)
+
+    def _forget(self, conn: _HTTPClientProtocol) -> None:
+        self._all.discard(conn)
+        for idle in self._idle.values():
+            if conn in idle:
+                idle.remove(conn)
+
+    def close_idle(self) -> None:
+        """Close every kept-alive connection (requests in flight are not affected)."""
+        for idle in list(self._idle.values()):
+            for conn in list(idle):
+                conn.transport.loseConnection()
+        self._idle.clear()
+
+    def abort_all(self) -> None:
+        """Abort every connection, including requests in flight (on shutdown)."""
+        self._idle.clear()
+        for conn in list(self._all):
+            conn.abort()

@@ -1,0 +1,350 @@
+"""BuilddMaster: the service that keeps every builder busy.
+
+It holds one :class:`~buildmaster.scanner.BuilderWorker` per builder and
+
+* every ``scan_interval`` reads all builders with their jobs in one query and scans them all
+  in parallel (each scan independent; a busy worker is skipped, never overlapped);
+* on ``NOTIFY buildqueue_waiting`` (a job became available) wakes an idle builder of the
+  right kind at once, and every successful claim wakes the next one, so a burst of jobs
+  spreads over the idle builders without waiting for a tick;
+* remembers which (processor, virtualized) kinds have no waiting job, so idle builders do
+  not ask the database again until a notification says otherwise;
+* writes log tails in batches;
+* with several masters on one database, works only the builders it holds a session-level
+  advisory lock for (a master that dies frees its builders).
+
+It also offers the seed's API (``addDistroArchSeries``, ``setupBuilders``,
+``findBuildCandidate``, ``dispatchBuildCandidate``, ``is_available``) and the operations on
+builds (cancel, retry, rescore, manual mode).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from buildmaster.config import MasterConfig
+from buildmaster.enums import BuilderStatus, BuildStatus
+from buildmaster.httpclient import HTTPClient
+from buildmaster.logtails import LogtailBuffer
+from buildmaster.model import Builder, BuildQueue, DistroArchSeries, HasId, id_of
+from buildmaster.protocol import BuilderError
+from buildmaster.scanner import BuilderWorker, failure_message
+from buildmaster.store import Store
+from buildmaster.store.database import DatabaseError
+
+__all__ = ["BuilddMaster"]
+
+Key = tuple[int, bool]
+#: pg_advisory_lock namespace for builder ownership ("bm" "bldr")
+OWNERSHIP_LOCK = 0x626D_626C
+
+
+class BuilddMaster(service.Service):
+    """The scanning and dispatching service.
+
+    :param reactor: IReactorTime + IReactorTCP + IReactorProcess (never the global one).
+    :param store: the database.
+    :param librarian: where files are served from and results are stored.
+    """
+
+    _log = Logger()
+    name = "buildd-master"
+
+    def __init__(
+        self, reactor: Any, store: Store, librarian: Any, config: MasterConfig | None = None
+    ) -> None:
+        self.reactor = reactor
+        self.clock = reactor
+        self.store = store
+        self.librarian = librarian
+        self.config = config or MasterConfig()
+        self.http = HTTPClient(reactor)
+        self.logtails = LogtailBuffer(store)
+        self.workers: dict[int, BuilderWorker] = {}
+        self.stopping = False
+        self._distroarchseries: dict[int, DistroArchSeries] = {}
+        self._empty: set[Key] = set()
+        self._generation: dict[Key, int] = {}
+        self._owned: set[int] = set()
+        self._round_robin = itertools.count()
+        self._scan_loop = task.LoopingCall(self._tick)
+        self._scan_loop.clock = reactor
+        self._logtail_loop = task.LoopingCall(self._flush_logtails)
+        self._logtail_loop.clock = reactor
+        self._loops: list[defer.Deferred[Any]] = []
+
+    # -- the service -------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self.stopping = False
+        self._started = defer.Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        await self.store.db.listen("buildqueue_waiting", self._queue_changed)
+        if self.config.exclusive_builders:
+            self.store.db.on_session_lost(self._owned.clear)
+        for das in await self.store.distributions.all_arch_series():
+            self._distroarchseries[das.id] = das
+        self._loops = [
+            self._scan_loop.start(self.config.scan_interval, now=True),
+            self._logtail_loop.start(self.config.logtail_interval, now=False),
+        ]
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        """Stops the loops, waits for the scans in progress (their remote calls are cut
+        short), then writes the pending log tails."""
+        self.stopping = True
+        try:
+            await self._started
+        except Exception:
+            self._log.failure("The master had not started properly")
+        for loop in (self._scan_loop, self._logtail_loop):
+            if loop.running:
+                loop.stop()
+        running = [w.current_scan() for w in self.workers.values()]
+        self.http.abort_all()
+        await defer.DeferredList(running, consumeErrors=True)
+        await defer.DeferredList(self._loops, consumeErrors=True)
+        await self._flush_logtails()
+        self.http.close_idle()
+
+    # -- scanning ----------------------------------------------------------------------
+
+    def _tick(self) -> defer.Deferred[None]:
+        return defer.Deferred.fromCoroutine(self._safe_tick())
+
+    async def _safe_tick(self) -> None:
+        try:
+            await self.scan_all(wait=False)
+        except DatabaseError as e:
+            self._log.warn("Scan cycle skipped: {error}", error=e)
+        except Exception:
+            self._log.failure("Scan cycle failed")
+
+    async def scan_all(self, wait: bool = True) -> None:
+        """Scan every builder (this master works) in parallel, from one read of the database.
+
+        :param wait: fire only once every scan is done (otherwise as soon as they are started).
+        """
+        snapshots = await self.store.jobs.snapshots()
+        owned = await self._own([s.builder.id for s in snapshots])
+        seen = set()
+        scans = []
+        for snap in snapshots:
+            if snap.builder.id not in owned:
+                continue
+            seen.add(snap.builder.id)
+            worker = self._worker(snap.builder)
+            if not worker.busy:
+                scans.append(worker.request_scan(snap))
+        for builder_id in set(self.workers) - seen:
+            if not self.workers[builder_id].busy:
+                del self.workers[builder_id]
+        self._empty.clear()  # once a cycle, ask the database again (a safety net for lost notifications)
+        if wait:
+            await defer.DeferredList(scans, consumeErrors=True)
+
+    async def _own(self, builder_ids: list[int]) -> set[int]:
+        if not self.config.exclusive_builders:
+            return set(builder_ids)
+        wanted = [b for b in builder_ids if b not in self._owned]
+        if wanted:
+            rows = await self.store.db.session_query(
+                "SELECT id FROM unnest(%s::integer[]) AS id WHERE pg_try_advisory_lock(%s, id)",
+                (wanted, OWNERSHIP_LOCK),
+            )
+            self._owned.update(r[0] for r in rows)
+        return self._owned
+
+    def _worker(self, builder: Builder) -> BuilderWorker:
+        worker = self.workers.get(builder.id)
+        if worker is None:
+            worker = self.workers[builder.id] = BuilderWorker(self, builder)
+        else:
+            worker.update(builder)
+        return worker
+
+    async def _flush_logtails(self) -> None:
+        try:
+            await self.logtails.flush()
+        except DatabaseError as e:
+            self._log.warn("Log tails not written: {error}", error=e)
+        except Exception:
+            self._log.failure("Writing log tails failed")
+
+    # -- events ---------------------------------------------------------------------
+
+    def _queue_changed(self, payload: str) -> None:
+        """NOTIFY buildqueue_waiting: ``"<processor> <virtualized>"``, or ``""`` for "anything"."""
+        try:
+            processor, virtualized = payload.split()
+            keys = [(int(processor), virtualized == "true")]
+        except ValueError:
+            keys = list(self._empty) + [k for w in self.workers.values() for k in w.keys]
+        for key in keys:
+            self._generation[key] = self._generation.get(key, 0) + 1
+            self._empty.discard(key)
+        self.wake(keys)
+
+    def known_empty(self, keys: Iterable[Key]) -> bool:
+        keys = list(keys)
+        return bool(keys) and all(k in self._empty for k in keys)
+
+    def generations(self, keys: Iterable[Key]) -> dict[Key, int]:
+        return {k: self._generation.get(k, 0) for k in keys}
+
+    def mark_empty(self, keys: Iterable[Key], generations: dict[Key, int]) -> None:
+        """No waiting job of these kinds, unless a notification came in since ``generations``."""
+        for key in keys:
+            if self._generation.get(key, 0) == generations.get(key, 0):
+                self._empty.add(key)
+
+    def wake(self, keys: Iterable[Key], exclude: BuilderWorker | None = None) -> None:
+        """Have one idle builder of one of these kinds look for a job now."""
+        wanted = set(keys)
+        idle = [
+            w
+            for w in self.workers.values()
+            if w is not exclude
+            and self._works(w.builder.id)
+            and w.idle
+            and wanted.intersection(w.keys)
+        ]
+        if idle:
+            worker = idle[next(self._round_robin) % len(idle)]
+            worker.request_scan()
+
+    def _works(self, builder_id: int) -> bool:
+        """Whether this master works the builder (holds its lock, when that matters)."""
+        return not self.config.exclusive_builders or builder_id in self._owned
+
+    async def arch_tag_for(self, builder: Builder) -> str | None:
+        """The architecture tag a builder should report (from the registered architectures)."""
+        for das in self._distroarchseries.values():
+            if das.processor_id in builder.processor_ids:
+                return das.architecturetag
+        return None
+
+    # -- the seed's API ------------------------------------------------------------------
+
+    def addDistroArchSeries(self, distroarchseries: DistroArchSeries) -> None:
+        """Register an architecture whose builders this master probes and feeds."""
+        self._distroarchseries[distroarchseries.id] = distroarchseries
+
+    def setupBuilders(self, distroarchseries: DistroArchSeries) -> defer.Deferred[None]:
+        """Probe, in parallel, every builder for the architecture's processor: echo, info
+        (protocol 1.0, the right architecture tag), status. A builder that fails the probe is
+        marked failed (``builderok = False``, ``failnotes`` = the reason, a WARNING). Fires
+        when every probe is done."""
+        self.addDistroArchSeries(distroarchseries)
+        return defer.Deferred.fromCoroutine(self._setup_builders(distroarchseries))
+
+    async def _setup_builders(self, das: DistroArchSeries) -> None:
+        builders = [
+            b for b in await self.store.builders.all() if das.processor_id in b.processor_ids
+        ]
+        await defer.DeferredList(
+            [defer.Deferred.fromCoroutine(self._probe(b, das.architecturetag)) for b in builders],
+            consumeErrors=True,
+        )
+
+    async def _probe(self, builder: Builder, arch_tag: str) -> None:
+        worker = self._worker(builder)
+        reason = await worker.probe(arch_tag)
+        if reason is None:
+            if not builder.builderok and builder.failed_by_master:
+                await self.store.jobs.restore_builder(builder, "answers correctly again")
+            return
+        if not builder.builderok and not builder.failed_by_master:
+            return  # an operator took it out of service: leave it so
+        self._log.warn("{message}", message=failure_message(builder, reason))
+        await self.store.jobs.fail_builder(builder, reason)
+        worker.update(await self.store.builders.get(builder))
+        worker._schedule_probe()
+
+    def is_available(self, builder: Builder | HasId | int) -> defer.Deferred[bool]:
+        """Whether the builder is ok and says, right now, that it is IDLE."""
+
+        async def available() -> bool:
+            fresh = await self.store.builders.get(id_of(builder))
+            if not fresh.builderok:
+                return False
+            worker = self._worker(fresh)
+            try:
+                status = await worker.client.status()
+            except BuilderError:
+                return False
+            worker.last_status = status
+            return status.builder_status is BuilderStatus.IDLE
+
+        return defer.Deferred.fromCoroutine(available())
+
+    def findBuildCandidate(self, builder: Builder) -> defer.Deferred[BuildQueue | None]:
+        """The best waiting job for the builder (not claimed)."""
+        return defer.Deferred.fromCoroutine(self.store.queue.findBuildCandidate(builder))
+
+    def dispatchBuildCandidate(self, builder: Builder, job: BuildQueue) -> defer.Deferred[bool]:
+        """Claim ``job`` for ``builder`` and dispatch it (VM reset, files, ``build()``).
+
+        Fires with ``True`` once the builder has accepted the build and the job shows its
+        builder, buildstart and a BUILDING build; with ``False`` when the dispatch failed
+        (the failure is judged and recorded; the job is back in the queue or failed).
+
+        :raises buildmaster.store.jobs.JobGone: when the job is no longer waiting.
+        """
+
+        async def dispatch() -> bool:
+            fresh = await self.store.builders.get(builder)
+            claimed = await self.store.jobs.claim(job, fresh)
+            worker = self._worker(fresh)
+            worker.update(await self.store.builders.get(builder))
+            return await worker.dispatch(claimed)
+
+        return defer.Deferred.fromCoroutine(dispatch())
+
+    # -- operations --------------------------------------------------------------------
+
+    async def cancel(self, build: HasId | int) -> BuildStatus:
+        """Cancel a build: at once if it waits; a running one is aborted on its builder and
+        ends CANCELLED when the builder reports it aborted."""
+        state = await self.store.jobs.cancel(build)
+        if state is BuildStatus.CANCELLING:
+            job = await self.store.queue.get_for_build(build)
+            if job is not None and job.builder_id in self.workers:
+                self.workers[job.builder_id].request_scan()
+        return state
+
+    async def retry(self, build: HasId | int) -> BuildQueue:
+        """Queue a failed or cancelled build again, with a fresh score."""
+        return await self.store.jobs.retry(build)
+
+    async def rescore(self, build: HasId | int, score: int) -> BuildQueue:
+        """Give a waiting build a manual score (it sticks)."""
+        return await self.store.jobs.rescore(build, score)
+
+    async def set_manual(self, builder: HasId | int, manual: bool) -> Builder:
+        """Manual mode: the builder is still scanned and its builds collected, but it gets
+        no new job."""
+        fresh = await self.store.builders.set_manual(builder, manual)
+        if fresh.id in self.workers:
+            self.workers[fresh.id].update(fresh)
+        return fresh
+
+    async def addOrUpdateChroot(
+        self, distroarchseries: HasId | int, chroot: HasId | int
+    ) -> DistroArchSeries:
+        """Set an architecture's chroot; jobs that waited for it go back in the queue."""
+        das = await self.store.distributions.addOrUpdateChroot(distroarchseries, chroot)
+        await self.store.jobs.resume_suspended(das)
+        return das

@@ -1,0 +1,704 @@
+"""The scan of one builder: poll it, then dispatch, watch, collect, clean or judge.
+
+Each builder has a :class:`BuilderWorker`. Its scans never overlap (a scan requested while
+one runs is run right after it), and nothing a scan meets can escape it: builder errors are
+judged, database outages are logged and retried at the next scan, and anything else is
+logged as a bug. Every worker is independent: a hung builder costs only its own timeouts.
+
+One scan, by what the builder says (``status()``) and what the database says:
+
+* IDLE: a job the database gives it was lost (requeued) or never started (claim released);
+  a trusted builder is clean again; then the best waiting job is claimed and dispatched.
+* BUILDING our cookie: the log tail is kept (batched); a cancelled job is aborted.
+  Another cookie: our job is lost (requeued) and the builder aborted. No job at all on a
+  builder the database thinks is clean: an isolation failure.
+* ABORTING: wait (a cancel that takes longer than ``cancel_timeout`` is a builder failure).
+* WAITING our cookie: collect the log and results, set the final state, ``clean()``, and
+  dispatch the next job at once. Anything else: requeue/clean.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import TYPE_CHECKING
+
+import attrs
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from buildmaster.buildargs import (
+    BUILDER_TYPE,
+    BuildContext,
+    CannotBuild,
+    build_args,
+    source_filemap,
+)
+from buildmaster.builderclient import BuilderClient
+from buildmaster.collect import CollectLimits, ResultCollector, log_filename
+from buildmaster.enums import (
+    BuilderCleanStatus,
+    BuilderResult,
+    BuilderStatus,
+    BuildQueueStatus,
+    BuildStatus,
+)
+from buildmaster.model import Builder, BuilderSnapshot, BuildQueue
+from buildmaster.policy import (
+    BuilderAction,
+    JobAction,
+    builder_may_take_jobs,
+    judge_failure,
+    probe_delay,
+)
+from buildmaster.protocol import (
+    PROTOCOL_VERSION,
+    BuilderError,
+    BuilderProtocolError,
+    FilemapLimits,
+    ResultRefused,
+    StatusReport,
+    check_filemap,
+)
+from buildmaster.store.database import DatabaseError
+from buildmaster.store.jobs import JobGone
+from buildmaster.vmreset import VMResetFailed, reset_vm, resume_argv
+
+if TYPE_CHECKING:
+    from buildmaster.master import BuilddMaster
+
+__all__ = ["BuilderWorker", "RESULT_STATES"]
+
+#: What a finished build's result means for the build.
+RESULT_STATES = {
+    BuilderResult.OK: BuildStatus.FULLYBUILT,
+    BuilderResult.PACKAGEFAIL: BuildStatus.FAILEDTOBUILD,
+    BuilderResult.DEPFAIL: BuildStatus.MANUALDEPWAIT,
+    BuilderResult.CHROOTFAIL: BuildStatus.CHROOTWAIT,
+    BuilderResult.ABORTED: BuildStatus.CANCELLED,
+}
+
+
+def failure_message(builder: Builder, reason: str) -> str:
+    """The seed's WARNING: ``frog (http://localhost:9221/) marked as failed due to: ...``."""
+    return f"{builder.name} ({builder.url}) marked as failed due to: {reason}"
+
+
+class BuilderWorker:
+    """Everything the master does with one builder."""
+
+    _log = Logger()
+
+    def __init__(self, master: BuilddMaster, builder: Builder) -> None:
+        self.master = master
+        self.builder = builder
+        self.client = self._new_client(builder)
+        self.last_status: StatusReport | None = None
+        self.last_scan: float | None = None
+        self.consecutive_failures = 0
+        self.probe_attempts = 0
+        self.next_probe = 0.0
+        self._abort_sent: dict[int, float] = {}
+        self._running: defer.Deferred[None] | None = None
+        self._again = False
+        self._again_snapshot: BuilderSnapshot | None = None
+
+    def _new_client(self, builder: Builder) -> BuilderClient:
+        return BuilderClient(
+            self.master.http, builder.url, self.master.config.timeout_for(builder.virtualized)
+        )
+
+    def update(self, builder: Builder) -> None:
+        """Take a fresher view of the builder's row."""
+        if (builder.url, builder.virtualized) != (self.builder.url, self.builder.virtualized):
+            self.client = self._new_client(builder)
+        self.builder = builder
+
+    @property
+    def keys(self) -> list[tuple[int, bool]]:
+        return [(p, self.builder.virtualized) for p in self.builder.processor_ids]
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None
+
+    @property
+    def idle(self) -> bool:
+        """Last seen IDLE, able to take a job, and not being scanned right now."""
+        return (
+            not self.busy
+            and self.last_status is not None
+            and self.last_status.builder_status is BuilderStatus.IDLE
+            and builder_may_take_jobs(self.builder)
+        )
+
+    def _now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self.master.clock.seconds(), datetime.UTC)
+
+    # -- running scans ---------------------------------------------------------------------
+
+    def current_scan(self) -> defer.Deferred[None]:
+        """Fires when the scan in progress (if any) is done."""
+        if self._running is None:
+            return defer.succeed(None)
+        done: defer.Deferred[None] = defer.Deferred()
+
+        def passthrough(result: object) -> object:
+            done.callback(None)
+            return result
+
+        self._running.addBoth(passthrough)
+        return done
+
+    def request_scan(self, snapshot: BuilderSnapshot | None = None) -> defer.Deferred[None]:
+        """Scan now, or right after the scan in progress. Fires when that scan is done."""
+        if self._running is not None:
+            self._again = True
+            self._again_snapshot = None  # by then it is stale: read it again
+            return self._running
+        self._running = defer.Deferred.fromCoroutine(self._scans(snapshot))
+        return self._running
+
+    async def _scans(self, snapshot: BuilderSnapshot | None) -> None:
+        try:
+            while True:
+                self._again = False
+                await self._guarded_scan(snapshot)
+                if not self._again or self.master.stopping:
+                    return
+                snapshot = None
+        finally:
+            self._running = None
+
+    async def _guarded_scan(self, snapshot: BuilderSnapshot | None) -> None:
+        try:
+            await self.scan(snapshot)
+        except DatabaseError as e:
+            self._log.warn(
+                "Scan of {builder} interrupted: {error}", builder=self.builder.name, error=e
+            )
+        except Exception:
+            self._log.failure("Scan of {builder} failed unexpectedly", builder=self.builder.name)
+        finally:
+            self.last_scan = self.master.clock.seconds()
+
+    async def scan(self, snapshot: BuilderSnapshot | None = None) -> None:
+        """One scan of the builder (see the module docstring)."""
+        snap = snapshot or await self.master.store.jobs.snapshot(self.builder.id)
+        self.update(snap.builder)
+        builder = snap.builder
+        if not builder.active or self.master.stopping:
+            return
+        if not builder.builderok:
+            self.last_status = None
+            if builder.failed_by_master and self.master.clock.seconds() >= self.next_probe:
+                await self._reprobe(snap)
+            return
+        try:
+            status = await self.client.status()
+        except BuilderError as e:
+            self.last_status = None
+            await self._scan_failed(snap, e)
+            return
+        self.consecutive_failures = 0
+        self.last_status = status
+        if status.builder_version != builder.version and status.builder_version is not None:
+            await self.master.store.jobs.set_version(builder, status.builder_version)
+        try:
+            await self._act(snap, status)
+        except BuilderError as e:
+            if not self.master.stopping:
+                await self._failed(snap.builder, snap.job, e)
+
+    async def _act(self, snap: BuilderSnapshot, status: StatusReport) -> None:
+        builder, job, build = snap.builder, snap.job, snap.build
+        cookie = build.cookie if build is not None else None
+        state = status.builder_status
+        if state is BuilderStatus.IDLE:
+            if job is not None:
+                await self._idle_with_job(builder, job, build.status if build else None)
+            await self._ready()
+            await self.dispatch_next()
+        elif state is BuilderStatus.BUILDING:
+            if job is not None and status.build_id == cookie:
+                assert build is not None
+                if build.status is BuildStatus.NEEDSBUILD:
+                    # dispatched, but the master stopped before recording it
+                    await self.master.store.jobs.mark_building(job, builder, self._now())
+                if job.status is BuildQueueStatus.CANCELLING:
+                    await self._cancel_running(builder, job)
+                else:
+                    self.master.logtails.add(job.id, builder.id, status.logtail)
+            elif job is not None:
+                await self._lost(
+                    builder, job, f"the builder is building {status.build_id!r}, not {cookie}"
+                )
+                await self.client.abort()
+            else:
+                await self._unexpected_work(builder, status)
+        elif state is BuilderStatus.ABORTING:
+            if job is not None and status.build_id == cookie:
+                if job.status is BuildQueueStatus.CANCELLING:
+                    await self._check_cancel_timeout(builder, job)
+            elif job is not None:
+                await self._lost(
+                    builder, job, f"the builder is aborting {status.build_id!r}, not {cookie}"
+                )
+            elif builder.clean_status is BuilderCleanStatus.CLEAN:
+                await self._isolation_failure(builder, status)
+        else:  # WAITING
+            if job is not None and status.build_id == cookie:
+                await self._collect(snap, status)
+                return
+            if job is not None:
+                await self._lost(
+                    builder, job, f"the builder finished {status.build_id!r}, not {cookie}"
+                )
+            elif builder.clean_status is BuilderCleanStatus.CLEAN:
+                await self._isolation_failure(builder, status)
+                return
+            await self._clean()
+            await self.dispatch_next()
+
+    # -- the builder and its job disagree ------------------------------------------------
+
+    async def _idle_with_job(
+        self, builder: Builder, job: BuildQueue, build_state: BuildStatus | None
+    ) -> None:
+        """The builder is idle but the database gives it a job: free the builder of it."""
+        jobs = self.master.store.jobs
+        if job.status is BuildQueueStatus.CANCELLING:
+            await jobs.fail_job(
+                job, builder, "cancelled (the builder was idle)", BuildStatus.CANCELLED
+            )
+        elif build_state is BuildStatus.NEEDSBUILD:
+            # claimed, but build() never reached the builder (the master stopped mid-dispatch)
+            await jobs.release_claim(
+                job, builder, "the builder is idle: the dispatch never reached it"
+            )
+        else:
+            await self._lost(builder, job, "the builder is idle: it lost the build")
+
+    async def _lost(self, builder: Builder, job: BuildQueue, reason: str) -> None:
+        self._log.warn(
+            "{builder} lost job {job}: {reason}", builder=builder.name, job=job.id, reason=reason
+        )
+        await self.master.store.jobs.requeue(job, builder, reason, kind="lost")
+        await self._set_clean_status(BuilderCleanStatus.DIRTY)
+
+    async def _unexpected_work(self, builder: Builder, status: StatusReport) -> None:
+        if builder.clean_status is BuilderCleanStatus.CLEAN:
+            await self._isolation_failure(builder, status)
+        else:
+            # leftovers of a build the database gave up on: stop it, then clean it
+            self._log.info(
+                "Aborting leftover build {cookie} on {builder}",
+                cookie=status.build_id,
+                builder=builder.name,
+            )
+            await self.client.abort()
+
+    async def _isolation_failure(self, builder: Builder, status: StatusReport) -> None:
+        reason = (
+            f"isolation failure: the builder reports {status.builder_status.name} {status.build_id!r}"
+            " while the database says it is clean and has no job"
+        )
+        judgement = judge_failure(0, None, isolation=True, policy=self.master.config.failure_policy)
+        await self._apply(builder, None, judgement.builder, JobAction.NONE, reason)
+
+    async def _set_clean_status(self, status: BuilderCleanStatus) -> None:
+        if self.builder.clean_status is not status:
+            await self.master.store.jobs.set_clean_status(self.builder, status)
+            self.builder = attrs.evolve(self.builder, clean_status=status)
+
+    async def _ready(self) -> None:
+        """An IDLE trusted builder is clean (a virtualized one is clean once its VM is reset)."""
+        if not self.builder.virtualized:
+            await self._set_clean_status(BuilderCleanStatus.CLEAN)
+
+    async def _clean(self) -> None:
+        state = await self.client.clean()
+        if state is not BuilderStatus.IDLE:
+            raise BuilderProtocolError(f"clean() left the builder {state.name}")
+        self.last_status = StatusReport(BuilderStatus.IDLE)
+        await self._ready()
+
+    # -- dispatching ------------------------------------------------------------------
+
+    async def dispatch_next(self) -> BuildQueue | None:
+        """Claim the best waiting job for this builder and dispatch it."""
+        builder = self.builder
+        if not builder_may_take_jobs(builder) or self.master.stopping:
+            return None
+        if self.master.known_empty(self.keys):
+            await self._reset_if_dirty()
+            return None
+        generations = self.master.generations(self.keys)
+        job = await self.master.store.jobs.claim_next(builder)
+        if job is None:
+            self.master.mark_empty(self.keys, generations)
+            await self._reset_if_dirty()
+            return None
+        self.builder = attrs.evolve(builder, clean_status=BuilderCleanStatus.DIRTY)
+        self.master.wake(self.keys, exclude=self)
+        await self.dispatch(job)
+        return job
+
+    async def _reset_if_dirty(self) -> None:
+        """A virtualized builder with nothing to do gets its VM reset now, not at dispatch."""
+        builder = self.builder
+        if builder.virtualized and builder.clean_status is not BuilderCleanStatus.CLEAN:
+            try:
+                await self._reset_vm(builder)
+            except VMResetFailed as e:
+                await self._failed(builder, None, e)
+                return
+            await self._set_clean_status(BuilderCleanStatus.CLEAN)
+
+    async def dispatch(self, job: BuildQueue) -> bool:
+        """Send a claimed job to the builder: VM reset, files, ``build()``, then record it.
+
+        Any failure is judged: the job goes back to the queue (or fails), the builder may be
+        disabled. Returns whether the builder accepted the build.
+        """
+        builder = self.builder
+        jobs = self.master.store.jobs
+        ctx = await jobs.context(job.build_id)
+        if ctx.chroot is None:
+            das = ctx.distroarchseries
+            reason = f"not dispatched: no chroot for {das.distribution_name}/{das.series_name}/{das.architecturetag}"
+            self._log.warn("{build}: {reason}", build=ctx.build.cookie, reason=reason)
+            await jobs.suspend(job, builder, reason)
+            return False
+        try:
+            filemap = source_filemap(ctx)
+        except CannotBuild as e:
+            await jobs.fail_job(job, builder, f"not dispatched: {e}")
+            return False
+        try:
+            if builder.virtualized:
+                await self._reset_vm(builder)
+            await self._ensure_files(ctx)
+            args = build_args(
+                ctx, self.master.config.archive_urls, builder.virtualized, self._build_url(ctx)
+            )
+            result = await self.client.build(
+                ctx.build.cookie, BUILDER_TYPE, ctx.chroot.sha1, filemap, args
+            )
+            if not result.started:
+                raise BuilderProtocolError(f"build() refused: {result.status} {result.info}")
+            if result.info != ctx.build.cookie:
+                raise BuilderProtocolError(
+                    f"build() answered for {result.info!r}, not {ctx.build.cookie}"
+                )
+        except BuilderError as e:
+            if self.master.stopping:
+                await jobs.release_claim(job, builder, "the master stopped during the dispatch")
+                return False
+            self._log.warn(
+                "Dispatching {build} to {builder} failed: {error}",
+                build=ctx.build.cookie,
+                builder=builder.name,
+                error=e,
+            )
+            await self._failed(builder, job, e, must_leave=True)
+            return False
+        try:
+            await jobs.record_dispatch(job, builder, self._now())
+        except JobGone:
+            # cancelled meanwhile: the next scan finds the builder busy with nothing and aborts
+            self._log.info("{build} went away while it was dispatched", build=ctx.build.cookie)
+            return False
+        self.last_status = StatusReport(BuilderStatus.BUILDING, build_id=ctx.build.cookie)
+        self._log.info(
+            "Dispatched {build} to {builder}", build=ctx.build.cookie, builder=builder.name
+        )
+        return True
+
+    def _build_url(self, ctx: BuildContext) -> str | None:
+        template = self.master.config.build_url_template
+        return template.format(build_id=ctx.build.id) if template else None
+
+    async def _reset_vm(self, builder: Builder) -> None:
+        command = self.master.config.vm_resume_command
+        if not command:
+            return
+        argv = resume_argv(command, builder.vm_host, builder.name)
+        await reset_vm(self.master.reactor, argv, self.master.config.vm_resume_timeout)
+
+    async def _ensure_files(self, ctx: BuildContext) -> None:
+        """``ensurepresent`` of the chroot and every source file, all at once."""
+        assert ctx.chroot is not None
+        librarian = self.master.librarian
+        wanted = [ctx.chroot] + [f.file for f in ctx.files]
+        calls = []
+        for file in wanted:
+            password = librarian.token_for(file.id) if file.restricted else None
+            username = "buildd" if password else None
+            calls.append(
+                defer.Deferred.fromCoroutine(
+                    self.client.ensurepresent(
+                        file.sha1, librarian.url_for(file), username, password
+                    )
+                )
+            )
+        results = await defer.DeferredList(calls, consumeErrors=True)
+        for file, (ok, value) in zip(wanted, results, strict=True):
+            if not ok:
+                value.raiseException()  # type: ignore[attr-defined]
+            if not value.present:
+                raise BuilderProtocolError(
+                    f"ensurepresent of {file.filename} failed: {value.message}"
+                )
+
+    # -- building -----------------------------------------------------------------
+
+    async def _cancel_running(self, builder: Builder, job: BuildQueue) -> None:
+        if job.id not in self._abort_sent:
+            self._log.info("Cancelling job {job} on {builder}", job=job.id, builder=builder.name)
+            self._abort_sent[job.id] = self.master.clock.seconds()
+            await self.client.abort()
+        else:
+            await self._check_cancel_timeout(builder, job)
+
+    async def _check_cancel_timeout(self, builder: Builder, job: BuildQueue) -> None:
+        sent = self._abort_sent.setdefault(job.id, self.master.clock.seconds())
+        timeout = self.master.config.cancel_timeout
+        if self.master.clock.seconds() - sent < timeout:
+            return
+        reason = f"the build did not abort within {timeout:g} seconds"
+        self._abort_sent.pop(job.id, None)
+        await self.master.store.jobs.fail_job(job, builder, reason, BuildStatus.CANCELLED)
+        await self._apply(builder, None, BuilderAction.DISABLE, JobAction.NONE, reason)
+
+    # -- collecting -----------------------------------------------------------------
+
+    async def _collect(self, snap: BuilderSnapshot, status: StatusReport) -> None:
+        builder, job, build = snap.builder, snap.job, snap.build
+        assert job is not None and build is not None and status.build_status is not None
+        jobs = self.master.store.jobs
+        result = status.build_status
+        cancelling = job.status is BuildQueueStatus.CANCELLING
+        self._abort_sent.pop(job.id, None)
+        if not cancelling and result is BuilderResult.BUILDERFAIL:
+            await self._failed(
+                builder,
+                job,
+                BuilderProtocolError("the builder reported BUILDERFAIL"),
+                must_leave=True,
+            )
+            await self._clean()
+            return
+        if not cancelling and result in (BuilderResult.GIVENBACK, BuilderResult.ABORTED):
+            why = (
+                "given back by the builder"
+                if result is BuilderResult.GIVENBACK
+                else "aborted unexpectedly"
+            )
+            await jobs.requeue(job, builder, why, kind="given-back")
+        else:
+            state = BuildStatus.CANCELLED if cancelling else RESULT_STATES[result]
+            await self._store_results(snap, status, state)
+        await self._clean()
+        await self.dispatch_next()
+
+    async def _store_results(
+        self, snap: BuilderSnapshot, status: StatusReport, state: BuildStatus
+    ) -> None:
+        builder, job, build = snap.builder, snap.job, snap.build
+        assert job is not None and build is not None
+        jobs = self.master.store.jobs
+        config = self.master.config
+        ctx = await jobs.context(build.id)
+        restricted = ctx.archive.private
+        collector = ResultCollector(
+            self.master.librarian,
+            self.client,
+            CollectLimits(config.max_log_size, config.max_result_file_size),
+        )
+        already = await jobs.collected_files(build.id)
+        reason = None
+        files: list[tuple[str, int]] = []
+        if state is BuildStatus.FULLYBUILT:
+            try:
+                accepted = check_filemap(
+                    status.filemap, FilemapLimits(max_files=config.max_result_files)
+                )
+                for name, sha1 in accepted.items():
+                    if name in already and already[name][0] == sha1:
+                        files.append((name, already[name][1]))
+                        continue
+                    alias = await collector.store_file(name, sha1, restricted)
+                    files.append((name, alias))
+                    await jobs.attach_files(build.id, [(name, alias)], None)
+            except ResultRefused as e:
+                state, reason = BuildStatus.FAILEDTOUPLOAD, f"results refused: {e}"
+                files = []
+        log = build.log_id
+        if log is None:
+            das, spr = ctx.distroarchseries, ctx.sourcepackagerelease
+            name = log_filename(
+                das.distribution_name,
+                das.series_name,
+                das.architecturetag,
+                spr.name,
+                spr.version,
+                state.name,
+            )
+            log, note = await collector.store_log(name, restricted)
+            if note:
+                reason = f"{reason}; {note}" if reason else note
+        finished = await jobs.finish(
+            job,
+            builder,
+            state,
+            self._now(),
+            log=log,
+            files=files,
+            dependencies=status.dependencies,
+            reason=reason,
+        )
+        if finished:
+            self._log.info(
+                "{build} on {builder}: {state}",
+                build=build.cookie,
+                builder=builder.name,
+                state=state.name,
+            )
+
+    # -- failures -------------------------------------------------------------------
+
+    async def _scan_failed(self, snap: BuilderSnapshot, error: BuilderError) -> None:
+        """The builder could not be polled. A few of these in a row are shrugged off."""
+        if self.master.stopping:
+            return
+        self.consecutive_failures += 1
+        tolerated = self.master.config.failure_policy.tolerated_scan_failures
+        if self.consecutive_failures <= tolerated:
+            self._log.info(
+                "{builder} scan failed ({n}/{tolerated} tolerated): {error}",
+                builder=snap.builder.name,
+                n=self.consecutive_failures,
+                tolerated=tolerated,
+                error=error,
+            )
+            return
+        await self._failed(snap.builder, snap.job, error)
+
+    async def _failed(
+        self,
+        builder: Builder,
+        job: BuildQueue | None,
+        error: BuilderError,
+        must_leave: bool = False,
+    ) -> None:
+        """Count the failure against builder and job, judge, and act on the judgement.
+
+        ``must_leave``: the job cannot stay on the builder (it never started, or the builder
+        gave up on it), so "leave it where it is" means "back to the queue".
+        """
+        builder_count, job_count = await self.master.store.jobs.count_failure(
+            builder, job.build_id if job else None
+        )
+        judgement = judge_failure(
+            builder_count, job_count, policy=self.master.config.failure_policy
+        )
+        job_action = judgement.job
+        if must_leave and job_action is JobAction.NONE:
+            job_action = JobAction.REQUEUE
+        reason = str(error)
+        await self.master.store.events.record(
+            "failure",
+            f"{reason} ({judgement.reason})",
+            build=job.build_id if job else None,
+            builder=builder.id,
+        )
+        await self._apply(builder, job, judgement.builder, job_action, reason)
+
+    async def _apply(
+        self,
+        builder: Builder,
+        job: BuildQueue | None,
+        builder_action: BuilderAction,
+        job_action: JobAction,
+        reason: str,
+    ) -> None:
+        jobs = self.master.store.jobs
+        if job is not None:
+            if job_action is JobAction.REQUEUE:
+                await jobs.requeue(job, builder, reason)
+            elif job_action is JobAction.FAIL:
+                await jobs.fail_job(job, builder, reason)
+        if builder_action is BuilderAction.DISABLE:
+            self._log.warn("{message}", message=failure_message(builder, reason))
+            await jobs.fail_builder(builder, reason)
+            self.builder = attrs.evolve(
+                builder, builderok=False, failed_by_master=True, failnotes=reason
+            )
+            self.last_status = None
+            self.probe_attempts = 0
+            self._schedule_probe()
+        elif builder_action is BuilderAction.RESET:
+            await self._set_clean_status(BuilderCleanStatus.DIRTY)
+
+    def _schedule_probe(self) -> None:
+        config = self.master.config
+        delay = probe_delay(self.probe_attempts, config.probe_initial_delay, config.probe_max_delay)
+        self.next_probe = self.master.clock.seconds() + delay
+
+    # -- probing -----------------------------------------------------------------------
+
+    async def probe(self, arch_tag: str | None = None) -> str | None:
+        """echo, info (protocol 1.0, the right architecture), status. Returns a failure
+        reason, or ``None`` when the builder answers correctly."""
+        try:
+            await self.client.echo("Test")
+            info = await self.client.info()
+            if info.protocol_version != PROTOCOL_VERSION:
+                return f"protocol version {info.protocol_version!r}, expected {PROTOCOL_VERSION!r}"
+            if arch_tag is not None and info.arch_tag != arch_tag:
+                return f"architecture {info.arch_tag!r}, expected {arch_tag!r}"
+            if BUILDER_TYPE not in info.builder_types:
+                return f"cannot build {BUILDER_TYPE} (it offers {', '.join(info.builder_types) or 'nothing'})"
+            self.last_status = await self.client.status()
+        except BuilderError as e:
+            self.last_status = None
+            return str(e)
+        return None
+
+    async def _reprobe(self, snap: BuilderSnapshot) -> None:
+        """An automatically failed builder: is it healthy again? (with backoff)"""
+        builder = snap.builder
+        self.probe_attempts += 1
+        reason = await self.probe(await self.master.arch_tag_for(builder))
+        if reason is None and self.last_status is not None:
+            state = self.last_status.builder_status
+            try:
+                if state is BuilderStatus.WAITING:
+                    await self.client.clean()
+                    state = BuilderStatus.IDLE
+                elif state is BuilderStatus.BUILDING:
+                    await self.client.abort()
+                    reason = "it was still building something: aborted it"
+                elif state is BuilderStatus.ABORTING:
+                    reason = "it is still aborting"
+            except BuilderError as e:
+                reason = str(e)
+        if reason is not None:
+            self._schedule_probe()
+            self._log.info(
+                "{builder} still failing: {reason} (next probe in {delay:.0f} s)",
+                builder=builder.name,
+                reason=reason,
+                delay=self.next_probe - self.master.clock.seconds(),
+            )
+            return
+        await self.master.store.jobs.restore_builder(builder, "answers correctly again")
+        self._log.info("{builder} is back in service", builder=builder.name)
+        self.probe_attempts = 0
+        self.consecutive_failures = 0
+        self.builder = attrs.evolve(
+            builder, builderok=True, failed_by_master=False, failnotes=None, failure_count=0
+        )
+        self.last_status = StatusReport(BuilderStatus.IDLE)
+        await self._ready()
+        await self.dispatch_next()

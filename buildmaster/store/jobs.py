@@ -1,0 +1,570 @@
+"""A job's life on the farm: claim, dispatch, requeue, finish, and the builder's side of it.
+
+Every change here is one transaction (often one statement) guarded by what the caller
+believes: a job is only marked dispatched if it is still claimed by that builder, only
+finished if it still runs there, and so on. A master acting on stale knowledge (or a
+second master) gets :class:`JobGone` instead of corrupting anything.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from buildmaster.buildargs import BuildContext
+from buildmaster.enums import (
+    ArchivePurpose,
+    BuilderCleanStatus,
+    BuildQueueStatus,
+    BuildStatus,
+    SourcePackageFileType,
+)
+from buildmaster.model import (
+    Builder,
+    BuilderSnapshot,
+    BuildQueue,
+    DistroArchSeries,
+    HasId,
+    SourcePackageReleaseFile,
+    id_of,
+)
+from buildmaster.scoring import score_build
+from buildmaster.store.archives import ARCHIVE_COLUMNS, ARCHIVE_FROM, archive_from_row
+from buildmaster.store.builders import BUILDER_WIDTH, builder_columns, builder_from_row
+from buildmaster.store.builds import (
+    _CANDIDATE_ID,
+    BUILD_WIDTH,
+    QUEUE_COLUMNS,
+    build_columns,
+    build_from_row,
+    get_build,
+    get_queue_entry,
+    queue_columns,
+    queue_from_row,
+    score_inputs,
+    set_build_status,
+)
+from buildmaster.store.database import ConstraintViolation, Database, NotFound, Transaction
+from buildmaster.store.distributions import _DAS_COLUMNS, _DAS_FROM
+from buildmaster.store.events import record_event
+from buildmaster.store.files import LIBRARYFILE_COLUMNS, LIBRARYFILE_JOIN, library_file_from_row
+from buildmaster.store.sources import SPR_COLUMNS, SPR_FROM, spr_from_row
+from buildmaster.transitions import RETRYABLE, check_transition
+
+__all__ = ["JobQueries", "JobGone"]
+
+_SNAPSHOT_SQL = (
+    f"SELECT {builder_columns('br')}, {queue_columns('q')}, {build_columns('bd')}"
+    " FROM builder br LEFT JOIN buildqueue q ON q.builder = br.id"
+    " LEFT JOIN build bd ON bd.id = q.build"
+)
+
+
+class JobGone(Exception):
+    """The job is no longer where the caller thought (cancelled, taken over, finished)."""
+
+
+def _snapshot(row: tuple[Any, ...]) -> BuilderSnapshot:
+    builder = builder_from_row(row[:BUILDER_WIDTH])
+    rest = row[BUILDER_WIDTH:]
+    job = queue_from_row(rest[:10]) if rest[0] is not None else None
+    build = build_from_row(rest[10 : 10 + BUILD_WIDTH]) if job is not None else None
+    return BuilderSnapshot(builder, job, build)
+
+
+def _clean_text(data: bytes | str | None) -> str | None:
+    if data is None:
+        return None
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    return text.replace("\x00", "")
+
+
+class JobQueries:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    # -- reading --------------------------------------------------------------------
+
+    async def snapshots(self, builder_ids: Sequence[int] | None = None) -> list[BuilderSnapshot]:
+        """Every active builder (or those in ``builder_ids``) with its job and build."""
+        if builder_ids is None:
+            rows = await self._db.query(_SNAPSHOT_SQL + " WHERE br.active ORDER BY br.name")
+        else:
+            rows = await self._db.query(
+                _SNAPSHOT_SQL + " WHERE br.id = ANY(%s) ORDER BY br.name", (list(builder_ids),)
+            )
+        return [_snapshot(r) for r in rows]
+
+    async def snapshot(self, builder: HasId | int) -> BuilderSnapshot:
+        rows = await self._db.query(_SNAPSHOT_SQL + " WHERE br.id = %s", (id_of(builder),))
+        if not rows:
+            raise NotFound(f"no builder {id_of(builder)}")
+        return _snapshot(rows[0])
+
+    async def context(self, build_id: int) -> BuildContext:
+        """What a dispatch needs about a build: release, architecture, archives, chroot, files."""
+        rows = await self._db.query(
+            f"SELECT {build_columns('b')}, {SPR_COLUMNS}, {_DAS_COLUMNS}"
+            f" FROM build b JOIN {SPR_FROM} ON spr.id = b.sourcepackagerelease"
+            f" JOIN {_DAS_FROM} ON das.id = b.distroarchseries WHERE b.id = %s",
+            (build_id,),
+        )
+        if not rows:
+            raise NotFound(f"no build {build_id}")
+        row = rows[0]
+        build = build_from_row(row[:BUILD_WIDTH])
+        spr = spr_from_row(row[BUILD_WIDTH : BUILD_WIDTH + 8])
+        das = DistroArchSeries(*row[BUILD_WIDTH + 8 : BUILD_WIDTH + 18])
+        archives = [
+            archive_from_row(r)
+            for r in await self._db.query(
+                f"SELECT {ARCHIVE_COLUMNS} FROM {ARCHIVE_FROM}"
+                " WHERE a.id = %s OR (a.distribution = %s AND a.purpose = %s)",
+                (build.archive_id, das.distribution_id, int(ArchivePurpose.PRIMARY)),
+            )
+        ]
+        archive = next(a for a in archives if a.id == build.archive_id)
+        primary = next((a for a in archives if a.purpose is ArchivePurpose.PRIMARY), None)
+        files = await self._db.query(
+            f"SELECT sprf.id, sprf.sourcepackagerelease, sprf.filetype, {LIBRARYFILE_COLUMNS}"
+            f" FROM sourcepackagereleasefile sprf JOIN {LIBRARYFILE_JOIN} ON lfa.id = sprf.libraryfile"
+            " WHERE sprf.sourcepackagerelease = %s"
+            f" UNION ALL SELECT NULL, NULL, NULL, {LIBRARYFILE_COLUMNS} FROM {LIBRARYFILE_JOIN}"
+            " WHERE lfa.id = %s",
+            (spr.id, das.chroot_id),
+        )
+        chroot = None
+        source_files = []
+        for r in files:
+            if r[0] is None:
+                chroot = library_file_from_row(r[3:])
+            else:
+                source_files.append(
+                    SourcePackageReleaseFile(
+                        r[0], r[1], SourcePackageFileType(r[2]), library_file_from_row(r[3:])
+                    )
+                )
+        return BuildContext(build, spr, das, archive, primary, chroot, tuple(source_files))
+
+    # -- claiming and dispatching ------------------------------------------------------
+
+    async def claim_next(self, builder: Builder) -> BuildQueue | None:
+        """Claim the best waiting job for ``builder`` (one statement; never one job for two
+        builders, whatever other masters do). The builder is dirty from now on.
+
+        :returns: the claimed job, or ``None`` when there is nothing to do (or the builder
+            already has a job).
+        """
+        try:
+            rows = await self._db.query(
+                f"WITH claimed AS (UPDATE buildqueue q SET builder = %(builder)s, status = 1"
+                f" WHERE q.id = ({_CANDIDATE_ID}) RETURNING {QUEUE_COLUMNS}),"
+                " dirty AS (UPDATE builder SET clean_status = 1, date_clean_status_changed = now()"
+                "  WHERE id = %(builder)s AND clean_status <> 1 AND EXISTS (SELECT 1 FROM claimed))"
+                " SELECT * FROM claimed",
+                {
+                    "builder": builder.id,
+                    "processors": list(builder.processor_ids),
+                    "virtualized": builder.virtualized,
+                },
+            )
+        except ConstraintViolation as e:
+            if e.constraint == "buildqueue_builder_key":
+                return None  # the builder got a job meanwhile (another master)
+            raise
+        return queue_from_row(rows[0]) if rows else None
+
+    async def claim(self, job: HasId | int, builder: Builder) -> BuildQueue:
+        """Claim this particular waiting job for ``builder``.
+
+        :raises JobGone: when it is no longer waiting (or the builder already has a job).
+        """
+        try:
+            rows = await self._db.query(
+                "WITH claimed AS (UPDATE buildqueue q SET builder = %(builder)s, status = 1"
+                f" WHERE q.id = %(job)s AND q.status = 0 AND q.builder IS NULL RETURNING {QUEUE_COLUMNS}),"
+                " dirty AS (UPDATE builder SET clean_status = 1, date_clean_status_changed = now()"
+                "  WHERE id = %(builder)s AND EXISTS (SELECT 1 FROM claimed))"
+                " SELECT * FROM claimed",
+                {"builder": builder.id, "job": id_of(job)},
+            )
+        except ConstraintViolation as e:
+            if e.constraint == "buildqueue_builder_key":
+                raise JobGone(f"builder {builder.name} already has a job") from None
+            raise
+        if not rows:
+            raise JobGone(f"job {id_of(job)} is no longer waiting")
+        return queue_from_row(rows[0])
+
+    async def record_dispatch(
+        self, job: BuildQueue, builder: Builder, now: datetime.datetime
+    ) -> None:
+        """The builder accepted the build: the job shows its builder and buildstart, the build
+        is BUILDING. Resets the builder's failure count (it works).
+
+        :raises JobGone: when the job was cancelled or taken away meanwhile.
+        """
+        rows = await self._db.query(
+            "WITH q AS (UPDATE buildqueue SET date_started = %(now)s"
+            "  WHERE id = %(job)s AND builder = %(builder)s AND status = 1 RETURNING build),"
+            " b AS (UPDATE build SET buildstate = 6, builder = %(builder)s, date_started = %(now)s,"
+            "  date_first_dispatched = coalesce(date_first_dispatched, %(now)s), date_finished = NULL"
+            "  WHERE id = (SELECT build FROM q) AND buildstate = 0 RETURNING id),"
+            " f AS (UPDATE builder SET failure_count = 0 WHERE id = %(builder)s AND failure_count <> 0"
+            "  AND EXISTS (SELECT 1 FROM b)),"
+            " e AS (INSERT INTO event (build, builder, kind, message)"
+            "  SELECT id, %(builder)s, 'dispatched', %(message)s FROM b)"
+            " SELECT id FROM b",
+            {
+                "now": now,
+                "job": job.id,
+                "builder": builder.id,
+                "message": f"dispatched to {builder.name}",
+            },
+        )
+        if not rows:
+            raise JobGone(f"job {job.id} is no longer claimed by {builder.name}")
+
+    async def release_claim(self, job: BuildQueue, builder: Builder, reason: str) -> bool:
+        """Undo a claim that never reached the builder (no blame): the job waits again."""
+        rows = await self._db.query(
+            "WITH q AS (UPDATE buildqueue SET builder = NULL, status = 0, date_started = NULL, logtail = NULL"
+            "  WHERE id = %(job)s AND builder = %(builder)s AND status = 1"
+            "  AND (SELECT buildstate FROM build WHERE id = buildqueue.build) = 0 RETURNING build),"
+            " e AS (INSERT INTO event (build, builder, kind, message)"
+            "  SELECT build, %(builder)s, 'released', %(reason)s FROM q)"
+            " SELECT build FROM q",
+            {"job": job.id, "builder": builder.id, "reason": reason},
+        )
+        return bool(rows)
+
+    async def suspend(self, job: BuildQueue, builder: Builder | None, reason: str) -> None:
+        """Take a job out of the candidates (e.g. its architecture has no chroot yet)."""
+
+        async def suspend(tx: Transaction) -> None:
+            count = await tx.execute(
+                "UPDATE buildqueue SET builder = NULL, status = 2, date_started = NULL WHERE id = %s",
+                (job.id,),
+            )
+            if count:
+                await record_event(
+                    tx,
+                    "suspended",
+                    reason,
+                    build=job.build_id,
+                    builder=builder.id if builder else None,
+                )
+
+        await self._db.transaction(suspend)
+
+    async def resume_suspended(self, distroarchseries: HasId | int) -> int:
+        """Put the suspended jobs of an architecture back in the queue (its chroot arrived)."""
+        rows = await self._db.query(
+            "WITH q AS (UPDATE buildqueue SET status = 0 WHERE status = 2 AND build IN"
+            "  (SELECT id FROM build WHERE distroarchseries = %s) RETURNING build),"
+            " e AS (INSERT INTO event (build, kind, message) SELECT build, 'resumed', 'back in the queue' FROM q)"
+            " SELECT count(*) FROM q",
+            (id_of(distroarchseries),),
+        )
+        return int(rows[0][0])
+
+    # -- failures ------------------------------------------------------------------------
+
+    async def count_failure(self, builder: Builder, build_id: int | None) -> tuple[int, int | None]:
+        """Count one failure against the builder (and the build); returns the new counts."""
+
+        async def count(tx: Transaction) -> tuple[int, int | None]:
+            row = await tx.query_one(
+                "UPDATE builder SET failure_count = failure_count + 1 WHERE id = %s RETURNING failure_count",
+                (builder.id,),
+            )
+            if row is None:
+                raise NotFound(f"no builder {builder.id}")
+            job_count = None
+            if build_id is not None:
+                build_row = await tx.query_one(
+                    "UPDATE build SET failure_count = failure_count + 1 WHERE id = %s RETURNING failure_count",
+                    (build_id,),
+                )
+                job_count = int(build_row[0]) if build_row else None
+            return int(row[0]), job_count
+
+        return await self._db.transaction(count)
+
+    async def requeue(
+        self, job: BuildQueue, builder: Builder | None, reason: str, kind: str = "requeued"
+    ) -> bool:
+        """Send the job back to the queue (its build to NEEDSBUILD), if it is still ``builder``'s.
+
+        :returns: whether it was requeued (``False`` when it had moved on meanwhile).
+        """
+
+        async def requeue(tx: Transaction) -> bool:
+            current = await tx.query_one(
+                "SELECT builder, status FROM buildqueue WHERE id = %s FOR UPDATE", (job.id,)
+            )
+            if current is None or (builder is not None and current[0] != builder.id):
+                return False
+            if current[1] == BuildQueueStatus.CANCELLING:
+                # the job was being cancelled anyway: it ends here
+                await set_build_status(tx, job.build_id, BuildStatus.CANCELLED, None, reason)
+                await tx.execute("DELETE FROM buildqueue WHERE id = %s", (job.id,))
+                return True
+            build = await get_build(tx, job.build_id, lock=True)
+            if build.status is not BuildStatus.NEEDSBUILD:
+                await set_build_status(tx, job.build_id, BuildStatus.NEEDSBUILD, None, reason)
+            await tx.execute(
+                "UPDATE buildqueue SET builder = NULL, status = 0, date_started = NULL, logtail = NULL WHERE id = %s",
+                (job.id,),
+            )
+            await record_event(
+                tx, kind, reason, build=job.build_id, builder=builder.id if builder else None
+            )
+            return True
+
+        return await self._db.transaction(requeue)
+
+    async def fail_job(
+        self,
+        job: BuildQueue,
+        builder: Builder | None,
+        reason: str,
+        state: BuildStatus = BuildStatus.FAILEDTOBUILD,
+    ) -> bool:
+        """End the job in ``state`` (e.g. it keeps breaking builders); the reason goes on the build."""
+
+        async def fail(tx: Transaction) -> bool:
+            current = await tx.query_one(
+                "SELECT builder, status FROM buildqueue WHERE id = %s FOR UPDATE", (job.id,)
+            )
+            if current is None or (builder is not None and current[0] not in (builder.id, None)):
+                return False
+            target = BuildStatus.CANCELLED if current[1] == BuildQueueStatus.CANCELLING else state
+            await set_build_status(tx, job.build_id, target, None, reason)
+            await tx.execute(
+                "UPDATE build SET failure_reason = %s WHERE id = %s", (reason, job.build_id)
+            )
+            await tx.execute("DELETE FROM buildqueue WHERE id = %s", (job.id,))
+            return True
+
+        return await self._db.transaction(fail)
+
+    async def fail_builder(self, builder: Builder, reason: str) -> None:
+        """Take the builder out of service automatically (it is re-probed and may come back)."""
+
+        async def fail(tx: Transaction) -> None:
+            await tx.execute(
+                "UPDATE builder SET builderok = false, failnotes = %s, failed_by_master = true WHERE id = %s",
+                (reason, builder.id),
+            )
+            await record_event(tx, "failed", reason, builder=builder.id)
+
+        await self._db.transaction(fail)
+
+    async def restore_builder(self, builder: Builder, note: str) -> None:
+        """An automatically failed builder answers correctly again: back in service."""
+
+        async def restore(tx: Transaction) -> None:
+            count = await tx.execute(
+                "UPDATE builder SET builderok = true, failnotes = NULL, failed_by_master = false,"
+                " failure_count = 0 WHERE id = %s AND failed_by_master",
+                (builder.id,),
+            )
+            if count:
+                await record_event(tx, "restored", note, builder=builder.id)
+
+        await self._db.transaction(restore)
+
+    async def set_clean_status(self, builder: Builder, status: BuilderCleanStatus) -> None:
+        await self._db.execute(
+            "UPDATE builder SET clean_status = %s, date_clean_status_changed = now() WHERE id = %s AND clean_status <> %s",
+            (int(status), builder.id, int(status)),
+        )
+
+    async def set_version(self, builder: Builder, version: str | None) -> None:
+        await self._db.execute(
+            "UPDATE builder SET version = %s WHERE id = %s AND version IS DISTINCT FROM %s",
+            (version, builder.id, version),
+        )
+
+    async def mark_building(
+        self, job: BuildQueue, builder: Builder, now: datetime.datetime
+    ) -> bool:
+        """A claimed job turned out to be running on the builder (the master died between
+        ``build()`` and recording it): record it as dispatched."""
+        try:
+            await self.record_dispatch(job, builder, now)
+        except JobGone:
+            return False
+        return True
+
+    async def store_logtails(self, tails: Iterable[tuple[int, int, bytes | str | None]]) -> None:
+        """Write many jobs' log tails in one statement: ``(job id, builder id, tail)``."""
+        batch = list(tails)
+        if not batch:
+            return
+        values = ", ".join(["(%s::integer, %s::integer, %s::text)"] * len(batch))
+        args: list[Any] = []
+        for job_id, builder_id, tail in batch:
+            args.extend((job_id, builder_id, _clean_text(tail)))
+        await self._db.execute(
+            f"UPDATE buildqueue q SET logtail = v.tail FROM (VALUES {values}) AS v(id, builder, tail)"
+            " WHERE q.id = v.id AND q.builder = v.builder",
+            args,
+        )
+
+    # -- the end of a build ------------------------------------------------------------
+
+    async def finish(
+        self,
+        job: BuildQueue,
+        builder: Builder,
+        state: BuildStatus,
+        now: datetime.datetime,
+        log: int | None = None,
+        files: Sequence[tuple[str, int]] = (),
+        dependencies: str | None = None,
+        reason: str | None = None,
+    ) -> bool:
+        """Record a collected build: its final state, log and files; the job leaves the queue.
+
+        :returns: ``False`` when the job is no longer this builder's (already collected).
+        :raises IllegalTransition: when the build may not end in ``state``.
+        """
+
+        async def finish(tx: Transaction) -> bool:
+            current = await tx.query_one(
+                "SELECT builder FROM buildqueue WHERE id = %s FOR UPDATE", (job.id,)
+            )
+            if current is None or current[0] != builder.id:
+                return False
+            build = await get_build(tx, job.build_id, lock=True)
+            check_transition(build.status, state, build.id)
+            await tx.execute(
+                "UPDATE build SET buildstate = %s, date_finished = %s, log = coalesce(%s, log),"
+                " dependencies = %s, failure_reason = %s, builder = %s,"
+                " date_started = coalesce(date_started, %s) WHERE id = %s",
+                (int(state), now, log, dependencies, reason, builder.id, now, build.id),
+            )
+            for filename, alias in files:
+                await tx.execute(
+                    "INSERT INTO buildfile (build, libraryfile, filename) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (build, filename) DO NOTHING",
+                    (build.id, alias, filename),
+                )
+            await tx.execute("DELETE FROM buildqueue WHERE id = %s", (job.id,))
+            message = f"{build.status.name} -> {state.name} on {builder.name}" + (
+                f": {reason}" if reason else ""
+            )
+            await record_event(tx, "finished", message, build=build.id, builder=builder.id)
+            return True
+
+        return await self._db.transaction(finish)
+
+    async def collected_files(self, build_id: int) -> dict[str, tuple[str, int]]:
+        """Files already stored for a build (a collection that was interrupted): name -> (sha1, alias)."""
+        rows = await self._db.query(
+            f"SELECT bf.filename, lfc.sha1, lfa.id FROM buildfile bf JOIN {LIBRARYFILE_JOIN}"
+            " ON lfa.id = bf.libraryfile WHERE bf.build = %s",
+            (build_id,),
+        )
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    async def attach_files(
+        self, build_id: int, files: Sequence[tuple[str, int]], log: int | None
+    ) -> None:
+        """Link stored results to the build as soon as they are stored (so a collection that
+        is interrupted does not store them again)."""
+
+        async def attach(tx: Transaction) -> None:
+            for filename, alias in files:
+                await tx.execute(
+                    "INSERT INTO buildfile (build, libraryfile, filename) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (build, filename) DO NOTHING",
+                    (build_id, alias, filename),
+                )
+            if log is not None:
+                await tx.execute(
+                    "UPDATE build SET log = %s WHERE id = %s AND log IS NULL", (log, build_id)
+                )
+
+        await self._db.transaction(attach)
+
+    # -- operations on builds ----------------------------------------------------------
+
+    async def cancel(self, build: HasId | int) -> BuildStatus:
+        """Cancel a build: a waiting one is CANCELLED at once; a running one becomes
+        CANCELLING (the master aborts it on the builder). Returns the new state.
+
+        :raises IllegalTransition: for a build that has already ended.
+        """
+
+        async def cancel(tx: Transaction) -> BuildStatus:
+            b = await get_build(tx, id_of(build), lock=True)
+            job_row = await tx.query_one(
+                f"SELECT {QUEUE_COLUMNS} FROM buildqueue q WHERE q.build = %s FOR UPDATE", (b.id,)
+            )
+            job = queue_from_row(job_row) if job_row else None
+            if b.status is BuildStatus.CANCELLING:
+                return b.status
+            if job is not None and job.builder_id is not None and b.status is BuildStatus.BUILDING:
+                await set_build_status(tx, b.id, BuildStatus.CANCELLING, None, "cancel requested")
+                await tx.execute(
+                    "UPDATE buildqueue SET status = %s WHERE id = %s",
+                    (int(BuildQueueStatus.CANCELLING), job.id),
+                )
+                return BuildStatus.CANCELLING
+            check_transition(b.status, BuildStatus.CANCELLED, b.id)
+            await set_build_status(tx, b.id, BuildStatus.CANCELLED, None, "cancelled")
+            if job is not None:
+                await tx.execute("DELETE FROM buildqueue WHERE id = %s", (job.id,))
+            return BuildStatus.CANCELLED
+
+        return await self._db.transaction(cancel)
+
+    async def retry(self, build: HasId | int) -> BuildQueue:
+        """Retry a failed or cancelled build: NEEDSBUILD with a fresh score.
+
+        :raises IllegalTransition: unless the build is in a retryable state.
+        """
+
+        async def retry(tx: Transaction) -> BuildQueue:
+            b = await get_build(tx, id_of(build), lock=True)
+            if b.status not in RETRYABLE:
+                check_transition(b.status, BuildStatus.NEEDSBUILD, b.id)
+                raise ValueError(f"build {b.id} is {b.status.name}: only ended builds are retried")
+            await set_build_status(tx, b.id, BuildStatus.NEEDSBUILD, None, "retried")
+            await tx.execute(
+                "UPDATE build SET failure_count = 0, dependencies = NULL, log = NULL WHERE id = %s",
+                (b.id,),
+            )
+            await tx.execute("DELETE FROM buildfile WHERE build = %s", (b.id,))
+            score = score_build(await score_inputs(tx, b.id))
+            row = await tx.query_one(
+                "INSERT INTO buildqueue (build, lastscore, processor, virtualized) VALUES (%s, %s, %s, %s) RETURNING id",
+                (b.id, score, b.processor_id, b.virtualized),
+            )
+            assert row is not None
+            await record_event(tx, "queued", f"queued with score {score}", build=b.id)
+            return await get_queue_entry(tx, row[0])
+
+        return await self._db.transaction(retry)
+
+    async def rescore(self, build: HasId | int, score: int) -> BuildQueue:
+        """Give a queued build a manual score, which sticks.
+
+        :raises NotFound: when the build is not in the queue.
+        """
+
+        async def rescore(tx: Transaction) -> BuildQueue:
+            row = await tx.query_one(
+                "UPDATE buildqueue SET lastscore = %s, manual = true WHERE build = %s RETURNING id",
+                (score, id_of(build)),
+            )
+            if row is None:
+                raise NotFound(f"build {id_of(build)} is not in the queue")
+            await record_event(tx, "rescored", f"manual score {score}", build=id_of(build))
+            return await get_queue_entry(tx, row[0])
+
+        return await self._db.transaction(rescore)
