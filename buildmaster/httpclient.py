@@ -345,6 +345,8 @@ class _HTTPClientProtocol(protocol.Protocol):
 class _Factory(protocol.ClientFactory):
     """Builds one protocol and fires ``connected`` with it once it is connected."""
 
+    noisy = False  # one per connection: "Starting factory" lines would flood the log
+
     def __init__(self, connected: defer.Deferred[_HTTPClientProtocol]) -> None:
         self._connected = connected
 

@@ -270,8 +270,13 @@ class BuilddMaster(service.Service):
             return  # an operator took it out of service: leave it so
         self._log.warn("{message}", message=failure_message(builder, reason))
         await self.store.jobs.fail_builder(builder, reason)
-        worker.update(await self.store.builders.get(builder))
-        worker._schedule_probe()
+        snap = await self.store.jobs.snapshot(builder)
+        if snap.job is not None:
+            await self.store.jobs.requeue(
+                snap.job, snap.builder, f"{builder.name} failed: {reason}"
+            )
+        worker.update(snap.builder)
+        worker.schedule_probe()
 
     def is_available(self, builder: Builder | HasId | int) -> defer.Deferred[bool]:
         """Whether the builder is ok and says, right now, that it is IDLE."""

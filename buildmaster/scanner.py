@@ -190,6 +190,11 @@ class BuilderWorker:
             return
         if not builder.builderok:
             self.last_status = None
+            if snap.job is not None:
+                reason = (
+                    f"{builder.name} is out of service: {builder.failnotes or 'no reason given'}"
+                )
+                await self.master.store.jobs.requeue(snap.job, builder, reason)
             if builder.failed_by_master and self.master.clock.seconds() >= self.next_probe:
                 await self._reprobe(snap)
             return
@@ -636,11 +641,11 @@ class BuilderWorker:
             )
             self.last_status = None
             self.probe_attempts = 0
-            self._schedule_probe()
+            self.schedule_probe()
         elif builder_action is BuilderAction.RESET:
             await self._set_clean_status(BuilderCleanStatus.DIRTY)
 
-    def _schedule_probe(self) -> None:
+    def schedule_probe(self) -> None:
         config = self.master.config
         delay = probe_delay(self.probe_attempts, config.probe_initial_delay, config.probe_max_delay)
         self.next_probe = self.master.clock.seconds() + delay
@@ -684,7 +689,7 @@ class BuilderWorker:
             except BuilderError as e:
                 reason = str(e)
         if reason is not None:
-            self._schedule_probe()
+            self.schedule_probe()
             self._log.info(
                 "{builder} still failing: {reason} (next probe in {delay:.0f} s)",
                 builder=builder.name,

@@ -9,9 +9,11 @@ except the database: a librarian in a directory with its HTTP resource listening
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from twisted.internet import defer, task
 from twisted.web import resource, server
 
 from buildmaster.config import MasterConfig
@@ -20,14 +22,7 @@ from buildmaster.master import BuilddMaster
 from buildmaster.model import LibraryFile
 from buildmaster.store import Store
 
-__all__ = ["FarmHarness", "web_root"]
-
-
-def web_root(librarian: Librarian) -> resource.Resource:
-    """The master's web tree: the librarian under ``/librarian/``."""
-    root = resource.Resource()
-    root.putChild(b"librarian", librarian.resource())
-    return root
+__all__ = ["FarmHarness", "wait_for"]
 
 
 class FarmHarness:
@@ -39,6 +34,7 @@ class FarmHarness:
         self.master: BuilddMaster
         self.farm: Any
         self._port: Any = None
+        self._site_root = resource.Resource()
 
     @classmethod
     async def start(
@@ -56,12 +52,17 @@ class FarmHarness:
         self = cls(reactor, store, directory)
         secret = Librarian.load_or_create_secret(directory)
         # the public URL is only known once listening: bind first, then build the librarian
-        self._site_root = resource.Resource()
         self._port = reactor.listenTCP(0, server.Site(self._site_root), interface="127.0.0.1")
         public_url = f"http://127.0.0.1:{self._port.getHost().port}/librarian/"
         self.librarian = Librarian(reactor, store.db, directory / "librarian", public_url, secret)
         self._site_root.putChild(b"librarian", self.librarian.resource())
-        self.farm = Farm(reactor, directory / "slavesim", build_time=build_time, clock=farm_clock)
+        self.farm = Farm(
+            reactor,
+            directory / "slavesim",
+            build_time=build_time,
+            clock=farm_clock,
+            history_size=100_000,
+        )
         self.master = BuilddMaster(reactor, store, self.librarian, config or MasterConfig())
         return self
 
@@ -90,3 +91,19 @@ class FarmHarness:
         await self.farm.stop()
         if self._port is not None:
             await self._port.stopListening()
+
+
+async def wait_for(
+    reactor: Any, condition: Callable[[], Any], timeout: float = 20.0, what: str = ""
+) -> None:
+    """Poll ``condition`` (sync or async) until true; fail after ``timeout`` seconds."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        result = condition()
+        if isinstance(result, defer.Deferred) or hasattr(result, "__await__"):
+            result = await result
+        if result:
+            return
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        await task.deferLater(reactor, 0.05, lambda: None)

@@ -15,7 +15,8 @@ import itertools
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import psycopg2
@@ -24,7 +25,13 @@ import pytest_twisted
 from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from zope.interface import implementer
 
+from buildmaster.config import MasterConfig
+from buildmaster.enums import PackagePublishingPocket, SourcePackageFileType
+from buildmaster.model import Build, Builder
+from buildmaster.sampledata import SampleData, load_sample_data
+from buildmaster.store import Store
 from buildmaster.store.cluster import PostgresCluster
+from buildmaster.testing import FarmHarness
 
 TEMPLATE = "buildmaster_template"
 
@@ -187,3 +194,72 @@ async def store(db: Any) -> AsyncIterator[Any]:
     from buildmaster.store import Store
 
     yield Store(db)
+
+
+# -- a farm to work with ------------------------------------------------------------------
+
+
+class World:
+    """Sample data with hoary/i386 ready to build (chroot), plus helpers."""
+
+    def __init__(self, harness: FarmHarness, store: Store, data: SampleData) -> None:
+        self.harness = harness
+        self.store = store
+        self.data = data
+        self.counter = 0
+
+    async def prepare(self) -> None:
+        chroot = await self.harness.add_file("chroot-hoary-i386.tar.gz", b"chroot" * 100)
+        await self.store.distributions.addOrUpdateChroot(self.data.hoary_i386, chroot.id)
+        # the seed's builders and jobs are not part of these scenarios
+        await self.store.queue.destroySelf(self.data.lost_job_id)
+        await self.store.queue.destroySelf(self.data.waiting_job_id)
+        for name in ("bob", "frog"):
+            await self.store.builders.set_active(await self.store.builders.getByName(name), False)
+
+    async def builder(self, name: str, virtualized: bool = False) -> tuple[Any, Builder]:
+        sim = await self.harness.start_builder(name, "i386")
+        builder = await self.store.builders.new(
+            name,
+            sim.url,
+            [self.data.processor_386],
+            virtualized=virtualized,
+            vm_host=f"{name}.vm" if virtualized else None,
+        )
+        return sim, builder
+
+    async def queue(self, name: str | None = None, ppa: bool = False) -> Build:
+        self.counter += 1
+        name = name or f"pkg{self.counter}"
+        dsc = await self.harness.add_file(
+            f"{name}_1.0.dsc", f"Source: {name}\n".encode(), "text/plain"
+        )
+        spr = await self.store.sources.new(
+            name, "1.0", self.data.hoary, files=[(dsc.id, SourcePackageFileType.DSC)]
+        )
+        archive = self.data.cprov_ppa if ppa else self.data.primary
+        build = await self.store.builds.createBuild(
+            spr, self.data.hoary_i386, PackagePublishingPocket.RELEASE, archive
+        )
+        await self.store.queue.createBuildQueueEntry(build)
+        return build
+
+
+@pytest_twisted.async_yield_fixture
+async def make_world(
+    reactor: Any, store: Store, tmp_path: Path
+) -> AsyncIterator[Callable[..., Any]]:
+    harnesses: list[FarmHarness] = []
+
+    async def make(config: MasterConfig | None = None, build_time: float = 3600.0) -> World:
+        harness = await FarmHarness.start(
+            reactor, store, tmp_path, config or MasterConfig(), build_time=build_time
+        )
+        harnesses.append(harness)
+        world = World(harness, store, await load_sample_data(store))
+        await world.prepare()
+        return world
+
+    yield make
+    for harness in harnesses:
+        await harness.stop()

@@ -1,0 +1,164 @@
+"""``twistd buildmaster``: the command line, and the only module that imports the reactor.
+
+::
+
+    twistd -n buildmaster --demo                 # embedded PostgreSQL + simulated builders
+    twistd -n buildmaster --dsn "host=db dbname=buildmaster" --port tcp:8000 \\
+        --librarian-url http://master.example:8000/librarian/ \\
+        --vm-resume-command "/usr/local/bin/resume-vm %(vm_host)s %(buildd_name)s"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.python import usage
+
+from buildmaster.buildargs import ArchiveURLs
+from buildmaster.config import MasterConfig
+from buildmaster.service import BuildmasterService, ServiceSettings
+from buildmaster.vmreset import resume_argv
+
+__all__ = ["Options", "makeService"]
+
+
+def _seconds(value: str) -> float:
+    seconds = float(value)
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{value!r} is not a positive number of seconds")
+    return seconds
+
+
+def _port(value: str) -> str:
+    """A plain port number means TCP on 127.0.0.1; otherwise a strports description."""
+    if value.isdigit():
+        return f"tcp:{value}:interface=127.0.0.1"
+    return value
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "The build farm master: keeps the queue of builds in PostgreSQL, polls every builder in "
+        "parallel, dispatches, collects and judges. Without --dsn it runs its own private "
+        "PostgreSQL cluster in the state directory."
+    )
+    optParameters: list[list[Any]] = [
+        ["dsn", None, None, "libpq connection string (default: a private cluster in --state-dir)."],
+        [
+            "state-dir",
+            None,
+            "buildmaster-state",
+            "Where the private cluster, the librarian's files and secrets live.",
+        ],
+        [
+            "port",
+            "p",
+            "tcp:8000:interface=127.0.0.1",
+            "The web server (librarian): a port on 127.0.0.1, or a strports description.",
+            _port,
+        ],
+        [
+            "librarian-url",
+            None,
+            None,
+            "The librarian's public URL, as builders reach it (default: from --port).",
+        ],
+        ["scan-interval", None, 15.0, "Seconds between scans of every builder.", _seconds],
+        [
+            "socket-timeout",
+            None,
+            40.0,
+            "Seconds for a call to a trusted builder (ensurepresent: 20x).",
+            _seconds,
+        ],
+        [
+            "virtualized-socket-timeout",
+            None,
+            30.0,
+            "Seconds for a call to a virtualized builder.",
+            _seconds,
+        ],
+        [
+            "vm-resume-command",
+            None,
+            None,
+            "Resets a virtualized builder's VM; %(vm_host)s and %(buildd_name)s expand.",
+        ],
+        ["vm-resume-timeout", None, 300.0, "Seconds the VM reset command may take.", _seconds],
+        [
+            "primary-archive-url",
+            None,
+            ArchiveURLs().primary,
+            "URL of a primary archive, with {distribution}.",
+        ],
+        [
+            "ppa-url",
+            None,
+            ArchiveURLs().ppa,
+            "URL of a PPA, with {owner}, {name} and {distribution}.",
+        ],
+        [
+            "build-url",
+            None,
+            None,
+            "Public URL of a build page, with {build_id} (sent to builders).",
+        ],
+        ["demo-builders", None, 12, "How many simulated builders --demo starts.", int],
+        ["demo-interval", None, 2.0, "Seconds between builds --demo queues.", _seconds],
+    ]
+    optFlags = [
+        ["demo", None, "Load the sample data, start simulated builders and queue builds."],
+    ]
+
+    def postOptions(self) -> None:
+        command = self["vm-resume-command"]
+        if command:
+            try:
+                resume_argv(command, "vm-host", "builder")
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+        for key in ("primary-archive-url", "ppa-url"):
+            try:
+                self[key].format(distribution="d", owner="o", name="n")
+            except (KeyError, IndexError, ValueError) as e:
+                raise usage.UsageError(f"--{key}: bad template {self[key]!r}: {e}") from None
+
+    def settings(self) -> ServiceSettings:
+        command = self["vm-resume-command"]
+        if command is None and self["demo"]:
+            command = "true %(vm_host)s"  # the demo's VMs reset instantly
+        master = MasterConfig(
+            scan_interval=self["scan-interval"]
+            if not self["demo"] or self["scan-interval"] != 15.0
+            else 5.0,
+            socket_timeout=self["socket-timeout"],
+            virtualized_socket_timeout=self["virtualized-socket-timeout"],
+            vm_resume_command=command,
+            vm_resume_timeout=self["vm-resume-timeout"],
+            archive_urls=ArchiveURLs(primary=self["primary-archive-url"], ppa=self["ppa-url"]),
+            build_url_template=self["build-url"],
+        )
+        return ServiceSettings(
+            state_dir=Path(self["state-dir"]).absolute(),
+            dsn=self["dsn"],
+            port=self["port"],
+            librarian_url=self["librarian-url"],
+            master=master,
+            demo=bool(self["demo"]),
+            demo_builders=self["demo-builders"],
+            demo_queue_interval=self["demo-interval"],
+        )
+
+
+def makeService(options: Options) -> BuildmasterService:
+    from twisted.internet import reactor as global_reactor
+
+    reactor: Any = global_reactor
+
+    def fatal(error: BaseException) -> None:
+        if reactor.running:
+            reactor.stop()
+
+    return BuildmasterService(reactor, options.settings(), on_fatal=fatal)

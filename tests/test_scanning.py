@@ -1,0 +1,232 @@
+"""The scan: parallel, independent, never dying; bad builders are judged, not crashed on.
+
+Real PostgreSQL, real librarian over HTTP, simulated builders on real sockets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import defer
+
+from buildmaster.config import MasterConfig
+from buildmaster.enums import (
+    BuilderStatus,
+    BuildStatus,
+)
+from buildmaster.model import Build
+from buildmaster.policy import FailurePolicy
+from buildmaster.store import Store
+from buildmaster.testing import wait_for
+
+FAST = MasterConfig(
+    socket_timeout=1.0, virtualized_socket_timeout=1.0, scan_interval=3600, vm_resume_command="true"
+)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hung_builder_costs_only_its_own_timeout(reactor: Any, make_world: Any) -> None:
+    world = await make_world(FAST)
+    sims = []
+    for i in range(8):
+        sim, _ = await world.builder(f"b{i}")
+        sims.append(sim)
+    sims[0].faults.hang = True
+    master = world.harness.master
+
+    scan = defer.Deferred.fromCoroutine(master.scan_all())
+    await wait_for(reactor, lambda: len(master.workers) == 8, 5, "the workers")
+    healthy = [w for w in master.workers.values() if w.builder.name != "b0"]
+    hung = next(w for w in master.workers.values() if w.builder.name == "b0")
+    # every other builder is scanned while the hung one is still waiting for its answer
+    await wait_for(
+        reactor, lambda: all(w.last_status is not None for w in healthy), 5, "healthy scans"
+    )
+    assert hung.busy and hung.last_status is None
+    # a new cycle does not overlap the hung builder's scan in progress
+    await master.scan_all(wait=False)
+    await scan
+    assert [c.method for c in sims[0].history].count("status") == 1
+    assert all(w.last_status.builder_status is BuilderStatus.IDLE for w in healthy)  # type: ignore[union-attr]
+    assert not hung.busy and hung.consecutive_failures == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refusing_builder_is_failed_after_the_tolerated_scans(
+    reactor: Any, make_world: Any, store: Store, captured_log: Any
+) -> None:
+    config = MasterConfig(
+        socket_timeout=1.0,
+        scan_interval=3600,
+        failure_policy=FailurePolicy(tolerated_scan_failures=2, builder_disable_threshold=2),
+    )
+    world = await make_world(config)
+    dead, dead_builder = await world.builder("dead")
+    await world.builder("alive")
+    dead.faults.refuse = True
+    await dead.settled()
+    master = world.harness.master
+    for _ in range(3):
+        await master.scan_all()
+        assert (await store.builders.getByName("dead")).builderok  # tolerated, then counted once
+    await master.scan_all()
+    dead_builder = await store.builders.getByName("dead")
+    assert dead_builder.builderok is False
+    assert dead_builder.failnotes == "(111, 'Connection refused')"
+    assert dead_builder.failed_by_master
+    assert (
+        f"dead ({dead.url}) marked as failed due to: (111, 'Connection refused')"
+        in captured_log.warnings()
+    )
+    assert (await store.builders.getByName("alive")).builderok
+    events = [e.kind for e in await store.events.for_builder(dead_builder.id)]
+    assert events.count("failure") == 2 and events[-1] == "failed"
+
+
+@pytest_twisted.ensureDeferred
+async def test_garbage_wrong_protocol_and_wrong_arch_fail_the_probe(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    world = await make_world(FAST)
+    xml, _ = await world.builder("xml")
+    types, _ = await world.builder("types")
+    huge, _ = await world.builder("huge")
+    wrongarch = await world.harness.farm.start_builder("wrongarch", ("amd64",))
+    await store.builders.new("wrongarch", wrongarch.url, [world.data.processor_386])
+    await world.builder("good")
+    xml.faults.garbage = "xml"
+    types.faults.garbage = "types"
+    huge.faults.garbage = "huge"
+    huge.faults.huge_size = 40 * 1024 * 1024
+    await world.harness.master.setupBuilders(world.data.hoary_i386)
+
+    notes = {b.name: (b.builderok, b.failnotes) for b in await store.builders.all()}
+    assert notes["good"] == (True, None)
+    assert notes["xml"][0] is False and "malformed XML-RPC answer" in notes["xml"][1]
+    assert notes["types"][0] is False and "echo" in notes["types"][1]
+    assert notes["huge"][0] is False and "exceeds the limit" in notes["huge"][1]
+    assert notes["wrongarch"] == (False, "architecture 'amd64', expected 'i386'")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_garbage_status_is_a_scan_failure_not_a_crash(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    config = MasterConfig(
+        socket_timeout=1.0,
+        scan_interval=3600,
+        failure_policy=FailurePolicy(tolerated_scan_failures=0, builder_disable_threshold=1),
+    )
+    world = await make_world(config)
+    liar, _ = await world.builder("liar")
+    liar.faults.garbage = "types"
+    await world.harness.master.scan_all()
+    liar_builder = await store.builders.getByName("liar")
+    assert liar_builder.builderok is False
+    assert liar_builder.failnotes is not None and "builder_status" in liar_builder.failnotes
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_queued_build_is_dispatched_at_once_to_an_idle_builder(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    world = await make_world(FAST)
+    sim, _ = await world.builder("eager")
+    master = world.harness.master
+    master.startService()
+    await master._started
+    await wait_for(
+        reactor, lambda: master.workers and all(w.last_status for w in master.workers.values()), 5
+    )
+
+    # the next tick is an hour away: only the notification can bring the build to the builder
+    started = reactor.seconds()
+    build = await world.queue()
+    await wait_for(reactor, lambda: sim.state.build_id == build.cookie, 10, "the dispatch")
+    assert reactor.seconds() - started < 5
+    await wait_for(reactor, lambda: _status(store, build), 5, "BUILDING in the database")
+
+
+async def _status(store: Store, build: Build) -> bool:
+    return (await store.builds.get(build)).status is BuildStatus.BUILDING
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_builder_that_becomes_idle_gets_its_next_job_in_the_same_scan(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    world = await make_world(FAST, build_time=0.2)
+    sim, builder = await world.builder("busy")
+    first = await world.queue()
+    second = await world.queue()
+    master = world.harness.master
+    await master.scan_all()
+    assert sim.state.build_id == first.cookie
+    await wait_for(
+        reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 10, "the first build to end"
+    )
+    # one scan: collect the first build, clean the builder, dispatch the second
+    await master.scan_all()
+    assert (await store.builds.get(first)).status is BuildStatus.FULLYBUILT
+    assert sim.state.build_id == second.cookie
+    assert (await store.builds.get(second)).status is BuildStatus.BUILDING
+    calls = [c.method for c in sim.history]
+    assert calls[-5:] == ["status", "clean", "ensurepresent", "ensurepresent", "build"] or calls[
+        -4:
+    ] == [
+        "clean",
+        "ensurepresent",
+        "ensurepresent",
+        "build",
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_scan_loop_survives_everything(
+    reactor: Any, make_world: Any, store: Store, captured_log: Any
+) -> None:
+    config = MasterConfig(
+        socket_timeout=0.5,
+        scan_interval=0.2,
+        failure_policy=FailurePolicy(tolerated_scan_failures=100),
+    )
+    world = await make_world(config, build_time=0.2)
+    bad = []
+    for kind in ("xml", "types", "huge"):
+        sim, _ = await world.builder(kind)
+        sim.faults.garbage = kind
+        bad.append(sim)
+    hung, _ = await world.builder("hung")
+    hung.faults.hang = True
+    good, _ = await world.builder("good")
+    master = world.harness.master
+    master.startService()
+    await master._started
+    builds = [await world.queue() for _ in range(3)]
+    for build in builds:
+        await wait_for(
+            reactor,
+            lambda build=build: _fullybuilt(store, build),
+            30,
+            f"{build.cookie} to be built",
+        )
+    assert master._scan_loop.running
+
+
+async def _fullybuilt(store: Store, build: Build) -> bool:
+    return (await store.builds.get(build)).status is BuildStatus.FULLYBUILT
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_ppa_job_never_reaches_a_trusted_builder(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    world = await make_world(FAST)
+    trusted, _ = await world.builder("trusted")
+    virtual, _ = await world.builder("virtual", virtualized=True)
+    ppa_build = await world.queue(ppa=True)
+    primary_build = await world.queue()
+    await world.harness.master.scan_all()
+    assert trusted.state.build_id == primary_build.cookie
+    assert virtual.state.build_id == ppa_build.cookie

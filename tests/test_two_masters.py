@@ -1,0 +1,106 @@
+"""Two masters on one database never hand one job to two builders."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import pytest_twisted
+from twisted.internet import defer
+
+from buildmaster.config import MasterConfig
+from buildmaster.enums import BuildStatus
+from buildmaster.master import BuilddMaster
+from buildmaster.store import Database, Store
+from buildmaster.testing import wait_for
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_claims_from_two_pools_never_share_a_job(
+    reactor: Any, store: Store, dsn: str
+) -> None:
+    from buildmaster.sampledata import load_sample_data
+
+    data = await load_sample_data(store)
+    await store.queue.destroySelf(data.lost_job_id)
+    builders = [
+        await store.builders.new(f"c{i}", f"http://c{i}:8221/", [data.processor_386])
+        for i in range(40)
+    ]
+    for i in range(25):
+        spr = await store.sources.new(f"p{i}", "1", data.hoary)
+        build = await store.builds.createBuild(spr, data.hoary_i386, 0, data.primary)  # type: ignore[arg-type]
+        await store.queue.createBuildQueueEntry(build)
+    other_db = Database(reactor, dsn, size=4)
+    await other_db.connect()
+    try:
+        other = Store(other_db)
+        # every builder asks both "masters" at once
+        claims = await defer.gatherResults(
+            [
+                defer.Deferred.fromCoroutine((store if i % 2 else other).jobs.claim_next(b))
+                for b in builders
+                for i in range(2)
+            ]
+        )
+    finally:
+        await other_db.close()
+    claimed = [c for c in claims if c is not None]
+    assert len(claimed) == 26  # every waiting job (25 + the seed's job 2), each once
+    assert len({c.id for c in claimed}) == 26
+    assert len({c.builder_id for c in claimed}) == 26  # and no builder got two
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_master_takes_over_without_building_anything_twice(
+    reactor: Any, store: Store, dsn: str, make_world: Any
+) -> None:
+    """Master A works the farm while B waits; A stops mid-way (its builders' locks go with its
+    database session); B takes the builders over, collects what A dispatched and finishes."""
+    config = MasterConfig(socket_timeout=2.0, scan_interval=0.3, vm_resume_command="true")
+    world = await make_world(config, build_time=0.5)
+    sims = [(await world.builder(f"m{i}"))[0] for i in range(6)]
+    builds = [await world.queue() for _ in range(30)]
+    pools = [Database(reactor, dsn, size=4) for _ in range(2)]
+    for pool in pools:
+        await pool.connect()
+    first, second = (
+        BuilddMaster(reactor, Store(p), world.harness.librarian, config) for p in pools
+    )
+    try:
+        first.startService()
+        await first._started
+        await wait_for(reactor, lambda: len(first._owned) == 6, 10, "A to own the builders")
+        second.startService()
+        await second._started
+
+        async def built() -> int:
+            rows = await store.db.query(
+                "SELECT count(*) FROM build WHERE id = ANY(%s) AND buildstate = %s",
+                ([b.id for b in builds], int(BuildStatus.FULLYBUILT)),
+            )
+            return int(rows[0][0])
+
+        await wait_for(reactor, lambda: _at_least(built(), 8), 60, "A to build some")
+        assert not second._owned  # A holds every builder: B does nothing meanwhile
+        await first.stopService()
+        await pools[0].close()  # A's session ends: its advisory locks are released
+        await wait_for(reactor, lambda: _at_least(built(), len(builds)), 60, "B to finish")
+        assert len(second._owned) == 6
+        # no build was started twice
+        started = collections.Counter(
+            call.args[0] for sim in sims for call in sim.history if call.method == "build"
+        )
+        assert set(started) == {b.cookie for b in builds}
+        assert max(started.values()) == 1
+    finally:
+        if first.running:
+            await first.stopService()
+        if second.running:
+            await second.stopService()
+        for pool in pools:
+            await pool.close()
+
+
+async def _at_least(count: Any, n: int) -> bool:
+    return bool(await count >= n)
