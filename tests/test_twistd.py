@@ -124,7 +124,8 @@ def test_twistd_demo_dispatches_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
         if process.poll() is None:
             process.kill()
     output += rest.decode("utf-8", "replace")
-    assert process.returncode == 0, output[-3000:]
+    # twistd shuts down cleanly, then re-raises the signal to report how it ended
+    assert process.returncode in (0, -signal.SIGINT), output[-3000:]
     assert "buildmaster stopped" in output
     assert "Traceback" not in output
     # the private cluster is down, and its data kept for the next start
