@@ -550,6 +550,8 @@ class BuilderWorker:
                 state.name,
             )
             log, note = await collector.store_log(name, restricted)
+            if log is not None:
+                await jobs.attach_files(build.id, [], log)
             if note:
                 reason = f"{reason}; {note}" if reason else note
         finished = await jobs.finish(
@@ -559,7 +561,7 @@ class BuilderWorker:
             self._now(),
             log=log,
             files=files,
-            dependencies=status.dependencies,
+            dependencies=status.dependencies if state is BuildStatus.MANUALDEPWAIT else None,
             reason=reason,
         )
         if finished:

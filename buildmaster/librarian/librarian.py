@@ -1,0 +1,345 @@
+"""The :class:`Librarian`: the one object the master holds to store, serve and collect files."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+from pathlib import Path
+from typing import IO, Any
+
+from twisted.internet import defer, threads
+from twisted.python.threadpool import ThreadPool
+
+from buildmaster.librarian import tokens
+from buildmaster.librarian.catalog import get_file
+from buildmaster.librarian.collector import (
+    GarbageCollector,
+    GarbageCollectorService,
+    GarbageStats,
+)
+from buildmaster.librarian.errors import FileTooLarge, InvalidFileMetadata, UploadFailed
+from buildmaster.librarian.metadata import (
+    check_content_type,
+    check_expires,
+    check_filename,
+    check_size,
+    quote_filename,
+)
+from buildmaster.librarian.reader import LibraryFileReader, report_corrupt
+from buildmaster.librarian.resource import LibrarianResource
+from buildmaster.librarian.storage import ContentStore, SizeMismatch
+from buildmaster.librarian.upload import Upload
+from buildmaster.model import LibraryFile
+from buildmaster.store.database import Database
+
+__all__ = ["Librarian", "DEFAULT_MAX_FILE_SIZE"]
+
+#: The largest file the librarian takes unless told otherwise (chroots are several GiB).
+DEFAULT_MAX_FILE_SIZE = 64 * 1024**3
+#: How much ``addFile`` reads from its file at a time.
+READ_CHUNK = 1024 * 1024
+
+
+class Librarian:
+    """A content-addressed file store: rows in PostgreSQL, bytes under ``root``, served over
+    HTTP by :meth:`resource`.
+
+    :param reactor: provides ``seconds``, ``callLater``, ``callFromThread`` (and
+        ``getThreadPool`` when no ``threadpool`` is given). Never the global reactor: pass it.
+    :param db: the connected database pool.
+    :param root: the directory holding the bytes (created when first written).
+    :param public_url: where builders reach :meth:`resource`, e.g.
+        ``http://master:8000/librarian/``; a missing trailing slash is added.
+    :param secret: the HMAC secret for tokens (see :meth:`load_or_create_secret`).
+    :param threadpool: the pool that runs every blocking disk operation; by default the
+        reactor's own (``reactor.getThreadPool()``, stopped by the reactor at shutdown). A
+        pool passed here is started and stopped by its owner.
+    :param max_file_size: the largest file accepted, in bytes.
+    :param direct_io: write uploads with ``O_DIRECT`` where the filesystem allows it (less
+        CPU per byte; the page cache is left alone). ``False`` forces buffered writes.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        db: Database,
+        root: Path,
+        public_url: str,
+        secret: bytes,
+        *,
+        threadpool: ThreadPool | None = None,
+        max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+        direct_io: bool = True,
+    ) -> None:
+        if not secret:
+            raise ValueError("the librarian needs a secret for its tokens")
+        self._reactor = reactor
+        self._db = db
+        self.root = Path(root)
+        self.public_url = public_url if public_url.endswith("/") else public_url + "/"
+        self._secret = secret
+        self._pool = threadpool if threadpool is not None else reactor.getThreadPool()
+        self.max_file_size = max_file_size
+        self.direct_io = direct_io
+        self.store = ContentStore(self.root)
+        self._active: set[Path] = set()
+        self.collector = GarbageCollector(
+            reactor, db, self.store, self.run_in_thread, lambda: frozenset(self._active)
+        )
+
+    load_or_create_secret = staticmethod(tokens.load_or_create_secret)
+
+    def run_in_thread(self, f: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        """Call the blocking ``f(*args, **kwargs)`` in the librarian's thread pool.
+
+        :returns: a Deferred of its result (fired on the reactor thread).
+        """
+        return threads.deferToThreadPool(self._reactor, self._pool, f, *args, **kwargs)
+
+    def _now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.UTC)
+
+    # -- adding files ------------------------------------------------------------------------
+
+    def new_upload(
+        self,
+        name: str,
+        contentType: str,
+        restricted: bool = False,
+        expires: datetime.datetime | None = None,
+        expected_size: int | None = None,
+        expected_sha1: str | None = None,
+        max_size: int | None = None,
+    ) -> Upload:
+        """A streaming upload: ``write`` chunks (or register a producer), then ``finish``.
+
+        :raises InvalidFileMetadata: at once, for a bad filename, content type, size, SHA-1
+            or expiry (nothing is written).
+        """
+        check_filename(name)
+        check_content_type(contentType)
+        check_expires(expires)
+        check_size(expected_size, self.max_file_size, "declared size")
+        check_size(max_size, self.max_file_size, "size limit")
+        if expected_sha1 is not None and not _is_sha1(expected_sha1):
+            raise InvalidFileMetadata(f"not a SHA-1: {expected_sha1!r}")
+        return Upload(
+            clock=self._reactor,
+            run=self.run_in_thread,
+            db=self._db,
+            store=self.store,
+            active=self._active,
+            filename=name,
+            content_type=contentType,
+            restricted=bool(restricted),
+            expires=expires,
+            expected_size=expected_size,
+            expected_sha1=expected_sha1,
+            max_size=self.max_file_size if max_size is None else max_size,
+            direct_io=self.direct_io,
+        )
+
+    def addFile(
+        self,
+        name: str,
+        size: int,
+        file: IO[bytes],
+        contentType: str,
+        restricted: bool = False,
+        expires: datetime.datetime | None = None,
+    ) -> defer.Deferred[int]:
+        """Store ``size`` bytes read from the binary file object ``file`` (read in a thread,
+        a chunk at a time, from its current position).
+
+        :returns: a Deferred that fires with the new alias id; or fails, having stored
+            nothing, with :class:`InvalidFileMetadata` (bad name, type, negative or absurd
+            size, naive expiry), :class:`ContentMismatch` (``file`` held more or fewer than
+            ``size`` bytes), :class:`UploadFailed` (reading or writing failed) or a
+            :class:`~buildmaster.store.database.DatabaseError`.
+        """
+        return defer.Deferred.fromCoroutine(
+            self._add_file(name, size, file, contentType, restricted, expires, None)
+        )
+
+    def add_body(
+        self,
+        name: str,
+        size: int,
+        file: IO[bytes],
+        contentType: str,
+        restricted: bool,
+        expires: datetime.datetime | None,
+        expected_sha1: str | None,
+    ) -> defer.Deferred[int]:
+        """:meth:`addFile` from the start of ``file``, checking its SHA-1 if one is given (the
+        HTTP upload endpoint's body)."""
+
+        async def from_start() -> int:
+            if isinstance(file, io.BytesIO):
+                file.seek(0)  # in memory: no disk to wait for
+            else:
+                await self.run_in_thread(file.seek, 0)
+            return await self._add_file(
+                name, size, file, contentType, restricted, expires, expected_sha1
+            )
+
+        return defer.Deferred.fromCoroutine(from_start())
+
+    async def _add_file(
+        self,
+        name: str,
+        size: int,
+        file: IO[bytes],
+        contentType: str,
+        restricted: bool,
+        expires: datetime.datetime | None,
+        expected_sha1: str | None,
+    ) -> int:
+        if size is None:
+            raise InvalidFileMetadata("addFile needs the file's size")
+        check_size(size, self.max_file_size)
+        upload = self.new_upload(
+            name, contentType, restricted, expires, expected_size=size, expected_sha1=expected_sha1
+        )
+        try:
+            remaining = size + 1  # one byte more than declared shows a longer file
+            while remaining > 0:
+                try:
+                    chunk = await self.run_in_thread(file.read, min(READ_CHUNK, remaining))
+                except (OSError, ValueError) as e:
+                    raise UploadFailed(f"could not read {name!r}: {e}") from e
+                if not isinstance(chunk, bytes | bytearray | memoryview):
+                    raise UploadFailed(f"{name!r}: not a binary file (read gave {chunk!r:.40})")
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                await upload.write(bytes(chunk))
+            return await upload.finish()
+        except BaseException:
+            await upload.abort()
+            raise
+
+    # -- finding files -----------------------------------------------------------------------
+
+    def get(self, alias_id: int) -> defer.Deferred[LibraryFile]:
+        """The file ``alias_id``.
+
+        :returns: a Deferred that fires with its :class:`~buildmaster.model.LibraryFile`, or
+            fails with :class:`FileNotFound` or a ``DatabaseError``.
+        """
+        return defer.Deferred.fromCoroutine(get_file(self._db, alias_id))
+
+    def url_for(self, file: LibraryFile) -> str:
+        """The URL builders fetch ``file`` from: ``public_url + "<id>/<quoted filename>"``."""
+        return f"{self.public_url}{file.id}/{quote_filename(file.filename)}"
+
+    def getURL(self, alias_id: int) -> defer.Deferred[str]:
+        """A Deferred of :meth:`url_for` the file ``alias_id`` (fails with
+        :class:`FileNotFound`)."""
+
+        async def url() -> str:
+            return self.url_for(await get_file(self._db, alias_id))
+
+        return defer.Deferred.fromCoroutine(url())
+
+    def is_expired(self, file: LibraryFile) -> bool:
+        """Whether ``file``'s expiry has passed (it is no longer served, and may be
+        collected)."""
+        return file.expires is not None and file.expires <= self._now()
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def token_for(self, alias_id: int, lifetime: float = 86400.0) -> str:
+        """A download token for the file ``alias_id``, valid ``lifetime`` seconds: the
+        basic-auth password for a restricted file (any username)."""
+        subject = tokens.file_subject(alias_id)
+        return tokens.make_token(self._secret, subject, self._reactor.seconds() + lifetime)
+
+    def check_token(self, alias_id: int, token: str | bytes | None) -> bool:
+        """Whether ``token`` grants downloading the file ``alias_id`` now."""
+        subject = tokens.file_subject(alias_id)
+        return tokens.check_token(self._secret, token, subject, self._reactor.seconds())
+
+    def upload_token(self, lifetime: float = 3600.0) -> str:
+        """A token for the HTTP upload endpoint, valid ``lifetime`` seconds."""
+        subject = tokens.UPLOAD_SUBJECT
+        return tokens.make_token(self._secret, subject, self._reactor.seconds() + lifetime)
+
+    def check_upload_token(self, token: str | bytes | None) -> bool:
+        """Whether ``token`` grants uploading now."""
+        subject = tokens.UPLOAD_SUBJECT
+        return tokens.check_token(self._secret, token, subject, self._reactor.seconds())
+
+    # -- reading files -----------------------------------------------------------------------
+
+    def open_content(self, file: LibraryFile) -> defer.Deferred[int]:
+        """A read-only descriptor of ``file``'s bytes (the caller closes it), opened in a
+        thread; fails with ``FileNotFoundError`` or ``SizeMismatch`` when the bytes are
+        missing or have the wrong size."""
+        return self.run_in_thread(self.store.open, file.sha256, file.filesize)
+
+    def open(self, alias_id: int) -> defer.Deferred[LibraryFileReader]:
+        """Open the file ``alias_id`` for reading (expired or not).
+
+        :returns: a Deferred that fires with a :class:`LibraryFileReader` (which verifies the
+            SHA-256 as it reaches the end), or fails with :class:`FileNotFound` or
+            :class:`CorruptFile` (bytes missing or of the wrong size).
+        """
+        return defer.Deferred.fromCoroutine(self._open(alias_id))
+
+    async def _open(self, alias_id: int) -> LibraryFileReader:
+        file = await get_file(self._db, alias_id)
+        try:
+            fd = await self.open_content(file)
+        except (FileNotFoundError, SizeMismatch) as e:
+            why = "it is missing" if isinstance(e, FileNotFoundError) else str(e)
+            raise report_corrupt(file, why) from e
+        return LibraryFileReader(file, fd, self.run_in_thread)
+
+    def read_bytes(self, alias_id: int, limit: int = 64 * 1024 * 1024) -> defer.Deferred[bytes]:
+        """All the bytes of the file ``alias_id``, verified (for small files and tests).
+
+        :returns: a Deferred that fires with the bytes, or fails with :class:`FileNotFound`,
+            :class:`CorruptFile`, or :class:`FileTooLarge` for a file larger than ``limit``.
+        """
+
+        async def read() -> bytes:
+            reader = await self._open(alias_id)
+            with contextlib.closing(reader):
+                if reader.file.filesize > limit:
+                    raise FileTooLarge(
+                        f"file {alias_id} has {reader.file.filesize} bytes, more than {limit}"
+                    )
+                parts = []
+                async for chunk in reader:
+                    parts.append(chunk)
+                return b"".join(parts)
+
+        return defer.Deferred.fromCoroutine(read())
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def resource(self, use_sendfile: bool = True) -> LibrarianResource:
+        """The twisted.web resource serving (and taking uploads of) files; mount it where
+        :attr:`public_url` points. ``use_sendfile=False`` forces plain reads."""
+        return LibrarianResource(self, use_sendfile=use_sendfile)
+
+    # -- garbage -----------------------------------------------------------------------------
+
+    def collect_garbage(self, temp_grace: float = 86400.0) -> defer.Deferred[GarbageStats]:
+        """One garbage collection pass (see :mod:`buildmaster.librarian.collector`).
+
+        :returns: a Deferred that fires with :class:`GarbageStats`.
+        """
+        return self.collector.collect(temp_grace)
+
+    def garbage_collector(
+        self, interval: float = 3600.0, temp_grace: float = 86400.0
+    ) -> GarbageCollectorService:
+        """A service that collects garbage every ``interval`` seconds on the reactor's clock."""
+        return GarbageCollectorService(self.collector, self._reactor, interval, temp_grace)
+
+
+def _is_sha1(text: str) -> bool:
+    return len(text) == 40 and all(c in "0123456789abcdef" for c in text.lower())

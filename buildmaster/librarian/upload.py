@@ -1,0 +1,423 @@
+"""Uploads: bytes streamed to a temporary file in a thread, hashed as they go, then recorded.
+
+An :class:`Upload` takes chunks from the reactor thread (``write``, or as an ``IConsumer`` fed
+by a producer) and hands them, in batches, to three thread jobs at a time: one writes the
+batch to the temporary file (``O_DIRECT`` where possible, see
+:class:`~buildmaster.librarian.storage.TempWriter`), one feeds MD5, one SHA-1 and SHA-256:
+hashing and writing use every core. At most :data:`HIGH_WATER` bytes wait in memory: beyond that
+``write`` returns a Deferred that fires only when there is room again, and a registered
+producer is paused. ``finish`` checks the declared size and SHA-1, fsyncs, moves the file into
+place and records the rows (:func:`~buildmaster.librarian.catalog.record_file`); on any error
+the temporary file is deleted and nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IConsumer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from buildmaster.librarian.catalog import Hashes, record_file
+from buildmaster.librarian.errors import (
+    ContentMismatch,
+    FileTooLarge,
+    LibrarianError,
+    UploadFailed,
+)
+from buildmaster.librarian.storage import ContentStore, TempWriter
+from buildmaster.store.database import Database, Transaction
+
+__all__ = ["Upload", "HIGH_WATER", "ThreadRunner"]
+
+#: Bytes an upload keeps in memory (queued plus being written) before it pushes back.
+HIGH_WATER = 8 * 1024 * 1024
+#: ... and the level under which it takes data again.
+LOW_WATER = 4 * 1024 * 1024
+#: The most bytes handed to the threads at once.
+BATCH = 4 * 1024 * 1024
+
+#: ``run(f, *args)``: call ``f`` in a thread, a Deferred of its result.
+ThreadRunner = Callable[..., defer.Deferred[Any]]
+
+_OPEN, _FINISHING, _FINISHED, _FAILED, _ABORTED = (
+    "open",
+    "finishing",
+    "finished",
+    "failed",
+    "aborted",
+)
+
+
+class _Digests:
+    """The running hashes of an upload: each fed by one thread job at a time."""
+
+    def __init__(self) -> None:
+        self.md5 = hashlib.md5()
+        self.sha1 = hashlib.sha1()
+        self.sha256 = hashlib.sha256()
+
+    def feed_md5(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self.md5.update(chunk)
+
+    def feed_sha(self, batch: list[bytes]) -> None:
+        for chunk in batch:
+            self.sha1.update(chunk)
+            self.sha256.update(chunk)
+
+    def hashes(self, size: int) -> Hashes:
+        return Hashes(
+            size=size,
+            sha1=self.sha1.hexdigest(),
+            sha256=self.sha256.hexdigest(),
+            md5=self.md5.hexdigest(),
+        )
+
+
+@implementer(IConsumer)
+class Upload:
+    """One file being added to the librarian. Make one with
+    :meth:`buildmaster.librarian.Librarian.new_upload`.
+
+    Use ``await upload.write(chunk)`` for each chunk (or register a producer), then
+    ``alias_id = await upload.finish()``; or ``await upload.abort()`` to give up.
+
+    :ivar hashes: the stored content's :class:`~buildmaster.librarian.catalog.Hashes`, once
+        ``finish`` has succeeded (else ``None``).
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        *,
+        clock: Any,
+        run: ThreadRunner,
+        db: Database,
+        store: ContentStore,
+        active: set[Path],
+        filename: str,
+        content_type: str,
+        restricted: bool,
+        expires: datetime.datetime | None,
+        expected_size: int | None,
+        expected_sha1: str | None,
+        max_size: int,
+        direct_io: bool = True,
+    ) -> None:
+        self._clock = clock
+        self._direct_io = direct_io
+        self._run = run
+        self._db = db
+        self._store = store
+        self._active = active
+        self.filename = filename
+        self.content_type = content_type
+        self.restricted = restricted
+        self.expires = expires
+        self.expected_size = expected_size
+        self.expected_sha1 = expected_sha1.lower() if expected_sha1 else None
+        self.max_size = max_size
+        self.hashes: Hashes | None = None
+
+        self._state = _OPEN
+        self._error: LibrarianError | None = None
+        self._received = 0
+        self._pending: deque[bytes] = deque()
+        self._pending_bytes = 0
+        self._inflight_bytes = 0
+        self._temp: TempWriter | None = None
+        self._digests = _Digests()
+        self._published = False
+        self._worker: defer.Deferred[None] | None = None
+        self._idle_waiters: list[defer.Deferred[None]] = []
+        self._room_waiters: list[defer.Deferred[None]] = []
+        self._producer: Any = None  # an IPushProducer or IPullProducer
+        self._streaming = False
+        self._producer_paused = False
+        self._pull_call: Any = None
+
+    # -- feeding -------------------------------------------------------------------------
+
+    @property
+    def received(self) -> int:
+        """How many bytes were written to this upload so far."""
+        return self._received
+
+    def write(self, data: bytes) -> defer.Deferred[None]:
+        """Add ``data`` to the file.
+
+        :returns: a Deferred that fires (with ``None``) when the upload can take more data:
+            at once while less than :data:`HIGH_WATER` bytes wait, later otherwise. It never
+            fails: errors are raised by the next ``write`` and by ``finish``.
+        :raises FileTooLarge: when this makes the file larger than ``max_size``.
+        :raises ContentMismatch: when this makes it larger than ``expected_size``.
+        :raises LibrarianError: when the upload already failed, or was finished or aborted.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._state != _OPEN:
+            raise UploadFailed(f"upload of {self.filename!r} is {self._state}: cannot write")
+        if not data:
+            return defer.succeed(None)
+        chunk = bytes(data)
+        self._received += len(chunk)
+        if self._received > self.max_size:
+            self._fail(
+                FileTooLarge(f"{self.filename!r} is larger than the limit of {self.max_size} bytes")
+            )
+            raise self._fail_error()
+        if self.expected_size is not None and self._received > self.expected_size:
+            self._fail(
+                ContentMismatch(
+                    f"{self.filename!r}: more bytes than the declared size of {self.expected_size}"
+                )
+            )
+            raise self._fail_error()
+        self._pending.append(chunk)
+        self._pending_bytes += len(chunk)
+        self._kick()
+        if self._queued() >= HIGH_WATER:
+            if self._producer is not None and self._streaming and not self._producer_paused:
+                self._producer_paused = True
+                self._producer.pauseProducing()
+            waiter: defer.Deferred[None] = defer.Deferred()
+            self._room_waiters.append(waiter)
+            return waiter
+        if self._producer is not None and not self._streaming:
+            self._want_more()
+        return defer.succeed(None)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """Let ``producer`` feed this upload (IConsumer); it is paused while the upload is
+        full, and stopped if the upload fails."""
+        if self._producer is not None:
+            raise RuntimeError(f"{self._producer!r} is already registered")
+        self._producer = producer
+        self._streaming = streaming
+        self._producer_paused = False
+        if self._error is not None:
+            producer.stopProducing()
+        elif not streaming:
+            self._want_more()
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+        if self._pull_call is not None:
+            self._pull_call.cancel()
+            self._pull_call = None
+
+    def _want_more(self) -> None:
+        if self._pull_call is None:
+            self._pull_call = self._clock.callLater(0, self._pull)
+
+    def _pull(self) -> None:
+        self._pull_call = None
+        producer = self._producer
+        if producer is not None and not self._streaming and self._error is None:
+            if self._state == _OPEN and self._queued() < HIGH_WATER:
+                producer.resumeProducing()
+
+    def _queued(self) -> int:
+        return self._pending_bytes + self._inflight_bytes
+
+    def _room(self) -> None:
+        if self._queued() >= LOW_WATER and self._error is None:
+            return
+        waiters, self._room_waiters = self._room_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+        if self._producer is not None and self._error is None:
+            if self._streaming and self._producer_paused:
+                self._producer_paused = False
+                self._producer.resumeProducing()
+            elif not self._streaming:
+                self._want_more()
+
+    # -- the worker ------------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self._worker is None and self._pending and self._error is None:
+            self._worker = defer.Deferred.fromCoroutine(self._drain())
+            self._worker.addBoth(self._worker_done)
+
+    def _worker_done(self, _: object) -> None:
+        self._worker = None
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _idle(self) -> defer.Deferred[None]:
+        if self._worker is None:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    async def _drain(self) -> None:
+        """Hand the pending chunks to the threads, batch by batch, until none are left."""
+        try:
+            while self._pending and self._error is None:
+                batch = []
+                size = 0
+                while self._pending and size < BATCH:
+                    chunk = self._pending.popleft()
+                    batch.append(chunk)
+                    size += len(chunk)
+                self._pending_bytes -= size
+                self._inflight_bytes = size
+                temp = await self._temp_file()
+                await defer.gatherResults(
+                    [
+                        self._run(temp.write, batch),
+                        self._run(self._digests.feed_md5, batch),
+                        self._run(self._digests.feed_sha, batch),
+                    ],
+                    consumeErrors=True,
+                )
+                self._inflight_bytes = 0
+                self._room()
+        except defer.FirstError as e:
+            cause = e.subFailure.value
+            self._fail(self._storage_error(cause if cause is not None else e))
+        except OSError as e:
+            self._fail(self._storage_error(e))
+        finally:
+            self._inflight_bytes = 0
+        if self._error is not None and self._state in (_FAILED,):
+            await self._release()
+
+    def _storage_error(self, exc: BaseException) -> UploadFailed:
+        return UploadFailed(f"could not store {self.filename!r}: {exc}")
+
+    async def _temp_file(self) -> TempWriter:
+        if self._temp is None:
+            temp: TempWriter = await self._run(self._store.create_temp, self._direct_io)
+            self._temp = temp
+            self._active.add(temp.path)
+        return self._temp
+
+    def _fail(self, error: LibrarianError) -> None:
+        if self._error is not None:
+            return
+        self._error = error
+        if self._state == _OPEN:
+            self._state = _FAILED
+        self._pending.clear()
+        self._pending_bytes = 0
+        producer = self._producer
+        if producer is not None:
+            self._producer = None
+            producer.stopProducing()
+        self._room()
+
+    def _fail_error(self) -> LibrarianError:
+        assert self._error is not None
+        return self._error
+
+    async def _release(self) -> None:
+        """Close and delete the temporary file (unless it was moved into place)."""
+        temp, self._temp = self._temp, None
+        if temp is None:
+            return
+        self._active.discard(temp.path)
+        try:
+            await self._run(temp.close)
+            if not self._published:
+                await self._run(self._store.discard, temp.path)
+        except OSError:
+            self._log.failure("Could not delete the temporary file {path}", path=temp.path)
+
+    # -- ending ------------------------------------------------------------------------------
+
+    def finish(self) -> defer.Deferred[int]:
+        """Store the file.
+
+        :returns: a Deferred that fires with the new alias id once the bytes are durable on
+            disk and the rows committed; or fails (having stored nothing) with
+            :class:`ContentMismatch` (size or SHA-1 not as declared), :class:`FileTooLarge`,
+            :class:`UploadFailed` (I/O error, aborted, finished twice) or a
+            :class:`~buildmaster.store.database.DatabaseError`.
+        """
+        return defer.Deferred.fromCoroutine(self._finish())
+
+    async def _finish(self) -> int:
+        if self._state in (_FINISHING, _FINISHED):
+            raise UploadFailed(f"upload of {self.filename!r} is already {self._state}")
+        if self._state == _ABORTED:
+            raise UploadFailed(f"upload of {self.filename!r} was aborted")
+        failed_before = self._state == _FAILED
+        self._state = _FINISHING
+        if self._producer is not None:
+            self.unregisterProducer()
+        await self._idle()
+        try:
+            if failed_before or self._error is not None:
+                raise self._fail_error()
+            temp = await self._temp_file()
+            hashes = self._digests.hashes(temp.written)
+            if self.expected_size is not None and hashes.size != self.expected_size:
+                raise ContentMismatch(
+                    f"{self.filename!r}: declared {self.expected_size} bytes, got {hashes.size}"
+                )
+            if self.expected_sha1 is not None and hashes.sha1 != self.expected_sha1:
+                raise ContentMismatch(
+                    f"{self.filename!r}: declared SHA-1 {self.expected_sha1}, got {hashes.sha1}"
+                )
+            await self._run(temp.seal)
+
+            async def publish() -> None:
+                if not self._published:
+                    await self._run(self._store.publish, temp.path, hashes.sha256)
+                    self._published = True
+
+            async def record(tx: Transaction) -> int:
+                return await record_file(
+                    tx,
+                    hashes,
+                    self.filename,
+                    self.content_type,
+                    self.restricted,
+                    self.expires,
+                    publish,
+                )
+
+            alias_id = await self._db.transaction(record)
+        except BaseException as e:
+            if self._error is None:
+                self._error = (
+                    e if isinstance(e, LibrarianError) else UploadFailed(str(e) or repr(e))
+                )
+            self._state = _FAILED
+            await self._release()
+            raise
+        self._state = _FINISHED
+        self._active.discard(temp.path)
+        self._temp = None
+        self.hashes = hashes
+        return alias_id
+
+    def abort(self) -> defer.Deferred[None]:
+        """Give up: nothing is stored and the temporary file is deleted.
+
+        Does nothing after ``finish`` has started (it decides) or after an earlier abort.
+
+        :returns: a Deferred that fires with ``None`` once the temporary file is gone.
+        """
+        return defer.Deferred.fromCoroutine(self._abort())
+
+    async def _abort(self) -> None:
+        if self._state in (_FINISHING, _FINISHED, _ABORTED):
+            return
+        self._state = _ABORTED
+        self._fail(UploadFailed(f"upload of {self.filename!r} was aborted"))
+        await self._idle()
+        await self._release()

@@ -1,0 +1,375 @@
+"""After dispatch: watching builds, collecting results, final states, cleaning, operations."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from typing import Any
+
+import pytest
+import pytest_twisted
+
+from buildmaster.config import MasterConfig
+from buildmaster.enums import BuilderCleanStatus, BuildQueueStatus, BuildStatus
+from buildmaster.model import Build
+from buildmaster.policy import FailurePolicy
+from buildmaster.store import NotFound, Store
+from buildmaster.testing import wait_for
+from buildmaster.transitions import IllegalTransition
+
+FAST = MasterConfig(
+    socket_timeout=1.0, virtualized_socket_timeout=1.0, scan_interval=3600, vm_resume_command="true"
+)
+
+
+async def state(store: Store, build: Build) -> BuildStatus:
+    return (await store.builds.get(build)).status
+
+
+async def run_until_waiting(reactor: Any, world: Any, sim: Any) -> None:
+    await world.harness.master.scan_all()
+    await wait_for(
+        reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 20, "the build to end"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_successful_build_is_collected_into_the_librarian(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    world = await make_world(FAST, build_time=0.5)
+    sim, builder = await world.builder("builder")
+    build = await world.queue("hello")
+    master = world.harness.master
+    await master.scan_all()
+    assert await state(store, build) is BuildStatus.BUILDING
+    # while it builds, the log tail is kept (in batches)
+    await wait_for(
+        reactor, lambda: sim.state.state == "BuilderStatus.BUILDING" and sim.state.log_path, 5
+    )
+    await master.scan_all()
+    assert len(master.logtails) == 1
+    await master.logtails.flush()
+    job = await store.queue.get_for_build(build)
+    assert job is not None and job.logtail
+    waiting_filemap = None
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 20)
+    waiting_filemap = sim.state.status()["filemap"]
+    await master.scan_all()
+
+    build = await store.builds.get(build)
+    assert build.status is BuildStatus.FULLYBUILT
+    assert (
+        build.date_finished is not None
+        and build.duration is not None
+        and build.duration.total_seconds() >= 0
+    )
+    assert await store.queue.get_for_build(build) is None  # the job left the queue
+    files = {f.filename: f.file for f in await store.builds.files(build)}
+    assert set(files) == set(waiting_filemap) and any(n.endswith(".changes") for n in files)
+    for name, file in files.items():
+        content = await world.harness.librarian.read_bytes(file.id)
+        assert hashlib.sha1(content).hexdigest() == waiting_filemap[name] == file.sha1
+    assert build.log_id is not None
+    log = await world.harness.librarian.get(build.log_id)
+    assert log.filename == "buildlog_ubuntu-hoary-i386.hello_1.0_FULLYBUILT.txt.gz"
+    text = gzip.decompress(await world.harness.librarian.read_bytes(build.log_id))
+    assert b"hello" in text and len(text) > 100
+    # the builder was cleaned and is clean again
+    assert sim.state.state == "BuilderStatus.IDLE"
+    assert (await store.builders.get(builder)).clean_status is BuilderCleanStatus.CLEAN
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"),
+    [
+        ("PACKAGEFAIL", BuildStatus.FAILEDTOBUILD),
+        ("DEPFAIL", BuildStatus.MANUALDEPWAIT),
+        ("CHROOTFAIL", BuildStatus.CHROOTWAIT),
+        ("GIVENBACK", BuildStatus.NEEDSBUILD),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_results_map_to_final_states(
+    reactor: Any, make_world: Any, store: Store, outcome: str, expected: BuildStatus
+) -> None:
+    from slavesim import Outcome, OutcomeRule
+
+    world = await make_world(FAST, build_time=0.2)
+    sim, _ = await world.builder("builder")
+    dependencies = "libfoo (>= 1.0)" if outcome == "DEPFAIL" else None
+    sim.rules = [OutcomeRule(Outcome[outcome], package="pkg*", dependencies=dependencies)]
+    build = await world.queue("pkg")
+    await run_until_waiting(reactor, world, sim)
+    sim.rules = []  # a build that is given back builds fine next time
+    await world.harness.master.scan_all()
+    build = await store.builds.get(build)
+    if expected is BuildStatus.NEEDSBUILD:
+        # given back: queued again, and (in the same scan) dispatched again
+        assert build.status is BuildStatus.BUILDING
+        assert "given-back" in [e.kind for e in await store.events.for_build(build.id)]
+        return
+    assert build.status is expected
+    assert build.log_id is not None and build.date_finished is not None
+    assert await store.builds.files(build) == []
+    assert build.dependencies == ("libfoo (>= 1.0)" if outcome == "DEPFAIL" else None)
+    assert sim.state.state != "BuilderStatus.WAITING"  # cleaned
+
+
+@pytest_twisted.ensureDeferred
+async def test_builderfail_blames_the_builder_and_requeues_the_job(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    from slavesim import Outcome, OutcomeRule
+
+    world = await make_world(FAST, build_time=0.2)
+    sim, builder = await world.builder("flaky")
+    sim.rules = [OutcomeRule(Outcome.BUILDERFAIL)]
+    build = await world.queue()
+    await run_until_waiting(reactor, world, sim)
+    await world.harness.master.scan_all()
+    assert await state(store, build) is BuildStatus.NEEDSBUILD
+    job = await store.queue.get_for_build(build)
+    assert job is not None and job.status is BuildQueueStatus.WAITING and job.builder_id is None
+    assert (await store.builders.get(builder)).failure_count == 1
+    assert (await store.builds.get(build)).failure_count == 1
+    failures = [e.message for e in await store.events.for_build(build.id) if e.kind == "failure"]
+    assert failures and "BUILDERFAIL" in failures[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_builder_that_keeps_failing_is_disabled_and_comes_back_by_itself(
+    reactor: Any, make_world: Any, store: Store, captured_log: Any
+) -> None:
+    config = MasterConfig(
+        socket_timeout=1.0,
+        scan_interval=3600,
+        probe_initial_delay=0.1,
+        probe_max_delay=0.2,
+        failure_policy=FailurePolicy(tolerated_scan_failures=0, builder_disable_threshold=2),
+    )
+    world = await make_world(config)
+    sim, builder = await world.builder("unsteady")
+    sim.faults.refuse = True
+    await sim.settled()
+    master = world.harness.master
+    await master.scan_all()
+    await master.scan_all()
+    builder = await store.builders.get(builder)
+    assert (builder.builderok, builder.failed_by_master) == (False, True)
+    # while it is down, re-probes fail and it stays out
+    await wait_for(reactor, lambda: reactor.seconds() > master.workers[builder.id].next_probe, 5)
+    await master.scan_all()
+    assert not (await store.builders.get(builder)).builderok
+    # it answers again: the next probe brings it back
+    sim.faults.refuse = False
+    await sim.settled()
+    await wait_for(reactor, lambda: reactor.seconds() > master.workers[builder.id].next_probe, 5)
+    await master.scan_all()
+    builder = await store.builders.get(builder)
+    assert builder.builderok and builder.failnotes is None and builder.failure_count == 0
+    assert "restored" in [e.kind for e in await store.events.for_builder(builder.id)]
+
+    # a builder an operator took out of service stays out
+    await store.builders.set_builderok(builder, False, "broken disk (operator)")
+    await master.scan_all()
+    await master.scan_all()
+    assert (await store.builders.get(builder)).failnotes == "broken disk (operator)"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_builder_reporting_another_cookie_lost_the_job(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    world = await make_world(FAST, build_time=3600)
+    sim, builder = await world.builder("confused")
+    build = await world.queue()
+    master = world.harness.master
+    await master.scan_all()
+    assert await state(store, build) is BuildStatus.BUILDING
+    sim.faults.wrong_cookie = "PACKAGEBUILD-999"
+    await master.scan_all()
+    # our job went back to the queue, the builder was told to abort and is dirty
+    assert await state(store, build) is BuildStatus.NEEDSBUILD
+    assert "abort" in [c.method for c in sim.history]
+    assert (await store.builders.get(builder)).clean_status is BuilderCleanStatus.DIRTY
+    assert "lost" in [e.kind for e in await store.events.for_build(build.id)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_builder_that_forgets_its_build_loses_the_job(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    world = await make_world(FAST, build_time=3600)
+    sim, builder = await world.builder("forgetful")
+    other = await world.queue()
+    build = await world.queue()
+    master = world.harness.master
+    await master.scan_all()
+    first = other if sim.state.build_id == other.cookie else build
+    sim.faults.forget_build = True
+    await master.scan_all()
+    # requeued, and since the builder is idle it takes the best job at once
+    assert (await store.builds.get(first)).failure_count == 0
+    assert "lost" in [e.kind for e in await store.events.for_build(first.id)]
+    assert sim.state.state == "BuilderStatus.BUILDING"
+
+
+@pytest_twisted.ensureDeferred
+async def test_isolation_failure(
+    reactor: Any, make_world: Any, store: Store, captured_log: Any
+) -> None:
+    world = await make_world(FAST, build_time=3600)
+    sim, builder = await world.builder("rogue")
+    build = await world.queue()
+    master = world.harness.master
+    await master.scan_all()
+    # the database forgets the job behind the master's back and thinks the builder clean
+    await store.db.execute("DELETE FROM buildqueue WHERE build = %s", (build.id,))
+    await store.db.execute("UPDATE builder SET clean_status = 0 WHERE id = %s", (builder.id,))
+    await master.scan_all()
+    builder = await store.builders.get(builder)
+    assert builder.builderok is False
+    assert builder.failnotes is not None and builder.failnotes.startswith("isolation failure")
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_a_waiting_build(reactor: Any, make_world: Any, store: Store) -> None:
+    world = await make_world(FAST)
+    build = await world.queue()
+    assert await world.harness.master.cancel(build) is BuildStatus.CANCELLED
+    assert await state(store, build) is BuildStatus.CANCELLED
+    assert await store.queue.get_for_build(build) is None
+    with pytest.raises(IllegalTransition):
+        await world.harness.master.cancel(
+            build
+        )  # already ended: CANCELLED -> CANCELLED is no change
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_a_running_build(reactor: Any, make_world: Any, store: Store) -> None:
+    world = await make_world(FAST, build_time=3600)
+    world.harness.farm.settings.abort_time = 0.2
+    sim, _ = await world.builder("busy")
+    build = await world.queue()
+    master = world.harness.master
+    await master.scan_all()
+    assert await master.cancel(build) is BuildStatus.CANCELLING
+    await wait_for(reactor, lambda: "abort" in [c.method for c in sim.history], 5, "abort()")
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 5)
+    await master.scan_all()
+    build = await store.builds.get(build)
+    assert build.status is BuildStatus.CANCELLED and build.log_id is not None
+    assert sim.state.state == "BuilderStatus.IDLE"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_build_that_does_not_abort_in_time_fails_its_builder(
+    reactor: Any, make_world: Any, store: Store, captured_log: Any
+) -> None:
+    config = MasterConfig(socket_timeout=1.0, scan_interval=3600, cancel_timeout=0.3)
+    world = await make_world(config, build_time=3600)
+    world.harness.farm.settings.abort_time = 3600
+    sim, builder = await world.builder("stubborn")
+    build = await world.queue()
+    master = world.harness.master
+    await master.scan_all()
+    await master.cancel(build)
+    await master.scan_all()
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.ABORTING", 5)
+    await _sleep(reactor, 0.4)
+    await master.scan_all()
+    assert await state(store, build) is BuildStatus.CANCELLED
+    builder = await store.builders.get(builder)
+    assert builder.builderok is False and "did not abort within 0.3 seconds" in (
+        builder.failnotes or ""
+    )
+
+
+async def _sleep(reactor: Any, seconds: float) -> None:
+    from twisted.internet import task
+
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_retry_and_rescore(reactor: Any, make_world: Any, store: Store) -> None:
+    from slavesim import Outcome, OutcomeRule
+
+    world = await make_world(FAST, build_time=0.2)
+    sim, _ = await world.builder("builder")
+    sim.rules = [OutcomeRule(Outcome.PACKAGEFAIL)]
+    build = await world.queue()
+    await run_until_waiting(reactor, world, sim)
+    await world.harness.master.scan_all()
+    assert await state(store, build) is BuildStatus.FAILEDTOBUILD
+    job = await world.harness.master.retry(build)
+    assert await state(store, build) is BuildStatus.NEEDSBUILD
+    assert job.lastscore == 1500 + 1000 + 5 and not job.manual
+    job = await world.harness.master.rescore(build, 99999)
+    assert (job.lastscore, job.manual) == (99999, True)
+    with pytest.raises(IllegalTransition):
+        await world.harness.master.retry(build)  # NEEDSBUILD is not retryable
+    with pytest.raises(NotFound):
+        await world.harness.master.rescore(10**6, 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_manual_mode_builders_are_collected_but_get_no_new_job(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    world = await make_world(FAST, build_time=0.2)
+    sim, builder = await world.builder("manual")
+    first = await world.queue()
+    await world.harness.master.scan_all()
+    assert sim.state.build_id == first.cookie
+    await world.harness.master.set_manual(builder, True)
+    second = await world.queue()
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 10)
+    await world.harness.master.scan_all()
+    assert await state(store, first) is BuildStatus.FULLYBUILT
+    assert await state(store, second) is BuildStatus.NEEDSBUILD
+    assert sim.state.state == "BuilderStatus.IDLE"
+
+
+@pytest_twisted.ensureDeferred
+async def test_collecting_twice_gives_the_same_result_and_one_copy_of_each_file(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    """A master that dies after storing the results but before recording the end: the next
+    collection finds the files already there, stores nothing twice, and ends the same way."""
+    world = await make_world(FAST, build_time=0.2)
+    sim, builder = await world.builder("builder")
+    build = await world.queue()
+    job = await store.queue.get_for_build(build)
+    assert job is not None
+    await run_until_waiting(reactor, world, sim)
+    status = sim.state.status()
+    worker = world.harness.master.workers[builder.id]
+    # collect, but stop before recording the end (as a master killed there would)
+    snap = await store.jobs.snapshot(builder)
+    jobs = store.jobs
+    real_finish = jobs.finish
+
+    async def killed(*args: Any, **kw: Any) -> bool:
+        raise SystemExit("the master died here")
+
+    jobs.finish = killed  # type: ignore[method-assign]
+    try:
+        with pytest.raises(SystemExit):
+            await worker._store_results(snap, await worker.client.status(), BuildStatus.FULLYBUILT)
+    finally:
+        jobs.finish = real_finish  # type: ignore[method-assign]
+    aliases_before = (await store.db.query("SELECT count(*) FROM libraryfilealias"))[0][0]
+    assert await state(store, build) is BuildStatus.BUILDING
+    assert sim.state.state == "BuilderStatus.WAITING"
+
+    # the restarted master scans: the builder still says WAITING
+    await world.harness.master.scan_all()
+    build = await store.builds.get(build)
+    assert build.status is BuildStatus.FULLYBUILT
+    files = await store.builds.files(build)
+    assert sorted(f.filename for f in files) == sorted(status["filemap"])
+    aliases_after = (await store.db.query("SELECT count(*) FROM libraryfilealias"))[0][0]
+    assert aliases_after == aliases_before  # nothing stored twice, the log included
+    assert sim.state.state == "BuilderStatus.IDLE"
