@@ -76,8 +76,9 @@ class BuilderUnreachable(BuilderError):
 class BuilderFault(BuilderError):
     """The builder answered with an XML-RPC Fault."""
 
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"<Fault {code}: {message[:200]!r}>")
+    def __init__(self, method: str, code: int, message: str) -> None:
+        super().__init__(f"{method}() answered <Fault {code}: {message[:200]!r}>")
+        self.method = method
         self.code = code
         self.message = message
 
@@ -148,7 +149,7 @@ class BuilderClient:
         try:
             values, _ = xmlrpc.client.loads(response.body)
         except xmlrpc.client.Fault as fault:
-            raise BuilderFault(int(fault.faultCode), str(fault.faultString)) from None
+            raise BuilderFault(method, int(fault.faultCode), str(fault.faultString)) from None
         except (
             ExpatError,
             ValueError,

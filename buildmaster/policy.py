@@ -71,6 +71,9 @@ class Judgement:
     builder: BuilderAction
     job: JobAction
     reason: str
+    #: the builder is to blame: the job's failure count is reset, so that bad luck with a
+    #: broken builder is not held against it later
+    forgive_job: bool = False
 
 
 def judge_failure(
@@ -81,11 +84,19 @@ def judge_failure(
 ) -> Judgement:
     """Decide what to do after a failure, from the failure counts (this failure included).
 
-    ``job_failures`` is ``None`` when the builder had no job. The one that failed more often
-    is blamed; when the counts are equal nobody can be blamed, and the job is retried
-    elsewhere once it has failed ``job_reset_threshold`` times. An isolation failure (a
-    builder doing something the database never gave it) is a security matter: the builder
-    is disabled and the job failed at once.
+    ``job_failures`` is ``None`` when the builder had no job.
+
+    * An isolation failure (a builder doing what the database never gave it) is a security
+      matter: the builder is disabled and the job failed at once.
+    * Equal counts: nobody can be blamed yet. The job stays (is retried) until it has failed
+      ``job_reset_threshold`` times, then goes back to the queue.
+    * The builder failed more: it is to blame. The job is requeued (and forgiven: its count
+      is reset), and the builder reset, or disabled once it has failed
+      ``builder_disable_threshold`` times.
+    * The job failed more: it keeps breaking builders. Once it has failed
+      ``job_reset_threshold`` times it fails; before that it is tried elsewhere.
+
+    Whenever a builder is disabled, its job is forgiven: the builder was the problem.
     """
     if isolation:
         return Judgement(
@@ -94,22 +105,21 @@ def judge_failure(
             "isolation failure: both builder and job are failed",
         )
     disable = builder_failures >= policy.builder_disable_threshold
+    builder_action = BuilderAction.DISABLE if disable else BuilderAction.NONE
     if job_failures is None:
-        if disable:
-            return Judgement(
-                BuilderAction.DISABLE, JobAction.NONE, f"builder failed {builder_failures} times"
-            )
         return Judgement(
-            BuilderAction.NONE,
+            builder_action,
             JobAction.NONE,
-            f"builder failed {builder_failures} times; will retry",
+            f"builder failed {builder_failures} times" + ("" if disable else "; will retry"),
         )
     if builder_failures == job_failures:
-        if job_failures >= policy.job_reset_threshold:
+        if disable or job_failures >= policy.job_reset_threshold:
             return Judgement(
-                BuilderAction.DISABLE if disable else BuilderAction.NONE,
+                builder_action,
                 JobAction.REQUEUE,
-                f"builder and job both failed {job_failures} times: requeueing the job",
+                f"builder and job both failed {job_failures} times: requeueing the job"
+                + (" and disabling the builder" if disable else ""),
+                forgive_job=disable,
             )
         return Judgement(
             BuilderAction.NONE,
@@ -117,21 +127,25 @@ def judge_failure(
             f"builder and job both failed {job_failures} times; will retry",
         )
     if builder_failures > job_failures:
-        if disable:
-            return Judgement(
-                BuilderAction.DISABLE,
-                JobAction.REQUEUE,
-                f"builder failed {builder_failures} times (job {job_failures}): disabling the builder",
-            )
         return Judgement(
-            BuilderAction.RESET,
+            BuilderAction.DISABLE if disable else BuilderAction.RESET,
             JobAction.REQUEUE,
-            f"builder failed {builder_failures} times (job {job_failures}): requeueing the job",
+            f"builder failed {builder_failures} times (job {job_failures}): "
+            + ("disabling the builder" if disable else "requeueing the job"),
+            forgive_job=True,
+        )
+    if job_failures >= policy.job_reset_threshold:
+        return Judgement(
+            builder_action,
+            JobAction.FAIL,
+            f"job failed {job_failures} times (builder {builder_failures}): the job is at fault",
+            forgive_job=False,
         )
     return Judgement(
-        BuilderAction.NONE,
-        JobAction.FAIL,
-        f"job failed {job_failures} times (builder {builder_failures}): the job is at fault",
+        builder_action,
+        JobAction.REQUEUE,
+        f"job failed {job_failures} times (builder {builder_failures}): trying it elsewhere",
+        forgive_job=disable,
     )
 
 

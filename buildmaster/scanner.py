@@ -212,7 +212,9 @@ class BuilderWorker:
             await self._act(snap, status)
         except BuilderError as e:
             if not self.master.stopping:
-                await self._failed(snap.builder, snap.job, e)
+                # judge with what the builder has now: the job it had may have been requeued
+                now = await self.master.store.jobs.snapshot(builder)
+                await self._failed(now.builder, now.job, e)
 
     async def _act(self, snap: BuilderSnapshot, status: StatusReport) -> None:
         builder, job, build = snap.builder, snap.job, snap.build
@@ -619,7 +621,9 @@ class BuilderWorker:
             build=job.build_id if job else None,
             builder=builder.id,
         )
-        await self._apply(builder, job, judgement.builder, job_action, reason)
+        await self._apply(
+            builder, job, judgement.builder, job_action, reason, judgement.forgive_job
+        )
 
     async def _apply(
         self,
@@ -628,11 +632,12 @@ class BuilderWorker:
         builder_action: BuilderAction,
         job_action: JobAction,
         reason: str,
+        forgive_job: bool = False,
     ) -> None:
         jobs = self.master.store.jobs
         if job is not None:
             if job_action is JobAction.REQUEUE:
-                await jobs.requeue(job, builder, reason)
+                await jobs.requeue(job, builder, reason, forgive=forgive_job)
             elif job_action is JobAction.FAIL:
                 await jobs.fail_job(job, builder, reason)
         if builder_action is BuilderAction.DISABLE:

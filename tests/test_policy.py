@@ -65,15 +65,28 @@ def test_equal_counts_retry_then_requeue_the_job() -> None:
 def test_a_builder_that_failed_more_is_blamed() -> None:
     j = judge_failure(2, 1)
     assert (j.builder, j.job) == (BuilderAction.RESET, JobAction.REQUEUE)
+    assert j.forgive_job  # its bad luck is not held against the job
+    assert not judge_failure(3, 3).forgive_job
+    assert j.forgive_job  # its bad luck is not held against the job
+    assert not judge_failure(3, 3).forgive_job
     j = judge_failure(5, 1)
     assert (j.builder, j.job) == (BuilderAction.DISABLE, JobAction.REQUEUE)
     assert "disabling the builder" in j.reason
 
 
 def test_a_job_that_keeps_breaking_builders_fails() -> None:
-    j = judge_failure(1, 2)
+    j = judge_failure(1, 2)  # failed more than this builder, but only twice: try elsewhere
+    assert (j.builder, j.job) == (BuilderAction.NONE, JobAction.REQUEUE)
+    j = judge_failure(1, 3)
     assert (j.builder, j.job) == (BuilderAction.NONE, JobAction.FAIL)
-    assert "the job is at fault" in j.reason
+    assert "the job is at fault" in j.reason and not j.forgive_job
+
+
+def test_a_disabled_builder_forgives_its_job() -> None:
+    j = judge_failure(5, 5)
+    assert (j.builder, j.job, j.forgive_job) == (BuilderAction.DISABLE, JobAction.REQUEUE, True)
+    j = judge_failure(5, 6)
+    assert (j.builder, j.job) == (BuilderAction.DISABLE, JobAction.FAIL)
 
 
 def test_a_builder_without_a_job_is_disabled_after_five_failures() -> None:
@@ -86,6 +99,7 @@ def test_the_numbers_are_configurable() -> None:
     assert judge_failure(1, 1, policy=strict).job is JobAction.REQUEUE
     assert judge_failure(2, None, policy=strict).builder is BuilderAction.DISABLE
     assert judge_failure(2, 1, policy=strict).builder is BuilderAction.DISABLE
+    assert judge_failure(1, 2, policy=strict).job is JobAction.FAIL
 
 
 def test_probe_backoff_doubles_up_to_a_ceiling() -> None:

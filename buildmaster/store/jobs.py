@@ -293,9 +293,16 @@ class JobQueries:
         return await self._db.transaction(count)
 
     async def requeue(
-        self, job: BuildQueue, builder: Builder | None, reason: str, kind: str = "requeued"
+        self,
+        job: BuildQueue,
+        builder: Builder | None,
+        reason: str,
+        kind: str = "requeued",
+        forgive: bool = False,
     ) -> bool:
         """Send the job back to the queue (its build to NEEDSBUILD), if it is still ``builder``'s.
+
+        ``forgive`` resets the build's failure count (the builder was to blame).
 
         :returns: whether it was requeued (``False`` when it had moved on meanwhile).
         """
@@ -338,7 +345,7 @@ class JobQueries:
             current = await tx.query_one(
                 "SELECT builder, status FROM buildqueue WHERE id = %s FOR UPDATE", (job.id,)
             )
-            if current is None or (builder is not None and current[0] not in (builder.id, None)):
+            if current is None or (builder is not None and current[0] != builder.id):
                 return False
             target = BuildStatus.CANCELLED if current[1] == BuildQueueStatus.CANCELLING else state
             await set_build_status(tx, job.build_id, target, None, reason)
