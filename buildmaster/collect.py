@@ -8,6 +8,7 @@ thread pool, a megabyte at a time, so compressing a big log never stalls the rea
 
 from __future__ import annotations
 
+import datetime
 import zlib
 from typing import Any
 
@@ -73,13 +74,25 @@ class _GzipSink:
             await self._upload.write(tail)
 
 
-class ResultCollector:
-    """Stores one builder's log and result files in the librarian."""
+#: A result stays provisional (it expires) until it is linked to its build: a master that
+#: dies in between leaves nothing the garbage collector will not clear.
+PROVISIONAL = datetime.timedelta(days=1)
 
-    def __init__(self, librarian: Any, client: BuilderClient, limits: CollectLimits) -> None:
+
+class ResultCollector:
+    """Stores one builder's log and result files in the librarian.
+
+    What it stores expires after :data:`PROVISIONAL` unless the caller links it to its build
+    (which clears the expiry), so an interrupted collection leaves no permanent orphan.
+    """
+
+    def __init__(
+        self, librarian: Any, client: BuilderClient, limits: CollectLimits, now: datetime.datetime
+    ) -> None:
         self._librarian = librarian
         self._client = client
         self._limits = limits
+        self._expires = now + PROVISIONAL
 
     async def store_log(self, filename: str, restricted: bool) -> tuple[int | None, str | None]:
         """Fetch ``/filecache/buildlog`` into the librarian (compressed).
@@ -90,7 +103,9 @@ class ResultCollector:
             (HTTP 404); the note explains a truncation.
         :raises BuilderError: when the builder cannot be reached (collect again later).
         """
-        upload = self._librarian.new_upload(filename, "application/x-gzip", restricted=restricted)
+        upload = self._librarian.new_upload(
+            filename, "application/x-gzip", restricted=restricted, expires=self._expires
+        )
         sink = _GzipSink(upload, self._librarian.run_in_thread)
         note = None
         try:
@@ -118,6 +133,7 @@ class ResultCollector:
             filename,
             "application/octet-stream",
             restricted=restricted,
+            expires=self._expires,
             expected_sha1=sha1,
             max_size=self._limits.max_file_size,
         )

@@ -521,6 +521,7 @@ class BuilderWorker:
             self.master.librarian,
             self.client,
             CollectLimits(config.max_log_size, config.max_result_file_size),
+            self._now(),
         )
         already = await jobs.collected_files(build.id)
         reason = None

@@ -68,6 +68,7 @@ async def test_a_successful_build_is_collected_into_the_librarian(
     files = {f.filename: f.file for f in await store.builds.files(build)}
     assert set(files) == set(waiting_filemap) and any(n.endswith(".changes") for n in files)
     for name, file in files.items():
+        assert file.expires is None  # linked to its build: permanent
         content = await world.harness.librarian.read_bytes(file.id)
         assert hashlib.sha1(content).hexdigest() == waiting_filemap[name] == file.sha1
     assert build.log_id is not None

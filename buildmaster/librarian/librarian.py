@@ -6,10 +6,11 @@ import contextlib
 import datetime
 import io
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from twisted.internet import defer, threads
 from twisted.python.threadpool import ThreadPool
+from twisted.web.resource import IResource
 
 from buildmaster.librarian import tokens
 from buildmaster.librarian.catalog import get_file
@@ -320,10 +321,10 @@ class Librarian:
 
     # -- serving -----------------------------------------------------------------------------
 
-    def resource(self, use_sendfile: bool = True) -> LibrarianResource:
+    def resource(self, use_sendfile: bool = True) -> IResource:
         """The twisted.web resource serving (and taking uploads of) files; mount it where
         :attr:`public_url` points. ``use_sendfile=False`` forces plain reads."""
-        return LibrarianResource(self, use_sendfile=use_sendfile)
+        return cast(IResource, LibrarianResource(self, use_sendfile=use_sendfile))
 
     # -- garbage -----------------------------------------------------------------------------
 

@@ -91,24 +91,24 @@ class ContentStore:
 
     # -- writing (blocking) ----------------------------------------------------------------
 
-    def create_temp(self, direct: bool = True) -> TempWriter:
-        """A new, empty temporary file in ``incoming/``, open for writing (with ``O_DIRECT``
-        when ``direct`` and the filesystem allows it)."""
+    def temp_path(self) -> Path:
+        """A fresh name for a temporary file in ``incoming/`` (no I/O: name it, tell the
+        garbage collector it is in use, then :meth:`create_temp` it)."""
+        return self.incoming / f"{secrets.token_hex(12)}{TEMP_SUFFIX}"
+
+    def create_temp(self, path: Path, direct: bool = True) -> TempWriter:
+        """Create the temporary file ``path`` (see :meth:`temp_path`), open for writing (with
+        ``O_DIRECT`` when ``direct`` and the filesystem allows it)."""
         self.incoming.mkdir(parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        use_direct = direct and hasattr(os, "O_DIRECT")
-        while True:
-            path = self.incoming / f"{secrets.token_hex(12)}{TEMP_SUFFIX}"
+        if direct and hasattr(os, "O_DIRECT"):
             try:
-                fd = os.open(path, flags | (os.O_DIRECT if use_direct else 0), 0o644)
-            except FileExistsError:  # pragma: no cover - 96 random bits
-                continue
+                fd = os.open(path, flags | os.O_DIRECT, 0o644)
+                return TempWriter(fd, path, True)
             except OSError as e:
-                if use_direct and e.errno == errno.EINVAL:  # tmpfs and friends
-                    use_direct = False
-                    continue
-                raise
-            return TempWriter(fd, path, use_direct)
+                if e.errno != errno.EINVAL:  # tmpfs and friends refuse O_DIRECT
+                    raise
+        return TempWriter(os.open(path, flags, 0o644), path, False)
 
     def publish(self, temp: Path, sha256: str) -> Path:
         """Move a sealed temporary file into place as the content ``sha256`` (atomically,

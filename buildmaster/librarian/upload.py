@@ -300,9 +300,15 @@ class Upload:
 
     async def _temp_file(self) -> TempWriter:
         if self._temp is None:
-            temp: TempWriter = await self._run(self._store.create_temp, self._direct_io)
+            # in use before it exists: the collector must never see it unclaimed
+            path = self._store.temp_path()
+            self._active.add(path)
+            try:
+                temp: TempWriter = await self._run(self._store.create_temp, path, self._direct_io)
+            except BaseException:
+                self._active.discard(path)
+                raise
             self._temp = temp
-            self._active.add(temp.path)
         return self._temp
 
     def _fail(self, error: LibrarianError) -> None:

@@ -80,6 +80,25 @@ def _clean_text(data: bytes | str | None) -> str | None:
     return text.replace("\x00", "")
 
 
+async def _link_results(
+    tx: Transaction, build_id: int, files: Sequence[tuple[str, int]], log: int | None
+) -> None:
+    """Link stored results to their build and make them permanent (they are stored
+    provisional, expiring, in case the master dies before this)."""
+    for filename, alias in files:
+        await tx.execute(
+            "INSERT INTO buildfile (build, libraryfile, filename) VALUES (%s, %s, %s)"
+            " ON CONFLICT (build, filename) DO NOTHING",
+            (build_id, alias, filename),
+        )
+    aliases = [alias for _, alias in files] + ([log] if log is not None else [])
+    if aliases:
+        await tx.execute(
+            "UPDATE libraryfilealias SET expires = NULL WHERE id = ANY(%s) AND expires IS NOT NULL",
+            (aliases,),
+        )
+
+
 class JobQueries:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -454,12 +473,7 @@ class JobQueries:
                 " date_started = coalesce(date_started, %s) WHERE id = %s",
                 (int(state), now, log, dependencies, reason, builder.id, now, build.id),
             )
-            for filename, alias in files:
-                await tx.execute(
-                    "INSERT INTO buildfile (build, libraryfile, filename) VALUES (%s, %s, %s)"
-                    " ON CONFLICT (build, filename) DO NOTHING",
-                    (build.id, alias, filename),
-                )
+            await _link_results(tx, build.id, files, log)
             await tx.execute("DELETE FROM buildqueue WHERE id = %s", (job.id,))
             message = f"{build.status.name} -> {state.name} on {builder.name}" + (
                 f": {reason}" if reason else ""
@@ -485,12 +499,7 @@ class JobQueries:
         is interrupted does not store them again)."""
 
         async def attach(tx: Transaction) -> None:
-            for filename, alias in files:
-                await tx.execute(
-                    "INSERT INTO buildfile (build, libraryfile, filename) VALUES (%s, %s, %s)"
-                    " ON CONFLICT (build, filename) DO NOTHING",
-                    (build_id, alias, filename),
-                )
+            await _link_results(tx, build_id, files, log)
             if log is not None:
                 await tx.execute(
                     "UPDATE build SET log = %s WHERE id = %s AND log IS NULL", (log, build_id)
