@@ -60,6 +60,14 @@ class RequestTimeout(HTTPError):
         self.seconds = seconds
 
 
+class _SinkFailed(Exception):
+    """The sink refused a piece of the body (its failure ends the request)."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(str(failure.value))
+        self.failure = failure
+
+
 class ConnectionClosed(HTTPError):
     """The peer closed the connection before answering completely."""
 
@@ -138,10 +146,16 @@ class _HTTPClientProtocol(protocol.Protocol):
             self.transport.abortConnection()
             return
         self._buffer += data
+        self._parse_or_fail()
+
+    def _parse_or_fail(self) -> None:
         try:
             self._parse()
         except HTTPError as e:
             self._fail(Failure(e))
+            self.transport.abortConnection()
+        except _SinkFailed as e:
+            self._fail(e.failure)
             self.transport.abortConnection()
 
     def _parse(self) -> None:
@@ -276,6 +290,13 @@ class _HTTPClientProtocol(protocol.Protocol):
             return
         result = self._request.sink(piece)
         if isinstance(result, defer.Deferred):
+            if result.called:
+                # ready already: carry on here (waiting on it would recurse, piece by piece)
+                failed: list[Failure] = []
+                result.addErrback(failed.append)
+                if failed:
+                    raise _SinkFailed(failed[0])
+                return
             self._waiting_sink = True
             self.transport.pauseProducing()
             result.addCallbacks(self._sink_ready, self._sink_failed)
@@ -285,11 +306,7 @@ class _HTTPClientProtocol(protocol.Protocol):
         if self._request is None:
             return
         self.transport.resumeProducing()
-        try:
-            self._parse()
-        except HTTPError as e:
-            self._fail(Failure(e))
-            self.transport.abortConnection()
+        self._parse_or_fail()
 
     def _sink_failed(self, failure: Failure) -> None:
         self._waiting_sink = False

@@ -1,4 +1,4 @@
-"""HTTP byte ranges (RFC 9110 section 14): pure parsing, no I/O.
+"""HTTP byte ranges (RFC 9110 section 14) and conditional requests (section 13): pure, no I/O.
 
 The librarian serves one range per response (what a builder resuming an interrupted chroot
 download asks for). A ``Range`` header in another unit, or asking for several ranges, is
@@ -8,9 +8,11 @@ that starts past the end of the file is refused with 416, as nginx does.
 
 from __future__ import annotations
 
+from email.utils import parsedate_to_datetime
+
 import attrs
 
-__all__ = ["ByteRange", "RangeNotSatisfiable", "parse_range"]
+__all__ = ["ByteRange", "RangeNotSatisfiable", "parse_range", "not_modified", "etag_matches"]
 
 _MAX_DIGITS = 19  # more than any file size; bounds the work an absurd header causes
 
@@ -90,3 +92,36 @@ def _parse_one(spec: bytes, size: int) -> ByteRange:
     if start >= size:
         raise RangeNotSatisfiable(size, f"a range starting at {start}, past the end ({size})")
     return ByteRange(start=start, stop=stop, size=size)
+
+
+def etag_matches(header: bytes, etag: bytes) -> bool:
+    """Whether an ``If-None-Match`` value lists ``etag`` (weakly compared) or is ``*``."""
+    if header.strip() == b"*":
+        return True
+    bare = etag.removeprefix(b"W/")
+    return any(tag.strip().removeprefix(b"W/") == bare for tag in header.split(b","))
+
+
+def not_modified(
+    if_none_match: bytes | None,
+    if_modified_since: bytes | None,
+    etag: bytes,
+    modified: float | None,
+) -> bool:
+    """Whether a GET or HEAD should be answered 304 Not Modified.
+
+    ``If-None-Match`` decides when present; otherwise ``If-Modified-Since`` (a date not before
+    ``modified``, the Unix time of the last change, means not modified). A malformed date is
+    ignored.
+    """
+    if if_none_match is not None:
+        return etag_matches(if_none_match, etag)
+    if if_modified_since is None or modified is None:
+        return False
+    try:
+        since = parsedate_to_datetime(if_modified_since.decode("latin-1"))
+    except (TypeError, ValueError, IndexError):
+        return False
+    if since.tzinfo is None:
+        return False
+    return int(modified) <= since.timestamp()

@@ -3,7 +3,8 @@
 ``GET|HEAD /<alias id>/<filename>``
     The file, with ``Content-Length``, ``Content-Type``, ``ETag`` (its quoted SHA-1),
     ``Last-Modified`` and ``Accept-Ranges: bytes``; one byte range per request (206, or 416
-    for a malformed or unsatisfiable one), ``If-Range`` and ``If-None-Match`` (304) honoured.
+    for a malformed or unsatisfiable one), ``If-Range``, ``If-None-Match`` and
+    ``If-Modified-Since`` (304) honoured.
     404 for an unknown id, an expired file or a filename that does not match the id. A
     restricted file needs a download token for it as the basic-auth password (401 otherwise,
     with ``WWW-Authenticate``). 500 when the bytes on disk are missing or have the wrong size
@@ -43,7 +44,7 @@ from buildmaster.librarian.errors import (
     UploadFailed,
 )
 from buildmaster.librarian.metadata import check_filename
-from buildmaster.librarian.ranges import RangeNotSatisfiable, parse_range
+from buildmaster.librarian.ranges import RangeNotSatisfiable, not_modified, parse_range
 from buildmaster.librarian.reader import report_corrupt
 from buildmaster.librarian.sending import FileSender
 from buildmaster.librarian.storage import SizeMismatch
@@ -214,13 +215,23 @@ class LibrarianResource(resource.Resource):
         request.setHeader(b"accept-ranges", b"bytes")
         if file.restricted:
             request.setHeader(b"cache-control", b"private")
-        if file.datecreated is not None:
-            request.setLastModified(file.datecreated.timestamp())
-        if request.setETag(_etag(file)) is http.CACHED:
-            request.finish()  # 304 Not Modified
+        etag = _etag(file)
+        request.setHeader(b"etag", etag)
+        modified = file.datecreated.timestamp() if file.datecreated is not None else None
+        if modified is not None:
+            request.setHeader(b"last-modified", http.datetimeToString(modified))
+        if not_modified(
+            request.getHeader(b"if-none-match"),
+            request.getHeader(b"if-modified-since"),
+            etag,
+            modified,
+        ):
+            request.setResponseCode(http.NOT_MODIFIED)
+            request.finish()
             return
         try:
-            wanted = parse_range(request.getHeader(b"range"), size)
+            # a Range on anything but GET is ignored (RFC 9110 14.2)
+            wanted = None if head else parse_range(request.getHeader(b"range"), size)
         except RangeNotSatisfiable as e:
             raise _Respond(
                 http.REQUESTED_RANGE_NOT_SATISFIABLE,
@@ -228,7 +239,7 @@ class LibrarianResource(resource.Resource):
                 {b"content-range": e.content_range().encode("ascii")},
             ) from None
         if_range = request.getHeader(b"if-range")
-        if wanted is not None and if_range is not None and if_range.strip() != _etag(file):
+        if wanted is not None and if_range is not None and if_range.strip() != etag:
             wanted = None  # the client's copy is another file: send all of this one
         start, stop = 0, size
         if wanted is not None:
@@ -244,11 +255,15 @@ class LibrarianResource(resource.Resource):
             request, fd, start, stop, self._librarian.run_in_thread, self._use_sendfile
         )
         try:
-            await sender.send()
+            complete = await sender.send()
         except OSError as e:
             raise CorruptFile(f"librarian file {file.id} could not be read: {e}") from e
-        if request.channel is not None:
+        if request.channel is None:
+            return  # the connection is gone
+        if complete:
             request.finish()
+        else:
+            request.loseConnection()  # the client stopped listening: do not wait for it
 
     # -- uploads -----------------------------------------------------------------------------
 

@@ -38,6 +38,11 @@ ROUND_LIMIT = 64 * 1024 * 1024
 #: The size of a round's tail without ``sendfile``.
 CHUNK = 256 * 1024
 _SENDFILE_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK}
+_CLIENT_GONE = {errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED}
+
+
+class _ClientGone(Exception):
+    """The socket refused a write: the client went away (the reactor may not know yet)."""
 
 
 def can_sendfile(request: http.Request) -> bool:
@@ -69,9 +74,10 @@ class _Round:
 class FileSender:
     """Sends bytes ``[start, stop)`` of the open file ``fd`` as the body of ``request``.
 
-    ``fd`` stays owned by the caller. :meth:`send` fires when every byte was handed to the
-    transport, or as soon as the client went away; it fails on a read error (the caller should
-    then drop the connection: the headers promised bytes that will not come).
+    ``fd`` stays owned by the caller. :meth:`send` fires with ``True`` when every byte was
+    handed to the transport, with ``False`` as soon as the client went away; it fails with an
+    ``OSError`` when the file cannot be read. Unless it fired ``True``, the caller should drop
+    the connection: the headers promised bytes that will not come.
     """
 
     _log = Logger()
@@ -102,13 +108,13 @@ class FileSender:
         self._paused = False
         self._in_round = False
         self._stopped = False
-        self._done: defer.Deferred[None] = defer.Deferred()
+        self._done: defer.Deferred[bool] = defer.Deferred()
 
     @property
     def using_sendfile(self) -> bool:
         return self._sock is not None
 
-    def send(self) -> defer.Deferred[None]:
+    def send(self) -> defer.Deferred[bool]:
         """Start sending; see the class docstring for what the Deferred does."""
         self._request.registerProducer(self, True)
         self._next_round()
@@ -126,7 +132,7 @@ class FileSender:
     def stopProducing(self) -> None:
         self._stopped = True
         if not self._in_round:
-            self._end(None)
+            self._end(None, complete=False)
 
     # -- rounds ------------------------------------------------------------------------------
 
@@ -134,7 +140,7 @@ class FileSender:
         if self._in_round or self._paused or self._stopped or self._done.called:
             return
         if self._position >= self._stop:
-            self._end(None)
+            self._end(None, complete=True)
             return
         # the first round writes through the transport only: the headers are still in its
         # buffer
@@ -156,6 +162,8 @@ class FileSender:
                 except BlockingIOError:
                     break
                 except OSError as e:
+                    if e.errno in _CLIENT_GONE:
+                        raise _ClientGone(str(e)) from e
                     if sent == 0 and e.errno in _SENDFILE_UNSUPPORTED:
                         refused = True
                         break
@@ -174,7 +182,7 @@ class FileSender:
     def _round_done(self, result: _Round) -> None:
         self._in_round = False
         if self._stopped:
-            self._end(None)
+            self._end(None, complete=False)
             return
         if result.sendfile_refused:
             self._close_socket()
@@ -192,21 +200,19 @@ class FileSender:
 
     def _round_failed(self, failure: Any) -> None:
         self._in_round = False
-        if self._stopped:
-            # the client went away mid-round: EPIPE and friends are expected
-            failure.trap(OSError)
-            self._end(None)
+        if self._stopped or failure.check(_ClientGone):
+            self._end(None, complete=False)
             return
-        self._end(failure)
+        self._end(failure, complete=False)
 
-    def _end(self, failure: Any) -> None:
+    def _end(self, failure: Any, complete: bool) -> None:
         self._close_socket()
         if self._done.called:
             return
         if self._request.producer is self and self._request.channel is not None:
             self._request.unregisterProducer()
         if failure is None:
-            self._done.callback(None)
+            self._done.callback(complete)
         else:
             self._done.errback(failure)
 

@@ -474,6 +474,13 @@ class JobQueries:
                 (int(state), now, log, dependencies, reason, builder.id, now, build.id),
             )
             await _link_results(tx, build.id, files, log)
+            if state is not BuildStatus.FULLYBUILT:
+                # results stored before the rest was refused are not the build's: let them go
+                await tx.execute(
+                    "WITH gone AS (DELETE FROM buildfile WHERE build = %s RETURNING libraryfile)"
+                    " UPDATE libraryfilealias SET expires = %s WHERE id IN (SELECT libraryfile FROM gone)",
+                    (build.id, now),
+                )
             await tx.execute("DELETE FROM buildqueue WHERE id = %s", (job.id,))
             message = f"{build.status.name} -> {state.name} on {builder.name}" + (
                 f": {reason}" if reason else ""

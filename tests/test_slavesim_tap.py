@@ -1,0 +1,148 @@
+"""``twistd slavesim``: its options, its service, and the real command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.python import usage
+
+from slavesim import Outcome, OutcomeRule
+from slavesim.tap import Options, makeService
+from slavesim.testing import wait_for_no_tcp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def test_defaults() -> None:
+    options = parse()
+    assert (options["count"], options["port"], options["arch"]) == (1, 8221, ["amd64"])
+    assert options["rules"] == []
+    assert options["build-time"] == 3.0
+
+
+def test_arch_is_repeatable_and_takes_comma_lists() -> None:
+    assert parse("--arch", "amd64,i386", "--arch", "arm64")["arch"] == ["amd64", "i386", "arm64"]
+
+
+def test_outcomes_are_parsed() -> None:
+    options = parse("--outcomes", "hello*=DEPFAIL:3,*=OK:2")
+    assert options["rules"] == [
+        OutcomeRule(Outcome.DEPFAIL, package="hello*", duration=3.0),
+        OutcomeRule(Outcome.OK, duration=2.0),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["--outcomes", "hello=SOMETIMES"], "unknown outcome 'SOMETIMES'"),
+        (["--count", "0"], "--count must be at least 1"),
+        (["--port", "65535", "--count", "2"], "beyond 65535"),
+        (["--build-time", "-1"], "'-1' is not a number of seconds"),
+        (["--count", "many"], "invalid literal"),
+    ],
+)
+def test_bad_options_are_usage_errors(argv: list[str], complaint: str) -> None:
+    with pytest.raises(usage.UsageError, match=complaint):
+        parse(*argv)
+
+
+@pytest_twisted.ensureDeferred
+async def test_service_starts_lists_and_stops(reactor: Any, tmp_path: Path) -> None:
+    listing = tmp_path / "builders.jsonl"
+    options = parse(
+        "--count",
+        "3",
+        "--port",
+        "0",
+        "--arch",
+        "i386",
+        "--name-prefix",
+        "frog",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--list",
+        str(listing),
+    )
+    service = makeService(options)
+    service.startService()
+    try:
+        lines = [json.loads(line) for line in listing.read_text().splitlines()]
+        assert [line["name"] for line in lines] == ["frog000", "frog001", "frog002"]
+        assert all(line["arch_tags"] == ["i386"] for line in lines)
+        from twisted.web.xmlrpc import Proxy
+
+        for line in lines:
+            info = await Proxy((line["url"] + "rpc").encode()).callRemote("info")
+            assert info == ["1.0", "i386", ["binarypackage"]]
+        assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+            "frog000",
+            "frog001",
+            "frog002",
+        ]
+    finally:
+        await service.stopService()
+    await wait_for_no_tcp(reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_service_removes_its_own_temporary_cache(reactor: Any, tmp_path: Path) -> None:
+    service = makeService(parse("--port", "0"))
+    service.startService()
+    assert service.farm is not None
+    cache_dir = service.farm.cache_dir
+    assert cache_dir.is_dir()
+    await service.stopService()
+    assert not cache_dir.exists()
+    await wait_for_no_tcp(reactor)
+
+
+def test_twistd_slavesim_runs(tmp_path: Path) -> None:
+    """The real command: ``twistd -n slavesim`` serves builders and stops on SIGTERM."""
+    listing = tmp_path / "builders.jsonl"
+    twistd = Path(sys.executable).parent / "twistd"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [str(twistd), "-n", "--pidfile=", "slavesim", "--count", "2", "--port", "0"]
+        + ["--outcomes", "*=OK:1", "--list", str(listing)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not listing.exists():
+            assert process.poll() is None, process.communicate()[0].decode()
+            assert time.monotonic() < deadline, "twistd did not write its builder list"
+            time.sleep(0.05)
+        builders = [json.loads(line) for line in listing.read_text().splitlines()]
+        assert [b["name"] for b in builders] == ["sim000", "sim001"]
+        for builder in builders:
+            # A plain blocking client is fine here: this test runs no reactor of its own.
+            with xmlrpc.client.ServerProxy(builder["url"] + "rpc") as proxy:
+                status: Any = proxy.status()
+                assert status["builder_status"] == "BuilderStatus.IDLE"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0].decode()
+    # twistd ends itself with the signal that stopped it, after a clean shutdown.
+    assert process.returncode in (0, -signal.SIGTERM), output
+    assert "Server Shut Down." in output
+    assert "Builder sim001 listening on" in output
