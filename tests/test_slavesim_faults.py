@@ -290,16 +290,17 @@ async def test_hostile_results(sim: Sim) -> None:
 
     sim.bob.faults.hostile_results = "bad_sha1"
     assert (await sim.call("status"))["filemap"]["evil_1.0_all.deb"] == BAD_SHA1
-    response = await sim.agent.request(b"GET", f"{sim.bob.url}filecache/{BAD_SHA1}".encode())
-    body = await read_body(response)
+    bad: Any = await sim.agent.request(b"GET", f"{sim.bob.url}filecache/{BAD_SHA1}".encode())
+    body = await read_body(bad)
     assert hashlib.sha1(body).hexdigest() != BAD_SHA1
 
     # an endless result file: read a few megabytes of it, then hang up
     sim.bob.faults.hostile_results = "endless_file"
     sha1 = next(iter(honest.values()))
-    response = await sim.agent.request(b"GET", f"{sim.bob.url}filecache/{sha1}".encode())
-    assert response.code == 200 and response.length is UNKNOWN_LENGTH  # no end announced
-    response.deliverBody(_Counter(done := []))
+    endless: Any = await sim.agent.request(b"GET", f"{sim.bob.url}filecache/{sha1}".encode())
+    assert endless.code == 200 and endless.length is UNKNOWN_LENGTH  # no end announced
+    done: list[Any] = []
+    endless.deliverBody(_Counter(done))
     await wait_for(sim.reactor, lambda: done and done[0] > 4 * 1024 * 1024)
     done.append(True)
 
