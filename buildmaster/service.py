@@ -20,7 +20,7 @@ import attrs
 from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.web import pages, resource, server
 
 from buildmaster.config import MasterConfig
 from buildmaster.librarian import Librarian
@@ -29,7 +29,7 @@ from buildmaster.store import Database, Store
 from buildmaster.store.cluster import PostgresCluster
 from buildmaster.store.schema import migrate
 
-__all__ = ["ServiceSettings", "BuildmasterService", "web_root"]
+__all__ = ["ServiceSettings", "BuildmasterService", "web_root", "mount_librarian"]
 
 EMBEDDED_DATABASE = "buildmaster"
 
@@ -110,7 +110,8 @@ class BuildmasterService(service.Service):
             self._log.info("Applied schema migrations {applied}", applied=applied)
         self.store = Store(self.db)
 
-        site = server.Site(resource.Resource())
+        # uploads are raw bodies: do not let twisted.web parse them as forms
+        site = server.Site(web_root(), parsePOSTFormSubmission=False)
         endpoint = endpoints.serverFromString(self.reactor, settings.port)
         self.web = await endpoint.listen(site)
         host = self.web.getHost()
@@ -119,7 +120,7 @@ class BuildmasterService(service.Service):
         self.librarian = Librarian(
             self.reactor, self.db, settings.state_dir / "librarian", public, secret
         )
-        site.resource = web_root(self.librarian)
+        mount_librarian(site.resource, self.librarian)
         self._log.info(
             "Web server on {host}:{port}; librarian at {url}",
             host=host.host,
@@ -168,11 +169,30 @@ class BuildmasterService(service.Service):
         self._log.info("buildmaster stopped")
 
 
-def web_root(librarian: Librarian) -> resource.Resource:
-    """The master's web tree: the librarian under ``/librarian/``."""
-    root = resource.Resource()
-    root.putChild(b"librarian", cast(resource.IResource, librarian.resource()))
+class _Root(resource.Resource):
+    """``/``: what this server offers; anything unknown is a plain 404."""
+
+    def getChild(self, path: bytes, request: server.Request) -> resource.IResource:
+        if path == b"" and not request.postpath:
+            return self
+        return cast(resource.IResource, pages.notFound())
+
+    def render_GET(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"buildmaster\n\n/librarian/<id>/<filename>: the librarian (files for builders, logs, results)\n"
+
+
+def web_root(librarian: Librarian | None = None) -> resource.Resource:
+    """The master's web tree: the librarian under ``/librarian/`` (mount it later with
+    :func:`mount_librarian` when the librarian needs the server's address first)."""
+    root = _Root()
+    if librarian is not None:
+        mount_librarian(root, librarian)
     return root
+
+
+def mount_librarian(root: resource.Resource, librarian: Librarian) -> None:
+    root.putChild(b"librarian", cast(resource.IResource, librarian.resource()))
 
 
 def _url_host(host: str) -> str:

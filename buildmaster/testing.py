@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, task
-from twisted.web import resource, server
+from twisted.web import server
 
 from buildmaster.config import MasterConfig
 from buildmaster.librarian import Librarian
 from buildmaster.master import BuilddMaster
 from buildmaster.model import LibraryFile
+from buildmaster.service import mount_librarian, web_root
 from buildmaster.store import Store
 
 __all__ = ["FarmHarness", "wait_for"]
@@ -34,7 +35,7 @@ class FarmHarness:
         self.master: BuilddMaster
         self.farm: Any
         self._port: Any = None
-        self._site_root = resource.Resource()
+        self._site_root = web_root()
 
     @classmethod
     async def start(
@@ -52,10 +53,11 @@ class FarmHarness:
         self = cls(reactor, store, directory)
         secret = Librarian.load_or_create_secret(directory)
         # the public URL is only known once listening: bind first, then build the librarian
-        self._port = reactor.listenTCP(0, server.Site(self._site_root), interface="127.0.0.1")
+        site = server.Site(self._site_root, parsePOSTFormSubmission=False)
+        self._port = reactor.listenTCP(0, site, interface="127.0.0.1")
         public_url = f"http://127.0.0.1:{self._port.getHost().port}/librarian/"
         self.librarian = Librarian(reactor, store.db, directory / "librarian", public_url, secret)
-        self._site_root.putChild(b"librarian", self.librarian.resource())
+        mount_librarian(self._site_root, self.librarian)
         self.farm = Farm(
             reactor,
             directory / "slavesim",
