@@ -172,7 +172,8 @@ class SimulatedBuilder:
 
     def info(self) -> list[object]:
         """``["1.0", arch_tag, [builder types]]``."""
-        return [wire.PROTOCOL_VERSION, self.arch_tags[0], list(self.settings.builder_types)]
+        version = self.faults.protocol_version or wire.PROTOCOL_VERSION
+        return [version, self.arch_tags[0], list(self.settings.builder_types)]
 
     def status(self) -> dict[str, Any]:
         """The status dict, with the keys the real daemon gives in each state.
@@ -268,7 +269,7 @@ class SimulatedBuilder:
         if missing:
             raise wire.BadCall(f"build {request.build_id} refused: args lack {missing}")
         self._start(request)
-        return [wire.BUILDING, request.build_id]
+        return [wire.BUILDING, self.faults.wrong_cookie or request.build_id]
 
     def abort(self) -> str:
         """``"BuilderStatus.ABORTING"``; WAITING/ABORTED follows after ``abort_time``.

@@ -90,7 +90,9 @@ class Faults:
       carried out but its answer replaced by garbage.
     - ``forget_build``: the next ``status`` during a build reports IDLE: the build is lost.
       Switches itself off once used.
-    - ``wrong_cookie``: every status that carries a ``build_id`` reports this one instead.
+    - ``wrong_cookie``: every status that carries a ``build_id`` reports this one instead,
+      and so does the answer of an accepted ``build``.
+    - ``protocol_version``: ``info`` reports this protocol version instead of ``"1.0"``.
     - ``crash_mid_build``: the next build dies half-way: the builder stops listening and
       loses its state (back to IDLE, log and build id gone). Switches itself off once used.
       The builder stays down until ``start()``, or for ``crash_downtime`` seconds if set.
@@ -107,6 +109,7 @@ class Faults:
     huge_size: int = DEFAULT_HUGE_SIZE
     forget_build: bool = False
     wrong_cookie: str | None = None
+    protocol_version: str | None = None
     crash_mid_build: bool = False
     hostile_results: str | None = field(default=None, converter=_to_hostile)
     crash_downtime: float | None = field(default=None, validator=_optional_non_negative)
@@ -143,4 +146,5 @@ class Faults:
         self.crash_downtime = None
         self.overwrite_build_id_on_rejected_build = True
         self.hostile_results = None
+        self.protocol_version = None
         self.refuse = False

@@ -1,0 +1,155 @@
+"""The dispatch chain: every way it can fail leaves a consistent state."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+
+from buildmaster.config import MasterConfig
+from buildmaster.enums import BuilderCleanStatus, BuildQueueStatus, BuildStatus
+from buildmaster.store import Store
+
+
+def config(**kw: Any) -> MasterConfig:
+    base: dict[str, Any] = dict(
+        socket_timeout=2.0, virtualized_socket_timeout=2.0, scan_interval=3600
+    )
+    base.update(kw)
+    return MasterConfig(**base)
+
+
+async def waiting_again(store: Store, build: Any) -> bool:
+    job = await store.queue.get_for_build(build)
+    return (
+        (await store.builds.get(build)).status is BuildStatus.NEEDSBUILD
+        and job is not None
+        and job.status is BuildQueueStatus.WAITING
+        and job.builder_id is None
+        and job.buildstart is None
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failing_vm_reset_is_a_builder_failure(
+    make_world: Any, store: Store, tmp_path: Path
+) -> None:
+    script = tmp_path / "reset"
+    script.write_text("#!/bin/sh\necho cannot reach $1 >&2\nexit 3\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    world = await make_world(config(vm_resume_command=f"{script} %(vm_host)s"))
+    sim, builder = await world.builder("ppa-builder", virtualized=True)
+    build = await world.queue(ppa=True)
+    await world.harness.master.scan_all()
+    assert await waiting_again(store, build)  # back in the queue, nothing half-done
+    assert "build" not in [c.method for c in sim.history]
+    events = [e.message for e in await store.events.for_build(build.id) if e.kind == "failure"]
+    assert events and events[0].startswith(
+        "VM reset command exited with 3: cannot reach ppa-builder.vm"
+    )
+    assert (await store.builders.get(builder)).failure_count == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_vm_reset_that_hangs_is_cut_short(make_world: Any, store: Store) -> None:
+    world = await make_world(config(vm_resume_command="sleep 30", vm_resume_timeout=0.3))
+    sim, _ = await world.builder("slow-vm", virtualized=True)
+    build = await world.queue(ppa=True)
+    await world.harness.master.scan_all()
+    assert await waiting_again(store, build)
+    events = [e.message for e in await store.events.for_build(build.id) if e.kind == "failure"]
+    assert events and events[0].startswith("VM reset command timed out after 0.3 seconds")
+
+
+@pytest_twisted.ensureDeferred
+async def test_private_files_reach_the_builder_with_a_token(make_world: Any, store: Store) -> None:
+    world = await make_world(config(vm_resume_command="true"))
+    sim, _ = await world.builder("private", virtualized=True)
+    await store.archives.set_private(world.data.cprov_ppa, True)
+    secret_dsc = await world.harness.add_file(
+        "secret_1.0.dsc", b"Source: secret\n", "text/plain", restricted=True
+    )
+    # without the token the librarian refuses the file
+    from buildmaster.httpclient import HTTPClient
+
+    http = HTTPClient(world.harness.reactor)
+    try:
+        anonymous = await http.request(b"GET", world.harness.librarian.url_for(secret_dsc))
+    finally:
+        http.close_idle()
+    assert anonymous.status == 401
+    build = await world.queue("secret", ppa=True)
+    ctx = await store.jobs.context(build.id)
+    await store.sources.replace_file(
+        build.sourcepackagerelease_id, ctx.files[0].file.id, secret_dsc.id
+    )
+    await world.harness.master.scan_all()
+    assert sim.state.build_id == build.cookie
+    assert sim.cache.has(secret_dsc.sha1)
+    ensure = [
+        c.args for c in sim.history if c.method == "ensurepresent" and c.args[0] == secret_dsc.sha1
+    ]
+    assert ensure[0][2] == "buildd" and ensure[0][3]  # user and token sent
+    assert world.harness.librarian.check_token(secret_dsc.id, ensure[0][3])
+    args = [c.args[4] for c in sim.history if c.method == "build"][0]
+    assert args["archive_private"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_chroot_means_no_dispatch_and_the_reason_is_recorded(
+    make_world: Any, store: Store
+) -> None:
+    world = await make_world(config())
+    sim, builder = await world.builder("ready")
+    amd64_build = await world.queue()
+    await store.db.execute(
+        "UPDATE build SET distroarchseries = %s WHERE id = %s",
+        (world.data.hoary_amd64.id, amd64_build.id),
+    )
+    await store.db.execute(
+        "UPDATE build SET processor = %s WHERE id = %s",
+        (world.data.processor_386.id, amd64_build.id),
+    )
+    await world.harness.master.scan_all()
+    job = await store.queue.get_for_build(amd64_build)
+    assert job is not None and job.status is BuildQueueStatus.SUSPENDED and job.builder_id is None
+    [event] = [e for e in await store.events.for_build(amd64_build.id) if e.kind == "suspended"]
+    assert event.message == "not dispatched: no chroot for ubuntu/hoary/amd64"
+    assert "build" not in [c.method for c in sim.history]
+    assert (await store.builders.get(builder)).failure_count == 0  # nobody's fault
+    # the chroot arrives: the job is back in the queue and dispatched at once
+    chroot = await world.harness.add_file("chroot-amd64.tar.gz", b"amd64 chroot")
+    await world.harness.master.addOrUpdateChroot(world.data.hoary_amd64, chroot.id)
+    assert (await store.queue.get_for_build(amd64_build)).status is BuildQueueStatus.WAITING  # type: ignore[union-attr]
+    await world.harness.master.scan_all()
+    assert sim.state.build_id == amd64_build.cookie
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_builder_answering_with_another_build_id_is_a_failure(
+    make_world: Any, store: Store
+) -> None:
+    world = await make_world(config())
+    sim, builder = await world.builder("liar")
+    sim.faults.wrong_cookie = "PACKAGEBUILD-31337"
+    build = await world.queue()
+    await world.harness.master.scan_all()
+    assert await waiting_again(store, build)
+    events = [e.message for e in await store.events.for_build(build.id) if e.kind == "failure"]
+    assert "build() answered for 'PACKAGEBUILD-31337'" in events[0]
+    assert (await store.builders.get(builder)).clean_status is not BuilderCleanStatus.CLEAN
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_wrong_protocol_version_fails_the_probe(make_world: Any, store: Store) -> None:
+    world = await make_world(config())
+    sim, builder = await world.builder("ancient")
+    sim.faults.protocol_version = "0.9"
+    await world.harness.master.setupBuilders(world.data.hoary_i386)
+    builder = await store.builders.get(builder)
+    assert (builder.builderok, builder.failnotes) == (
+        False,
+        "protocol version '0.9', expected '1.0'",
+    )
