@@ -226,5 +226,17 @@ class Demo:
                 states=states,
                 failed=", ".join(r[0] for r in failed) or "none",
             )
+            tails = await self.store.db.query(
+                "SELECT q.build, br.name, q.logtail FROM buildqueue q JOIN builder br ON br.id = q.builder"
+                " WHERE q.logtail IS NOT NULL ORDER BY q.date_started LIMIT 3"
+            )
+            for build_id, builder, tail in tails:
+                lines = [line for line in tail.splitlines() if line.strip()]
+                self._log.info(
+                    "  PACKAGEBUILD-{build} on {builder}: ...{line}",
+                    build=build_id,
+                    builder=builder,
+                    line=lines[-1][-100:] if lines else "",
+                )
         except Exception:
             self._log.failure("The demo summary failed")
