@@ -174,7 +174,7 @@ class _Root(resource.Resource):
 
     def getChild(self, path: bytes, request: server.Request) -> resource.IResource:
         if path == b"" and not request.postpath:
-            return self
+            return cast(resource.IResource, self)
         return cast(resource.IResource, pages.notFound())
 
     def render_GET(self, request: server.Request) -> bytes:

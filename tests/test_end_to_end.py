@@ -104,7 +104,7 @@ async def test_a_faulty_farm_works_through_a_few_hundred_builds(
     await wait_for(reactor, lambda: progress(len(builds)), 240, "every build")
     await master.stopService()
 
-    by_state = collections.Counter()
+    by_state: collections.Counter[BuildStatus] = collections.Counter()
     for prefix, build in builds:
         build = await store.builds.get(build)
         by_state[build.status] += 1

@@ -48,7 +48,9 @@ async def test_a_hung_builder_costs_only_its_own_timeout(reactor: Any, make_worl
     await master.scan_all(wait=False)
     await scan
     assert [c.method for c in sims[0].history].count("status") == 1
-    assert all(w.last_status.builder_status is BuilderStatus.IDLE for w in healthy)  # type: ignore[union-attr]
+    assert all(
+        w.last_status and w.last_status.builder_status is BuilderStatus.IDLE for w in healthy
+    )
     assert not hung.busy and hung.consecutive_failures == 1
 
 
@@ -101,8 +103,8 @@ async def test_garbage_wrong_protocol_and_wrong_arch_fail_the_probe(
     huge.faults.huge_size = 40 * 1024 * 1024
     await world.harness.master.setupBuilders(world.data.hoary_i386)
 
-    notes = {b.name: (b.builderok, b.failnotes) for b in await store.builders.all()}
-    assert notes["good"] == (True, None)
+    notes = {b.name: (b.builderok, b.failnotes or "") for b in await store.builders.all()}
+    assert notes["good"] == (True, "")
     assert notes["xml"][0] is False and "malformed XML-RPC answer" in notes["xml"][1]
     assert notes["types"][0] is False and "echo" in notes["types"][1]
     assert notes["huge"][0] is False and "exceeds the limit" in notes["huge"][1]
@@ -205,9 +207,13 @@ async def test_the_scan_loop_survives_everything(
     await master._started
     builds = [await world.queue() for _ in range(3)]
     for build in builds:
+
+        def built(build: Build = build) -> Any:
+            return _fullybuilt(store, build)
+
         await wait_for(
             reactor,
-            lambda build=build: _fullybuilt(store, build),
+            built,
             30,
             f"{build.cookie} to be built",
         )

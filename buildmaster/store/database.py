@@ -149,9 +149,10 @@ class _Connection(txpostgres.Connection):
             txpostgres._PollingMixin.doRead(self)
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
             return error.ConnectionLost(str(e).strip())
-        if self._connection.closed:
+        if not self._connection.closed:
+            self.checkForNotifies()
+        if self._connection.closed or self.fileno() < 0:
             return error.ConnectionLost("the database connection was closed")
-        self.checkForNotifies()
         self.reactor.addReader(self)
         return None
 
