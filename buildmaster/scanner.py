@@ -93,14 +93,12 @@ class BuilderWorker:
         self.builder = builder
         self.client = self._new_client(builder)
         self.last_status: StatusReport | None = None
-        self.last_scan: float | None = None
         self.consecutive_failures = 0
         self.probe_attempts = 0
         self.next_probe = 0.0
         self._abort_sent: dict[int, float] = {}
         self._running: defer.Deferred[None] | None = None
         self._again = False
-        self._again_snapshot: BuilderSnapshot | None = None
 
     def _new_client(self, builder: Builder) -> BuilderClient:
         return BuilderClient(
@@ -153,10 +151,12 @@ class BuilderWorker:
         """Scan now, or right after the scan in progress. Fires when that scan is done."""
         if self._running is not None:
             self._again = True
-            self._again_snapshot = None  # by then it is stale: read it again
-            return self._running
-        self._running = defer.Deferred.fromCoroutine(self._scans(snapshot))
-        return self._running
+            return self.current_scan()
+        running = defer.Deferred.fromCoroutine(self._scans(snapshot))
+        if running.called:  # over already (nothing to wait for)
+            return defer.succeed(None)
+        self._running = running
+        return self.current_scan()
 
     async def _scans(self, snapshot: BuilderSnapshot | None) -> None:
         try:
@@ -178,8 +178,6 @@ class BuilderWorker:
             )
         except Exception:
             self._log.failure("Scan of {builder} failed unexpectedly", builder=self.builder.name)
-        finally:
-            self.last_scan = self.master.clock.seconds()
 
     async def scan(self, snapshot: BuilderSnapshot | None = None) -> None:
         """One scan of the builder (see the module docstring)."""
