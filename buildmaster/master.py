@@ -41,6 +41,8 @@ from buildmaster.store.database import DatabaseError
 __all__ = ["BuilddMaster"]
 
 Key = tuple[int, bool]
+#: seconds a "no waiting job of this kind" verdict is trusted without a notification
+EMPTY_CACHE_LIFETIME = 60.0
 #: pg_advisory_lock namespace for builder ownership ("bm" "bldr")
 OWNERSHIP_LOCK = 0x626D_626C
 
@@ -70,6 +72,7 @@ class BuilddMaster(service.Service):
         self.stopping = False
         self._distroarchseries: dict[int, DistroArchSeries] = {}
         self._empty: set[Key] = set()
+        self._empty_since = reactor.seconds()
         self._generation: dict[Key, int] = {}
         self._owned: set[int] = set()
         self._round_robin = itertools.count()
@@ -151,7 +154,10 @@ class BuilddMaster(service.Service):
         for builder_id in set(self.workers) - seen:
             if not self.workers[builder_id].busy:
                 del self.workers[builder_id]
-        self._empty.clear()  # once a cycle, ask the database again (a safety net for lost notifications)
+        if self.clock.seconds() - self._empty_since >= EMPTY_CACHE_LIFETIME:
+            # a safety net: ask the database again now and then, whatever the notifications said
+            self._empty.clear()
+            self._empty_since = self.clock.seconds()
         if wait:
             await defer.DeferredList(scans, consumeErrors=True)
 
