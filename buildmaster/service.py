@@ -18,12 +18,14 @@ from typing import Any, cast
 
 import attrs
 from twisted.application import service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, threads
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 from twisted.web import pages, resource, server
 
 from buildmaster.config import MasterConfig
 from buildmaster.librarian import Librarian
+from buildmaster.librarian.guard import guarded_request_factory
 from buildmaster.master import BuilddMaster
 from buildmaster.store import Database, Store
 from buildmaster.store.cluster import PostgresCluster
@@ -79,6 +81,7 @@ class BuildmasterService(service.Service):
         self.web: Any = None
         self.demo: Any = None
         self._gc: service.Service | None = None
+        self._threads: ThreadPool | None = None
         self._started: defer.Deferred[None] = defer.succeed(None)
 
     def startService(self) -> None:
@@ -110,15 +113,29 @@ class BuildmasterService(service.Service):
             self._log.info("Applied schema migrations {applied}", applied=applied)
         self.store = Store(self.db)
 
-        # uploads are raw bodies: do not let twisted.web parse them as forms
-        site = server.Site(web_root(), parsePOSTFormSubmission=False)
+        # uploads are raw bodies: twisted.web must neither parse them as forms nor keep
+        # bodies that nobody may upload
+        site = server.Site(
+            web_root(),
+            requestFactory=guarded_request_factory(lambda: self.librarian),
+            parsePOSTFormSubmission=False,
+        )
         endpoint = endpoints.serverFromString(self.reactor, settings.port)
         self.web = await endpoint.listen(site)
         host = self.web.getHost()
         public = settings.librarian_url or f"http://{_url_host(host.host)}:{host.port}/librarian/"
         secret = Librarian.load_or_create_secret(settings.state_dir)
+        # the librarian's disk work gets threads of its own: the reactor's pool also resolves
+        # builder host names, and must not wait behind 20 chroot downloads
+        self._threads = ThreadPool(minthreads=2, maxthreads=8, name="librarian")
+        self._threads.start()
         self.librarian = Librarian(
-            self.reactor, self.db, settings.state_dir / "librarian", public, secret
+            self.reactor,
+            self.db,
+            settings.state_dir / "librarian",
+            public,
+            secret,
+            threadpool=self._threads,
         )
         mount_librarian(site.resource, self.librarian)
         self._log.info(
@@ -161,6 +178,11 @@ class BuildmasterService(service.Service):
             await self._gc.stopService()
         if self.web is not None:
             await self.web.stopListening()
+        if self._threads is not None:
+            # joining the threads blocks: do it from another thread
+            await threads.deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(), self._threads.stop
+            )
         if self.db is not None:
             await self.db.close()
         if self.cluster is not None and self.cluster.port is not None:

@@ -18,6 +18,7 @@ from twisted.web import server
 
 from buildmaster.config import MasterConfig
 from buildmaster.librarian import Librarian
+from buildmaster.librarian.guard import guarded_request_factory
 from buildmaster.master import BuilddMaster
 from buildmaster.model import LibraryFile
 from buildmaster.service import mount_librarian, web_root
@@ -53,7 +54,11 @@ class FarmHarness:
         self = cls(reactor, store, directory)
         secret = Librarian.load_or_create_secret(directory)
         # the public URL is only known once listening: bind first, then build the librarian
-        site = server.Site(self._site_root, parsePOSTFormSubmission=False)
+        site = server.Site(
+            self._site_root,
+            requestFactory=guarded_request_factory(lambda: getattr(self, "librarian", None)),
+            parsePOSTFormSubmission=False,
+        )
         self._port = reactor.listenTCP(0, site, interface="127.0.0.1")
         public_url = f"http://127.0.0.1:{self._port.getHost().port}/librarian/"
         self.librarian = Librarian(reactor, store.db, directory / "librarian", public_url, secret)

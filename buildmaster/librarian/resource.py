@@ -210,6 +210,8 @@ class LibrarianResource(resource.Resource):
         return fd
 
     async def _send(self, request: server.Request, file: LibraryFile, fd: int, head: bool) -> None:
+        if request.channel is None:
+            return  # the client left while we looked the file up
         size = file.filesize
         request.setHeader(b"content-type", file.mimetype.encode("ascii"))
         request.setHeader(b"accept-ranges", b"bytes")
@@ -315,7 +317,13 @@ class LibrarianResource(resource.Resource):
             raise _Respond(http.REQUEST_ENTITY_TOO_LARGE, str(e)) from None
         except UploadFailed as e:
             raise _Respond(http.INTERNAL_SERVER_ERROR, str(e)) from None
+        except DatabaseUnavailable:
+            raise _Respond(
+                http.SERVICE_UNAVAILABLE, "The librarian is unavailable.", {b"retry-after": b"5"}
+            ) from None
         file = await self._librarian.get(alias_id)
+        if request.channel is None:
+            return  # stored; the client just will not hear about it
         url = self._librarian.url_for(file)
         body = json.dumps(
             {

@@ -1,10 +1,11 @@
 """Uploads: bytes streamed to a temporary file in a thread, hashed as they go, then recorded.
 
 An :class:`Upload` takes chunks from the reactor thread (``write``, or as an ``IConsumer`` fed
-by a producer) and hands them, in batches, to three thread jobs at a time: one writes the
-batch to the temporary file (``O_DIRECT`` where possible, see
+by a producer) and hands them, in batches of up to 4 MiB, to three thread jobs at a time: one
+writes the batch to the temporary file (``O_DIRECT`` where possible, see
 :class:`~buildmaster.librarian.storage.TempWriter`), one feeds MD5, one SHA-1 and SHA-256:
-hashing and writing use every core. At most :data:`HIGH_WATER` bytes wait in memory: beyond that
+hashing and writing use every core. (MD5 alone is as slow as the other two together, so this
+split keeps two cores evenly busy.) At most :data:`HIGH_WATER` bytes wait in memory: beyond that
 ``write`` returns a Deferred that fires only when there is room again, and a registered
 producer is paused. ``finish`` checks the declared size and SHA-1, fsyncs, moves the file into
 place and records the rows (:func:`~buildmaster.librarian.catalog.record_file`); on any error
@@ -23,6 +24,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from buildmaster.librarian.catalog import Hashes, record_file
@@ -247,9 +249,14 @@ class Upload:
     def _kick(self) -> None:
         if self._worker is None and self._pending and self._error is None:
             self._worker = defer.Deferred.fromCoroutine(self._drain())
+            self._worker.addErrback(self._unexpected)
             self._worker.addBoth(self._worker_done)
 
-    def _worker_done(self, _: object) -> None:
+    def _unexpected(self, failure: Failure) -> None:
+        self._log.failure("Upload of {filename} broke", failure, filename=self.filename)
+        self._fail(UploadFailed(f"could not store {self.filename!r}: {failure.value}"))
+
+    def _worker_done(self, _: None) -> None:
         self._worker = None
         waiters, self._idle_waiters = self._idle_waiters, []
         for waiter in waiters:
