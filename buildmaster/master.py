@@ -73,6 +73,7 @@ class BuilddMaster(service.Service):
         self._distroarchseries: dict[int, DistroArchSeries] = {}
         self._empty: set[Key] = set()
         self._empty_since = reactor.seconds()
+        self._listening = False
         self._generation: dict[Key, int] = {}
         self._owned: set[int] = set()
         self._round_robin = itertools.count()
@@ -91,6 +92,7 @@ class BuilddMaster(service.Service):
 
     async def _start(self) -> None:
         await self.store.db.listen("buildqueue_waiting", self._queue_changed)
+        self._listening = True
         if self.config.exclusive_builders:
             self.store.db.on_session_lost(self._owned.clear)
         for das in await self.store.distributions.all_arch_series():
@@ -108,6 +110,7 @@ class BuilddMaster(service.Service):
         """Stops the loops, waits for the scans in progress (their remote calls are cut
         short), then writes the pending log tails."""
         self.stopping = True
+        self._listening = False
         try:
             await self._started
         except Exception:
@@ -204,8 +207,9 @@ class BuilddMaster(service.Service):
         self.wake(keys)
 
     def known_empty(self, keys: Iterable[Key]) -> bool:
+        """Whether no job of these kinds waits (trusted only while notifications arrive)."""
         keys = list(keys)
-        return bool(keys) and all(k in self._empty for k in keys)
+        return self._listening and bool(keys) and all(k in self._empty for k in keys)
 
     def generations(self, keys: Iterable[Key]) -> dict[Key, int]:
         return {k: self._generation.get(k, 0) for k in keys}
