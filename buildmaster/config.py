@@ -32,6 +32,8 @@ class MasterConfig:
     #: a cancelled build that has not aborted after this long is a builder failure
     cancel_timeout: float = attrs.field(default=180.0, validator=_positive)
     failure_policy: FailurePolicy = FailurePolicy()
+    #: a job that failed on a builder is not given to that builder again for this long
+    retry_elsewhere_for: float = attrs.field(default=600.0, validator=_positive)
     archive_urls: ArchiveURLs = ArchiveURLs()
     #: seconds between batched writes of the log tails
     logtail_interval: float = attrs.field(default=2.0, validator=_positive)

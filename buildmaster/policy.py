@@ -88,15 +88,16 @@ def judge_failure(
 
     * An isolation failure (a builder doing what the database never gave it) is a security
       matter: the builder is disabled and the job failed at once.
-    * Equal counts: nobody can be blamed yet. The job stays (is retried) until it has failed
-      ``job_reset_threshold`` times, then goes back to the queue.
+    * Equal counts: nobody can be blamed. The job stays (is retried) until it has failed
+      ``job_reset_threshold`` times, then goes back to the queue; the builder is left alone.
     * The builder failed more: it is to blame. The job is requeued (and forgiven: its count
       is reset), and the builder reset, or disabled once it has failed
       ``builder_disable_threshold`` times.
     * The job failed more: it keeps breaking builders. Once it has failed
       ``job_reset_threshold`` times it fails; before that it is tried elsewhere.
 
-    Whenever a builder is disabled, its job is forgiven: the builder was the problem.
+    The counts are the caller's: the master counts a job's failure once per stay on a
+    builder (however many scans fail meanwhile), a builder's at every failure.
     """
     if isolation:
         return Judgement(
@@ -113,13 +114,12 @@ def judge_failure(
             f"builder failed {builder_failures} times" + ("" if disable else "; will retry"),
         )
     if builder_failures == job_failures:
-        if disable or job_failures >= policy.job_reset_threshold:
+        # nobody can be blamed: the builder is not disabled for it (the job may be the problem)
+        if job_failures >= policy.job_reset_threshold:
             return Judgement(
-                builder_action,
+                BuilderAction.NONE,
                 JobAction.REQUEUE,
-                f"builder and job both failed {job_failures} times: requeueing the job"
-                + (" and disabling the builder" if disable else ""),
-                forgive_job=disable,
+                f"builder and job both failed {job_failures} times: requeueing the job",
             )
         return Judgement(
             BuilderAction.NONE,

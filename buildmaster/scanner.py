@@ -97,6 +97,10 @@ class BuilderWorker:
         self.probe_attempts = 0
         self.next_probe = 0.0
         self._abort_sent: dict[int, float] = {}
+        #: the job whose failure was already counted during its current stay here
+        self._charged: int | None = None
+        #: jobs that failed here: not given to this builder again until then
+        self._avoid: dict[int, float] = {}
         self._running: defer.Deferred[None] | None = None
         self._again = False
 
@@ -338,9 +342,12 @@ class BuilderWorker:
             await self._reset_if_dirty()
             return None
         generations = self.master.generations(self.keys)
-        job = await self.master.store.jobs.claim_next(builder)
+        now = self.master.clock.seconds()
+        self._avoid = {job_id: until for job_id, until in self._avoid.items() if until > now}
+        job = await self.master.store.jobs.claim_next(builder, avoid=list(self._avoid))
         if job is None:
-            self.master.mark_empty(self.keys, generations)
+            if not self._avoid:  # the avoided jobs may suit other builders
+                self.master.mark_empty(self.keys, generations)
             await self._reset_if_dirty()
             return None
         self.builder = attrs.evolve(builder, clean_status=BuilderCleanStatus.DIRTY)
@@ -367,6 +374,7 @@ class BuilderWorker:
         """
         builder = self.builder
         jobs = self.master.store.jobs
+        self._charged = None  # a new stay: its first failure counts against the job
         ctx = await jobs.context(job.build_id)
         if ctx.chroot is None:
             das = ctx.distroarchseries
@@ -604,9 +612,13 @@ class BuilderWorker:
         ``must_leave``: the job cannot stay on the builder (it never started, or the builder
         gave up on it), so "leave it where it is" means "back to the queue".
         """
+        # a job is charged once per stay on a builder, however many scans fail meanwhile
+        charge = job is not None and job.id != self._charged
         builder_count, job_count = await self.master.store.jobs.count_failure(
-            builder, job.build_id if job else None
+            builder, job.build_id if job else None, count_build=charge
         )
+        if job is not None:
+            self._charged = job.id
         judgement = judge_failure(
             builder_count, job_count, policy=self.master.config.failure_policy
         )
@@ -637,6 +649,10 @@ class BuilderWorker:
         if job is not None:
             if job_action is JobAction.REQUEUE:
                 await jobs.requeue(job, builder, reason, forgive=forgive_job)
+                # "try it elsewhere": not here again for a while
+                self._avoid[job.id] = (
+                    self.master.clock.seconds() + self.master.config.retry_elsewhere_for
+                )
             elif job_action is JobAction.FAIL:
                 await jobs.fail_job(job, builder, reason)
         if builder_action is BuilderAction.DISABLE:

@@ -82,9 +82,13 @@ def test_a_job_that_keeps_breaking_builders_fails() -> None:
     assert "the job is at fault" in j.reason and not j.forgive_job
 
 
-def test_a_disabled_builder_forgives_its_job() -> None:
-    j = judge_failure(5, 5)
-    assert (j.builder, j.job, j.forgive_job) == (BuilderAction.DISABLE, JobAction.REQUEUE, True)
+def test_equal_counts_never_disable_the_builder() -> None:
+    # a job that breaks every builder it meets must not take them out of service one by one
+    j = judge_failure(7, 7)
+    assert (j.builder, j.job, j.forgive_job) == (BuilderAction.NONE, JobAction.REQUEUE, False)
+
+
+def test_a_job_failing_on_a_failing_builder() -> None:
     j = judge_failure(5, 6)
     assert (j.builder, j.job) == (BuilderAction.DISABLE, JobAction.FAIL)
 

@@ -56,6 +56,10 @@ def start_master(dsn: str, state: Path, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def _running(log: Path) -> bool:
+    return log.exists() and "buildmaster is running" in log.read_text(errors="replace")
+
+
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_sigkill_at_random_points_loses_nothing(
@@ -123,10 +127,12 @@ async def test_sigkill_at_random_points_loses_nothing(
     progress = []
     try:
         for attempt in range(14):
-            master = start_master(dsn, state, tmp_path / f"master-{attempt}.log")
-            # the master needs about a second to start: it dies somewhere in its first second
-            # or two of work (claiming, dispatching, collecting, cleaning)
-            await task.deferLater(reactor, chooser.uniform(0.7, 2.0), lambda: None)
+            log = tmp_path / f"master-{attempt}.log"
+            master = start_master(dsn, state, log)
+            # once it runs, it dies somewhere in its first moments of work (claiming,
+            # dispatching, collecting, cleaning)
+            await wait_for(reactor, lambda log=log: _running(log), 60, "the master to start")
+            await task.deferLater(reactor, chooser.uniform(0.05, 1.2), lambda: None)
             master.send_signal(signal.SIGKILL)
             master.wait()
             progress.append(await built())

@@ -188,6 +188,7 @@ _CANDIDATE_ID = """
         SELECT q.id, q.lastscore FROM buildqueue q
         WHERE q.status = 0 AND q.builder IS NULL
           AND q.processor = p.processor AND q.virtualized = %(virtualized)s
+          AND q.id <> ALL(%(avoid)s::integer[])
         ORDER BY q.lastscore DESC, q.id
         LIMIT 1 FOR UPDATE SKIP LOCKED) c
     ORDER BY c.lastscore DESC, c.id
@@ -334,7 +335,11 @@ class BuildQueueSet:
             return None
         rows = await self._db.query(
             f"SELECT {QUEUE_COLUMNS} FROM buildqueue q WHERE q.id = ({_CANDIDATE_ID})",
-            {"processors": list(builder.processor_ids), "virtualized": builder.virtualized},
+            {
+                "processors": list(builder.processor_ids),
+                "virtualized": builder.virtualized,
+                "avoid": [],
+            },
         )
         return queue_from_row(rows[0]) if rows else None
 

@@ -168,10 +168,11 @@ class JobQueries:
 
     # -- claiming and dispatching ------------------------------------------------------
 
-    async def claim_next(self, builder: Builder) -> BuildQueue | None:
+    async def claim_next(self, builder: Builder, avoid: Sequence[int] = ()) -> BuildQueue | None:
         """Claim the best waiting job for ``builder`` (one statement; never one job for two
         builders, whatever other masters do). The builder is dirty from now on.
 
+        :param avoid: ids of jobs not to take (they just failed on this builder).
         :returns: the claimed job, or ``None`` when there is nothing to do (or the builder
             already has a job).
         """
@@ -186,6 +187,7 @@ class JobQueries:
                     "builder": builder.id,
                     "processors": list(builder.processor_ids),
                     "virtualized": builder.virtualized,
+                    "avoid": list(avoid),
                 },
             )
         except ConstraintViolation as e:
@@ -290,8 +292,12 @@ class JobQueries:
 
     # -- failures ------------------------------------------------------------------------
 
-    async def count_failure(self, builder: Builder, build_id: int | None) -> tuple[int, int | None]:
-        """Count one failure against the builder (and the build); returns the new counts."""
+    async def count_failure(
+        self, builder: Builder, build_id: int | None, count_build: bool = True
+    ) -> tuple[int, int | None]:
+        """Count one failure against the builder (and, if ``count_build``, against the
+        build); returns the counts.
+        """
 
         async def count(tx: Transaction) -> tuple[int, int | None]:
             row = await tx.query_one(
@@ -303,8 +309,8 @@ class JobQueries:
             job_count = None
             if build_id is not None:
                 build_row = await tx.query_one(
-                    "UPDATE build SET failure_count = failure_count + 1 WHERE id = %s RETURNING failure_count",
-                    (build_id,),
+                    "UPDATE build SET failure_count = failure_count + %s WHERE id = %s RETURNING failure_count",
+                    (1 if count_build else 0, build_id),
                 )
                 job_count = int(build_row[0]) if build_row else None
             return int(row[0]), job_count
