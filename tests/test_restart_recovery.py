@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,7 @@ async def test_sigkill_at_random_points_loses_nothing(
             master = start_master(dsn, state, log)
             # once it runs, it dies somewhere in its first moments of work (claiming,
             # dispatching, collecting, cleaning)
-            await wait_for(reactor, lambda log=log: _running(log), 60, "the master to start")
+            await wait_for(reactor, partial(_running, log), 60, "the master to start")
             await task.deferLater(reactor, chooser.uniform(0.05, 1.2), lambda: None)
             master.send_signal(signal.SIGKILL)
             master.wait()
