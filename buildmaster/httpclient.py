@@ -109,6 +109,7 @@ class _HTTPClientProtocol(protocol.Protocol):
         self._body = bytearray()
         self._waiting_sink = False
         self._connected = False
+        self.key: tuple[str, int] = ("", 0)  # (host, port), set by the client
         self.on_connected: Callable[[_HTTPClientProtocol], None] | None = None
         self.on_idle: Callable[[_HTTPClientProtocol], None] | None = None
         self.on_lost: Callable[[_HTTPClientProtocol], None] | None = None
@@ -534,6 +535,7 @@ class HTTPClient:
             else:
                 c.transport.loseConnection()
 
+        conn.key = key
         conn.on_idle = idle
         conn.on_lost = self._forget
         conn.send(_Request(method, head, body, max_body, sink, done))
@@ -556,9 +558,9 @@ class HTTPClient:
 
     def _forget(self, conn: _HTTPClientProtocol) -> None:
         self._all.discard(conn)
-        for idle in self._idle.values():
-            if conn in idle:
-                idle.remove(conn)
+        idle = self._idle.get(conn.key)
+        if idle is not None and conn in idle:
+            idle.remove(conn)
 
     def close_idle(self) -> None:
         """Close every kept-alive connection (requests in flight are not affected)."""

@@ -20,8 +20,7 @@ builds (cancel, retry, rescore, manual mode).
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application import service
@@ -45,6 +44,44 @@ Key = tuple[int, bool]
 EMPTY_CACHE_LIFETIME = 60.0
 #: pg_advisory_lock namespace for builder ownership ("bm" "bldr")
 OWNERSHIP_LOCK = 0x626D_626C
+
+
+class ClaimGate:
+    """One claim at a time per kind of builder, while others of that kind wait for its answer.
+
+    At a master's first scan (and whenever its "no waiting job" knowledge is renewed) every
+    idle builder would ask the database for a job at once, a thousand queries where one
+    answers for all. With the gate, a builder whose kind is being asked for waits for that
+    answer: nothing found means nothing to find; a job found means it is its turn to ask.
+    """
+
+    def __init__(self, enabled: Callable[[], bool]) -> None:
+        self._enabled = enabled
+        self._pending: dict[tuple[Key, ...], defer.Deferred[bool]] = {}
+
+    async def wait_turn(self, keys: tuple[Key, ...]) -> bool:
+        """Wait for a claim in flight for ``keys``; ``False`` if it found nothing."""
+        while self._enabled() and keys in self._pending:
+            answer: defer.Deferred[bool] = defer.Deferred()
+
+            def tell(found: bool, answer: defer.Deferred[bool] = answer) -> bool:
+                answer.callback(found)
+                return found
+
+            self._pending[keys].addCallback(tell)
+            if not await answer:
+                return False
+        return True
+
+    def begin(self, keys: tuple[Key, ...]) -> defer.Deferred[bool]:
+        done: defer.Deferred[bool] = defer.Deferred()
+        self._pending[keys] = done
+        return done
+
+    def end(self, keys: tuple[Key, ...], done: defer.Deferred[bool], found: bool) -> None:
+        if self._pending.get(keys) is done:
+            del self._pending[keys]
+        done.callback(found)
 
 
 class BuilddMaster(service.Service):
@@ -72,11 +109,12 @@ class BuilddMaster(service.Service):
         self.stopping = False
         self._distroarchseries: dict[int, DistroArchSeries] = {}
         self._empty: set[Key] = set()
+        self._idle: dict[Key, set[BuilderWorker]] = {}
+        self.claims = ClaimGate(lambda: self._listening)
         self._empty_since = reactor.seconds()
         self._listening = False
         self._generation: dict[Key, int] = {}
         self._owned: set[int] = set()
-        self._round_robin = itertools.count()
         self._scan_loop = task.LoopingCall(self._tick)
         self._scan_loop.clock = reactor
         self._logtail_loop = task.LoopingCall(self._flush_logtails)
@@ -156,7 +194,7 @@ class BuilddMaster(service.Service):
                 scans.append(worker.request_scan(snap))
         for builder_id in set(self.workers) - seen:
             if not self.workers[builder_id].busy:
-                del self.workers[builder_id]
+                self._forget_idle(self.workers.pop(builder_id))
         if self.clock.seconds() - self._empty_since >= EMPTY_CACHE_LIFETIME:
             # a safety net: ask the database again now and then, whatever the notifications said
             self._empty.clear()
@@ -195,16 +233,19 @@ class BuilddMaster(service.Service):
     # -- events ---------------------------------------------------------------------
 
     def _queue_changed(self, payload: str) -> None:
-        """NOTIFY buildqueue_waiting: ``"<processor> <virtualized>"``, or ``""`` for "anything"."""
+        """NOTIFY buildqueue_waiting: ``"<processor> <virtualized> <count>"``, or ``""``
+        (after a reconnection) for "anything may have changed"."""
         try:
-            processor, virtualized = payload.split()
+            processor, virtualized, count = payload.split()
             keys = [(int(processor), virtualized == "true")]
+            jobs = int(count)
         except ValueError:
-            keys = list(self._empty) + [k for w in self.workers.values() for k in w.keys]
+            keys = list(set(self._empty) | {k for w in self.workers.values() for k in w.keys})
+            jobs = len(self.workers)
         for key in keys:
             self._generation[key] = self._generation.get(key, 0) + 1
             self._empty.discard(key)
-        self.wake(keys)
+        self.wake(keys, count=jobs)
 
     def known_empty(self, keys: Iterable[Key]) -> bool:
         """Whether no job of these kinds waits (trusted only while notifications arrive)."""
@@ -220,20 +261,37 @@ class BuilddMaster(service.Service):
             if self._generation.get(key, 0) == generations.get(key, 0):
                 self._empty.add(key)
 
-    def wake(self, keys: Iterable[Key], exclude: BuilderWorker | None = None) -> None:
-        """Have one idle builder of one of these kinds look for a job now."""
-        wanted = set(keys)
-        idle = [
-            w
-            for w in self.workers.values()
-            if w is not exclude
-            and self._works(w.builder.id)
-            and w.idle
-            and wanted.intersection(w.keys)
-        ]
-        if idle:
-            worker = idle[next(self._round_robin) % len(idle)]
-            worker.request_scan()
+    def wake(
+        self, keys: Iterable[Key], exclude: BuilderWorker | None = None, count: int = 1
+    ) -> None:
+        """Have up to ``count`` idle builders of these kinds look for a job now.
+
+        Idle builders are kept in a set per kind (see :meth:`note_idle`), so this costs
+        nothing with a busy farm, however large.
+        """
+        woken = 0
+        for key in keys:
+            for worker in list(self._idle.get(key, ())):
+                if woken >= count:
+                    return
+                if worker is exclude or not worker.idle or not self._works(worker.builder.id):
+                    continue
+                self._forget_idle(worker)
+                worker.request_scan()
+                woken += 1
+
+    def note_idle(self, worker: BuilderWorker) -> None:
+        """A worker finished a scan: list it under its kinds if it can take a job."""
+        self._forget_idle(worker)
+        if worker.idle and worker.builder.id in self.workers:
+            worker.idle_keys = tuple(worker.keys)
+            for key in worker.idle_keys:
+                self._idle.setdefault(key, set()).add(worker)
+
+    def _forget_idle(self, worker: BuilderWorker) -> None:
+        for key in worker.idle_keys:
+            self._idle.get(key, set()).discard(worker)
+        worker.idle_keys = ()
 
     def _works(self, builder_id: int) -> bool:
         """Whether this master works the builder (holds its lock, when that matters)."""

@@ -20,11 +20,12 @@ One scan, by what the builder says (``status()``) and what the database says:
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from buildmaster.buildargs import (
     BUILDER_TYPE,
@@ -101,7 +102,11 @@ class BuilderWorker:
         self._charged: int | None = None
         #: jobs that failed here: not given to this builder again until then
         self._avoid: dict[int, float] = {}
+        #: the context of the build dispatched here, kept for its collection
+        self._contexts: dict[int, BuildContext] = {}
         self._running: defer.Deferred[None] | None = None
+        #: the kinds under which the master lists this worker as idle
+        self.idle_keys: tuple[tuple[int, bool], ...] = ()
         self._again = False
 
     def _new_client(self, builder: Builder) -> BuilderClient:
@@ -172,6 +177,7 @@ class BuilderWorker:
                 snapshot = None
         finally:
             self._running = None
+            self.master.note_idle(self)
 
     async def _guarded_scan(self, snapshot: BuilderSnapshot | None) -> None:
         try:
@@ -225,8 +231,7 @@ class BuilderWorker:
         if state is BuilderStatus.IDLE:
             if job is not None:
                 await self._idle_with_job(builder, job, build.status if build else None)
-            await self._ready()
-            await self.dispatch_next()
+            await self._next_job()
         elif state is BuilderStatus.BUILDING:
             if job is not None and status.build_id == cookie:
                 assert build is not None
@@ -266,7 +271,7 @@ class BuilderWorker:
                 await self._isolation_failure(builder, status)
                 return
             await self._clean()
-            await self.dispatch_next()
+            await self._next_job()
 
     # -- the builder and its job disagree ------------------------------------------------
 
@@ -329,9 +334,14 @@ class BuilderWorker:
         if state is not BuilderStatus.IDLE:
             raise BuilderProtocolError(f"clean() left the builder {state.name}")
         self.last_status = StatusReport(BuilderStatus.IDLE)
-        await self._ready()
 
     # -- dispatching ------------------------------------------------------------------
+
+    async def _next_job(self) -> None:
+        """The builder is IDLE: give it its next job, or else record that it is clean (a
+        claim marks it dirty anyway, so this saves a write per build)."""
+        if await self.dispatch_next() is None:
+            await self._ready()
 
     async def dispatch_next(self) -> BuildQueue | None:
         """Claim the best waiting job for this builder and dispatch it."""
@@ -341,13 +351,23 @@ class BuilderWorker:
         if self.master.known_empty(self.keys):
             await self._reset_if_dirty()
             return None
-        generations = self.master.generations(self.keys)
+        keys = tuple(self.keys)
+        if not await self.master.claims.wait_turn(keys):
+            # a claim for the same kind just found nothing: do not ask again
+            await self._reset_if_dirty()
+            return None
+        generations = self.master.generations(keys)
         now = self.master.clock.seconds()
         self._avoid = {job_id: until for job_id, until in self._avoid.items() if until > now}
-        job = await self.master.store.jobs.claim_next(builder, avoid=list(self._avoid))
+        done = self.master.claims.begin(keys)
+        job = None
+        try:
+            job = await self.master.store.jobs.claim_next(builder, avoid=list(self._avoid))
+        finally:
+            self.master.claims.end(keys, done, found=job is not None or bool(self._avoid))
         if job is None:
             if not self._avoid:  # the avoided jobs may suit other builders
-                self.master.mark_empty(self.keys, generations)
+                self.master.mark_empty(keys, generations)
             await self._reset_if_dirty()
             return None
         self.builder = attrs.evolve(builder, clean_status=BuilderCleanStatus.DIRTY)
@@ -376,6 +396,7 @@ class BuilderWorker:
         jobs = self.master.store.jobs
         self._charged = None  # a new stay: its first failure counts against the job
         ctx = await jobs.context(job.build_id)
+        self._contexts = {ctx.build.id: ctx}
         if ctx.chroot is None:
             das = ctx.distroarchseries
             reason = f"not dispatched: no chroot for {das.distribution_name}/{das.series_name}/{das.architecturetag}"
@@ -426,6 +447,9 @@ class BuilderWorker:
             "Dispatched {build} to {builder}", build=ctx.build.cookie, builder=builder.name
         )
         return True
+
+    def _context(self, build_id: int) -> BuildContext | None:
+        return self._contexts.get(build_id)
 
     def _build_url(self, ctx: BuildContext) -> str | None:
         template = self.master.config.build_url_template
@@ -500,6 +524,7 @@ class BuilderWorker:
                 must_leave=True,
             )
             await self._clean()
+            await self._ready()
             return
         if not cancelling and result in (BuilderResult.GIVENBACK, BuilderResult.ABORTED):
             why = (
@@ -512,16 +537,18 @@ class BuilderWorker:
             state = BuildStatus.CANCELLED if cancelling else RESULT_STATES[result]
             await self._store_results(snap, status, state)
         await self._clean()
-        await self.dispatch_next()
+        await self._next_job()
 
     async def _store_results(
         self, snap: BuilderSnapshot, status: StatusReport, state: BuildStatus
     ) -> None:
+        """Fetch the log and every result file at once into the librarian, then record the
+        end of the build. What is stored stays provisional (it expires) until ``finish``
+        links it, so a master that dies half-way leaves nothing permanent behind."""
         builder, job, build = snap.builder, snap.job, snap.build
         assert job is not None and build is not None
-        jobs = self.master.store.jobs
         config = self.master.config
-        ctx = await jobs.context(build.id)
+        ctx = self._context(build.id) or await self.master.store.jobs.context(build.id)
         restricted = ctx.archive.private
         collector = ResultCollector(
             self.master.librarian,
@@ -529,26 +556,20 @@ class BuilderWorker:
             CollectLimits(config.max_log_size, config.max_result_file_size),
             self._now(),
         )
-        already = await jobs.collected_files(build.id)
         reason = None
-        files: list[tuple[str, int]] = []
+        accepted: dict[str, str] = {}
         if state is BuildStatus.FULLYBUILT:
             try:
                 accepted = check_filemap(
                     status.filemap, FilemapLimits(max_files=config.max_result_files)
                 )
-                for name, sha1 in accepted.items():
-                    if name in already and already[name][0] == sha1:
-                        files.append((name, already[name][1]))
-                        continue
-                    alias = await collector.store_file(name, sha1, restricted)
-                    files.append((name, alias))
-                    await jobs.attach_files(build.id, [(name, alias)], None)
             except ResultRefused as e:
                 state, reason = BuildStatus.FAILEDTOUPLOAD, f"results refused: {e}"
-                files = []
-        log = build.log_id
-        if log is None:
+        fetches: list[defer.Deferred[Any]] = [
+            defer.Deferred.fromCoroutine(collector.store_file(name, sha1, restricted))
+            for name, sha1 in accepted.items()
+        ]
+        if build.log_id is None:
             das, spr = ctx.distroarchseries, ctx.sourcepackagerelease
             name = log_filename(
                 das.distribution_name,
@@ -558,12 +579,29 @@ class BuilderWorker:
                 spr.version,
                 state.name,
             )
-            log, note = await collector.store_log(name, restricted)
-            if log is not None:
-                await jobs.attach_files(build.id, [], log)
-            if note:
-                reason = f"{reason}; {note}" if reason else note
-        finished = await jobs.finish(
+            fetches.append(defer.Deferred.fromCoroutine(collector.store_log(name, restricted)))
+        results: list[tuple[bool, Any]] = await defer.DeferredList(fetches, consumeErrors=True)
+        failures: list[Failure] = [value for ok, value in results if not ok]
+        refused = [f for f in failures if f.check(ResultRefused)]
+        others = [f for f in failures if not f.check(ResultRefused)]
+        if others:
+            others[0].raiseException()  # e.g. the builder went away: collect again later
+        files = [
+            (name, int(value))
+            for name, (ok, value) in zip(accepted, results[: len(accepted)], strict=True)
+            if ok
+        ]
+        log = build.log_id
+        if build.log_id is None:
+            ok, value = results[len(accepted)]
+            if ok:
+                log, note = value
+                if note:
+                    reason = f"{reason}; {note}" if reason else note
+        if refused:
+            state, reason = BuildStatus.FAILEDTOUPLOAD, f"results refused: {refused[0].value}"
+            files = []  # what was stored of them expires: the garbage collector takes it
+        finished = await self.master.store.jobs.finish(
             job,
             builder,
             state,
@@ -573,6 +611,7 @@ class BuilderWorker:
             dependencies=status.dependencies if state is BuildStatus.MANUALDEPWAIT else None,
             reason=reason,
         )
+        self._contexts.pop(build.id, None)
         if finished:
             self._log.info(
                 "{build} on {builder}: {state}",
@@ -727,5 +766,4 @@ class BuilderWorker:
             builder, builderok=True, failed_by_master=False, failnotes=None, failure_count=0
         )
         self.last_status = StatusReport(BuilderStatus.IDLE)
-        await self._ready()
-        await self.dispatch_next()
+        await self._next_job()

@@ -338,7 +338,7 @@ async def test_collecting_twice_gives_the_same_result_and_one_copy_of_each_file(
     reactor: Any, make_world: Any, store: Store
 ) -> None:
     """A master that dies after storing the results but before recording the end: the next
-    collection finds the files already there, stores nothing twice, and ends the same way."""
+    collection ends the same way, with one permanent copy of each file."""
     world = await make_world(FAST, build_time=0.2)
     sim, builder = await world.builder("builder")
     build = await world.queue()
@@ -361,7 +361,7 @@ async def test_collecting_twice_gives_the_same_result_and_one_copy_of_each_file(
             await worker._store_results(snap, await worker.client.status(), BuildStatus.FULLYBUILT)
     finally:
         jobs.finish = real_finish  # type: ignore[method-assign]
-    aliases_before = (await store.db.query("SELECT count(*) FROM libraryfilealias"))[0][0]
+    contents_before = (await store.db.query("SELECT count(*) FROM libraryfilecontent"))[0][0]
     assert await state(store, build) is BuildStatus.BUILDING
     assert sim.state.state == "BuilderStatus.WAITING"
 
@@ -371,6 +371,16 @@ async def test_collecting_twice_gives_the_same_result_and_one_copy_of_each_file(
     assert build.status is BuildStatus.FULLYBUILT
     files = await store.builds.files(build)
     assert sorted(f.filename for f in files) == sorted(status["filemap"])
-    aliases_after = (await store.db.query("SELECT count(*) FROM libraryfilealias"))[0][0]
-    assert aliases_after == aliases_before  # nothing stored twice, the log included
+    # the bytes are stored once; what the dead master had stored is provisional and expires
+    assert (await store.db.query("SELECT count(*) FROM libraryfilecontent"))[0][
+        0
+    ] == contents_before
+    permanent = await store.db.query(
+        "SELECT filename, count(*) FROM libraryfilealias WHERE expires IS NULL"
+        " AND id NOT IN (SELECT libraryfile FROM sourcepackagereleasefile)"
+        " AND id NOT IN (SELECT chroot FROM distroarchseries WHERE chroot IS NOT NULL) GROUP BY 1"
+    )
+    assert build.log_id is not None
+    log_name = (await world.harness.librarian.get(build.log_id)).filename
+    assert dict(permanent) == {**{name: 1 for name in status["filemap"]}, log_name: 1}
     assert sim.state.state == "BuilderStatus.IDLE"

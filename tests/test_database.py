@@ -80,7 +80,7 @@ async def test_notify_reaches_listeners_and_new_jobs_are_announced(db: Database)
     await got
     processor = (await db.query("SELECT id FROM processor WHERE name = '386'"))[0][0]
     assert received[0] == "hello"
-    assert received[1] == f"{processor} false"
+    assert received[1] == f"{processor} false 1"  # kind and how many jobs
 
 
 # -- reconnection -------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from buildmaster.config import MasterConfig
 from buildmaster.enums import (
     BuilderStatus,
     BuildStatus,
+    PackagePublishingPocket,
+    SourcePackageFileType,
 )
 from buildmaster.model import Build
 from buildmaster.policy import FailurePolicy
@@ -236,3 +238,39 @@ async def test_a_ppa_job_never_reaches_a_trusted_builder(
     await world.harness.master.scan_all()
     assert trusted.state.build_id == primary_build.cookie
     assert virtual.state.build_id == ppa_build.cookie
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_jobs_reaches_every_idle_builder_at_once(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    world = await make_world(FAST)
+    sims = [(await world.builder(f"idle{i}"))[0] for i in range(6)]
+    master = world.harness.master
+    master.startService()
+    await master._started
+    await wait_for(
+        reactor,
+        lambda: len(master.workers) == 6 and all(w.idle for w in master.workers.values()),
+        5,
+    )
+    # six builds, queued by one statement: one notification says "six"
+    builds = []
+    for i in range(6):
+        spr = await store.sources.new(f"burst{i}", "1.0", world.data.hoary)
+        dsc = await world.harness.add_file(f"burst{i}_1.0.dsc", b"Source: burst\n", "text/plain")
+        await store.sources.add_file(spr, dsc.id, SourcePackageFileType.DSC)
+        builds.append(
+            await store.builds.createBuild(
+                spr, world.data.hoary_i386, PackagePublishingPocket.RELEASE, world.data.primary
+            )
+        )
+    await store.db.execute(
+        "INSERT INTO buildqueue (build, lastscore, processor, virtualized)"
+        " SELECT id, 1000, processor, virtualized FROM build WHERE id = ANY(%s)",
+        ([b.id for b in builds],),
+    )
+    await wait_for(
+        reactor, lambda: all(sim.state.build_id for sim in sims), 10, "every builder to build"
+    )
+    assert {sim.state.build_id for sim in sims} == {b.cookie for b in builds}

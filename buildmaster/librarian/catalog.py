@@ -78,18 +78,24 @@ async def record_file(
     :returns: the new alias id.
     :raises ContentMismatch: when a content row with this SHA-256 records other hashes.
     """
-    await lock_content(tx, hashes.sha256)
+    # one round trip: take the content's lock, then find or create its row (the insert's
+    # conflict check sees rows committed while we waited for the lock, e.g. a deletion)
     row = await tx.query_one(
-        "SELECT id, filesize, sha1, md5 FROM libraryfilecontent WHERE sha256 = %s",
-        (hashes.sha256,),
+        "WITH locked AS (SELECT pg_advisory_xact_lock(%s, %s))"
+        " INSERT INTO libraryfilecontent (filesize, sha1, sha256, md5)"
+        " SELECT %s, %s, %s, %s FROM locked"
+        " ON CONFLICT (sha256) DO UPDATE SET sha256 = EXCLUDED.sha256"
+        " RETURNING id, filesize, sha1, md5",
+        (
+            LOCK_NAMESPACE,
+            lock_key(hashes.sha256),
+            hashes.size,
+            hashes.sha1,
+            hashes.sha256,
+            hashes.md5,
+        ),
     )
-    if row is None:
-        row = await tx.query_one(
-            "INSERT INTO libraryfilecontent (filesize, sha1, sha256, md5)"
-            " VALUES (%s, %s, %s, %s) RETURNING id, filesize, sha1, md5",
-            (hashes.size, hashes.sha1, hashes.sha256, hashes.md5),
-        )
-        assert row is not None
+    assert row is not None
     content_id, size, sha1, md5 = row
     if (size, sha1, md5) != (hashes.size, hashes.sha1, hashes.md5):
         raise ContentMismatch(

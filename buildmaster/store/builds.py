@@ -195,6 +195,10 @@ _CANDIDATE_ID = """
     LIMIT 1"""
 
 
+#: The same, without taking the row lock: a look, not a claim.
+_CANDIDATE_PEEK = _CANDIDATE_ID.replace(" FOR UPDATE SKIP LOCKED", "")
+
+
 class BuildSet:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -334,7 +338,7 @@ class BuildQueueSet:
         if not builder_may_take_jobs(builder):
             return None
         rows = await self._db.query(
-            f"SELECT {QUEUE_COLUMNS} FROM buildqueue q WHERE q.id = ({_CANDIDATE_ID})",
+            f"SELECT {QUEUE_COLUMNS} FROM buildqueue q WHERE q.id = ({_CANDIDATE_PEEK})",
             {
                 "processors": list(builder.processor_ids),
                 "virtualized": builder.virtualized,

@@ -26,11 +26,12 @@ from buildmaster.model import (
     BuildQueue,
     DistroArchSeries,
     HasId,
+    LibraryFile,
     SourcePackageReleaseFile,
     id_of,
 )
 from buildmaster.scoring import score_build
-from buildmaster.store.archives import ARCHIVE_COLUMNS, ARCHIVE_FROM, archive_from_row
+from buildmaster.store.archives import archive_from_row
 from buildmaster.store.builders import BUILDER_WIDTH, builder_columns, builder_from_row
 from buildmaster.store.builds import (
     _CANDIDATE_ID,
@@ -48,9 +49,9 @@ from buildmaster.store.builds import (
 from buildmaster.store.database import ConstraintViolation, Database, NotFound, Transaction
 from buildmaster.store.distributions import _DAS_COLUMNS, _DAS_FROM
 from buildmaster.store.events import record_event
-from buildmaster.store.files import LIBRARYFILE_COLUMNS, LIBRARYFILE_JOIN, library_file_from_row
+from buildmaster.store.files import LIBRARYFILE_JOIN, library_file_from_row
 from buildmaster.store.sources import SPR_COLUMNS, SPR_FROM, spr_from_row
-from buildmaster.transitions import RETRYABLE, check_transition
+from buildmaster.transitions import RETRYABLE, IllegalTransition, can_transition, check_transition
 
 __all__ = ["JobQueries", "JobGone"]
 
@@ -59,6 +60,69 @@ _SNAPSHOT_SQL = (
     " FROM builder br LEFT JOIN buildqueue q ON q.builder = br.id"
     " LEFT JOIN build bd ON bd.id = q.build"
 )
+
+
+_LF_JSON = (
+    "json_build_array(lfa.id, lfa.content, lfa.filename, lfa.mimetype, lfa.restricted, lfa.expires,"
+    " lfc.filesize, lfc.sha1, lfc.sha256, lfc.md5, lfa.datecreated)"
+)
+_CONTEXT_SQL = (
+    f"SELECT {build_columns('b')}, {SPR_COLUMNS}, {_DAS_COLUMNS},"
+    " (SELECT json_agg(json_build_array(a2.id, a2.owner, p2.name, a2.distribution, d2.name,"
+    "   a2.name, a2.displayname, a2.purpose, a2.private, a2.require_virtualized,"
+    "   a2.relative_build_score, a2.enabled))"
+    "  FROM archive a2 JOIN person p2 ON p2.id = a2.owner JOIN distribution d2 ON d2.id = a2.distribution"
+    "  WHERE a2.id = b.archive OR (a2.distribution = d.id AND a2.purpose = 1)),"
+    f" (SELECT json_agg(json_build_array(sprf.id, sprf.sourcepackagerelease, sprf.filetype,"
+    "   lfa.id, lfa.content, lfa.filename, lfa.mimetype, lfa.restricted, lfa.expires,"
+    "   lfc.filesize, lfc.sha1, lfc.sha256, lfc.md5, lfa.datecreated))"
+    f"  FROM sourcepackagereleasefile sprf JOIN {LIBRARYFILE_JOIN} ON lfa.id = sprf.libraryfile"
+    "  WHERE sprf.sourcepackagerelease = spr.id),"
+    f" (SELECT {_LF_JSON} FROM {LIBRARYFILE_JOIN} WHERE lfa.id = das.chroot)"
+    f" FROM build b JOIN {SPR_FROM} ON spr.id = b.sourcepackagerelease"
+    f" JOIN {_DAS_FROM} ON das.id = b.distroarchseries WHERE b.id = %s"
+)
+
+
+def _timestamp(value: str | None) -> datetime.datetime | None:
+    return None if value is None else datetime.datetime.fromisoformat(value)
+
+
+def _file_from_json(values: Sequence[Any]) -> LibraryFile:
+    row = list(values)
+    row[5] = _timestamp(row[5])
+    row[10] = _timestamp(row[10])
+    return library_file_from_row(tuple(row))
+
+
+_STATE_NAMES = ", ".join(f"({int(s)}, '{s.name}')" for s in BuildStatus)
+_FINISH_SQL = f"""
+WITH job AS (
+    SELECT id, build FROM buildqueue WHERE id = %(job)s AND builder = %(builder)s FOR UPDATE),
+old AS (
+    SELECT id, buildstate FROM build WHERE id = (SELECT build FROM job) FOR UPDATE),
+done AS (
+    UPDATE build SET buildstate = %(state)s, date_finished = %(now)s, log = coalesce(%(log)s, log),
+        dependencies = %(dependencies)s, failure_reason = %(reason)s, builder = %(builder)s,
+        date_started = coalesce(date_started, %(now)s)
+    WHERE id = (SELECT id FROM old) AND (SELECT buildstate FROM old) = ANY(%(allowed)s)
+    RETURNING id),
+gone AS (
+    DELETE FROM buildqueue WHERE id = (SELECT id FROM job) AND EXISTS (SELECT 1 FROM done)),
+files AS (
+    INSERT INTO buildfile (build, libraryfile, filename)
+    SELECT done.id, f.alias, f.name
+    FROM done, unnest(%(aliases)s::bigint[], %(names)s::text[]) AS f(alias, name)
+    ON CONFLICT (build, filename) DO NOTHING),
+kept AS (
+    UPDATE libraryfilealias SET expires = NULL
+    WHERE id = ANY(%(keep)s::bigint[]) AND expires IS NOT NULL AND EXISTS (SELECT 1 FROM done)),
+event AS (
+    INSERT INTO event (build, builder, kind, message)
+    SELECT done.id, %(builder)s, 'finished', n.name || %(message)s
+    FROM done, old, (VALUES {_STATE_NAMES}) AS n(value, name) WHERE n.value = old.buildstate)
+SELECT (SELECT id FROM job), (SELECT buildstate FROM old), (SELECT id FROM done)
+"""
 
 
 class JobGone(Exception):
@@ -78,25 +142,6 @@ def _clean_text(data: bytes | str | None) -> str | None:
         return None
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     return text.replace("\x00", "")
-
-
-async def _link_results(
-    tx: Transaction, build_id: int, files: Sequence[tuple[str, int]], log: int | None
-) -> None:
-    """Link stored results to their build and make them permanent (they are stored
-    provisional, expiring, in case the master dies before this)."""
-    for filename, alias in files:
-        await tx.execute(
-            "INSERT INTO buildfile (build, libraryfile, filename) VALUES (%s, %s, %s)"
-            " ON CONFLICT (build, filename) DO NOTHING",
-            (build_id, alias, filename),
-        )
-    aliases = [alias for _, alias in files] + ([log] if log is not None else [])
-    if aliases:
-        await tx.execute(
-            "UPDATE libraryfilealias SET expires = NULL WHERE id = ANY(%s) AND expires IS NOT NULL",
-            (aliases,),
-        )
 
 
 class JobQueries:
@@ -122,49 +167,29 @@ class JobQueries:
         return _snapshot(rows[0])
 
     async def context(self, build_id: int) -> BuildContext:
-        """What a dispatch needs about a build: release, architecture, archives, chroot, files."""
-        rows = await self._db.query(
-            f"SELECT {build_columns('b')}, {SPR_COLUMNS}, {_DAS_COLUMNS}"
-            f" FROM build b JOIN {SPR_FROM} ON spr.id = b.sourcepackagerelease"
-            f" JOIN {_DAS_FROM} ON das.id = b.distroarchseries WHERE b.id = %s",
-            (build_id,),
-        )
+        """What a dispatch needs about a build: release, architecture, archives, chroot, files.
+
+        One round trip: the archives and files come back as JSON arrays.
+        """
+        rows = await self._db.query(_CONTEXT_SQL, (build_id,))
         if not rows:
             raise NotFound(f"no build {build_id}")
         row = rows[0]
         build = build_from_row(row[:BUILD_WIDTH])
         spr = spr_from_row(row[BUILD_WIDTH : BUILD_WIDTH + 8])
         das = DistroArchSeries(*row[BUILD_WIDTH + 8 : BUILD_WIDTH + 18])
-        archives = [
-            archive_from_row(r)
-            for r in await self._db.query(
-                f"SELECT {ARCHIVE_COLUMNS} FROM {ARCHIVE_FROM}"
-                " WHERE a.id = %s OR (a.distribution = %s AND a.purpose = %s)",
-                (build.archive_id, das.distribution_id, int(ArchivePurpose.PRIMARY)),
-            )
-        ]
+        archive_rows, file_rows, chroot_row = row[BUILD_WIDTH + 18 :]
+        archives = [archive_from_row(r) for r in archive_rows or ()]
         archive = next(a for a in archives if a.id == build.archive_id)
         primary = next((a for a in archives if a.purpose is ArchivePurpose.PRIMARY), None)
-        files = await self._db.query(
-            f"SELECT sprf.id, sprf.sourcepackagerelease, sprf.filetype, {LIBRARYFILE_COLUMNS}"
-            f" FROM sourcepackagereleasefile sprf JOIN {LIBRARYFILE_JOIN} ON lfa.id = sprf.libraryfile"
-            " WHERE sprf.sourcepackagerelease = %s"
-            f" UNION ALL SELECT NULL, NULL, NULL, {LIBRARYFILE_COLUMNS} FROM {LIBRARYFILE_JOIN}"
-            " WHERE lfa.id = %s",
-            (spr.id, das.chroot_id),
+        files = tuple(
+            SourcePackageReleaseFile(
+                r[0], r[1], SourcePackageFileType(r[2]), _file_from_json(r[3:])
+            )
+            for r in sorted(file_rows or (), key=lambda r: (r[2], r[5]))
         )
-        chroot = None
-        source_files = []
-        for r in files:
-            if r[0] is None:
-                chroot = library_file_from_row(r[3:])
-            else:
-                source_files.append(
-                    SourcePackageReleaseFile(
-                        r[0], r[1], SourcePackageFileType(r[2]), library_file_from_row(r[3:])
-                    )
-                )
-        return BuildContext(build, spr, das, archive, primary, chroot, tuple(source_files))
+        chroot = _file_from_json(chroot_row) if chroot_row else None
+        return BuildContext(build, spr, das, archive, primary, chroot, files)
 
     # -- claiming and dispatching ------------------------------------------------------
 
@@ -459,66 +484,39 @@ class JobQueries:
         dependencies: str | None = None,
         reason: str | None = None,
     ) -> bool:
-        """Record a collected build: its final state, log and files; the job leaves the queue.
+        """Record a collected build, in one statement: its final state, log and files (made
+        permanent: they were stored provisional, expiring, in case the master died before
+        this); the job leaves the queue.
 
         :returns: ``False`` when the job is no longer this builder's (already collected).
         :raises IllegalTransition: when the build may not end in ``state``.
         """
-
-        async def finish(tx: Transaction) -> bool:
-            current = await tx.query_one(
-                "SELECT builder FROM buildqueue WHERE id = %s FOR UPDATE", (job.id,)
-            )
-            if current is None or current[0] != builder.id:
-                return False
-            build = await get_build(tx, job.build_id, lock=True)
-            check_transition(build.status, state, build.id)
-            await tx.execute(
-                "UPDATE build SET buildstate = %s, date_finished = %s, log = coalesce(%s, log),"
-                " dependencies = %s, failure_reason = %s, builder = %s,"
-                " date_started = coalesce(date_started, %s) WHERE id = %s",
-                (int(state), now, log, dependencies, reason, builder.id, now, build.id),
-            )
-            await _link_results(tx, build.id, files, log)
-            if state is not BuildStatus.FULLYBUILT:
-                # results stored before the rest was refused are not the build's: let them go
-                await tx.execute(
-                    "WITH gone AS (DELETE FROM buildfile WHERE build = %s RETURNING libraryfile)"
-                    " UPDATE libraryfilealias SET expires = %s WHERE id IN (SELECT libraryfile FROM gone)",
-                    (build.id, now),
-                )
-            await tx.execute("DELETE FROM buildqueue WHERE id = %s", (job.id,))
-            message = f"{build.status.name} -> {state.name} on {builder.name}" + (
-                f": {reason}" if reason else ""
-            )
-            await record_event(tx, "finished", message, build=build.id, builder=builder.id)
-            return True
-
-        return await self._db.transaction(finish)
-
-    async def collected_files(self, build_id: int) -> dict[str, tuple[str, int]]:
-        """Files already stored for a build (a collection that was interrupted): name -> (sha1, alias)."""
+        allowed = [int(s) for s in BuildStatus if can_transition(s, state)]
+        keep = [alias for _, alias in files] + ([log] if log is not None else [])
         rows = await self._db.query(
-            f"SELECT bf.filename, lfc.sha1, lfa.id FROM buildfile bf JOIN {LIBRARYFILE_JOIN}"
-            " ON lfa.id = bf.libraryfile WHERE bf.build = %s",
-            (build_id,),
+            _FINISH_SQL,
+            {
+                "job": job.id,
+                "builder": builder.id,
+                "state": int(state),
+                "now": now,
+                "log": log,
+                "dependencies": dependencies,
+                "reason": reason,
+                "allowed": allowed,
+                "names": [name for name, _ in files],
+                "aliases": [alias for _, alias in files],
+                "keep": keep,
+                "message": f" -> {state.name} on {builder.name}"
+                + (f": {reason}" if reason else ""),
+            },
         )
-        return {r[0]: (r[1], r[2]) for r in rows}
-
-    async def attach_files(
-        self, build_id: int, files: Sequence[tuple[str, int]], log: int | None
-    ) -> None:
-        """Link stored results to the build as soon as they are stored (so a collection that
-        is interrupted does not store them again)."""
-
-        async def attach(tx: Transaction) -> None:
-            await _link_results(tx, build_id, files, log)
-            if log is not None:
-                await tx.execute(
-                    "UPDATE build SET log = %s WHERE id = %s AND log IS NULL", (log, build_id)
-                )
-
-        await self._db.transaction(attach)
+        job_id, old_state, done = rows[0]
+        if job_id is None:
+            return False
+        if done is None:
+            raise IllegalTransition(job.build_id, BuildStatus(old_state), state)
+        return True
 
     # -- operations on builds ----------------------------------------------------------
 

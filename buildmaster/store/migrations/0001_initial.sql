@@ -228,15 +228,32 @@ CREATE TABLE event (
 CREATE INDEX event_build_idx ON event (build, id) WHERE build IS NOT NULL;
 CREATE INDEX event_builder_idx ON event (builder, id) WHERE builder IS NOT NULL;
 
--- A job that becomes available wakes the masters at once (LISTEN buildqueue_waiting).
+-- A job that becomes available wakes the masters at once (LISTEN buildqueue_waiting). The
+-- payload is "<processor> <virtualized> <how many>": a statement queueing many jobs sends one
+-- notification per kind with the count, so a master can wake that many idle builders at once.
+CREATE FUNCTION buildqueue_notify_queued() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    kind record;
+BEGIN
+    FOR kind IN
+        SELECT processor, virtualized, count(*) AS jobs FROM queued
+        WHERE status = 0 AND builder IS NULL GROUP BY processor, virtualized
+    LOOP
+        PERFORM pg_notify('buildqueue_waiting', kind.processor || ' ' || kind.virtualized || ' ' || kind.jobs);
+    END LOOP;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER buildqueue_notify_queued AFTER INSERT ON buildqueue
+    REFERENCING NEW TABLE AS queued FOR EACH STATEMENT EXECUTE FUNCTION buildqueue_notify_queued();
+
 CREATE FUNCTION buildqueue_notify_waiting() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.status = 0 AND NEW.builder IS NULL
-       AND (TG_OP = 'INSERT' OR OLD.status <> 0 OR OLD.builder IS NOT NULL) THEN
-        PERFORM pg_notify('buildqueue_waiting', NEW.processor || ' ' || NEW.virtualized);
+    IF NEW.status = 0 AND NEW.builder IS NULL AND (OLD.status <> 0 OR OLD.builder IS NOT NULL) THEN
+        PERFORM pg_notify('buildqueue_waiting', NEW.processor || ' ' || NEW.virtualized || ' 1');
     END IF;
     RETURN NULL;
 END;
 $$;
-CREATE TRIGGER buildqueue_notify_waiting AFTER INSERT OR UPDATE OF status, builder ON buildqueue
+CREATE TRIGGER buildqueue_notify_waiting AFTER UPDATE OF status, builder ON buildqueue
     FOR EACH ROW EXECUTE FUNCTION buildqueue_notify_waiting();
