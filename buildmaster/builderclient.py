@@ -25,6 +25,7 @@ from xml.parsers.expat import ExpatError
 
 from twisted.internet import error
 
+from buildmaster.enums import BuilderStatus
 from buildmaster.httpclient import (
     ConnectionClosed,
     HTTPClient,
@@ -67,6 +68,10 @@ DEFAULT_VIRTUALIZED_TIMEOUT = 30.0
 ENSUREPRESENT_FACTOR = 20
 #: The largest XML-RPC answer we read (a status with a big filemap fits easily).
 MAX_RPC_RESPONSE = 32 * 1024 * 1024
+
+
+_STATUS_CALL = xmlrpc.client.dumps((), "status").encode("utf-8")
+_XML_HEADERS = {b"Content-Type": b"text/xml"}
 
 
 class BuilderUnreachable(BuilderError):
@@ -114,6 +119,7 @@ class BuilderClient:
         self._rpc_url = self.url + "rpc"
         self._http = http
         self.timeout = timeout
+        self._last_status: tuple[bytes, StatusReport] = (b"", StatusReport(BuilderStatus.IDLE))
 
     def __repr__(self) -> str:
         return f"<BuilderClient {self.url}>"
@@ -122,13 +128,17 @@ class BuilderClient:
         self, method: str, *args: Any, timeout: float | None = None, reuse: bool = True
     ) -> Any:
         payload = xmlrpc.client.dumps(args, method, allow_none=True).encode("utf-8")
+        return self._decode(method, await self._post(method, payload, timeout, reuse))
+
+    async def _post(self, method: str, payload: bytes, timeout: float | None, reuse: bool) -> bytes:
+        """POST an XML-RPC call; the answer's body (our errors for everything else)."""
         seconds = self.timeout if timeout is None else timeout
         try:
             response = await self._http.request(
                 b"POST",
                 self._rpc_url,
                 payload,
-                {b"Content-Type": b"text/xml"},
+                _XML_HEADERS,
                 timeout=seconds,
                 max_body=MAX_RPC_RESPONSE,
                 reuse=reuse,
@@ -146,8 +156,12 @@ class BuilderClient:
         if response.status != 200:
             raise BuilderProtocolError(f"{method}(): HTTP {response.status} {response.reason[:80]}")
         assert response.body is not None
+        return response.body
+
+    @staticmethod
+    def _decode(method: str, body: bytes) -> Any:
         try:
-            values, _ = xmlrpc.client.loads(response.body)
+            values, _ = xmlrpc.client.loads(body)
         except xmlrpc.client.Fault as fault:
             raise BuilderFault(method, int(fault.faultCode), str(fault.faultString)) from None
         except (
@@ -176,7 +190,14 @@ class BuilderClient:
         return parse_info(await self._call("info"))
 
     async def status(self) -> StatusReport:
-        return parse_status(await self._call("status"))
+        """The builder's state. An answer identical to the previous one (an idle or waiting
+        builder says the same thing every time) is not parsed again."""
+        body = await self._post("status", _STATUS_CALL, None, True)
+        if body == self._last_status[0]:
+            return self._last_status[1]
+        report = parse_status(self._decode("status", body))
+        self._last_status = (body, report)
+        return report
 
     async def ensurepresent(
         self, sha1: str, url: str | None, username: str | None = None, password: str | None = None

@@ -13,6 +13,7 @@ until it fires (so a slow disk never makes the master buffer a 10 GB log).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -385,6 +386,18 @@ class _Factory(protocol.ClientFactory):
             self._connected.errback(reason)
 
 
+@functools.lru_cache(maxsize=8192)
+def _target(url: str) -> tuple[str, int, bytes, bytes]:
+    """``(host, port, request path, Host header line)`` of an http:// URL (cached: the same
+    few URLs are asked for over and over)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise HTTPError(f"unsupported URL {url!r} (only http:// is supported)")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host_header = b"Host: " + parts.netloc.rsplit("@", 1)[-1].encode("ascii")
+    return parts.hostname, parts.port or 80, path.encode("ascii"), host_header
+
+
 class HTTPClient:
     """Requests over kept-alive connections, with deadlines and size limits.
 
@@ -439,14 +452,10 @@ class HTTPClient:
         sink: Sink | None,
         reuse: bool,
     ) -> Response:
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise HTTPError(f"unsupported URL {url!r} (only http:// is supported)")
-        host, port = parts.hostname, parts.port or 80
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host, port, path, host_header = _target(url)
         lines = [
-            method + b" " + path.encode("ascii") + b" HTTP/1.1",
-            b"Host: " + (parts.netloc.rsplit("@", 1)[-1]).encode("ascii"),
+            method + b" " + path + b" HTTP/1.1",
+            host_header,
             b"Content-Length: " + str(len(body)).encode("ascii"),
         ]
         lines.extend(name + b": " + value for name, value in headers.items())

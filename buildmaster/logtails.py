@@ -1,9 +1,10 @@
-"""Log tails of running builds, written to the database in batches.
+"""Log tails of running builds (and builders' versions), written to the database in batches.
 
 Every scan of a building builder reads its log tail; writing each one at once would be one
 UPDATE per builder per scan. Instead the newest tail per job is kept here and
 :meth:`LogtailBuffer.flush` writes them all in one statement (the master flushes every
-``logtail_interval`` seconds and when it stops).
+``logtail_interval`` seconds and when it stops). The version each builder reports is kept
+the same way (a master's first scan would otherwise write a thousand of them one by one).
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ class LogtailBuffer:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._pending: dict[int, tuple[int, bytes | None]] = {}
+        self._versions: dict[int, str] = {}
+
+    def set_version(self, builder_id: int, version: str) -> None:
+        """Remember the version a builder reports (written at the next flush)."""
+        self._versions[builder_id] = version
 
     def add(self, job_id: int, builder_id: int, tail: bytes | None) -> None:
         """Remember the newest tail of a job (older unwritten ones are dropped)."""
@@ -34,6 +40,14 @@ class LogtailBuffer:
 
         A tail whose job has meanwhile left its builder is not written.
         """
+        versions, self._versions = self._versions, {}
+        if versions:
+            try:
+                await self._store.jobs.set_versions(versions)
+            except BaseException:
+                for builder, version in versions.items():
+                    self._versions.setdefault(builder, version)
+                raise
         batch, self._pending = self._pending, {}
         if batch:
             try:

@@ -215,7 +215,7 @@ class BuilderWorker:
         self.consecutive_failures = 0
         self.last_status = status
         if status.builder_version != builder.version and status.builder_version is not None:
-            await self.master.store.jobs.set_version(builder, status.builder_version)
+            self.master.logtails.set_version(builder.id, status.builder_version)
         try:
             await self._act(snap, status)
         except BuilderError as e:

@@ -274,3 +274,14 @@ async def test_a_burst_of_jobs_reaches_every_idle_builder_at_once(
         reactor, lambda: all(sim.state.build_id for sim in sims), 10, "every builder to build"
     )
     assert {sim.state.build_id for sim in sims} == {b.cookie for b in builds}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_version_builders_report_is_recorded(reactor: Any, make_world: Any, store: Store) -> None:
+    world = await make_world(FAST)
+    for i in range(3):
+        await world.builder(f"v{i}")
+    await world.harness.master.scan_all()
+    await world.harness.master.logtails.flush()  # written in one batch
+    versions = {b.name: b.version for b in await store.builders.all()}
+    assert versions == {"v0": "slavesim-0.1", "v1": "slavesim-0.1", "v2": "slavesim-0.1"}

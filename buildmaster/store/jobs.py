@@ -439,10 +439,14 @@ class JobQueries:
             (int(status), builder.id, int(status)),
         )
 
-    async def set_version(self, builder: Builder, version: str | None) -> None:
+    async def set_versions(self, versions: dict[int, str]) -> None:
+        """Record the versions builders report: ``{builder id: version}``, one statement."""
+        values = ", ".join(["(%s::integer, %s::text)"] * len(versions))
+        args: list[Any] = [x for item in versions.items() for x in item]
         await self._db.execute(
-            "UPDATE builder SET version = %s WHERE id = %s AND version IS DISTINCT FROM %s",
-            (version, builder.id, version),
+            f"UPDATE builder b SET version = v.version FROM (VALUES {values}) AS v(id, version)"
+            " WHERE b.id = v.id AND b.version IS DISTINCT FROM v.version",
+            args,
         )
 
     async def mark_building(
