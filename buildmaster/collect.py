@@ -23,6 +23,8 @@ from buildmaster.protocol import ResultRefused
 __all__ = ["ResultCollector", "CollectLimits", "log_filename"]
 
 _COMPRESS_BATCH = 1024 * 1024
+#: Less than this is compressed on the reactor thread (cheaper than a thread hop).
+_INLINE_COMPRESS = 64 * 1024
 
 
 @attrs.frozen
@@ -61,7 +63,10 @@ class _GzipSink:
 
     async def _flush(self) -> None:
         batch, self._pending, self._pending_size = b"".join(self._pending), [], 0
-        compressed = await self._run(self._compressor.compress, batch)
+        if len(batch) < _INLINE_COMPRESS:
+            compressed = self._compressor.compress(batch)  # a fraction of a millisecond
+        else:
+            compressed = await self._run(self._compressor.compress, batch)
         if compressed:
             await self._upload.write(compressed)
 

@@ -58,9 +58,15 @@ class ClaimGate:
     def __init__(self, enabled: Callable[[], bool]) -> None:
         self._enabled = enabled
         self._pending: dict[tuple[Key, ...], defer.Deferred[bool]] = {}
+        self._found: dict[tuple[Key, ...], bool] = {}
 
     async def wait_turn(self, keys: tuple[Key, ...]) -> bool:
-        """Wait for a claim in flight for ``keys``; ``False`` if it found nothing."""
+        """Wait for a claim in flight for ``keys``; ``False`` if it found nothing.
+
+        While the last claim for ``keys`` found a job there is no herd to hold back: go.
+        """
+        if self._found.get(keys, False):
+            return True
         while self._enabled() and keys in self._pending:
             answer: defer.Deferred[bool] = defer.Deferred()
 
@@ -79,6 +85,7 @@ class ClaimGate:
         return done
 
     def end(self, keys: tuple[Key, ...], done: defer.Deferred[bool], found: bool) -> None:
+        self._found[keys] = found
         if self._pending.get(keys) is done:
             del self._pending[keys]
         done.callback(found)

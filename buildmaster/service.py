@@ -48,6 +48,8 @@ class ServiceSettings:
     master: MasterConfig = MasterConfig()
     pool_size: int = 8
     gc_interval: float = 3600.0
+    #: log every request to the web server (builders fetch a file or two per build)
+    access_log: bool = False
     demo: bool = False
     demo_builders: int = 12
     demo_queue_interval: float = 2.0
@@ -120,6 +122,8 @@ class BuildmasterService(service.Service):
             requestFactory=guarded_request_factory(lambda: self.librarian),
             parsePOSTFormSubmission=False,
         )
+        if not settings.access_log:
+            site.log = lambda request: None  # type: ignore[method-assign]
         endpoint = endpoints.serverFromString(self.reactor, settings.port)
         self.web = await endpoint.listen(site)
         host = self.web.getHost()

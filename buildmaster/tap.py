@@ -110,6 +110,7 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["demo", None, "Load the sample data, start simulated builders and queue builds."],
+        ["access-log", None, "Log every request to the web server."],
     ]
 
     def postOptions(self) -> None:
@@ -145,6 +146,7 @@ class Options(usage.Options):
             dsn=self["dsn"],
             port=self["port"],
             librarian_url=self["librarian-url"],
+            access_log=bool(self["access-log"]),
             master=master,
             demo=bool(self["demo"]),
             demo_builders=self["demo-builders"],

@@ -45,6 +45,10 @@ HIGH_WATER = 8 * 1024 * 1024
 LOW_WATER = 4 * 1024 * 1024
 #: The most bytes handed to the threads at once.
 BATCH = 4 * 1024 * 1024
+#: An upload that ends before this many bytes arrived is written, hashed and synced in one
+#: thread job at ``finish`` (a build's .changes and log are small; every thread hop costs the
+#: reactor thread a little).
+SMALL_UPLOAD = 256 * 1024
 
 #: ``run(f, *args)``: call ``f`` in a thread, a Deferred of its result.
 ThreadRunner = Callable[..., defer.Deferred[Any]]
@@ -140,6 +144,7 @@ class Upload:
         self._digests = _Digests()
         self._published = False
         self._worker: defer.Deferred[None] | None = None
+        self._draining = False  # the bytes go to the threads as they come (not a small file)
         self._idle_waiters: list[defer.Deferred[None]] = []
         self._room_waiters: list[defer.Deferred[None]] = []
         self._producer: Any = None  # an IPushProducer or IPullProducer
@@ -247,7 +252,10 @@ class Upload:
     # -- the worker ------------------------------------------------------------------------
 
     def _kick(self) -> None:
+        if not self._draining and self._state == _OPEN and self._pending_bytes < SMALL_UPLOAD:
+            return  # maybe a small file: wait for more, or for finish
         if self._worker is None and self._pending and self._error is None:
+            self._draining = True
             self._worker = defer.Deferred.fromCoroutine(self._drain())
             self._worker.addErrback(self._unexpected)
             self._worker.addBoth(self._worker_done)
@@ -301,6 +309,37 @@ class Upload:
             self._inflight_bytes = 0
         if self._error is not None and self._state in (_FAILED,):
             await self._release()
+
+    async def _store_small(self) -> bool:
+        """Write, hash and sync a small upload in one thread job. Returns whether it did."""
+        batch = list(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        path = self._store.temp_path()
+        self._active.add(path)  # in use before it exists (see _temp_file)
+
+        def write_small() -> TempWriter:
+            temp = self._store.create_temp(path, self._direct_io)
+            try:
+                temp.write(batch)
+                self._digests.feed_md5(batch)
+                self._digests.feed_sha(batch)
+                temp.seal()
+            except BaseException:
+                temp.close()
+                raise
+            return temp
+
+        try:
+            self._temp = await self._run(write_small)
+        except OSError as e:
+            self._fail(self._storage_error(e))
+            try:
+                await self._run(self._store.discard, path)
+            finally:
+                self._active.discard(path)
+            return False
+        return True
 
     def _storage_error(self, exc: BaseException) -> UploadFailed:
         return UploadFailed(f"could not store {self.filename!r}: {exc}")
@@ -371,6 +410,11 @@ class Upload:
         self._state = _FINISHING
         if self._producer is not None:
             self.unregisterProducer()
+        sealed = False
+        if not self._draining and self._pending and self._error is None:
+            sealed = await self._store_small()
+        else:
+            self._kick()
         await self._idle()
         try:
             if failed_before or self._error is not None:
@@ -385,7 +429,8 @@ class Upload:
                 raise ContentMismatch(
                     f"{self.filename!r}: declared SHA-1 {self.expected_sha1}, got {hashes.sha1}"
                 )
-            await self._run(temp.seal)
+            if not sealed:
+                await self._run(temp.seal)
 
             async def publish() -> None:
                 if not self._published:
