@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import re
-import unicodedata
 from urllib.parse import quote
 
 from buildmaster.librarian.errors import InvalidFileMetadata
@@ -32,6 +31,10 @@ _CONTENT_TYPE = re.compile(
 )
 
 
+#: Unicode categories Cc (C0, DEL, C1 controls) and Cs (surrogates)
+_CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def check_filename(name: str) -> str:
     """``name`` if the librarian accepts it as a filename.
 
@@ -47,7 +50,7 @@ def check_filename(name: str) -> str:
         raise InvalidFileMetadata(f"{name!r} is not a filename")
     if "/" in name or "\\" in name:
         raise InvalidFileMetadata(f"a filename cannot contain a path separator: {name!r}")
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+    if _CONTROL_OR_SURROGATE.search(name):
         raise InvalidFileMetadata(f"a filename cannot contain control characters: {name!r}")
     return name
 
