@@ -32,8 +32,11 @@ FUTURE = datetime.datetime(2100, 1, 1, tzinfo=datetime.UTC)
 
 @pytest.fixture
 def librarian(reactor: Any, db: Database, tmp_path: Path) -> Librarian:
-    """A librarian on the test's database, storing under ``tmp_path/librarian``."""
-    return make_librarian(reactor, db, tmp_path / "librarian")
+    """A librarian on the test's database, storing under ``tmp_path/librarian``, whose
+    collector takes files at once (these tests make them a moment before they collect)."""
+    lib = make_librarian(reactor, db, tmp_path / "librarian")
+    lib.collector.fresh_grace = 0
+    return lib
 
 
 async def add(lib: Librarian, data: bytes, name: str = "f.bin", **kw: Any) -> int:
@@ -160,40 +163,41 @@ async def test_an_upload_in_flight_keeps_its_temporary_file(librarian: Librarian
 
 
 @pytest_twisted.ensureDeferred
-async def test_collection_waits_for_an_upload_reusing_an_expired_content(
-    reactor: Any, librarian: Librarian, db: Database
+async def test_a_content_whose_bytes_were_just_put_back_is_kept(
+    librarian: Librarian, db: Database
 ) -> None:
-    """An upload of bytes whose only alias has expired holds the content's lock from before
-    it moves its file into place until its alias is committed: the collector waits, sees the
-    new alias, and keeps the content and its file."""
+    """An upload of bytes whose only alias has expired moves its file into place before it
+    records it: a collection in between sees a fresh file and keeps it, and its row."""
+    librarian.collector.fresh_grace = 600
     data = os.urandom(200_000)
     old = await add(librarian, data, "old", expires=PAST)
     file = await librarian.get(old)
-    hashes = Hashes(file.filesize, file.sha1, file.sha256, file.md5)
-    locked: defer.Deferred[None] = defer.Deferred()
-    go: defer.Deferred[None] = defer.Deferred()
+    path = librarian.store.path_for(file.sha256)
+    long_ago = time.time() - 3600
+    os.utime(path, (long_ago, long_ago))
+    path.touch()  # the upload has just put the same bytes in place (a new mtime)
 
-    async def publish() -> None:  # the upload's critical section, held open
-        locked.callback(None)
-        await go
-
-    async def upload(tx: Transaction) -> int:
-        return await record_file(tx, hashes, "new", "text/plain", False, None, publish)
-
-    uploading = db.transaction(upload)
-    try:
-        await locked
-        collecting = librarian.collect_garbage()
-        await waiting_for_advisory_lock(reactor, db)
-        assert not collecting.called
-    finally:
-        go.callback(None)  # (also when the test failed: do not leave the transaction open)
-    new = await uploading
-    stats = await collecting
-
+    stats = await librarian.collect_garbage()
     assert stats.expired_aliases == 1 and stats.contents == 0
-    assert await alias_ids(db) == {new}
+    assert path.exists()
+    hashes = Hashes(file.filesize, file.sha1, file.sha256, file.md5)
+    new = await record_file(db, hashes, "new", "text/plain", False, None)  # the upload records
+    assert (await librarian.get(new)).content_id == file.content_id
     assert await librarian.read_bytes(new) == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_old_unreferenced_content_goes(librarian: Librarian, db: Database) -> None:
+    librarian.collector.fresh_grace = 600
+    data = os.urandom(1000)
+    old = await add(librarian, data, "old", expires=PAST)
+    path = await content_path(librarian, old)
+    long_ago = time.time() - 3600
+    os.utime(path, (long_ago, long_ago))
+    stats = await librarian.collect_garbage()
+    assert (stats.expired_aliases, stats.contents) == (1, 1)
+    assert not path.exists()
+    assert not [p for p in path.parent.iterdir() if ".gc-" in p.name]  # nothing left aside
 
 
 @pytest_twisted.ensureDeferred
@@ -201,7 +205,9 @@ async def test_an_upload_waits_for_a_collection_in_progress(
     reactor: Any, librarian: Librarian, db: Database
 ) -> None:
     """The collector deletes a content and unlinks its file under the content's lock; an upload
-    of the same bytes meanwhile waits, then creates the content again with its own file."""
+    of the same bytes meanwhile puts its own file in place, waits for the lock to record it,
+    then creates the content again."""
+    librarian.collector.fresh_grace = 0  # the content was made a moment ago, by this test
     data = os.urandom(200_000)
     old = await add(librarian, data, "old")
     file = await librarian.get(old)
@@ -239,6 +245,7 @@ async def test_an_upload_waits_for_a_collection_in_progress(
 async def test_collections_racing_uploads_lose_nothing(librarian: Librarian, db: Database) -> None:
     """Uploads of a few contents (half of them expiring at once) run alongside collections:
     every alias that is not expired stays readable."""
+    librarian.collector.fresh_grace = 600  # as in production: uploads race the collector
     contents = [os.urandom(300_000) for _ in range(3)]
     uploads = []
     for round_ in range(4):
@@ -319,7 +326,16 @@ async def test_the_gc_command(librarian: Librarian, db: Database, dsn: str) -> N
     kept = await add(librarian, b"kept")
     out, err, code = await utils.getProcessOutputAndValue(
         sys.executable,
-        ["-m", "buildmaster.librarian.gc", "--dsn", dsn, "--root", str(librarian.root)],
+        [
+            "-m",
+            "buildmaster.librarian.gc",
+            "--dsn",
+            dsn,
+            "--root",
+            str(librarian.root),
+            "--fresh-grace",
+            "0",
+        ],  # fmt: skip
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )
     assert code == 0, err

@@ -219,9 +219,11 @@ async def test_bad_metadata_is_refused_before_reading(librarian: Librarian, db: 
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_failing_database_leaves_no_file_behind(
+async def test_a_failing_database_leaves_nothing_the_collector_keeps(
     reactor: Any, dsn: str, tmp_path: Path
 ) -> None:
+    """The bytes go into place before the rows are written; when writing the rows fails, the
+    file is left unrecorded, and the collector takes it once the database is back."""
     db = Database(reactor, dsn, size=1)
     await db.connect()
     lib = make_librarian(reactor, db, tmp_path / "lib")
@@ -230,7 +232,18 @@ async def test_a_failing_database_leaves_no_file_behind(
     await db.close()
     with pytest.raises(DatabaseUnavailable):
         await upload.finish()
-    assert stored_files(lib.root) == []
+    assert not [p for p in stored_files(lib.root) if p.name.endswith(".part")]  # no temp left
+    back = Database(reactor, dsn, size=1)
+    await back.connect()
+    try:
+        again = make_librarian(reactor, back, tmp_path / "lib")
+        assert await row_counts(back) == (0, 0)
+        again.collector.fresh_grace = 0  # (the file is a moment old)
+        stats = await again.collect_garbage()
+        assert stats.orphan_files <= 1
+        assert stored_files(lib.root) == []
+    finally:
+        await back.close()
 
 
 # -- streaming uploads -----------------------------------------------------------------------

@@ -277,7 +277,9 @@ async def test_a_burst_of_jobs_reaches_every_idle_builder_at_once(
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_version_builders_report_is_recorded(reactor: Any, make_world: Any, store: Store) -> None:
+async def test_the_version_builders_report_is_recorded(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
     world = await make_world(FAST)
     for i in range(3):
         await world.builder(f"v{i}")

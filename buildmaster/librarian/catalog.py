@@ -10,7 +10,6 @@ deletes a file that an upload has just put in place, in this process or any othe
 from __future__ import annotations
 
 import datetime
-from collections.abc import Awaitable, Callable
 
 import attrs
 
@@ -60,54 +59,62 @@ async def get_file(db: Database, alias_id: int) -> LibraryFile:
     return library_file_from_row(rows[0])
 
 
+_RECORD_SQL = """
+WITH locked AS (SELECT pg_advisory_xact_lock(%(namespace)s, %(key)s)),
+content AS (
+    INSERT INTO libraryfilecontent (filesize, sha1, sha256, md5)
+    SELECT %(size)s, %(sha1)s, %(sha256)s, %(md5)s FROM locked
+    ON CONFLICT (sha256) DO UPDATE SET sha256 = EXCLUDED.sha256
+    RETURNING id, filesize, sha1, md5),
+alias AS (
+    INSERT INTO libraryfilealias (content, filename, mimetype, restricted, expires)
+    SELECT id, %(filename)s, %(mimetype)s, %(restricted)s, %(expires)s FROM content
+    WHERE filesize = %(size)s AND sha1 = %(sha1)s AND md5 = %(md5)s
+    RETURNING id)
+SELECT content.id, content.filesize, content.sha1, content.md5, (SELECT id FROM alias)
+FROM content
+"""
+
+
 async def record_file(
-    tx: Transaction,
+    db: Database,
     hashes: Hashes,
     filename: str,
     mimetype: str,
     restricted: bool,
     expires: datetime.datetime | None,
-    publish: Callable[[], Awaitable[None]],
 ) -> int:
-    """Record a new alias for content ``hashes``, reusing its content row if there is one.
+    """Record a new alias for content ``hashes`` whose bytes are in place already, reusing the
+    content row if there is one: one statement, under the content's lock.
 
-    ``publish`` moves the bytes into place; it is called with the content lock held, before
-    the alias row exists (so a crash leaves at most an unreferenced file, never a row
-    without its bytes). It may be called again if the transaction is retried.
+    The caller moved the file into place first: a crash in between leaves an unreferenced
+    file, never a row without its bytes; the garbage collector leaves a file that fresh alone
+    (see :meth:`~buildmaster.librarian.storage.ContentStore.remove_unless_fresh`), so it never
+    takes the bytes of an upload that is about to be recorded.
 
     :returns: the new alias id.
     :raises ContentMismatch: when a content row with this SHA-256 records other hashes.
     """
-    # one round trip: take the content's lock, then find or create its row (the insert's
-    # conflict check sees rows committed while we waited for the lock, e.g. a deletion)
-    row = await tx.query_one(
-        "WITH locked AS (SELECT pg_advisory_xact_lock(%s, %s))"
-        " INSERT INTO libraryfilecontent (filesize, sha1, sha256, md5)"
-        " SELECT %s, %s, %s, %s FROM locked"
-        " ON CONFLICT (sha256) DO UPDATE SET sha256 = EXCLUDED.sha256"
-        " RETURNING id, filesize, sha1, md5",
-        (
-            LOCK_NAMESPACE,
-            lock_key(hashes.sha256),
-            hashes.size,
-            hashes.sha1,
-            hashes.sha256,
-            hashes.md5,
-        ),
+    rows = await db.query(
+        _RECORD_SQL,
+        {
+            "namespace": LOCK_NAMESPACE,
+            "key": lock_key(hashes.sha256),
+            "size": hashes.size,
+            "sha1": hashes.sha1,
+            "sha256": hashes.sha256,
+            "md5": hashes.md5,
+            "filename": filename,
+            "mimetype": mimetype,
+            "restricted": restricted,
+            "expires": expires,
+        },
     )
-    assert row is not None
-    content_id, size, sha1, md5 = row
-    if (size, sha1, md5) != (hashes.size, hashes.sha1, hashes.md5):
+    content_id, size, sha1, md5, alias = rows[0]
+    if alias is None:
         raise ContentMismatch(
             f"content {content_id} records sha256 {hashes.sha256} with size {size}, sha1 {sha1},"
             f" md5 {md5}; the new bytes have size {hashes.size}, sha1 {hashes.sha1},"
             f" md5 {hashes.md5}"
         )
-    await publish()
-    alias = await tx.query_one(
-        "INSERT INTO libraryfilealias (content, filename, mimetype, restricted, expires)"
-        " VALUES (%s, %s, %s, %s, %s) RETURNING id",
-        (content_id, filename, mimetype, restricted, expires),
-    )
-    assert alias is not None
-    return int(alias[0])
+    return int(alias)

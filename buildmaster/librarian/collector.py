@@ -8,11 +8,14 @@ One pass (:meth:`GarbageCollector.collect`):
    batch locks its aliases (``FOR UPDATE SKIP LOCKED``) and checks again, so an alias that
    someone is pointing a new row at is skipped, never half-deleted;
 2. deletes contents no alias refers to, with their files: under each content's advisory lock
-   (see :mod:`buildmaster.librarian.catalog`), re-checked after taking it, file unlinked
-   before the lock is released. An upload of the same bytes waits for the lock, then creates
-   the content afresh and puts its own file in place;
+   (see :mod:`buildmaster.librarian.catalog`), re-checked after taking it, file removed
+   before the lock is released. An upload moves its file into place *before* it takes the
+   lock to record it, so a file written less than ``fresh_grace`` seconds ago is never
+   removed (it is renamed aside atomically, judged by its age, and put back if fresh), and
+   the row of such a content stays too;
 3. deletes content files that no content row describes (left by a crash between moving a
-   file into place and committing its row), under the same lock, after the same re-check;
+   file into place and committing its row), under the same lock, after the same re-check,
+   unless they are fresh;
 4. deletes temporary files of uploads that have not written for ``temp_grace`` seconds,
    except those of uploads in flight in this process.
 
@@ -39,6 +42,8 @@ from buildmaster.store.database import Database, DatabaseUnavailable, Transactio
 
 __all__ = ["GarbageCollector", "GarbageStats", "GarbageCollectorService"]
 
+#: How long a content file just put in place is safe from collection.
+DEFAULT_FRESH_GRACE = 600.0
 _ALIAS_BATCH = 1000
 _CONTENT_BATCH = 200
 _FILE_BATCH = 1000
@@ -91,6 +96,9 @@ class GarbageCollector:
         self._run = run
         self._active = active
         self._unreferenced_sql: str | None = None
+        #: seconds during which a content file just put in place is never deleted (its
+        #: upload records it right after; see ContentStore.remove_unless_fresh)
+        self.fresh_grace = DEFAULT_FRESH_GRACE
 
     def collect(self, temp_grace: float = 86400.0) -> defer.Deferred[GarbageStats]:
         """One pass (see the module docstring).
@@ -194,17 +202,23 @@ class GarbageCollector:
         """In ``tx``: delete those of the contents ``ids`` (with SHA-256s ``sha256s``) that no
         alias refers to, and their files, under their locks. The ``(sha256, size)`` deleted."""
         await self._lock_all(tx, sha256s)
-        deleted = await tx.query(
-            "DELETE FROM libraryfilecontent c WHERE c.id = ANY(%s)"
-            " AND NOT EXISTS (SELECT 1 FROM libraryfilealias a WHERE a.content = c.id)"
-            " RETURNING c.sha256, c.filesize",
+        # under the locks nobody records a new alias for them: check again, with a fresh view
+        candidates = await tx.query(
+            "SELECT c.id, c.sha256, c.filesize FROM libraryfilecontent c WHERE c.id = ANY(%s)"
+            " AND NOT EXISTS (SELECT 1 FROM libraryfilealias a WHERE a.content = c.id)",
             (ids,),
         )
-        # unlink while the locks are held: an upload of these bytes waits, then puts its own
-        # file in place
-        gone = [(str(sha256), int(size)) for sha256, size in deleted]
-        for sha256, _ in gone:
-            await self._run(self._store.remove, sha256)
+        gone: list[tuple[str, int]] = []
+        doomed = []
+        for content_id, sha256, size in candidates:
+            # an upload may have just put these bytes in place, to be recorded once it has
+            # the lock: a fresh file is left alone, and so is its row
+            removed = await self._run(self._store.remove_unless_fresh, sha256, self.fresh_grace)
+            if removed is not False:
+                doomed.append(content_id)
+                gone.append((str(sha256), int(size)))
+        if doomed:
+            await tx.execute("DELETE FROM libraryfilecontent WHERE id = ANY(%s)", (doomed,))
         return gone
 
     # -- files ---------------------------------------------------------------------------------
@@ -230,7 +244,8 @@ class GarbageCollector:
         still = set(sha256s) - {r[0] for r in known}
         removed = 0
         for sha256 in sorted(still):
-            if await self._run(self._store.remove, sha256):
+            # a fresh file belongs to an upload that is about to record it
+            if await self._run(self._store.remove_unless_fresh, sha256, self.fresh_grace):
                 self._log.info("Removed orphan librarian file {sha256}", sha256=sha256)
                 removed += 1
         return removed

@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.internet import defer, task, threads
 
-from buildmaster.librarian.collector import GarbageCollector
+from buildmaster.librarian.collector import DEFAULT_FRESH_GRACE, GarbageCollector
 from buildmaster.librarian.storage import ContentStore
 from buildmaster.store.database import Database
 
@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> None:
         default=86400.0,
         help="seconds before an unwritten temporary upload file counts as abandoned",
     )
+    parser.add_argument(
+        "--fresh-grace",
+        type=float,
+        default=DEFAULT_FRESH_GRACE,
+        help="seconds during which a content file just put in place is never deleted",
+    )
     options = parser.parse_args(argv)
 
     async def run(reactor: Any) -> None:
@@ -38,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
                 return threads.deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
             collector = GarbageCollector(reactor, db, ContentStore(options.root), run_in_thread)
+            collector.fresh_grace = options.fresh_grace
             stats = await collector.collect(options.temp_grace)
         finally:
             await db.close()

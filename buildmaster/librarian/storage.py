@@ -128,6 +128,33 @@ class ContentStore:
         except FileNotFoundError:
             pass
 
+    def remove_unless_fresh(self, sha256: str, fresh_grace: float) -> bool | None:
+        """Delete the content file ``sha256`` unless it was written less than ``fresh_grace``
+        seconds ago (an upload has just put it in place and is about to record it).
+
+        The file is first renamed aside, atomically, then judged by its age: an upload that
+        puts the same bytes in place meanwhile is never undone, and a fresh file is put back.
+
+        :returns: ``True`` when removed, ``False`` when kept (fresh), ``None`` when absent.
+        """
+        path = self.path_for(sha256)
+        aside = path.with_name(f"{path.name}.gc-{secrets.token_hex(8)}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return None
+        try:
+            if time.time() - os.stat(aside).st_mtime < fresh_grace:
+                try:
+                    os.link(aside, path)
+                except FileExistsError:
+                    pass  # an upload has put the same bytes in place meanwhile
+                _fsync_dir(path.parent)
+                return False
+            return True
+        finally:
+            os.unlink(aside)
+
     def remove(self, sha256: str) -> bool:
         """Delete the content file ``sha256``; whether it was there."""
         path = self.path_for(sha256)

@@ -35,7 +35,7 @@ from buildmaster.librarian.errors import (
     UploadFailed,
 )
 from buildmaster.librarian.storage import ContentStore, TempWriter
-from buildmaster.store.database import Database, Transaction
+from buildmaster.store.database import Database
 
 __all__ = ["Upload", "HIGH_WATER", "ThreadRunner"]
 
@@ -341,6 +341,11 @@ class Upload:
             return False
         return True
 
+    def _seal_and_publish(self, temp: TempWriter, sha256: str, sealed: bool) -> None:
+        if not sealed:
+            temp.seal()
+        self._store.publish(temp.path, sha256)
+
     def _storage_error(self, exc: BaseException) -> UploadFailed:
         return UploadFailed(f"could not store {self.filename!r}: {exc}")
 
@@ -429,26 +434,18 @@ class Upload:
                 raise ContentMismatch(
                     f"{self.filename!r}: declared SHA-1 {self.expected_sha1}, got {hashes.sha1}"
                 )
-            if not sealed:
-                await self._run(temp.seal)
-
-            async def publish() -> None:
-                if not self._published:
-                    await self._run(self._store.publish, temp.path, hashes.sha256)
-                    self._published = True
-
-            async def record(tx: Transaction) -> int:
-                return await record_file(
-                    tx,
-                    hashes,
-                    self.filename,
-                    self.content_type,
-                    self.restricted,
-                    self.expires,
-                    publish,
-                )
-
-            alias_id = await self._db.transaction(record)
+            if not self._published:
+                # one thread job: make the bytes durable, then move them into place
+                await self._run(self._seal_and_publish, temp, hashes.sha256, sealed)
+                self._published = True
+            alias_id = await record_file(
+                self._db,
+                hashes,
+                self.filename,
+                self.content_type,
+                self.restricted,
+                self.expires,
+            )
         except BaseException as e:
             if self._error is None:
                 self._error = (
