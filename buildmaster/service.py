@@ -131,7 +131,7 @@ class BuildmasterService(service.Service):
         secret = Librarian.load_or_create_secret(settings.state_dir)
         # the librarian's disk work gets threads of its own: the reactor's pool also resolves
         # builder host names, and must not wait behind 20 chroot downloads
-        self._threads = ThreadPool(minthreads=2, maxthreads=8, name="librarian")
+        self._threads = ThreadPool(minthreads=2, maxthreads=32, name="librarian")
         self._threads.start()
         self.librarian = Librarian(
             self.reactor,
