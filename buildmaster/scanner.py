@@ -408,6 +408,7 @@ class BuilderWorker:
         except CannotBuild as e:
             await jobs.fail_job(job, builder, f"not dispatched: {e}")
             return False
+        build_sent = False
         try:
             if builder.virtualized:
                 await self._reset_vm(builder)
@@ -415,6 +416,7 @@ class BuilderWorker:
             args = build_args(
                 ctx, self.master.config.archive_urls, builder.virtualized, self._build_url(ctx)
             )
+            build_sent = True
             result = await self.client.build(
                 ctx.build.cookie, BUILDER_TYPE, ctx.chroot.sha1, filemap, args
             )
@@ -426,7 +428,10 @@ class BuilderWorker:
                 )
         except BuilderError as e:
             if self.master.stopping:
-                await jobs.release_claim(job, builder, "the master stopped during the dispatch")
+                if not build_sent:
+                    await jobs.release_claim(job, builder, "the master stopped during the dispatch")
+                # else build() was cut short and may have reached the builder: the claim stays,
+                # and the next scan (of whichever master) sees whether the builder took it
                 return False
             self._log.warn(
                 "Dispatching {build} to {builder} failed: {error}",

@@ -92,6 +92,9 @@ class Faults:
       Switches itself off once used.
     - ``wrong_cookie``: every status that carries a ``build_id`` reports this one instead,
       and so does the answer of an accepted ``build``.
+    - ``withhold_answer``: ``{method: seconds}``: that call is carried out at once but its
+      answer is held back (on the farm's clock), as when the reply is lost on the network
+      after the builder acted on the request.
     - ``protocol_version``: ``info`` reports this protocol version instead of ``"1.0"``.
     - ``crash_mid_build``: the next build dies half-way: the builder stops listening and
       loses its state (back to IDLE, log and build id gone). Switches itself off once used.
@@ -109,6 +112,7 @@ class Faults:
     huge_size: int = DEFAULT_HUGE_SIZE
     forget_build: bool = False
     wrong_cookie: str | None = None
+    withhold_answer: dict[str, float] = field(factory=dict)
     protocol_version: str | None = None
     crash_mid_build: bool = False
     hostile_results: str | None = field(default=None, converter=_to_hostile)
@@ -142,6 +146,7 @@ class Faults:
         self.huge_size = DEFAULT_HUGE_SIZE
         self.forget_build = False
         self.wrong_cookie = None
+        self.withhold_answer = {}
         self.crash_mid_build = False
         self.crash_downtime = None
         self.overwrite_build_id_on_rejected_build = True

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock, deferLater
 from twisted.web.client import (
@@ -188,6 +189,27 @@ async def test_latency_delays_every_answer_on_the_clock(sim: Sim) -> None:
     response = await answer
     status: Any = xmlrpc.client.loads(await read_body(response))[0][0]
     assert status["builder_status"] == "BuilderStatus.IDLE"
+
+
+@pytest_twisted.ensureDeferred
+async def test_withheld_answer_acts_at_once_and_answers_late(sim: Sim) -> None:
+    """The builder starts the build, but its reply is lost for a while (only for ``build``)."""
+    sim.bob.faults.withhold_answer = {"build": 30.0}
+    answer = defer.ensureDeferred(sim.start_build())
+    answered = outcome_of(answer)
+    await wait_for(
+        sim.reactor, lambda: sim.bob.state.status()["builder_status"] == "BuilderStatus.BUILDING"
+    )
+    status = await sim.call("status")  # other calls are answered as usual meanwhile
+    assert (status["builder_status"], status["build_id"]) == (
+        "BuilderStatus.BUILDING",
+        "PACKAGEBUILD-7",
+    )
+    sim.clock.advance(29.9)
+    await deferLater(sim.reactor, 0.02, lambda: None)
+    assert answered == []
+    sim.clock.advance(0.1)
+    assert await answer == ["BuilderStatus.BUILDING", "PACKAGEBUILD-7"]
 
 
 @pytest_twisted.ensureDeferred

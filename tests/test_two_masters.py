@@ -104,3 +104,56 @@ async def test_a_second_master_takes_over_without_building_anything_twice(
 
 async def _at_least(count: Any, n: int) -> bool:
     return bool(await count >= n)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_master_stopped_while_build_is_unanswered_leaves_the_claim_to_the_next(
+    reactor: Any, store: Store, dsn: str, make_world: Any
+) -> None:
+    """The builder has started the build but its answer has not arrived when the master stops
+    (the call is cut short). The job must not go back to the queue: the next master finds the
+    builder building it, records that, and collects it; the build is started once."""
+    config = MasterConfig(socket_timeout=20.0, scan_interval=0.3)
+    world = await make_world(config, build_time=0.5)
+    sim, builder = await world.builder("slow")
+    sim.faults.withhold_answer = {"build": 15.0}
+    build = await world.queue()
+    pools = [Database(reactor, dsn, size=4) for _ in range(2)]
+    for pool in pools:
+        await pool.connect()
+    first, second = (
+        BuilddMaster(reactor, Store(p), world.harness.librarian, config) for p in pools
+    )
+    try:
+        first.startService()
+        await first._started
+        await wait_for(
+            reactor,
+            lambda: any(call.method == "build" for call in sim.history),
+            10,
+            "the build() call to reach the builder",
+        )
+        await first.stopService()
+        await pools[0].close()
+        job = (await store.jobs.snapshot(builder.id)).job
+        assert job is not None and job.build_id == build.id, "the claim stays with the builder"
+        sim.faults.withhold_answer = {}
+        second.startService()
+        await second._started
+
+        async def built() -> bool:
+            rows = await store.db.query("SELECT buildstate FROM build WHERE id = %s", (build.id,))
+            return bool(rows[0][0] == int(BuildStatus.FULLYBUILT))
+
+        await wait_for(reactor, built, 30, "the second master to collect the build")
+        assert [call.args[0] for call in sim.history if call.method == "build"] == [build.cookie]
+        events = await store.db.query(
+            "SELECT kind FROM event WHERE build = %s ORDER BY id", (build.id,)
+        )
+        assert "released" not in {kind for (kind,) in events}
+    finally:
+        for master in (first, second):
+            if master.running:
+                await master.stopService()
+        for pool in pools:
+            await pool.close()
