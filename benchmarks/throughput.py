@@ -1,0 +1,536 @@
+"""Benchmark: builds completed per second by the master end to end, durable (issue 6).
+
+Processes (same machine, same clock):
+
+* a throwaway PostgreSQL with fsync on and ``synchronous_commit = on`` while measuring
+  (the data is loaded with ``synchronous_commit = off``, then a CHECKPOINT);
+* the *recording farm* (``benchmarks/_common.py farm``): ``--builders`` slavesim builders
+  whose builds last ``--build-time`` s, pinned to ``--builders-cpu``; it logs the arrival
+  time of every ``build()`` call;
+* this process, pinned to ``--master-cpu``: the whole master as in production
+  (:class:`~buildmaster.service.BuildmasterService` with ``--dsn``: a pool of 8 database
+  connections, the web server with the librarian storing files on disk with fsync, the
+  master started as a service with the given scan interval).
+
+Each build has its own source package and ``.dsc`` (downloaded by the builder from the
+librarian at dispatch); every builder has the chroot already (steady state). A finished
+build is collected (log gzipped, ``.deb`` and ``.changes`` fetched, SHA-1 checked, stored in
+the librarian, linked, build FULLYBUILT), cleaned, and the builder gets its next job.
+
+For every scan interval of ``--intervals``: warm-up, then a ``--window`` s measurement:
+
+* completed builds per second: builds with ``date_finished`` in the window (database);
+* WAITING -> next ``build()``: from the moment the master's scan saw the builder WAITING
+  (its ``_collect`` starts: timestamps of a few master methods, wrapped in this process
+  only) to the arrival of the builder's next ``build()`` call (recording farm), with a
+  breakdown (results stored, cleaned, job claimed, build() sent);
+* CPU: this process (main thread = the reactor, other threads = the librarian's thread
+  pool), PostgreSQL, the builders; the master's RSS.
+
+Then, with a profiler on the reactor thread (``--profiler cprofile`` or ``pyinstrument``), a
+``--profile`` s window: where the master's CPU goes per completed build.
+
+    /tmp/venv/bin/python benchmarks/throughput.py [--builders 500] [--intervals 0.2,0.5,1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import tempfile
+import time
+import tracemalloc
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as common
+
+
+async def finished_between(db: Any, start: float, end: float) -> int:
+    rows = await db.query(
+        "SELECT count(*) FROM build WHERE date_finished >= %s AND date_finished < %s",
+        (
+            datetime.datetime.fromtimestamp(start, datetime.UTC),
+            datetime.datetime.fromtimestamp(end, datetime.UTC),
+        ),
+    )
+    return int(rows[0][0])
+
+
+async def waiting_jobs(db: Any) -> int:
+    rows = await db.query("SELECT count(*) FROM buildqueue WHERE status = 0")
+    return int(rows[0][0])
+
+
+def waiting_to_next(
+    trace: common.Trace, calls: list[dict[str, Any]], start: float, end: float
+) -> dict[str, list[float]]:
+    """For every WAITING seen in [start, end): the time to each later step on that builder."""
+    arrivals: dict[str, list[float]] = defaultdict(list)
+    for call in calls:
+        if call["result"] == "BuilderStatus.BUILDING":
+            arrivals[call["builder"]].append(call["t"])
+    per_builder: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for kind, key, t in trace.events:
+        per_builder[key][kind].append(t)
+    # times from "seen WAITING" to each milestone (cumulative: the steps may overlap, e.g.
+    # files and log stored concurrently, or clean() while the build is finished)
+    steps: dict[str, list[float]] = {
+        "seen WAITING -> next build() arrives": [],
+        "seen WAITING -> results (.deb, .changes, log) stored": [],
+        "seen WAITING -> build finished in the database": [],
+        "seen WAITING -> builder cleaned": [],
+        "seen WAITING -> next job claimed": [],
+        "seen WAITING -> next build() sent": [],
+    }
+
+    def after(times: list[float], t: float) -> float | None:
+        return next((x for x in times if x > t), None)
+
+    for builder, kinds in per_builder.items():
+        for seen in kinds.get("collect", []):
+            if not start <= seen < end:
+                continue
+            arrival = after(sorted(arrivals.get(builder, [])), seen)
+            if arrival is None:
+                continue
+            steps["seen WAITING -> next build() arrives"].append(arrival - seen)
+            sent = after(kinds.get("sent", []), seen)
+            if sent is None or sent > arrival:
+                continue
+            stored = [t for t in kinds.get("file_stored", []) + kinds.get("log_stored", [])]
+            stored = [t for t in stored if seen < t < sent]
+            milestones = [
+                max(stored) if stored else None,
+                after(kinds.get("finished", []), seen),
+                after(kinds.get("cleaned", []), seen),
+                after(kinds.get("claimed", []), seen),
+                sent,
+            ]
+            for name, t in zip(list(steps)[1:], milestones, strict=True):
+                if t is not None and t <= arrival:
+                    steps[name].append(t - seen)
+    return steps
+
+
+async def measure_window(
+    reactor: Any, ctx: dict[str, Any], seconds: float, label: str
+) -> dict[str, Any]:
+    service, cluster, farm_pid = ctx["service"], ctx["cluster"], ctx["farm_pid"]
+    threads0, pg0, farm0 = (
+        common.thread_cpu(),
+        common.postgres_cpu(cluster),
+        common.cpu_seconds(farm_pid),
+    )
+    rss0 = common.rss_mib()
+    memory0 = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
+    counts0 = ctx["counter"].snapshot()
+    ctx["sql"].reset()
+    # the librarian's thread pool (its own since 892d619; the reactor's before)
+    pool = getattr(service.librarian, "_pool", None) or reactor.getThreadPool()
+    samples: list[tuple[int, int, int, int, int]] = []
+    start = time.time()
+    dry_at = None
+    next_check = start + 1
+    while time.time() - start < seconds:
+        await common.sleep(reactor, 0.1)
+        connections = service.db._connections
+        team = pool._team.statistics()
+        waiting = [len(c.lock.waiting) for c in connections]
+        free = sum(1 for c in connections if not c.lock.locked)
+        samples.append(
+            (
+                len(connections) - free,
+                sum(waiting),
+                team.busyWorkerCount,
+                team.backloggedWorkCount,
+                # queries queued behind a busy connection while another one is free
+                sum(waiting) if free else 0,
+            )
+        )
+        if time.time() >= next_check:
+            next_check += 1
+            if dry_at is None and await waiting_jobs(service.db) == 0:
+                dry_at = time.time()
+    end = time.time()
+    if memory0 is not None:
+        growth = tracemalloc.take_snapshot().compare_to(memory0, "lineno")
+        print("  memory growth during the window, by allocation site (tracemalloc):")
+        for stat in growth[:12]:
+            print(f"    {stat}")
+    counts1 = ctx["counter"].snapshot()
+    threads1 = common.thread_cpu()
+    result = {
+        "label": label,
+        "start": start,
+        "end": end,
+        "main_cpu": threads1["main"] - threads0["main"],
+        "thread_cpu": threads1["others"] - threads0["others"],
+        "pg_cpu": max(0.0, common.postgres_cpu(cluster) - pg0),
+        "farm_cpu": common.cpu_seconds(farm_pid) - farm0,
+        "rss": (rss0, common.rss_mib()),
+        "dry_at": dry_at,
+        "load": common.loadavg(),
+        "calls": {k: counts1[k] - counts0.get(k, 0) for k in counts1},
+        "db_busy": sum(x[0] for x in samples) / len(samples),
+        "db_waiting": sum(x[1] for x in samples) / len(samples),
+        "db_waiting_max": max(x[1] for x in samples),
+        "threads_busy": sum(x[2] for x in samples) / len(samples),
+        "threads_backlog": sum(x[3] for x in samples) / len(samples),
+        "threads_backlog_max": max(x[3] for x in samples),
+        "stuck": sum(x[4] for x in samples) / len(samples),
+        "stuck_share": sum(1 for x in samples if x[4]) / len(samples),
+    }
+    result["completed"] = await finished_between(service.db, start, end)
+    # the rate while the queue had jobs (after it ran dry, the farm idles)
+    busy_end = dry_at if dry_at is not None else end
+    result["rate"] = await finished_between(service.db, start, busy_end) / (busy_end - start)
+    return result
+
+
+async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
+    from twisted.internet import defer
+
+    from buildmaster.builderclient import BuilderClient
+    from buildmaster.collect import ResultCollector
+    from buildmaster.config import MasterConfig
+    from buildmaster.librarian import Librarian
+    from buildmaster.scanner import BuilderWorker
+    from buildmaster.service import BuildmasterService, ServiceSettings
+    from buildmaster.store import Database, Store
+    from buildmaster.store.jobs import JobQueries
+
+    workdir, listing = ctx["dir"], ctx["listing"]
+    state = workdir / "state"
+    state.mkdir()
+    intervals = [float(x) for x in args.intervals.split(",")]
+
+    # -- the world (loaded with synchronous_commit off; durable again before measuring)
+    db = Database(reactor, ctx["dsn"], size=8)
+    await db.connect()
+    try:
+        await db.execute("ALTER SYSTEM SET synchronous_commit = off")
+        await db.execute("SELECT pg_reload_conf()")
+        store = Store(db)
+        librarian = Librarian(
+            reactor,
+            db,
+            state / "librarian",
+            "http://unused/",
+            Librarian.load_or_create_secret(state),
+        )
+        data = await common.prepare_world(store, librarian)
+        await common.register_builders(store, listing, data.processor_amd64)
+        t = time.monotonic()
+        sources = await common.create_sources(store, librarian, data.hoary, args.builds, batch=50)
+        builds = await common.create_builds(store, db, sources, data.hoary_amd64, data.primary)
+        print(
+            f"{len(builds)} builds ready ({time.monotonic() - t:.0f} s); load {common.loadavg()}",
+            flush=True,
+        )
+        if args.synchronous_commit == "on":
+            await db.execute("ALTER SYSTEM RESET synchronous_commit")
+        else:  # a diagnostic: how much do the commits' WAL flushes cost?
+            await db.execute("ALTER SYSTEM SET synchronous_commit = off")
+        await db.execute("SELECT pg_reload_conf()")
+        await db.execute("CHECKPOINT")
+        rows = await db.query(
+            "SELECT current_setting('fsync'), current_setting('synchronous_commit')"
+        )
+        print(f"PostgreSQL: fsync={rows[0][0]}, synchronous_commit={rows[0][1]}", flush=True)
+    finally:
+        await db.close()
+
+    trace = common.Trace()
+    trace.on_call(BuilderWorker, "_collect", "collect", lambda self, *a: self.builder.name)
+    names = {b["url"].rstrip("/") + "/": b["name"] for b in listing}
+    trace.on_return(
+        ResultCollector, "store_file", "file_stored", lambda r, c, *a: names.get(c._client.url)
+    )
+    trace.on_return(
+        ResultCollector, "store_log", "log_stored", lambda r, c, *a: names.get(c._client.url)
+    )
+    trace.on_return(JobQueries, "finish", "finished", lambda r, self, job, b, *a, **k: b.name)
+    trace.on_return(BuilderWorker, "_clean", "cleaned", lambda r, self, *a: self.builder.name)
+    trace.on_return(
+        JobQueries, "claim_next", "claimed", lambda r, self, b, *a, **k: b.name if r else None
+    )
+    trace.on_call(BuilderWorker, "_ensure_files", "files", lambda self, *a, **k: self.builder.name)
+    trace.on_call(BuilderClient, "build", "sent", lambda self, *a: names.get(self.url))
+    counter = common.CallCounter()
+    common.count_database_calls(counter)
+    counter.count(BuilderClient, "_call", "XML-RPC calls")
+    counter.count(BuilderClient, "fetch_file", "file fetches")
+    counter.count(Librarian, "new_upload", "librarian uploads")
+    ctx["counter"] = counter
+    sql_stats = common.SQLStats()
+    if args.sql_stats:
+        sql_stats.install()
+    ctx["sql"] = sql_stats
+    results: dict[str, Any] = {"windows": [], "trace": trace}
+    queued = 0
+    # builds for each interval in proportion to the time it runs (the last one also profiles)
+    weights = [args.warmup + args.window for _ in intervals]
+    weights[-1] += max(args.profile, 0)
+    shares = [int(len(builds) * w / sum(weights)) for w in weights]
+    try:
+        for n, interval in enumerate(intervals):
+            service = BuildmasterService(
+                reactor,
+                ServiceSettings(
+                    state_dir=state,
+                    dsn=ctx["dsn"],
+                    port="tcp:0:interface=127.0.0.1",
+                    master=MasterConfig(scan_interval=interval),
+                    pool_size=args.pool_size,
+                ),
+            )
+            await common.start_service(reactor, service)
+            ctx["service"] = service
+            gate = getattr(service.master, "claims", None)
+            if args.no_claim_gate and gate is not None:
+                # a diagnostic: every idle builder claims at once (SKIP LOCKED keeps it safe)
+                gate._enabled = lambda: False
+            try:
+                master = service.master
+                deadline = time.monotonic() + 60
+                while len([w for w in master.workers.values() if w.last_status is not None]) < len(
+                    listing
+                ):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the master did not see every builder")
+                    await common.sleep(reactor, 0.2)
+                if n == 0:
+                    das = next(
+                        d
+                        for d in await service.store.distributions.all_arch_series()
+                        if d.chroot_id
+                    )
+                    chroot = await service.librarian.get(das.chroot_id)
+                    url = service.librarian.url_for(chroot)
+                    warm = await defer.DeferredList(
+                        [
+                            defer.Deferred.fromCoroutine(w.client.ensurepresent(chroot.sha1, url))
+                            for w in master.workers.values()
+                        ],
+                        consumeErrors=True,
+                    )
+                    if not all(ok and r.present for ok, r in warm):
+                        raise RuntimeError("could not put the chroot on every builder")
+                batch = (
+                    builds[queued : queued + shares[n]]
+                    if n + 1 < len(intervals)
+                    else builds[queued:]
+                )
+                queued += len(batch)
+                await service.db.query(common.QUEUE_SQL + " RETURNING id", (batch,))
+                print(
+                    f"scan interval {interval:g} s: queued {len(batch)} builds;"
+                    f" warming up {args.warmup:g} s",
+                    flush=True,
+                )
+                await common.sleep(reactor, args.warmup)
+                window = await measure_window(reactor, ctx, args.window, f"interval {interval:g} s")
+                window["interval"] = interval
+                results["windows"].append(window)
+                rate = window["rate"]
+
+                def share(key: str, w: dict[str, Any] = window) -> str:
+                    return f"{w[key] / args.window:.0%}"
+
+                print(
+                    f"  {window['completed']} builds in {window['end'] - window['start']:.0f} s:"
+                    f" {rate:.1f}/s; master CPU: reactor thread {share('main_cpu')}, other"
+                    f" threads {share('thread_cpu')}; PostgreSQL {share('pg_cpu')};"
+                    f" builders {share('farm_cpu')};"
+                    f" RSS {window['rss'][0]:.0f} -> {window['rss'][1]:.0f} MiB;"
+                    f" load {window['load']}"
+                    + (
+                        f"; QUEUE RAN DRY after {window['dry_at'] - window['start']:.0f} s"
+                        " (rate counted until then; use more --builds)"
+                        if window["dry_at"]
+                        else ""
+                    ),
+                    flush=True,
+                )
+                done = max(window["completed"], 1)
+                calls = ", ".join(f"{v / done:.1f} {k}" for k, v in window["calls"].items())
+                print(
+                    f"  per completed build: {calls}\n  database pool"
+                    f" ({len(service.db._connections)} connections): on average"
+                    f" {window['db_busy']:.1f} busy, {window['db_waiting']:.1f} queries waiting"
+                    " (max"
+                    f" {window['db_waiting_max']}); while a connection was free,"
+                    f" {window['stuck']:.1f} queries"
+                    " waited for a busy one on average"
+                    f" ({window['stuck_share']:.0%} of the samples);"
+                    f" librarian's thread pool: {window['threads_busy']:.1f} busy,"
+                    f" {window['threads_backlog']:.1f} tasks waiting"
+                    f" (max {window['threads_backlog_max']})",
+                    flush=True,
+                )
+                if args.sql_stats:
+                    print("  statements per completed build, by kind, and their latency:")
+                    for line in ctx["sql"].report(done):
+                        print(f"    {line}")
+                if n + 1 == len(intervals) and args.profile > 0:
+                    profiler = common.Profile(args.profiler)
+                    profiler.start()
+                    try:
+                        prof = await measure_window(reactor, ctx, args.profile, "profiled")
+                    finally:
+                        profiler.stop()
+                    prof["profiler"] = profiler
+                    results["profile"] = prof
+            finally:
+                await common.stop_service(reactor, service)
+    finally:
+        trace.restore()
+        counter.restore()
+        sql_stats.restore()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--builders", type=int, default=500)
+    parser.add_argument("--build-time", type=float, default=1.0)
+    parser.add_argument(
+        "--build-time-spread",
+        type=float,
+        default=0.0,
+        help="builds last from --build-time to --build-time + this (by package name)",
+    )
+    parser.add_argument(
+        "--builds", type=int, default=20_000, help="builds to queue (all intervals together)"
+    )
+    parser.add_argument(
+        "--intervals", default="0.2,0.5,1", help="scan intervals to try, comma-separated"
+    )
+    parser.add_argument("--warmup", type=float, default=10.0)
+    parser.add_argument("--window", type=float, default=40.0)
+    parser.add_argument("--profile", type=float, default=15.0, help="seconds profiled (0: none)")
+    parser.add_argument("--top", type=int, default=30, help="functions listed from the profile")
+    parser.add_argument("--profiler", choices=("cprofile", "pyinstrument"), default="cprofile")
+    parser.add_argument("--pool-size", type=int, default=8, help="database connections")
+    parser.add_argument(
+        "--synchronous-commit",
+        choices=("on", "off"),
+        default="on",
+        help="off: commits do not wait for the WAL flush (a diagnostic; not durable)",
+    )
+    parser.add_argument(
+        "--sql-stats", action="store_true", help="list the statements per build and their latency"
+    )
+    parser.add_argument(
+        "--no-claim-gate",
+        action="store_true",
+        help="a diagnostic: switch the master's one-claim-per-kind gate off",
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="report where memory grew during each window (slows the master down)",
+    )
+    parser.add_argument("--log", help="write the master's log to this file")
+    parser.add_argument("--master-cpu", default="0", help="CPU(s) for this process ('' = any)")
+    parser.add_argument("--builders-cpu", default="1", help="CPU(s) for the builders ('' = any)")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    common.log_to(args.log)
+    if args.tracemalloc:
+        tracemalloc.start()
+    common.raise_file_limit(args.builders + 200)
+    print(common.machine_line())
+    print(
+        f"{args.builders} builders (recording farm, builds of {args.build_time:g} s) on CPU"
+        f" {args.builders_cpu or 'any'}; master (this process) on CPU {args.master_cpu or 'any'};"
+        f" PostgreSQL fsync on, unpinned; {args.warmup:g} s warm-up, {args.window:g} s window",
+        flush=True,
+    )
+    with (
+        common.sigterm_as_exit(),
+        tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp,
+        common.Children() as children,
+    ):
+        workdir = Path(tmp)
+        cluster = common.start_cluster(fsync=True)
+        try:
+            dsn = common.create_database(cluster)
+            farm, listing, record = common.start_recording_farm(
+                children,
+                workdir,
+                args.builders,
+                args.builders_cpu,
+                build_time=args.build_time,
+                spread=args.build_time_spread,
+            )
+            common.pin_self(args.master_cpu)
+            ctx = {
+                "dir": workdir,
+                "dsn": dsn,
+                "listing": listing,
+                "cluster": cluster,
+                "farm_pid": farm.pid,
+            }
+            results = common.run_async(lambda reactor: run(reactor, args, ctx))
+            calls = common.read_build_calls(record)
+        finally:
+            children.stop_all()
+            cluster.stop()
+
+    print()
+    print(f"load average at the end: {common.loadavg()}")
+    print(
+        "| scan interval | completed builds/s | WAITING -> next build() p50 / p99 / max (ms) |"
+        " master CPU (reactor + threads) | master CPU ms per build | PostgreSQL CPU |"
+        " builders' CPU | master RSS |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for w in results["windows"]:
+        seconds = w["end"] - w["start"]
+        rate = w["rate"]
+        steps = waiting_to_next(results["trace"], calls, w["start"], w["end"])
+        lat = common.summary(steps["seen WAITING -> next build() arrives"])
+        cpu = w["main_cpu"] + w["thread_cpu"]
+        print(
+            f"| {w['interval']:g} s | {rate:.1f} | {lat['p50'] * 1000:.0f} /"
+            f" {lat['p99'] * 1000:.0f} /"
+            f" {lat['max'] * 1000:.0f} (n={lat['n']}) | {w['main_cpu'] / seconds:.0%} +"
+            f" {w['thread_cpu'] / seconds:.0%} |"
+            f" {cpu / max(w['completed'], 1) * 1000:.1f} | {w['pg_cpu'] / seconds:.0%} |"
+            f" {w['farm_cpu'] / seconds:.0%} | {w['rss'][1]:.0f} MiB |"
+        )
+    for w in results["windows"]:
+        print(f"\nbreakdown, scan interval {w['interval']:g} s (ms):")
+        steps = waiting_to_next(results["trace"], calls, w["start"], w["end"])
+        if not any(values for name, values in list(steps.items())[1:]):
+            print(
+                "  (no steps: the traced master methods were not all called; has the code changed?)"
+            )
+        for name, values in steps.items():
+            if values:
+                print(f"  {name}: {common.fmt_quantiles(values)}")
+    prof = results.get("profile")
+    if prof:
+        completed = max(prof["completed"], 1)
+        print(
+            f"\nprofile of the reactor thread ({args.profiler}, {args.profile:g} s at the last"
+            f" interval, {prof['completed']} builds completed while profiling;"
+            " see _common.Profile):"
+        )
+        total = prof["profiler"].print(completed, "build", args.top)
+        print(
+            f"profiled: {total:.1f} s = {total / completed * 1000:.1f} ms per build"
+            " (the profiler's own"
+            " overhead included; unprofiled figures: see the table)"
+        )
+
+
+if __name__ == "__main__":
+    main()
