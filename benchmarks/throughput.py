@@ -247,21 +247,24 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
         await db.close()
 
     trace = common.Trace()
-    trace.on_call(BuilderWorker, "_collect", "collect", lambda self, *a: self.builder.name)
     names = {b["url"].rstrip("/") + "/": b["name"] for b in listing}
-    trace.on_return(
-        ResultCollector, "store_file", "file_stored", lambda r, c, *a: names.get(c._client.url)
-    )
-    trace.on_return(
-        ResultCollector, "store_log", "log_stored", lambda r, c, *a: names.get(c._client.url)
-    )
-    trace.on_return(JobQueries, "finish", "finished", lambda r, self, job, b, *a, **k: b.name)
-    trace.on_return(BuilderWorker, "_clean", "cleaned", lambda r, self, *a: self.builder.name)
-    trace.on_return(
-        JobQueries, "claim_next", "claimed", lambda r, self, b, *a, **k: b.name if r else None
-    )
-    trace.on_call(BuilderWorker, "_ensure_files", "files", lambda self, *a, **k: self.builder.name)
-    trace.on_call(BuilderClient, "build", "sent", lambda self, *a: names.get(self.url))
+    if not args.no_trace:
+        trace.on_call(BuilderWorker, "_collect", "collect", lambda self, *a: self.builder.name)
+        trace.on_return(
+            ResultCollector, "store_file", "file_stored", lambda r, c, *a: names.get(c._client.url)
+        )
+        trace.on_return(
+            ResultCollector, "store_log", "log_stored", lambda r, c, *a: names.get(c._client.url)
+        )
+        trace.on_return(JobQueries, "finish", "finished", lambda r, self, job, b, *a, **k: b.name)
+        trace.on_return(BuilderWorker, "_clean", "cleaned", lambda r, self, *a: self.builder.name)
+        trace.on_return(
+            JobQueries, "claim_next", "claimed", lambda r, self, b, *a, **k: b.name if r else None
+        )
+        trace.on_call(
+            BuilderWorker, "_ensure_files", "files", lambda self, *a, **k: self.builder.name
+        )
+        trace.on_call(BuilderClient, "build", "sent", lambda self, *a: names.get(self.url))
     counter = common.CallCounter()
     common.count_database_calls(counter)
     counter.count(BuilderClient, "_call", "XML-RPC calls")
@@ -272,7 +275,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
     if args.sql_stats:
         sql_stats.install()
     ctx["sql"] = sql_stats
-    results: dict[str, Any] = {"windows": [], "trace": trace}
+    results: dict[str, Any] = {"windows": [], "trace": trace, "no_trace": args.no_trace}
     queued = 0
     # builds for each interval in proportion to the time it runs (the last one also profiles)
     weights = [args.warmup + args.window for _ in intervals]
@@ -437,6 +440,12 @@ def main() -> None:
         action="store_true",
         help="report where memory grew during each window (slows the master down)",
     )
+    parser.add_argument(
+        "--no-trace",
+        action="store_true",
+        help="do not time the steps after WAITING (their records grow the process by ~1 KB"
+        " per build; use it when watching the master's memory)",
+    )
     parser.add_argument("--log", help="write the master's log to this file")
     parser.add_argument("--master-cpu", default="0", help="CPU(s) for this process ('' = any)")
     parser.add_argument("--builders-cpu", default="1", help="CPU(s) for the builders ('' = any)")
@@ -509,7 +518,9 @@ def main() -> None:
     for w in results["windows"]:
         print(f"\nbreakdown, scan interval {w['interval']:g} s (ms):")
         steps = waiting_to_next(results["trace"], calls, w["start"], w["end"])
-        if not any(values for name, values in list(steps.items())[1:]):
+        if results.get("no_trace"):
+            print("  (not timed: --no-trace)")
+        elif not any(values for name, values in list(steps.items())[1:]):
             print(
                 "  (no steps: the traced master methods were not all called; has the code changed?)"
             )
