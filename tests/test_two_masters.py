@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest_twisted
@@ -61,13 +63,7 @@ async def test_a_second_master_takes_over_without_building_anything_twice(
     world = await make_world(config, build_time=0.5)
     sims = [(await world.builder(f"m{i}"))[0] for i in range(6)]
     builds = [await world.queue() for _ in range(30)]
-    pools = [Database(reactor, dsn, size=4) for _ in range(2)]
-    for pool in pools:
-        await pool.connect()
-    first, second = (
-        BuilddMaster(reactor, Store(p), world.harness.librarian, config) for p in pools
-    )
-    try:
+    async with _two_masters(reactor, dsn, world, config) as (pools, first, second):
         first.startService()
         await first._started
         await wait_for(reactor, lambda: len(first._owned) == 6, 10, "A to own the builders")
@@ -93,11 +89,25 @@ async def test_a_second_master_takes_over_without_building_anything_twice(
         )
         assert set(started) == {b.cookie for b in builds}
         assert max(started.values()) == 1
+
+
+@contextlib.asynccontextmanager
+async def _two_masters(
+    reactor: Any, dsn: str, world: Any, config: MasterConfig
+) -> AsyncIterator[tuple[list[Database], BuilddMaster, BuilddMaster]]:
+    """Two masters, not started, each on its own connection pool to the one database."""
+    pools = [Database(reactor, dsn, size=4) for _ in range(2)]
+    for pool in pools:
+        await pool.connect()
+    first, second = (
+        BuilddMaster(reactor, Store(p), world.harness.librarian, config) for p in pools
+    )
+    try:
+        yield pools, first, second
     finally:
-        if first.running:
-            await first.stopService()
-        if second.running:
-            await second.stopService()
+        for master in (first, second):
+            if master.running:
+                await master.stopService()
         for pool in pools:
             await pool.close()
 
@@ -118,13 +128,7 @@ async def test_a_master_stopped_while_build_is_unanswered_leaves_the_claim_to_th
     sim, builder = await world.builder("slow")
     sim.faults.withhold_answer = {"build": 15.0}
     build = await world.queue()
-    pools = [Database(reactor, dsn, size=4) for _ in range(2)]
-    for pool in pools:
-        await pool.connect()
-    first, second = (
-        BuilddMaster(reactor, Store(p), world.harness.librarian, config) for p in pools
-    )
-    try:
+    async with _two_masters(reactor, dsn, world, config) as (pools, first, second):
         first.startService()
         await first._started
         await wait_for(
@@ -151,9 +155,3 @@ async def test_a_master_stopped_while_build_is_unanswered_leaves_the_claim_to_th
             "SELECT kind FROM event WHERE build = %s ORDER BY id", (build.id,)
         )
         assert "released" not in {kind for (kind,) in events}
-    finally:
-        for master in (first, second):
-            if master.running:
-                await master.stopService()
-        for pool in pools:
-            await pool.close()
