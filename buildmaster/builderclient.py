@@ -75,7 +75,15 @@ _XML_HEADERS = {b"Content-Type": b"text/xml"}
 
 
 class BuilderUnreachable(BuilderError):
-    """Refused, timed out or dropped: the builder could not be talked to."""
+    """Refused, timed out or dropped: the builder could not be talked to.
+
+    ``request_sent``: the connection was made, so the builder may have acted on the call
+    even though its answer never arrived (false for a refused or failed connection).
+    """
+
+    def __init__(self, message: str, *, request_sent: bool = False) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
 
 
 class BuilderFault(BuilderError):
@@ -146,9 +154,9 @@ class BuilderClient:
         except error.ConnectError as e:
             raise BuilderUnreachable(connect_failure_reason(e)) from None
         except RequestTimeout as e:
-            raise BuilderUnreachable(f"{method}() got no answer: {e}") from None
+            raise BuilderUnreachable(f"{method}() got no answer: {e}", request_sent=True) from None
         except ConnectionClosed as e:
-            raise BuilderUnreachable(f"{method}(): {e}") from None
+            raise BuilderUnreachable(f"{method}(): {e}", request_sent=True) from None
         except ResponseTooLarge as e:
             raise BuilderProtocolError(f"{method}(): {e}") from None
         except (MalformedResponse, HTTPError) as e:
@@ -255,9 +263,9 @@ class BuilderClient:
         except error.ConnectError as e:
             raise BuilderUnreachable(connect_failure_reason(e)) from None
         except RequestTimeout as e:
-            raise BuilderUnreachable(f"fetching {name}: {e}") from None
+            raise BuilderUnreachable(f"fetching {name}: {e}", request_sent=True) from None
         except ConnectionClosed as e:
-            raise BuilderUnreachable(f"fetching {name}: {e}") from None
+            raise BuilderUnreachable(f"fetching {name}: {e}", request_sent=True) from None
         except ResponseTooLarge as e:
             raise FileTooLarge(f"fetching {name}: {e}") from None
         except HTTPError as e:

@@ -34,7 +34,7 @@ from buildmaster.buildargs import (
     build_args,
     source_filemap,
 )
-from buildmaster.builderclient import BuilderClient
+from buildmaster.builderclient import BuilderClient, BuilderUnreachable
 from buildmaster.collect import CollectLimits, ResultCollector, log_filename
 from buildmaster.enums import (
     BuilderCleanStatus,
@@ -433,6 +433,14 @@ class BuilderWorker:
                 # else build() was cut short and may have reached the builder: the claim stays,
                 # and the next scan (of whichever master) sees whether the builder took it
                 return False
+            if build_sent and await self._took_it_after_all(e, ctx.build.cookie):
+                self._log.warn(
+                    "{builder} started {build} but its answer to build() was lost: {error}",
+                    builder=builder.name,
+                    build=ctx.build.cookie,
+                    error=e,
+                )
+                return await self._record_dispatch(job, builder, ctx)
             self._log.warn(
                 "Dispatching {build} to {builder} failed: {error}",
                 build=ctx.build.cookie,
@@ -441,8 +449,23 @@ class BuilderWorker:
             )
             await self._failed(builder, job, e, must_leave=True)
             return False
+        return await self._record_dispatch(job, builder, ctx)
+
+    async def _took_it_after_all(self, error: BuilderError, cookie: str) -> bool:
+        """``build()`` reached the builder but no answer came back (a timeout, a dropped
+        connection): ask the builder whether it is building ``cookie`` before the job is
+        sent anywhere else, which would have it built twice."""
+        if not isinstance(error, BuilderUnreachable) or not error.request_sent:
+            return False
         try:
-            await jobs.record_dispatch(job, builder, self._now())
+            status = await self.client.status()
+        except BuilderError:
+            return False
+        return status.builder_status is BuilderStatus.BUILDING and status.build_id == cookie
+
+    async def _record_dispatch(self, job: BuildQueue, builder: Builder, ctx: BuildContext) -> bool:
+        try:
+            await self.master.store.jobs.record_dispatch(job, builder, self._now())
         except JobGone:
             # cancelled meanwhile: the next scan finds the builder busy with nothing and aborts
             self._log.info("{build} went away while it was dispatched", build=ctx.build.cookie)

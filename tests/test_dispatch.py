@@ -193,3 +193,26 @@ async def test_a_job_that_breaks_every_builder_fails_without_taking_them_down(
     good = await world.queue("good")
     await master.scan_all()
     assert good.cookie in [sim.state.build_id for sim in sims]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lost_answer_to_build_is_checked_before_the_job_goes_elsewhere(
+    make_world: Any, store: Store
+) -> None:
+    """The builder starts the build but its answer never arrives in time: the master asks the
+    builder before judging, finds it building the job, and records the dispatch (sending the
+    job elsewhere would have it built twice)."""
+    world = await make_world(config())
+    sim, builder = await world.builder("slow-answer")
+    sim.faults.withhold_answer = {"build": 60.0}
+    build = await world.queue()
+    await world.harness.master.scan_all()
+    assert [c.args[0] for c in sim.history if c.method == "build"] == [build.cookie]
+    assert (await store.builds.get(build)).status is BuildStatus.BUILDING
+    job = await store.queue.get_for_build(build)
+    assert job is not None and job.builder_id == builder.id
+    refreshed = await store.builders.get(builder)
+    assert (refreshed.builderok, refreshed.failure_count) == (True, 0)
+    await world.harness.master.scan_all()  # the next scan watches it as usual
+    assert [c.method for c in sim.history].count("build") == 1
+    assert (await store.builds.get(build)).status is BuildStatus.BUILDING
