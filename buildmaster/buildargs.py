@@ -58,20 +58,32 @@ class CannotBuild(Exception):
 
 @attrs.frozen
 class ArchiveURLs:
-    """Where builders fetch archives from; ``{distribution}``, ``{owner}``, ``{name}`` expand."""
+    """Where builders fetch archives from; ``{distribution}``, ``{owner}``, ``{name}`` expand.
+
+    A private archive's URL carries its password for builders (``buildd:<secret>@``), as its
+    web server expects; a private archive with no secret is sent without one.
+    """
 
     primary: str = "http://archive.ubuntu.com/{distribution}"
     partner: str = "http://archive.canonical.com/{distribution}"
     ppa: str = "http://ppa.launchpadcontent.net/{owner}/{name}/{distribution}"
+    private_ppa: str = "https://private-ppa.launchpadcontent.net/{owner}/{name}/{distribution}"
 
     def for_archive(self, archive: Archive) -> str:
-        template = {
-            ArchivePurpose.PPA: self.ppa,
-            ArchivePurpose.PARTNER: self.partner,
-        }.get(archive.purpose, self.primary)
-        return template.format(
+        if archive.purpose is ArchivePurpose.PPA:
+            template = self.private_ppa if archive.private else self.ppa
+        elif archive.purpose is ArchivePurpose.PARTNER:
+            template = self.partner
+        else:
+            template = self.primary
+        url = template.format(
             distribution=archive.distribution_name, owner=archive.owner_name, name=archive.name
         )
+        if archive.private and archive.buildd_secret:
+            scheme, sep, rest = url.partition("://")
+            if sep:
+                url = f"{scheme}://buildd:{archive.buildd_secret}@{rest}"
+        return url
 
 
 @attrs.frozen

@@ -116,6 +116,8 @@ class Archive:
     require_virtualized: bool
     relative_build_score: int
     enabled: bool
+    #: a private archive's password for builders (never shown in a repr or a log)
+    buildd_secret: str | None = attrs.field(default=None, repr=False)
 
     @property
     def is_ppa(self) -> bool:

@@ -100,6 +100,13 @@ class Options(usage.Options):
             "URL of a PPA, with {owner}, {name} and {distribution}.",
         ],
         [
+            "private-ppa-url",
+            None,
+            ArchiveURLs().private_ppa,
+            "URL of a private PPA, with {owner}, {name} and {distribution} (builders get the"
+            " archive's buildd secret in it).",
+        ],
+        [
             "build-url",
             None,
             None,
@@ -138,7 +145,11 @@ class Options(usage.Options):
             virtualized_socket_timeout=self["virtualized-socket-timeout"],
             vm_resume_command=command,
             vm_resume_timeout=self["vm-resume-timeout"],
-            archive_urls=ArchiveURLs(primary=self["primary-archive-url"], ppa=self["ppa-url"]),
+            archive_urls=ArchiveURLs(
+                primary=self["primary-archive-url"],
+                ppa=self["ppa-url"],
+                private_ppa=self["private-ppa-url"],
+            ),
             build_url_template=self["build-url"],
         )
         return ServiceSettings(

@@ -95,6 +95,13 @@ async def test_private_files_reach_the_builder_with_a_token(make_world: Any, sto
     assert world.harness.librarian.check_token(secret_dsc.id, ensure[0][3])
     args = [c.args[4] for c in sim.history if c.method == "build"][0]
     assert args["archive_private"] is True
+    # the private PPA's line carries its password for builders; the primary's lines do not
+    secret = (await store.archives.get(world.data.cprov_ppa)).buildd_secret
+    assert secret
+    assert args["archives"][0] == (
+        f"deb https://buildd:{secret}@private-ppa.launchpadcontent.net/cprov/ppa/ubuntu hoary main"
+    )
+    assert all(secret not in line for line in args["archives"][1:])
 
 
 @pytest_twisted.ensureDeferred

@@ -8,6 +8,7 @@ import pytest
 import pytest_twisted
 
 from buildmaster.enums import (
+    ArchivePurpose,
     BuildQueueStatus,
     BuildStatus,
     PackagePublishingPocket,
@@ -114,6 +115,33 @@ async def test_private_archives_score_higher(store: Store, seeded: SampleData) -
     )
     job = await store.queue.createBuildQueueEntry(build)
     assert job.lastscore == 10000 + 100 + 5 + 4500 + 1000
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_private_archive_has_a_password_for_builders(
+    store: Store, seeded: SampleData
+) -> None:
+    assert seeded.cprov_ppa.buildd_secret is None  # public: none needed
+    ppa = await store.archives.set_private(seeded.cprov_ppa, True)
+    secret = ppa.buildd_secret
+    assert secret is not None and len(secret) >= 16
+    assert secret not in repr(ppa)  # never in a log line
+    assert (await store.archives.set_private(ppa, True)).buildd_secret == secret  # kept
+    mine = await store.archives.set_buildd_secret(ppa, "s3cret-for-the-archive_server")
+    assert mine.buildd_secret == "s3cret-for-the-archive_server"
+    for bad in ("short", "has:colon-and-@-sign-in-it", "spaces are not allowed here"):
+        with pytest.raises(ValueError, match="buildd secret"):
+            await store.archives.set_buildd_secret(ppa, bad)
+    with pytest.raises(ConstraintViolation):  # the schema refuses it too
+        await store.db.execute(
+            "UPDATE archive SET buildd_secret = 'user:pw@host' WHERE id = %s", (ppa.id,)
+        )
+    assert (await store.archives.get(ppa)).buildd_secret == "s3cret-for-the-archive_server"
+    other = await store.persons.new("mdz", "Matt Zimmerman")
+    created = await store.archives.new(
+        other, seeded.primary.distribution_id, ArchivePurpose.PPA, private=True
+    )
+    assert created.buildd_secret and created.buildd_secret != mine.buildd_secret
 
 
 @pytest_twisted.ensureDeferred

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import re
+import secrets
 from typing import Any
 
 from buildmaster.enums import ArchivePurpose
 from buildmaster.model import Archive, HasId, id_of
 from buildmaster.store.database import Database, NotFound, Transaction
 
-__all__ = ["ArchiveSet", "ARCHIVE_COLUMNS", "archive_from_row"]
+__all__ = [
+    "ArchiveSet",
+    "ARCHIVE_COLUMNS",
+    "BUILDD_SECRET",
+    "archive_from_row",
+    "new_buildd_secret",
+]
+
+#: What a private archive's password for builders may be (the schema checks the same).
+BUILDD_SECRET = re.compile(r"[A-Za-z0-9_-]{16,}")
+
+
+def new_buildd_secret() -> str:
+    return secrets.token_urlsafe(24)
+
 
 ARCHIVE_COLUMNS = (
     "a.id, a.owner, p.name, a.distribution, d.name, a.name, a.displayname, a.purpose, a.private,"
-    " a.require_virtualized, a.relative_build_score, a.enabled"
+    " a.require_virtualized, a.relative_build_score, a.enabled, a.buildd_secret"
 )
 ARCHIVE_FROM = (
     "archive a JOIN person p ON p.id = a.owner JOIN distribution d ON d.id = a.distribution"
@@ -33,6 +49,7 @@ def archive_from_row(row: tuple[Any, ...]) -> Archive:
         require_virtualized=row[9],
         relative_build_score=row[10],
         enabled=row[11],
+        buildd_secret=row[12],
     )
 
 
@@ -53,7 +70,8 @@ class ArchiveSet:
     ) -> Archive:
         """Create an archive. A PPA always requires virtualized builders (its code is untrusted).
 
-        ``name`` defaults to ``primary``/``partner``/``ppa`` by purpose.
+        ``name`` defaults to ``primary``/``partner``/``ppa`` by purpose. A private archive gets
+        a new password for builders (:meth:`set_buildd_secret` replaces it).
         """
         if name is None:
             name = {ArchivePurpose.PRIMARY: "primary", ArchivePurpose.PARTNER: "partner"}.get(
@@ -65,8 +83,8 @@ class ArchiveSet:
         async def create(tx: Transaction) -> int:
             row = await tx.query_one(
                 "INSERT INTO archive (owner, distribution, name, displayname, purpose, private,"
-                " require_virtualized, relative_build_score) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                " RETURNING id",
+                " require_virtualized, relative_build_score, buildd_secret)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
                 (
                     id_of(owner),
                     id_of(distribution),
@@ -76,6 +94,7 @@ class ArchiveSet:
                     private,
                     require_virtualized,
                     relative_build_score,
+                    new_buildd_secret() if private else None,
                 ),
             )
             assert row is not None
@@ -122,7 +141,24 @@ class ArchiveSet:
         return await self.get(archive)
 
     async def set_private(self, archive: HasId | int, private: bool) -> Archive:
+        """Make an archive private (it gets a password for builders if it has none) or
+        public."""
         await self._db.execute(
-            "UPDATE archive SET private = %s WHERE id = %s", (private, id_of(archive))
+            "UPDATE archive SET private = %(private)s,"
+            " buildd_secret = CASE WHEN %(private)s THEN coalesce(buildd_secret, %(secret)s)"
+            "  ELSE buildd_secret END WHERE id = %(id)s",
+            {"private": private, "secret": new_buildd_secret(), "id": id_of(archive)},
+        )
+        return await self.get(archive)
+
+    async def set_buildd_secret(self, archive: HasId | int, secret: str | None) -> Archive:
+        """Set the password builders use to read a private archive (the one its web server
+        accepts for the user ``buildd``): at least 16 of ``A-Z a-z 0-9 _ -``."""
+        if secret is not None and not BUILDD_SECRET.fullmatch(secret):
+            raise ValueError(
+                "a buildd secret must be at least 16 characters of A-Z, a-z, 0-9, '_' and '-'"
+            )
+        await self._db.execute(
+            "UPDATE archive SET buildd_secret = %s WHERE id = %s", (secret, id_of(archive))
         )
         return await self.get(archive)

@@ -70,7 +70,7 @@ _CONTEXT_SQL = (
     f"SELECT {build_columns('b')}, {SPR_COLUMNS}, {_DAS_COLUMNS},"
     " (SELECT json_agg(json_build_array(a2.id, a2.owner, p2.name, a2.distribution, d2.name,"
     "   a2.name, a2.displayname, a2.purpose, a2.private, a2.require_virtualized,"
-    "   a2.relative_build_score, a2.enabled))"
+    "   a2.relative_build_score, a2.enabled, a2.buildd_secret))"
     "  FROM archive a2 JOIN person p2 ON p2.id = a2.owner JOIN distribution d2 ON d2.id = a2.distribution"
     "  WHERE a2.id = b.archive OR (a2.distribution = d.id AND a2.purpose = 1)),"
     f" (SELECT json_agg(json_build_array(sprf.id, sprf.sourcepackagerelease, sprf.filetype,"
