@@ -2,8 +2,10 @@
 
 It holds one :class:`~buildmaster.scanner.BuilderWorker` per builder and
 
-* every ``scan_interval`` reads all builders with their jobs in one query and scans them all
-  in parallel (each scan independent; a busy worker is skipped, never overlapped);
+* scans every builder once per ``scan_interval``, in parallel (each scan independent; a busy
+  worker is skipped, never overlapped): the interval is cut into up to 20 slices and each
+  slice's builders are read with their jobs in one query and scanned together, so polls and
+  the finished builds they find come spread over the interval rather than in one burst;
 * on ``NOTIFY buildqueue_waiting`` (a job became available) wakes an idle builder of the
   right kind at once, and every successful claim wakes the next one, so a burst of jobs
   spreads over the idle builders without waiting for a tick;
@@ -42,6 +44,11 @@ __all__ = ["BuilddMaster"]
 Key = tuple[int, bool]
 #: seconds a "no waiting job of this kind" verdict is trusted without a notification
 EMPTY_CACHE_LIFETIME = 60.0
+#: The scan interval is cut into slices, each scanning the builders whose id falls in it, so
+#: that the farm's polls, and the builds they find finished, come spread over the interval
+#: instead of in one burst: at most this many slices, each at least SCAN_SLICE seconds.
+MAX_SCAN_SLICES = 20
+SCAN_SLICE = 0.05
 #: pg_advisory_lock namespace for builder ownership ("bm" "bldr")
 OWNERSHIP_LOCK = 0x626D_626C
 
@@ -122,7 +129,9 @@ class BuilddMaster(service.Service):
         self._listening = False
         self._generation: dict[Key, int] = {}
         self._owned: set[int] = set()
-        self._scan_loop = task.LoopingCall(self._tick)
+        self._slices = max(1, min(MAX_SCAN_SLICES, int(self.config.scan_interval / SCAN_SLICE)))
+        self._next_slice = 0
+        self._scan_loop = task.LoopingCall.withCount(self._tick)
         self._scan_loop.clock = reactor
         self._logtail_loop = task.LoopingCall(self._flush_logtails)
         self._logtail_loop.clock = reactor
@@ -142,8 +151,9 @@ class BuilddMaster(service.Service):
             self.store.db.on_session_lost(self._owned.clear)
         for das in await self.store.distributions.all_arch_series():
             self._distroarchseries[das.id] = das
+        await self._safe_scan(None)  # everything once at start, then a slice at a time
         self._loops = [
-            self._scan_loop.start(self.config.scan_interval, now=True),
+            self._scan_loop.start(self.config.scan_interval / self._slices, now=False),
             self._logtail_loop.start(self.config.logtail_interval, now=False),
         ]
 
@@ -172,23 +182,31 @@ class BuilddMaster(service.Service):
 
     # -- scanning ----------------------------------------------------------------------
 
-    def _tick(self) -> defer.Deferred[None]:
-        return defer.Deferred.fromCoroutine(self._safe_tick())
+    def _tick(self, count: int) -> defer.Deferred[None]:
+        """Scan the next slice, and any slice a late reactor skipped (``count`` > 1)."""
+        first, n = self._next_slice, min(count, self._slices)
+        self._next_slice = (first + count) % self._slices
+        parts = [(first + i) % self._slices for i in range(n)]
+        return defer.Deferred.fromCoroutine(self._safe_scan(parts))
 
-    async def _safe_tick(self) -> None:
+    async def _safe_scan(self, parts: list[int] | None) -> None:
         try:
-            await self.scan_all(wait=False)
+            await self.scan_all(wait=False, parts=parts)
         except DatabaseError as e:
             self._log.warn("Scan cycle skipped: {error}", error=e)
         except Exception:
             self._log.failure("Scan cycle failed")
 
-    async def scan_all(self, wait: bool = True) -> None:
+    async def scan_all(self, wait: bool = True, parts: list[int] | None = None) -> None:
         """Scan every builder (this master works) in parallel, from one read of the database.
 
         :param wait: fire only once every scan is done (otherwise as soon as they are started).
+        :param parts: only the builders of these slices of the scan interval (``id % slices``).
         """
-        snapshots = await self.store.jobs.snapshots()
+        slices = self._slices
+        snapshots = await self.store.jobs.snapshots(
+            parts=(slices, parts) if parts is not None else None
+        )
         owned = await self._own([s.builder.id for s in snapshots])
         seen = set()
         scans = []
@@ -200,6 +218,8 @@ class BuilddMaster(service.Service):
             if not worker.busy:
                 scans.append(worker.request_scan(snap))
         for builder_id in set(self.workers) - seen:
+            if parts is not None and builder_id % slices not in parts:
+                continue  # another slice's builder
             if not self.workers[builder_id].busy:
                 self._forget_idle(self.workers.pop(builder_id))
         if self.clock.seconds() - self._empty_since >= EMPTY_CACHE_LIFETIME:

@@ -5,10 +5,11 @@ Real PostgreSQL, real librarian over HTTP, simulated builders on real sockets.
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, task
 
 from buildmaster.config import MasterConfig
 from buildmaster.enums import (
@@ -287,3 +288,34 @@ async def test_the_version_builders_report_is_recorded(
     await world.harness.master.logtails.flush()  # written in one batch
     versions = {b.name: b.version for b in await store.builders.all()}
     assert versions == {"v0": "slavesim-0.1", "v1": "slavesim-0.1", "v2": "slavesim-0.1"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_scan_interval_is_sliced_so_polls_come_spread_not_in_a_burst(
+    reactor: Any, make_world: Any
+) -> None:
+    """Each builder is polled once per interval, as before, but the farm's polls are spread
+    over the interval (a burst of polls would also bunch up the finished builds they find)."""
+    world = await make_world(MasterConfig(scan_interval=1.0))
+    sims = [(await world.builder(f"s{i}"))[0] for i in range(20)]
+    master = world.harness.master
+    master.startService()
+    await master._started
+    polls = {sim.name: 0 for sim in sims}
+    first_poll: dict[str, float] = {}
+    start = reactor.seconds()
+    while reactor.seconds() - start < 3.05:
+        for sim in sims:
+            count = sum(1 for call in sim.history if call.method == "status")
+            if count > polls[sim.name]:
+                if polls[sim.name] == 1:  # its first poll after the scan at start
+                    first_poll[sim.name] = reactor.seconds() - start
+                polls[sim.name] = count
+        await task.deferLater(reactor, 0.01, lambda: None)
+    # one poll at start, then one per second: 3 or 4 in 3 s (never one per slice)
+    assert all(3 <= n <= 5 for n in polls.values()), polls
+    assert len(first_poll) == 20
+    # spread: the builders' first sliced polls cover most of the interval
+    bins = collections.Counter(int(t / 0.1) for t in first_poll.values())
+    assert max(bins.values()) <= 6, sorted(first_poll.values())
+    assert max(first_poll.values()) - min(first_poll.values()) >= 0.6

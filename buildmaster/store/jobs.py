@@ -150,9 +150,19 @@ class JobQueries:
 
     # -- reading --------------------------------------------------------------------
 
-    async def snapshots(self, builder_ids: Sequence[int] | None = None) -> list[BuilderSnapshot]:
-        """Every active builder (or those in ``builder_ids``) with its job and build."""
-        if builder_ids is None:
+    async def snapshots(
+        self,
+        builder_ids: Sequence[int] | None = None,
+        parts: tuple[int, Sequence[int]] | None = None,
+    ) -> list[BuilderSnapshot]:
+        """Every active builder (or those in ``builder_ids``, or with ``id % n`` in ``ks``
+        for ``parts=(n, ks)``) with its job and build."""
+        if parts is not None:
+            rows = await self._db.query(
+                _SNAPSHOT_SQL + " WHERE br.active AND br.id %% %s = ANY(%s) ORDER BY br.name",
+                (parts[0], list(parts[1])),
+            )
+        elif builder_ids is None:
             rows = await self._db.query(_SNAPSHOT_SQL + " WHERE br.active ORDER BY br.name")
         else:
             rows = await self._db.query(
