@@ -19,7 +19,7 @@ It runs twice: with durable commits (``synchronous_commit = on``, the production
 the claim's commit waits for the WAL flush), and with ``synchronous_commit = off`` (what the
 tests use: no disk wait), each after ``--warmup`` discarded iterations.
 
-    /tmp/venv/bin/python benchmarks/candidate.py [--jobs 1000000] [--iterations 2000]
+    python benchmarks/candidate.py [--jobs 1000000] [--iterations 2000]
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ baseline (the analytical one: uniform over the interval, mean 7.5 s).
 A breakdown of the single-build path comes from timestamps of a few master methods
 (wrapped in this process only): NOTIFY received, job claimed, files ensured, build() sent.
 
-    /tmp/venv/bin/python benchmarks/dispatch.py [--singles 200] [--bursts 4 --burst-size 50]
+    python benchmarks/dispatch.py [--singles 200] [--bursts 4 --burst-size 50]
 """
 
 from __future__ import annotations

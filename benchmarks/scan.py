@@ -22,7 +22,7 @@ Wall time, and this process's CPU time (``getrusage``) divided by the number of 
 the builders' process CPU and PostgreSQL's CPU during each scan, and how many database
 statements the master ran.
 
-    /tmp/venv/bin/python benchmarks/scan.py [--builders 1000] [--latency 0.05] [--runs 5]
+    python benchmarks/scan.py [--builders 1000] [--latency 0.05] [--runs 5]
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ For every scan interval of ``--intervals``: warm-up, then a ``--window`` s measu
 Then, with a profiler on the reactor thread (``--profiler cprofile`` or ``pyinstrument``), a
 ``--profile`` s window: where the master's CPU goes per completed build.
 
-    /tmp/venv/bin/python benchmarks/throughput.py [--builders 500] [--intervals 0.2,0.5,1]
+    python benchmarks/throughput.py [--builders 500] [--intervals 0.2,0.5,1]
 """
 
 from __future__ import annotations
