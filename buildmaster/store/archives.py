@@ -13,6 +13,7 @@ from buildmaster.store.database import Database, NotFound, Transaction
 __all__ = [
     "ArchiveSet",
     "ARCHIVE_COLUMNS",
+    "archive_columns",
     "BUILDD_SECRET",
     "archive_from_row",
     "new_buildd_secret",
@@ -26,10 +27,17 @@ def new_buildd_secret() -> str:
     return secrets.token_urlsafe(24)
 
 
-ARCHIVE_COLUMNS = (
-    "a.id, a.owner, p.name, a.distribution, d.name, a.name, a.displayname, a.purpose, a.private,"
-    " a.require_virtualized, a.relative_build_score, a.enabled, a.buildd_secret"
-)
+def archive_columns(a: str = "a", p: str = "p", d: str = "d") -> str:
+    """The columns :func:`archive_from_row` reads, for the aliases of archive, its owner
+    (person) and its distribution."""
+    return (
+        f"{a}.id, {a}.owner, {p}.name, {a}.distribution, {d}.name, {a}.name, {a}.displayname,"
+        f" {a}.purpose, {a}.private, {a}.require_virtualized, {a}.relative_build_score,"
+        f" {a}.enabled, {a}.buildd_secret"
+    )
+
+
+ARCHIVE_COLUMNS = archive_columns()
 ARCHIVE_FROM = (
     "archive a JOIN person p ON p.id = a.owner JOIN distribution d ON d.id = a.distribution"
 )

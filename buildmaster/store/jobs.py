@@ -31,7 +31,7 @@ from buildmaster.model import (
     id_of,
 )
 from buildmaster.scoring import score_build
-from buildmaster.store.archives import archive_from_row
+from buildmaster.store.archives import archive_columns, archive_from_row
 from buildmaster.store.builders import BUILDER_WIDTH, builder_columns, builder_from_row
 from buildmaster.store.builds import (
     _CANDIDATE_ID,
@@ -68,9 +68,7 @@ _LF_JSON = (
 )
 _CONTEXT_SQL = (
     f"SELECT {build_columns('b')}, {SPR_COLUMNS}, {_DAS_COLUMNS},"
-    " (SELECT json_agg(json_build_array(a2.id, a2.owner, p2.name, a2.distribution, d2.name,"
-    "   a2.name, a2.displayname, a2.purpose, a2.private, a2.require_virtualized,"
-    "   a2.relative_build_score, a2.enabled, a2.buildd_secret))"
+    f" (SELECT json_agg(json_build_array({archive_columns('a2', 'p2', 'd2')}))"
     "  FROM archive a2 JOIN person p2 ON p2.id = a2.owner JOIN distribution d2 ON d2.id = a2.distribution"
     "  WHERE a2.id = b.archive OR (a2.distribution = d.id AND a2.purpose = 1)),"
     f" (SELECT json_agg(json_build_array(sprf.id, sprf.sourcepackagerelease, sprf.filetype,"
