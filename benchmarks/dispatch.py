@@ -247,23 +247,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
         try:
             master = service.master
             await wait_idle(reactor, master, len(listing))
-            # steady state: every builder has the chroot already
-            das = next(
-                d for d in await service.store.distributions.all_arch_series() if d.chroot_id
-            )
-            chroot = await service.librarian.get(das.chroot_id)
-            url = service.librarian.url_for(chroot)
-            from twisted.internet import defer
-
-            warm = await defer.DeferredList(
-                [
-                    defer.Deferred.fromCoroutine(w.client.ensurepresent(chroot.sha1, url))
-                    for w in master.workers.values()
-                ],
-                consumeErrors=True,
-            )
-            if not all(ok and r.present for ok, r in warm):
-                raise RuntimeError("could not put the chroot on every builder")
+            await common.put_chroot_on_every_builder(service)  # the steady state
             print(
                 f"the master sees {len(master.workers)} idle builders, each with the chroot;"
                 f" load {common.loadavg()}",

@@ -194,7 +194,6 @@ async def measure_window(
 
 
 async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
-    from twisted.internet import defer
 
     from buildmaster.builderclient import BuilderClient
     from buildmaster.collect import ResultCollector
@@ -309,22 +308,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
                         raise RuntimeError("the master did not see every builder")
                     await common.sleep(reactor, 0.2)
                 if n == 0:
-                    das = next(
-                        d
-                        for d in await service.store.distributions.all_arch_series()
-                        if d.chroot_id
-                    )
-                    chroot = await service.librarian.get(das.chroot_id)
-                    url = service.librarian.url_for(chroot)
-                    warm = await defer.DeferredList(
-                        [
-                            defer.Deferred.fromCoroutine(w.client.ensurepresent(chroot.sha1, url))
-                            for w in master.workers.values()
-                        ],
-                        consumeErrors=True,
-                    )
-                    if not all(ok and r.present for ok, r in warm):
-                        raise RuntimeError("could not put the chroot on every builder")
+                    await common.put_chroot_on_every_builder(service)
                 batch = (
                     builds[queued : queued + shares[n]]
                     if n + 1 < len(intervals)
