@@ -778,6 +778,19 @@ def create_database(cluster: Any, name: str = "bench") -> str:
     return str(dsn)
 
 
+def create_extension(cluster: Any, dsn: str, name: str) -> None:
+    """``CREATE EXTENSION name`` in the database of ``dsn`` (a diagnostic's helper)."""
+    import psycopg2
+
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE EXTENSION IF NOT EXISTS "{name}"')
+    finally:
+        conn.close()
+
+
 def postgres_cpu(cluster: Any) -> float:
     """CPU seconds used so far by the processes of the cluster that are alive now (postmaster,
     backends, background workers): approximate, a process that exits takes its CPU along."""

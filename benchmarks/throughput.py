@@ -118,6 +118,29 @@ def waiting_to_next(
     return steps
 
 
+PG_STATS_SQL = """
+SELECT calls, total_plan_time, total_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 90)
+FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+ORDER BY total_plan_time + total_exec_time DESC LIMIT 15
+"""
+
+
+def print_pg_stats(window: dict[str, Any]) -> None:
+    done = max(window["completed"], 1)
+    rows = window.get("pg_statements") or []
+    print("  PostgreSQL's time per completed build, by statement (pg_stat_statements):")
+    print(
+        "  | calls per build | plan ms per call | execute ms per call | ms per build | statement |"
+    )
+    print("  |---|---|---|---|---|")
+    for calls, plan, execute, query in rows:
+        per_build = (plan + execute) / done
+        print(
+            f"  | {calls / done:.2f} | {plan / max(calls, 1):.3f} | {execute / max(calls, 1):.3f}"
+            f" | {per_build:.3f} | `{query}` |"
+        )
+
+
 async def measure_window(
     reactor: Any, ctx: dict[str, Any], seconds: float, label: str
 ) -> dict[str, Any]:
@@ -131,6 +154,8 @@ async def measure_window(
     memory0 = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
     counts0 = ctx["counter"].snapshot()
     ctx["sql"].reset()
+    if ctx.get("pg_stats"):
+        await service.db.query("SELECT pg_stat_statements_reset()")
     # the librarian's thread pool (its own since 892d619; the reactor's before)
     pool = getattr(service.librarian, "_pool", None) or reactor.getThreadPool()
     samples: list[tuple[int, int, int, int, int]] = []
@@ -187,6 +212,8 @@ async def measure_window(
         "stuck_share": sum(1 for x in samples if x[4]) / len(samples),
     }
     result["completed"] = await finished_between(service.db, start, end)
+    if ctx.get("pg_stats"):
+        result["pg_statements"] = await service.db.query(PG_STATS_SQL)
     # the rate while the queue had jobs (after it ran dry, the farm idles)
     busy_end = dry_at if dry_at is not None else end
     result["rate"] = await finished_between(service.db, start, busy_end) / (busy_end - start)
@@ -361,6 +388,8 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
                     f" (max {window['threads_backlog_max']})",
                     flush=True,
                 )
+                if args.pg_stats:
+                    print_pg_stats(window)
                 if args.sql_stats:
                     print("  statements per completed build, by kind, and their latency:")
                     for line in ctx["sql"].report(done):
@@ -415,6 +444,12 @@ def main() -> None:
         "--sql-stats", action="store_true", help="list the statements per build and their latency"
     )
     parser.add_argument(
+        "--pg-stats",
+        action="store_true",
+        help="list PostgreSQL's planning and execution time per statement (pg_stat_statements,"
+        " which itself costs a little)",
+    )
+    parser.add_argument(
         "--no-claim-gate",
         action="store_true",
         help="a diagnostic: switch the master's one-claim-per-kind gate off",
@@ -452,9 +487,19 @@ def main() -> None:
         common.Children() as children,
     ):
         workdir = Path(tmp)
-        cluster = common.start_cluster(fsync=True)
+        settings = (
+            {
+                "shared_preload_libraries": "'pg_stat_statements'",
+                "pg_stat_statements.track_planning": "on",
+            }
+            if args.pg_stats
+            else {}
+        )
+        cluster = common.start_cluster(fsync=True, settings=settings)
         try:
             dsn = common.create_database(cluster)
+            if args.pg_stats:
+                common.create_extension(cluster, dsn, "pg_stat_statements")
             farm, listing, record = common.start_recording_farm(
                 children,
                 workdir,
@@ -470,6 +515,7 @@ def main() -> None:
                 "listing": listing,
                 "cluster": cluster,
                 "farm_pid": farm.pid,
+                "pg_stats": args.pg_stats,
             }
             results = common.run_async(lambda reactor: run(reactor, args, ctx))
             calls = common.read_build_calls(record)

@@ -12,7 +12,7 @@ from twisted.internet import defer, task, threads
 
 from buildmaster.store import ConstraintViolation, Database, DatabaseUnavailable, NotFound, Store
 from buildmaster.store.cluster import PostgresCluster
-from buildmaster.store.database import Transaction
+from buildmaster.store.database import Transaction, prepared_statement
 
 
 @pytest_twisted.ensureDeferred
@@ -83,6 +83,52 @@ async def test_notify_reaches_listeners_and_new_jobs_are_announced(db: Database)
     assert received[1] == f"{processor} false 1"  # kind and how many jobs
 
 
+@pytest_twisted.ensureDeferred
+async def test_prepared_statements_give_the_same_answers_and_are_prepared_once_per_connection(
+    db: Database,
+) -> None:
+    await db.execute("CREATE TABLE t (id integer PRIMARY KEY, tags text[], note text)")
+    insert = "INSERT INTO t VALUES (%(id)s, %(tags)s, %(note)s) RETURNING id %% 7, note"
+    rows = []
+    for i in range(12):
+        args = {"id": i, "tags": [f"t{i}"] if i % 2 else [], "note": None if i % 3 else f"n'{i}"}
+        rows += await db.query(insert, args, prepared=True)
+    assert rows == [(i % 7, None if i % 3 else f"n'{i}") for i in range(12)]
+    select = "SELECT id, tags FROM t WHERE id = ANY(%s) AND note IS NULL ORDER BY id"
+    assert await db.query(select, ([1, 2, 3, 4],), prepared=True) == [(1, ["t1"]), (2, []), (4, [])]
+    assert await db.query(select, ([1, 2, 3, 4],)) == [(1, ["t1"]), (2, []), (4, [])]
+    await db.execute("UPDATE t SET note = %s WHERE id = %s", ("x", 1), prepared=True)
+    assert await db.query("SELECT note FROM t WHERE id = 1") == [("x",)]
+
+    # each connection that ran it prepared it once, and PostgreSQL has it under that name
+    name = prepared_statement(insert).name
+    holders = [c for c in db._connections if name in c.prepared]
+    assert holders
+    for c in holders:
+        [(count,)] = await c.runQuery(
+            "SELECT count(*) FROM pg_prepared_statements WHERE name = %s", (name,)
+        )
+        assert count == 1
+    # wrong arguments are a clear error, not a server round trip
+    with pytest.raises(TypeError, match="takes 1 arguments, not 2"):
+        await db.query(select, ([1], 2), prepared=True)
+
+
+def test_placeholders_become_numbered_parameters() -> None:
+    named = prepared_statement("SELECT %(b)s, %(a)s, %(b)s, x %% 2 FROM t")
+    assert named.prepare.endswith("AS SELECT $1, $2, $1, x % 2 FROM t")
+    assert named.keys == ("b", "a") and named.count == 2
+    assert named.arguments({"a": 1, "b": 2, "unused": 3}) == (2, 1)
+    assert named.execute == f"EXECUTE {named.name} (%s, %s)"
+    positional = prepared_statement("SELECT %s + %s")
+    assert positional.prepare.endswith("AS SELECT $1 + $2") and positional.keys is None
+    assert (
+        prepared_statement("SELECT 1").execute == f"EXECUTE {prepared_statement('SELECT 1').name}"
+    )
+    with pytest.raises(ValueError, match="mixes"):
+        prepared_statement("SELECT %s, %(a)s")
+
+
 # -- reconnection -------------------------------------------------------------------------
 
 
@@ -103,6 +149,9 @@ async def test_the_pool_survives_a_server_restart(
     await db.listen("ping", notified.append)
     try:
         [(started_before,)] = await db.query("SELECT pg_postmaster_start_time()")
+        prepared = "SELECT pg_postmaster_start_time(), %s::integer"
+        for i in range(4):  # prepared on both connections
+            assert (await db.query(prepared, (i,), prepared=True))[0] == (started_before, i)
         await threads.deferToThread(own_cluster.restart)
 
         errors: list[BaseException] = []
@@ -117,6 +166,9 @@ async def test_the_pool_survives_a_server_restart(
             raise AssertionError(f"the pool never came back: {errors[-3:]}")
         assert result[0][0] > started_before  # really a new server
         assert all(isinstance(e, DatabaseUnavailable) for e in errors), errors
+        # the new sessions prepare the statement again
+        for i in range(4):
+            assert (await db.query(prepared, (i,), prepared=True))[0] == (result[0][0], i)
         # LISTEN is re-established on the new connection
         for _ in range(50):
             await db.notify("ping", "after restart")

@@ -10,6 +10,7 @@ import pytest_twisted
 from buildmaster.enums import BuildQueueStatus, PackagePublishingPocket
 from buildmaster.sampledata import SampleData, load_sample_data
 from buildmaster.store import ConstraintViolation, Database, Store
+from buildmaster.store.database import Transaction, prepared_statement
 from buildmaster.store.schema import LATEST, SchemaTooNew, current_version, load_migrations, migrate
 
 
@@ -240,5 +241,24 @@ async def test_the_candidate_query_is_an_index_scan(store: Store, seeded: Sample
         {"processors": [seeded.processor_386.id], "virtualized": False, "avoid": [7, 8]},
     )
     text = "\n".join(r[0] for r in plan)
+    assert "Index Scan using buildqueue_candidate_idx" in text, text
+    assert "Seq Scan" not in text and "Sort Key: q." not in text, text
+
+    # the master runs it prepared, planned once for any arguments (a generic plan): the
+    # same index scan
+    statement = prepared_statement(_CANDIDATE_ID)
+
+    async def explain_generic(tx: Transaction) -> list[tuple[Any, ...]]:
+        await tx.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await tx.execute(statement.prepare.replace(statement.name, "candidate_generic", 1))
+        try:
+            return await tx.query(
+                "EXPLAIN EXECUTE candidate_generic (%s, %s, %s)",
+                ([seeded.processor_386.id], False, [7, 8]),
+            )
+        finally:
+            await tx.execute("DEALLOCATE candidate_generic")
+
+    text = "\n".join(r[0] for r in await store.db.transaction(explain_generic))
     assert "Index Scan using buildqueue_candidate_idx" in text, text
     assert "Seq Scan" not in text and "Sort Key: q." not in text, text

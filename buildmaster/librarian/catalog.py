@@ -52,7 +52,9 @@ async def get_file(db: Database, alias_id: int) -> LibraryFile:
     :raises DatabaseError: when the database fails.
     """
     rows = await db.query(
-        f"SELECT {LIBRARYFILE_COLUMNS} FROM {LIBRARYFILE_JOIN} WHERE lfa.id = %s", (alias_id,)
+        f"SELECT {LIBRARYFILE_COLUMNS} FROM {LIBRARYFILE_JOIN} WHERE lfa.id = %s",
+        (alias_id,),
+        prepared=True,
     )
     if not rows:
         raise FileNotFound(f"no librarian file {alias_id}")
@@ -109,6 +111,7 @@ async def record_file(
             "restricted": restricted,
             "expires": expires,
         },
+        prepared=True,
     )
     content_id, size, sha1, md5, alias = rows[0]
     if alias is None:

@@ -344,6 +344,7 @@ class BuildQueueSet:
                 "virtualized": builder.virtualized,
                 "avoid": [],
             },
+            prepared=True,
         )
         return queue_from_row(rows[0]) if rows else None
 

@@ -159,17 +159,24 @@ class JobQueries:
             rows = await self._db.query(
                 _SNAPSHOT_SQL + " WHERE br.active AND br.id %% %s = ANY(%s) ORDER BY br.name",
                 (parts[0], list(parts[1])),
+                prepared=True,
             )
         elif builder_ids is None:
-            rows = await self._db.query(_SNAPSHOT_SQL + " WHERE br.active ORDER BY br.name")
+            rows = await self._db.query(
+                _SNAPSHOT_SQL + " WHERE br.active ORDER BY br.name", prepared=True
+            )
         else:
             rows = await self._db.query(
-                _SNAPSHOT_SQL + " WHERE br.id = ANY(%s) ORDER BY br.name", (list(builder_ids),)
+                _SNAPSHOT_SQL + " WHERE br.id = ANY(%s) ORDER BY br.name",
+                (list(builder_ids),),
+                prepared=True,
             )
         return [_snapshot(r) for r in rows]
 
     async def snapshot(self, builder: HasId | int) -> BuilderSnapshot:
-        rows = await self._db.query(_SNAPSHOT_SQL + " WHERE br.id = %s", (id_of(builder),))
+        rows = await self._db.query(
+            _SNAPSHOT_SQL + " WHERE br.id = %s", (id_of(builder),), prepared=True
+        )
         if not rows:
             raise NotFound(f"no builder {id_of(builder)}")
         return _snapshot(rows[0])
@@ -179,7 +186,7 @@ class JobQueries:
 
         One round trip: the archives and files come back as JSON arrays.
         """
-        rows = await self._db.query(_CONTEXT_SQL, (build_id,))
+        rows = await self._db.query(_CONTEXT_SQL, (build_id,), prepared=True)
         if not rows:
             raise NotFound(f"no build {build_id}")
         row = rows[0]
@@ -222,6 +229,7 @@ class JobQueries:
                     "virtualized": builder.virtualized,
                     "avoid": list(avoid),
                 },
+                prepared=True,
             )
         except ConstraintViolation as e:
             if e.constraint == "buildqueue_builder_key":
@@ -242,6 +250,7 @@ class JobQueries:
                 "  WHERE id = %(builder)s AND EXISTS (SELECT 1 FROM claimed))"
                 " SELECT * FROM claimed",
                 {"builder": builder.id, "job": id_of(job)},
+                prepared=True,
             )
         except ConstraintViolation as e:
             if e.constraint == "buildqueue_builder_key":
@@ -276,6 +285,7 @@ class JobQueries:
                 "builder": builder.id,
                 "message": f"dispatched to {builder.name}",
             },
+            prepared=True,
         )
         if not rows:
             raise JobGone(f"job {job.id} is no longer claimed by {builder.name}")
@@ -290,6 +300,7 @@ class JobQueries:
             "  SELECT build, %(builder)s, 'released', %(reason)s FROM q)"
             " SELECT build FROM q",
             {"job": job.id, "builder": builder.id, "reason": reason},
+            prepared=True,
         )
         return bool(rows)
 
@@ -445,6 +456,7 @@ class JobQueries:
         await self._db.execute(
             "UPDATE builder SET clean_status = %s, date_clean_status_changed = now() WHERE id = %s AND clean_status <> %s",
             (int(status), builder.id, int(status)),
+            prepared=True,
         )
 
     async def set_versions(self, versions: dict[int, str]) -> None:
@@ -473,14 +485,16 @@ class JobQueries:
         batch = list(tails)
         if not batch:
             return
-        values = ", ".join(["(%s::integer, %s::integer, %s::text)"] * len(batch))
-        args: list[Any] = []
-        for job_id, builder_id, tail in batch:
-            args.extend((job_id, builder_id, _clean_text(tail)))
         await self._db.execute(
-            f"UPDATE buildqueue q SET logtail = v.tail FROM (VALUES {values}) AS v(id, builder, tail)"
+            "UPDATE buildqueue q SET logtail = v.tail"
+            " FROM unnest(%s::integer[], %s::integer[], %s::text[]) AS v(id, builder, tail)"
             " WHERE q.id = v.id AND q.builder = v.builder",
-            args,
+            (
+                [job_id for job_id, _, _ in batch],
+                [builder_id for _, builder_id, _ in batch],
+                [_clean_text(tail) for _, _, tail in batch],
+            ),
+            prepared=True,
         )
 
     # -- the end of a build ------------------------------------------------------------
@@ -522,6 +536,7 @@ class JobQueries:
                 "message": f" -> {state.name} on {builder.name}"
                 + (f": {reason}" if reason else ""),
             },
+            prepared=True,
         )
         job_id, old_state, done = rows[0]
         if job_id is None:
