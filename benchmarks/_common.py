@@ -988,7 +988,30 @@ def run_recording_farm(args: argparse.Namespace) -> None:
 
     reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(start()).addErrback(failed))
     reactor.addSystemEventTrigger("before", "shutdown", farm.stop)
+    profile_on_signals(reactor, Path(args.record).with_name("farm.prof"))
     reactor.run()
+
+
+def profile_on_signals(reactor: Any, output: Path) -> None:
+    """A diagnostic: SIGUSR1 starts a CPU-time cProfile of this process, SIGUSR2 stops it and
+    writes the stats to ``output`` (read them with ``python -m pstats``)."""
+    import cProfile
+    import signal
+
+    profiler = cProfile.Profile(time.thread_time)
+
+    def start(*_: Any) -> None:
+        reactor.callFromThread(profiler.enable)
+
+    def stop(*_: Any) -> None:
+        def dump() -> None:
+            profiler.disable()
+            profiler.dump_stats(str(output))
+
+        reactor.callFromThread(dump)
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
 
 
 def main() -> None:
