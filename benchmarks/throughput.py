@@ -141,6 +141,20 @@ def print_pg_stats(window: dict[str, Any]) -> None:
         )
 
 
+def unprepare_statements() -> None:
+    """The ``--no-prepared`` diagnostic: ``prepared=True`` is ignored from now on."""
+    from buildmaster.store import Database
+
+    for name in ("query", "execute"):
+        original = getattr(Database, name)
+
+        def unprepared(self: Any, *args: Any, _original: Any = original, **kw: Any) -> Any:
+            kw.pop("prepared", None)
+            return _original(self, *args, **kw)
+
+        setattr(Database, name, unprepared)
+
+
 async def measure_window(
     reactor: Any, ctx: dict[str, Any], seconds: float, label: str
 ) -> dict[str, Any]:
@@ -291,6 +305,8 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
             BuilderWorker, "_ensure_files", "files", lambda self, *a, **k: self.builder.name
         )
         trace.on_call(BuilderClient, "build", "sent", lambda self, *a: names.get(self.url))
+    if args.no_prepared:
+        unprepare_statements()
     counter = common.CallCounter()
     common.count_database_calls(counter)
     counter.count(BuilderClient, "_call", "XML-RPC calls")
@@ -442,6 +458,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--sql-stats", action="store_true", help="list the statements per build and their latency"
+    )
+    parser.add_argument(
+        "--no-prepared",
+        action="store_true",
+        help="a diagnostic: run every statement unprepared (parsed and planned each time)",
     )
     parser.add_argument(
         "--pg-stats",
