@@ -232,7 +232,10 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
     trace = common.Trace()
     trace.on_call(BuilddMaster, "_queue_changed", "notify")
     trace.on_return(
-        JobQueries, "claim_next", "claimed", lambda r, *a, **k: r.build_id if r else None
+        JobQueries,
+        "claim_next_for_dispatch",
+        "claimed",
+        lambda r, *a, **k: r.job.build_id if r else None,
     )
     trace.on_call(BuilderWorker, "_ensure_files", "files", lambda self, c, *a, **k: c.build.id)
     trace.on_return(

@@ -299,7 +299,10 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
         trace.on_return(JobQueries, "finish", "finished", lambda r, self, job, b, *a, **k: b.name)
         trace.on_return(BuilderWorker, "_clean", "cleaned", lambda r, self, *a: self.builder.name)
         trace.on_return(
-            JobQueries, "claim_next", "claimed", lambda r, self, b, *a, **k: b.name if r else None
+            JobQueries,
+            "claim_next_for_dispatch",
+            "claimed",
+            lambda r, self, b, *a, **k: b.name if r else None,
         )
         trace.on_call(
             BuilderWorker, "_ensure_files", "files", lambda self, *a, **k: self.builder.name

@@ -360,20 +360,22 @@ class BuilderWorker:
         now = self.master.clock.seconds()
         self._avoid = {job_id: until for job_id, until in self._avoid.items() if until > now}
         done = self.master.claims.begin(keys)
-        job = None
+        claimed = None
         try:
-            job = await self.master.store.jobs.claim_next(builder, avoid=list(self._avoid))
+            claimed = await self.master.store.jobs.claim_next_for_dispatch(
+                builder, avoid=list(self._avoid)
+            )
         finally:
-            self.master.claims.end(keys, done, found=job is not None or bool(self._avoid))
-        if job is None:
+            self.master.claims.end(keys, done, found=claimed is not None or bool(self._avoid))
+        if claimed is None:
             if not self._avoid:  # the avoided jobs may suit other builders
                 self.master.mark_empty(keys, generations)
             await self._reset_if_dirty()
             return None
         self.builder = attrs.evolve(builder, clean_status=BuilderCleanStatus.DIRTY)
         self.master.wake(self.keys, exclude=self)
-        await self.dispatch(job)
-        return job
+        await self.dispatch(claimed.job, claimed.context)
+        return claimed.job
 
     async def _reset_if_dirty(self) -> None:
         """A virtualized builder with nothing to do gets its VM reset now, not at dispatch."""
@@ -386,16 +388,19 @@ class BuilderWorker:
                 return
             await self._set_clean_status(BuilderCleanStatus.CLEAN)
 
-    async def dispatch(self, job: BuildQueue) -> bool:
+    async def dispatch(self, job: BuildQueue, ctx: BuildContext | None = None) -> bool:
         """Send a claimed job to the builder: VM reset, files, ``build()``, then record it.
 
         Any failure is judged: the job goes back to the queue (or fails), the builder may be
         disabled. Returns whether the builder accepted the build.
+
+        :param ctx: the build's context when the claim brought it along (else read here).
         """
         builder = self.builder
         jobs = self.master.store.jobs
         self._charged = None  # a new stay: its first failure counts against the job
-        ctx = await jobs.context(job.build_id)
+        if ctx is None or ctx.build.id != job.build_id:
+            ctx = await jobs.context(job.build_id)
         self._contexts = {ctx.build.id: ctx}
         if ctx.chroot is None:
             das = ctx.distroarchseries

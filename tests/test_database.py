@@ -12,7 +12,7 @@ from twisted.internet import defer, task, threads
 
 from buildmaster.store import ConstraintViolation, Database, DatabaseUnavailable, NotFound, Store
 from buildmaster.store.cluster import PostgresCluster
-from buildmaster.store.database import Transaction, prepared_statement
+from buildmaster.store.database import MAX_PREPARED, Transaction, prepared_statement
 
 
 @pytest_twisted.ensureDeferred
@@ -109,6 +109,11 @@ async def test_prepared_statements_give_the_same_answers_and_are_prepared_once_p
             "SELECT count(*) FROM pg_prepared_statements WHERE name = %s", (name,)
         )
         assert count == 1
+    # statements whose text varies do not pile up in the sessions: beyond the cap they run
+    # unprepared (and still give the right answers)
+    for i in range(MAX_PREPARED + 20):
+        assert await db.query(f"SELECT {i} + %s", (1,), prepared=True) == [(i + 1,)]
+    assert all(len(c.prepared) <= MAX_PREPARED for c in db._connections)
     # wrong arguments are a clear error, not a server round trip
     with pytest.raises(TypeError, match="takes 1 arguments, not 2"):
         await db.query(select, ([1], 2), prepared=True)

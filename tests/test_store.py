@@ -219,3 +219,22 @@ async def test_highest_score_first_then_oldest(store: Store, seeded: SampleData)
     )
     bob = await store.builders.getByName("bob")
     assert (await store.queue.findBuildCandidate(bob)).id == jobs[1].id  # type: ignore[union-attr]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_claim_for_dispatch_brings_the_builds_context_along(
+    store: Store, seeded: SampleData
+) -> None:
+    claimed = await store.jobs.claim_next_for_dispatch(seeded.frog)
+    assert claimed is not None
+    assert claimed.job.id == seeded.waiting_job_id
+    assert claimed.job.builder_id == seeded.frog.id
+    assert claimed.job.status is BuildQueueStatus.RUNNING
+    # the same context a separate read gives: release, architecture, archives, files
+    context = await store.jobs.context(claimed.job.build_id)
+    assert claimed.context == context
+    assert context.build.id == claimed.job.build_id and context.files
+    assert (await store.builders.get(seeded.frog.id)).clean_status.name == "DIRTY"
+    # frog has its job now: a second claim finds nothing for it
+    assert await store.jobs.claim_next_for_dispatch(seeded.frog) is None
+    assert (await store.queue.get(seeded.waiting_job_id)).builder_id == seeded.frog.id

@@ -145,6 +145,9 @@ def _connection_is_dead(failure: Failure) -> bool:
     )
 
 
+#: At most this many statements are prepared on one connection; beyond, they run unprepared.
+MAX_PREPARED = 200
+
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s|%s|%%")
 
 
@@ -408,12 +411,7 @@ class Database:
             :class:`DatabaseError`.
         """
         try:
-            conn = self._pick()
-            if prepared:
-                statement = prepared_statement(sql)
-                d = conn.run_prepared(statement, statement.arguments(args), True)
-            else:
-                d = conn.runQuery(sql, args)
+            d = self._run(sql, args, prepared, fetch=True)
         except (DatabaseError, TypeError, ValueError):
             return defer.fail()
         return d.addErrback(translate_failure)
@@ -427,16 +425,21 @@ class Database:
     ) -> defer.Deferred[None]:
         """Run one statement that returns no rows, in its own transaction."""
         try:
-            conn = self._pick()
-            if prepared:
-                statement = prepared_statement(sql)
-                d = conn.run_prepared(statement, statement.arguments(args), False)
-                d.addCallback(lambda _: None)
-            else:
-                d = conn.runOperation(sql, args)
+            d = self._run(sql, args, prepared, fetch=False)
         except (DatabaseError, TypeError, ValueError):
             return defer.fail()
-        return d.addErrback(translate_failure)
+        return d.addCallback(lambda _: None).addErrback(translate_failure)
+
+    def _run(
+        self, sql: str, args: Sequence[Any] | dict[str, Any] | None, prepared: bool, fetch: bool
+    ) -> defer.Deferred[Any]:
+        conn = self._pick()
+        if prepared:
+            statement = prepared_statement(sql)
+            # a soft cap: statement texts that vary (a mistake) must not fill the session
+            if statement.name in conn.prepared or len(conn.prepared) < MAX_PREPARED:
+                return conn.run_prepared(statement, statement.arguments(args), fetch)
+        return conn.runQuery(sql, args) if fetch else conn.runOperation(sql, args)
 
     def transaction(
         self, interaction: Callable[..., Awaitable[T]], *args: Any, retries: int = 3

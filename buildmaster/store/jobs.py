@@ -12,6 +12,8 @@ import datetime
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import attrs
+
 from buildmaster.buildargs import BuildContext
 from buildmaster.enums import (
     ArchivePurpose,
@@ -37,6 +39,7 @@ from buildmaster.store.builds import (
     _CANDIDATE_ID,
     BUILD_WIDTH,
     QUEUE_COLUMNS,
+    QUEUE_WIDTH,
     build_columns,
     build_from_row,
     get_build,
@@ -53,7 +56,7 @@ from buildmaster.store.files import LIBRARYFILE_JOIN, library_file_from_row
 from buildmaster.store.sources import SPR_COLUMNS, SPR_FROM, spr_from_row
 from buildmaster.transitions import RETRYABLE, IllegalTransition, can_transition, check_transition
 
-__all__ = ["JobQueries", "JobGone"]
+__all__ = ["JobQueries", "JobGone", "Claimed"]
 
 _SNAPSHOT_SQL = (
     f"SELECT {builder_columns('br')}, {queue_columns('q')}, {build_columns('bd')}"
@@ -66,8 +69,8 @@ _LF_JSON = (
     "json_build_array(lfa.id, lfa.content, lfa.filename, lfa.mimetype, lfa.restricted, lfa.expires,"
     " lfc.filesize, lfc.sha1, lfc.sha256, lfc.md5, lfa.datecreated)"
 )
-_CONTEXT_SQL = (
-    f"SELECT {build_columns('b')}, {SPR_COLUMNS}, {_DAS_COLUMNS},"
+_CONTEXT_COLUMNS = (
+    f"{build_columns('b')}, {SPR_COLUMNS}, {_DAS_COLUMNS},"
     f" (SELECT json_agg(json_build_array({archive_columns('a2', 'p2', 'd2')}))"
     "  FROM archive a2 JOIN person p2 ON p2.id = a2.owner JOIN distribution d2 ON d2.id = a2.distribution"
     "  WHERE a2.id = b.archive OR (a2.distribution = d.id AND a2.purpose = 1)),"
@@ -77,9 +80,33 @@ _CONTEXT_SQL = (
     f"  FROM sourcepackagereleasefile sprf JOIN {LIBRARYFILE_JOIN} ON lfa.id = sprf.libraryfile"
     "  WHERE sprf.sourcepackagerelease = spr.id),"
     f" (SELECT {_LF_JSON} FROM {LIBRARYFILE_JOIN} WHERE lfa.id = das.chroot)"
-    f" FROM build b JOIN {SPR_FROM} ON spr.id = b.sourcepackagerelease"
-    f" JOIN {_DAS_FROM} ON das.id = b.distroarchseries WHERE b.id = %s"
 )
+#: joined to ``build b``: its release and architecture
+_CONTEXT_JOINS = (
+    f" JOIN {SPR_FROM} ON spr.id = b.sourcepackagerelease"
+    f" JOIN {_DAS_FROM} ON das.id = b.distroarchseries"
+)
+_CONTEXT_SQL = f"SELECT {_CONTEXT_COLUMNS} FROM build b {_CONTEXT_JOINS} WHERE b.id = %s"
+
+_CLAIM_NEXT_SQL = (
+    f"WITH claimed AS (UPDATE buildqueue q SET builder = %(builder)s, status = 1"
+    f" WHERE q.id = ({_CANDIDATE_ID}) RETURNING {QUEUE_COLUMNS}),"
+    " dirty AS (UPDATE builder SET clean_status = 1, date_clean_status_changed = now()"
+    "  WHERE id = %(builder)s AND clean_status <> 1 AND EXISTS (SELECT 1 FROM claimed))"
+)
+#: the claim, returning the job and what its dispatch needs (one round trip)
+_CLAIM_FOR_DISPATCH_SQL = (
+    f"{_CLAIM_NEXT_SQL} SELECT claimed.*, {_CONTEXT_COLUMNS}"
+    f" FROM claimed JOIN build b ON b.id = claimed.build {_CONTEXT_JOINS}"
+)
+
+
+@attrs.frozen
+class Claimed:
+    """A job just claimed for a builder, with its dispatch context."""
+
+    job: BuildQueue
+    context: BuildContext
 
 
 def _timestamp(value: str | None) -> datetime.datetime | None:
@@ -121,6 +148,23 @@ event AS (
     FROM done, old, (VALUES {_STATE_NAMES}) AS n(value, name) WHERE n.value = old.buildstate)
 SELECT (SELECT id FROM job), (SELECT buildstate FROM old), (SELECT id FROM done)
 """
+
+
+def _context_from_row(row: tuple[Any, ...]) -> BuildContext:
+    """A :class:`BuildContext` from the columns of ``_CONTEXT_COLUMNS``."""
+    build = build_from_row(row[:BUILD_WIDTH])
+    spr = spr_from_row(row[BUILD_WIDTH : BUILD_WIDTH + 8])
+    das = DistroArchSeries(*row[BUILD_WIDTH + 8 : BUILD_WIDTH + 18])
+    archive_rows, file_rows, chroot_row = row[BUILD_WIDTH + 18 :]
+    archives = [archive_from_row(r) for r in archive_rows or ()]
+    archive = next(a for a in archives if a.id == build.archive_id)
+    primary = next((a for a in archives if a.purpose is ArchivePurpose.PRIMARY), None)
+    files = tuple(
+        SourcePackageReleaseFile(r[0], r[1], SourcePackageFileType(r[2]), _file_from_json(r[3:]))
+        for r in sorted(file_rows or (), key=lambda r: (r[2], r[5]))
+    )
+    chroot = _file_from_json(chroot_row) if chroot_row else None
+    return BuildContext(build, spr, das, archive, primary, chroot, files)
 
 
 class JobGone(Exception):
@@ -189,22 +233,7 @@ class JobQueries:
         rows = await self._db.query(_CONTEXT_SQL, (build_id,), prepared=True)
         if not rows:
             raise NotFound(f"no build {build_id}")
-        row = rows[0]
-        build = build_from_row(row[:BUILD_WIDTH])
-        spr = spr_from_row(row[BUILD_WIDTH : BUILD_WIDTH + 8])
-        das = DistroArchSeries(*row[BUILD_WIDTH + 8 : BUILD_WIDTH + 18])
-        archive_rows, file_rows, chroot_row = row[BUILD_WIDTH + 18 :]
-        archives = [archive_from_row(r) for r in archive_rows or ()]
-        archive = next(a for a in archives if a.id == build.archive_id)
-        primary = next((a for a in archives if a.purpose is ArchivePurpose.PRIMARY), None)
-        files = tuple(
-            SourcePackageReleaseFile(
-                r[0], r[1], SourcePackageFileType(r[2]), _file_from_json(r[3:])
-            )
-            for r in sorted(file_rows or (), key=lambda r: (r[2], r[5]))
-        )
-        chroot = _file_from_json(chroot_row) if chroot_row else None
-        return BuildContext(build, spr, das, archive, primary, chroot, files)
+        return _context_from_row(rows[0])
 
     # -- claiming and dispatching ------------------------------------------------------
 
@@ -216,13 +245,26 @@ class JobQueries:
         :returns: the claimed job, or ``None`` when there is nothing to do (or the builder
             already has a job).
         """
+        rows = await self._claim(_CLAIM_NEXT_SQL + " SELECT * FROM claimed", builder, avoid)
+        return queue_from_row(rows[0]) if rows else None
+
+    async def claim_next_for_dispatch(
+        self, builder: Builder, avoid: Sequence[int] = ()
+    ) -> Claimed | None:
+        """:meth:`claim_next`, returning the claimed build's :meth:`context` along with the
+        job, from the same statement (what the scanner runs: one round trip less)."""
+        rows = await self._claim(_CLAIM_FOR_DISPATCH_SQL, builder, avoid)
+        if not rows:
+            return None
+        row = rows[0]
+        return Claimed(queue_from_row(row[:QUEUE_WIDTH]), _context_from_row(row[QUEUE_WIDTH:]))
+
+    async def _claim(
+        self, sql: str, builder: Builder, avoid: Sequence[int]
+    ) -> list[tuple[Any, ...]]:
         try:
-            rows = await self._db.query(
-                f"WITH claimed AS (UPDATE buildqueue q SET builder = %(builder)s, status = 1"
-                f" WHERE q.id = ({_CANDIDATE_ID}) RETURNING {QUEUE_COLUMNS}),"
-                " dirty AS (UPDATE builder SET clean_status = 1, date_clean_status_changed = now()"
-                "  WHERE id = %(builder)s AND clean_status <> 1 AND EXISTS (SELECT 1 FROM claimed))"
-                " SELECT * FROM claimed",
+            return await self._db.query(
+                sql,
                 {
                     "builder": builder.id,
                     "processors": list(builder.processor_ids),
@@ -233,9 +275,8 @@ class JobQueries:
             )
         except ConstraintViolation as e:
             if e.constraint == "buildqueue_builder_key":
-                return None  # the builder got a job meanwhile (another master)
+                return []  # the builder got a job meanwhile (another master)
             raise
-        return queue_from_row(rows[0]) if rows else None
 
     async def claim(self, job: HasId | int, builder: Builder) -> BuildQueue:
         """Claim this particular waiting job for ``builder``.
