@@ -340,6 +340,9 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
             )
             await common.start_service(reactor, service)
             ctx["service"] = service
+            if args.no_record_batching:
+                # a diagnostic: every finished upload is recorded by its own statement
+                service.librarian.records._max_batch = 1
             gate = getattr(service.master, "claims", None)
             if args.no_claim_gate and gate is not None:
                 # a diagnostic: every idle builder claims at once (SKIP LOCKED keeps it safe)
@@ -461,6 +464,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--sql-stats", action="store_true", help="list the statements per build and their latency"
+    )
+    parser.add_argument(
+        "--no-record-batching",
+        action="store_true",
+        help="a diagnostic: record each finished upload with its own statement",
     )
     parser.add_argument(
         "--no-prepared",

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 from typing import Any
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import task
@@ -50,13 +51,20 @@ async def test_a_faulty_farm_works_through_a_few_hundred_builds(
         failure_policy=FailurePolicy(tolerated_scan_failures=2),
     )
     world = await make_world(config, build_time=0.1)
-    world.harness.farm.rules = [
+    outcomes = [
         OutcomeRule(Outcome.PACKAGEFAIL, package="fail*", duration=0.1),
         OutcomeRule(Outcome.DEPFAIL, package="dep*", duration=0.1, dependencies="libfoo (>= 2)"),
         OutcomeRule(Outcome.CHROOTFAIL, package="chroot*", duration=0.1),
         OutcomeRule(Outcome.GIVENBACK, package="flaky*", builder="t0", duration=0.1),
         OutcomeRule(Outcome.OK, package="*", duration=0.2),
     ]
+    # t4 loses the build it is doing when a scan sees it building: its builds last longer
+    # than a scan interval, so a scan does see it building (a 0.2 s build dispatched right
+    # after a scan may end before the next one)
+    slow_t4 = [
+        attrs.evolve(rule, builder="t4", duration=0.6) for rule in outcomes if rule.builder is None
+    ]
+    world.harness.farm.rules = slow_t4 + outcomes
     sims = {}
     for i in range(10):
         sims[f"t{i}"], _ = await world.builder(f"t{i}")

@@ -10,15 +10,27 @@ deletes a file that an upload has just put in place, in this process or any othe
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 
 import attrs
+from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from buildmaster.librarian.errors import ContentMismatch, FileNotFound
 from buildmaster.model import LibraryFile
 from buildmaster.store.database import Database, Transaction
 from buildmaster.store.files import LIBRARYFILE_COLUMNS, LIBRARYFILE_JOIN, library_file_from_row
 
-__all__ = ["LOCK_NAMESPACE", "Hashes", "lock_key", "lock_content", "get_file", "record_file"]
+__all__ = [
+    "LOCK_NAMESPACE",
+    "Hashes",
+    "lock_key",
+    "lock_content",
+    "get_file",
+    "record_file",
+    "record_files",
+    "RecordBatcher",
+]
 
 #: The first key of the librarian's advisory locks, ``pg_advisory_xact_lock(LOCK_NAMESPACE,
 #: key)`` ("LIBR"); other users of two-key advisory locks must pick another.
@@ -115,9 +127,165 @@ async def record_file(
     )
     content_id, size, sha1, md5, alias = rows[0]
     if alias is None:
-        raise ContentMismatch(
-            f"content {content_id} records sha256 {hashes.sha256} with size {size}, sha1 {sha1},"
-            f" md5 {md5}; the new bytes have size {hashes.size}, sha1 {hashes.sha1},"
-            f" md5 {hashes.md5}"
-        )
+        raise _mismatch(hashes, content_id, size, sha1, md5)
     return int(alias)
+
+
+def _mismatch(hashes: Hashes, content_id: int, size: int, sha1: str, md5: str) -> ContentMismatch:
+    return ContentMismatch(
+        f"content {content_id} records sha256 {hashes.sha256} with size {size}, sha1 {sha1},"
+        f" md5 {md5}; the new bytes have size {hashes.size}, sha1 {hashes.sha1},"
+        f" md5 {hashes.md5}"
+    )
+
+
+@attrs.frozen
+class NewFile:
+    """An alias to record for content whose bytes are in place (see :func:`record_file`)."""
+
+    hashes: Hashes
+    filename: str
+    mimetype: str
+    restricted: bool
+    expires: datetime.datetime | None
+
+
+# Many files in one statement: the contents' locks are taken in key order (as the garbage
+# collector takes them: no deadlock), each content row is upserted once, and every alias gets
+# its id from the sequence up front so that the answer maps back to the input rows.
+_RECORD_MANY_SQL = """
+WITH input AS MATERIALIZED (
+    SELECT i.*, nextval('libraryfilealias_id_seq') AS alias_id
+    FROM unnest(%(sizes)s::bigint[], %(sha1s)s::text[], %(sha256s)s::text[], %(md5s)s::text[],
+                %(filenames)s::text[], %(mimetypes)s::text[], %(restricted)s::boolean[],
+                %(expires)s::timestamptz[])
+         WITH ORDINALITY AS i(size, sha1, sha256, md5, filename, mimetype, restricted, expires, ord)),
+locked AS MATERIALIZED (
+    SELECT count(*) AS n FROM (
+        SELECT pg_advisory_xact_lock(%(namespace)s, k.key) FROM (
+            SELECT DISTINCT key FROM unnest(%(keys)s::integer[]) AS key ORDER BY key) k) l),
+content AS (
+    INSERT INTO libraryfilecontent (filesize, sha1, sha256, md5)
+    SELECT DISTINCT ON (i.sha256) i.size, i.sha1, i.sha256, i.md5
+    FROM input i, locked WHERE locked.n >= 0
+    ORDER BY i.sha256, i.ord
+    ON CONFLICT (sha256) DO UPDATE SET sha256 = EXCLUDED.sha256
+    RETURNING id, filesize, sha1, sha256, md5),
+alias AS (
+    INSERT INTO libraryfilealias (id, content, filename, mimetype, restricted, expires)
+    SELECT i.alias_id, c.id, i.filename, i.mimetype, i.restricted, i.expires
+    FROM input i JOIN content c ON c.sha256 = i.sha256
+    WHERE c.filesize = i.size AND c.sha1 = i.sha1 AND c.md5 = i.md5
+    RETURNING id)
+SELECT i.ord, c.id, c.filesize, c.sha1, c.md5, (SELECT a.id FROM alias a WHERE a.id = i.alias_id)
+FROM input i JOIN content c ON c.sha256 = i.sha256
+ORDER BY i.ord
+"""
+
+
+async def record_files(db: Database, files: Sequence[NewFile]) -> list[int | ContentMismatch]:
+    """:func:`record_file` for many files in one statement: for each, in order, its new
+    alias id, or the :class:`ContentMismatch` that refused it. A statement error (a filename
+    the schema refuses, say) refuses them all: the caller decides what to do then.
+    """
+    rows = await db.query(
+        _RECORD_MANY_SQL,
+        {
+            "namespace": LOCK_NAMESPACE,
+            "keys": [lock_key(f.hashes.sha256) for f in files],
+            "sizes": [f.hashes.size for f in files],
+            "sha1s": [f.hashes.sha1 for f in files],
+            "sha256s": [f.hashes.sha256 for f in files],
+            "md5s": [f.hashes.md5 for f in files],
+            "filenames": [f.filename for f in files],
+            "mimetypes": [f.mimetype for f in files],
+            "restricted": [f.restricted for f in files],
+            "expires": [f.expires for f in files],
+        },
+        prepared=True,
+    )
+    if len(rows) != len(files):  # pragma: no cover - every input row joins its content
+        raise RuntimeError(f"recorded {len(rows)} of {len(files)} files")
+    return [
+        int(alias) if alias is not None else _mismatch(f.hashes, content_id, size, sha1, md5)
+        for f, (_, content_id, size, sha1, md5, alias) in zip(files, rows, strict=True)
+    ]
+
+
+class RecordBatcher:
+    """Records new aliases, several in one statement when they come together.
+
+    At most ``concurrency`` statements are in flight; the files that arrive meanwhile wait
+    and go together in the next one (up to ``max_batch``). A lone file is recorded at once,
+    as :func:`record_file` would; under load, many uploads share one statement and one
+    commit. When a shared statement fails, its files are recorded one by one, so a file the
+    database refuses fails alone.
+    """
+
+    def __init__(self, db: Database, concurrency: int = 2, max_batch: int = 64) -> None:
+        self._db = db
+        self._concurrency = concurrency
+        self._max_batch = max_batch
+        self._waiting: list[tuple[NewFile, defer.Deferred[int]]] = []
+        self._running = 0
+        #: statements run so far (for tests and benchmarks)
+        self.statements = 0
+
+    def record(
+        self,
+        hashes: Hashes,
+        filename: str,
+        mimetype: str,
+        restricted: bool,
+        expires: datetime.datetime | None,
+    ) -> defer.Deferred[int]:
+        """Record one alias; fires with its id (see :func:`record_file`)."""
+        d: defer.Deferred[int] = defer.Deferred()
+        self._waiting.append((NewFile(hashes, filename, mimetype, restricted, expires), d))
+        self._start()
+        return d
+
+    def _start(self) -> None:
+        while self._waiting and self._running < self._concurrency:
+            batch = self._waiting[: self._max_batch]
+            del self._waiting[: self._max_batch]
+            self._running += 1
+            d = defer.Deferred.fromCoroutine(self._record([f for f, _ in batch]))
+            d.addBoth(self._done, [answer for _, answer in batch])
+
+    def _done(
+        self, results: list[int | Failure] | Failure, answers: list[defer.Deferred[int]]
+    ) -> None:
+        # free the slot (and start what waits) before answering: callers that record again
+        # at once queue behind what was waiting
+        self._running -= 1
+        self._start()
+        if isinstance(results, Failure):  # never: _record catches what a statement raises
+            results = [results] * len(answers)
+        for answer, result in zip(answers, results, strict=True):
+            if isinstance(result, Failure):
+                answer.errback(result)
+            else:
+                answer.callback(result)
+
+    async def _record(self, files: list[NewFile]) -> list[int | Failure]:
+        if len(files) > 1:
+            self.statements += 1
+            try:
+                shared = await record_files(self._db, files)
+            except Exception:
+                pass  # one by one below: each file gets its own answer
+            else:
+                return [Failure(r) if isinstance(r, ContentMismatch) else r for r in shared]
+        results: list[int | Failure] = []
+        for f in files:
+            self.statements += 1
+            try:
+                results.append(
+                    await record_file(
+                        self._db, f.hashes, f.filename, f.mimetype, f.restricted, f.expires
+                    )
+                )
+            except Exception:
+                results.append(Failure())
+        return results

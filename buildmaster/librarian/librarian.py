@@ -13,7 +13,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
 
 from buildmaster.librarian import tokens
-from buildmaster.librarian.catalog import get_file
+from buildmaster.librarian.catalog import RecordBatcher, get_file
 from buildmaster.librarian.collector import (
     GarbageCollector,
     GarbageCollectorService,
@@ -84,6 +84,8 @@ class Librarian:
         self.max_file_size = max_file_size
         self.direct_io = direct_io
         self.store = ContentStore(self.root)
+        #: records the aliases of finished uploads, several in one statement under load
+        self.records = RecordBatcher(db)
         self._active: set[Path] = set()
         self.collector = GarbageCollector(
             reactor, db, self.store, self.run_in_thread, lambda: frozenset(self._active)
@@ -139,6 +141,7 @@ class Librarian:
             expected_sha1=expected_sha1,
             max_size=self.max_file_size if max_size is None else max_size,
             direct_io=self.direct_io,
+            record=self.records.record,
         )
 
     def addFile(

@@ -118,8 +118,10 @@ class Upload:
         expected_sha1: str | None,
         max_size: int,
         direct_io: bool = True,
+        record: Callable[..., defer.Deferred[int]] | None = None,
     ) -> None:
         self._clock = clock
+        self._record = record
         self._direct_io = direct_io
         self._run = run
         self._db = db
@@ -438,14 +440,19 @@ class Upload:
                 # one thread job: make the bytes durable, then move them into place
                 await self._run(self._seal_and_publish, temp, hashes.sha256, sealed)
                 self._published = True
-            alias_id = await record_file(
-                self._db,
-                hashes,
-                self.filename,
-                self.content_type,
-                self.restricted,
-                self.expires,
-            )
+            if self._record is not None:
+                alias_id = await self._record(
+                    hashes, self.filename, self.content_type, self.restricted, self.expires
+                )
+            else:
+                alias_id = await record_file(
+                    self._db,
+                    hashes,
+                    self.filename,
+                    self.content_type,
+                    self.restricted,
+                    self.expires,
+                )
         except BaseException as e:
             if self._error is None:
                 self._error = (
