@@ -1,10 +1,13 @@
-"""The librarian's rows: reading file metadata and recording a stored file.
+"""The librarian's rows: reading file metadata and recording stored files.
 
 Content rows and content files are changed only under a transaction-scoped advisory lock on
-the content's SHA-256 (:func:`lock_content`): an upload takes it before it moves its file into
-place and keeps it until its alias row is committed; the garbage collector takes it before it
-checks that a content is unreferenced and deletes its row and file. So the collector never
-deletes a file that an upload has just put in place, in this process or any other.
+the content's SHA-256 (:func:`lock_content`). An upload moves its bytes into place first and
+then records its rows in one statement that takes the lock; the garbage collector takes the
+lock before it checks that a content is unreferenced and deletes its row and file, and it
+leaves files younger than its grace period alone, so it never takes the bytes of an upload
+that is about to be recorded, in this process or any other. Uploads that finish together are
+recorded together (:class:`RecordBatcher`): one statement locks their contents in key order,
+as the collector does.
 """
 
 from __future__ import annotations
