@@ -119,6 +119,33 @@ async def test_prepared_statements_give_the_same_answers_and_are_prepared_once_p
         await db.query(select, ([1], 2), prepared=True)
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_session_that_lost_its_prepared_statements_still_answers(
+    db: Database, captured_log: Any
+) -> None:
+    query = "SELECT %s::integer * 2"
+
+    async def ask_all() -> list[Any]:  # at once: the pool spreads them over its connections
+        return await defer.gatherResults([db.query(query, (i,), prepared=True) for i in range(12)])
+
+    assert await ask_all() == [[(2 * i,)] for i in range(12)]
+    name = prepared_statement(query).name
+    holders = [c for c in db._connections if name in c.prepared]
+    assert len(holders) > 1
+    # behind the pool's back, as a connection pooler's reset would
+    for c in db._connections:
+        await c.runOperation("DEALLOCATE ALL")
+    assert await ask_all() == [[(2 * i,)] for i in range(12)]
+    assert await ask_all() == [[(2 * i,)] for i in range(12)]
+    assert all(c.unprepared for c in holders)
+    warnings = [m for m in captured_log.warnings() if "lost its prepared statements" in m]
+    assert len(warnings) == len([c for c in db._connections if c.unprepared])  # once each
+    # and a statement that fails for its own reasons still fails
+    await db.execute("CREATE TABLE u (x int CHECK (x > 0))")
+    with pytest.raises(ConstraintViolation):
+        await db.execute("INSERT INTO u VALUES (%s)", (-1,), prepared=True)
+
+
 def test_placeholders_become_numbered_parameters() -> None:
     named = prepared_statement("SELECT %(b)s, %(a)s, %(b)s, x %% 2 FROM t")
     assert named.prepare.endswith("AS SELECT $1, $2, $1, x % 2 FROM t")

@@ -224,27 +224,64 @@ class _Connection(txpostgres.Connection):
     """
 
     prepared: set[str]
+    unprepared: bool
 
     def connect(self, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
         self.prepared = set()
+        self.unprepared = False
         return super().connect(*args, **kwargs)
 
     def run_prepared(
-        self, statement: PreparedStatement, args: tuple[Any, ...], fetch: bool
+        self,
+        statement: PreparedStatement,
+        args: tuple[Any, ...],
+        fetch: bool,
+        sql: str,
+        raw_args: Sequence[Any] | dict[str, Any] | None,
     ) -> defer.Deferred[Any]:
         """Run ``statement`` (preparing it first on this connection if needed), one at a
-        time with everything else on this connection."""
-        return self._doit(self._run_prepared, statement, args, fetch)
+        time with everything else on this connection. ``sql`` with ``raw_args`` is the same
+        statement unprepared: what runs when the session has lost its prepared statements
+        (``DISCARD ALL``, a connection pooler between us and the server), after which this
+        connection runs everything unprepared until it reconnects."""
+        return self._doit(self._run_prepared, statement, args, fetch, sql, raw_args)
 
     def _run_prepared(
-        self, statement: PreparedStatement, args: tuple[Any, ...], fetch: bool
+        self,
+        statement: PreparedStatement,
+        args: tuple[Any, ...],
+        fetch: bool,
+        sql: str,
+        raw_args: Sequence[Any] | dict[str, Any] | None,
     ) -> defer.Deferred[Any]:
-        def execute(_: object = None) -> defer.Deferred[Any]:
-            d = self.cursor().execute(statement.execute, args)
+        def result(d: defer.Deferred[Any]) -> defer.Deferred[Any]:
             if fetch:
                 return d.addCallback(lambda c: c.fetchall())
             return d.addCallback(lambda c: int(c.rowcount))
 
+        def plain(_: object = None) -> defer.Deferred[Any]:
+            return result(self.cursor().execute(sql, raw_args))
+
+        def give_up_preparing(failure: Failure) -> defer.Deferred[Any]:
+            failure.trap(
+                psycopg2.errors.InvalidSqlStatementName, psycopg2.errors.DuplicatePreparedStatement
+            )
+            if not self.unprepared:
+                self.unprepared = True
+                _log.warn(
+                    "The database session lost its prepared statements ({error});"
+                    " this connection runs its statements unprepared until it reconnects",
+                    error=str(failure.value).strip(),
+                )
+            self.prepared.clear()
+            return plain()
+
+        def execute(_: object = None) -> defer.Deferred[Any]:
+            d = result(self.cursor().execute(statement.execute, args))
+            return d.addErrback(give_up_preparing)
+
+        if self.unprepared:
+            return plain()
         if statement.name in self.prepared:
             return execute()
 
@@ -252,7 +289,8 @@ class _Connection(txpostgres.Connection):
             self.prepared.add(statement.name)
             return execute()
 
-        return self.cursor().execute(statement.prepare).addCallback(prepared)
+        d = self.cursor().execute(statement.prepare)
+        return d.addCallbacks(prepared, give_up_preparing)
 
     def doRead(self) -> Any:
         try:
@@ -438,7 +476,7 @@ class Database:
             statement = prepared_statement(sql)
             # a soft cap: statement texts that vary (a mistake) must not fill the session
             if statement.name in conn.prepared or len(conn.prepared) < MAX_PREPARED:
-                return conn.run_prepared(statement, statement.arguments(args), fetch)
+                return conn.run_prepared(statement, statement.arguments(args), fetch, sql, args)
         return conn.runQuery(sql, args) if fetch else conn.runOperation(sql, args)
 
     def transaction(
