@@ -16,6 +16,11 @@ def _positive(instance: object, attribute: attrs.Attribute[float], value: float)
         raise ValueError(f"{attribute.name} must be positive, not {value!r}")
 
 
+def _not_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{attribute.name} must not be negative, not {value!r}")
+
+
 @attrs.frozen
 class MasterConfig:
     #: seconds between scans of every builder (events dispatch in between)
@@ -37,6 +42,10 @@ class MasterConfig:
     archive_urls: ArchiveURLs = ArchiveURLs()
     #: seconds between batched writes of the log tails
     logtail_interval: float = attrs.field(default=2.0, validator=_positive)
+    #: a building builder is polled every ``fraction`` x the time its build has run, at
+    #: least every scan interval and at most every ``max`` seconds (fraction 0: every scan)
+    building_poll_fraction: float = attrs.field(default=0.1, validator=_not_negative)
+    building_poll_max: float = attrs.field(default=30.0, validator=_positive)
     #: re-probing of automatically failed builders: first delay and ceiling
     probe_initial_delay: float = attrs.field(default=15.0, validator=_positive)
     probe_max_delay: float = attrs.field(default=600.0, validator=_positive)

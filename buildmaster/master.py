@@ -191,23 +191,28 @@ class BuilddMaster(service.Service):
 
     async def _safe_scan(self, parts: list[int] | None) -> None:
         try:
-            await self.scan_all(wait=False, parts=parts)
+            await self.scan_all(wait=False, parts=parts, only_due=True)
         except DatabaseError as e:
             self._log.warn("Scan cycle skipped: {error}", error=e)
         except Exception:
             self._log.failure("Scan cycle failed")
 
-    async def scan_all(self, wait: bool = True, parts: list[int] | None = None) -> None:
+    async def scan_all(
+        self, wait: bool = True, parts: list[int] | None = None, only_due: bool = False
+    ) -> None:
         """Scan every builder (this master works) in parallel, from one read of the database.
 
         :param wait: fire only once every scan is done (otherwise as soon as they are started).
         :param parts: only the builders of these slices of the scan interval (``id % slices``).
+        :param only_due: skip the building builders whose next poll is not due yet
+            (:meth:`BuilderWorker.due`; the periodic scans do, a scan asked for does not).
         """
         slices = self._slices
         snapshots = await self.store.jobs.snapshots(
             parts=(slices, parts) if parts is not None else None
         )
         owned = await self._own([s.builder.id for s in snapshots])
+        now = self.clock.seconds()
         seen = set()
         scans = []
         for snap in snapshots:
@@ -215,7 +220,7 @@ class BuilddMaster(service.Service):
                 continue
             seen.add(snap.builder.id)
             worker = self._worker(snap.builder)
-            if not worker.busy:
+            if not worker.busy and (not only_due or worker.due(snap, now)):
                 scans.append(worker.request_scan(snap))
         for builder_id in set(self.workers) - seen:
             if parts is not None and builder_id % slices not in parts:

@@ -20,6 +20,7 @@ __all__ = [
     "Judgement",
     "judge_failure",
     "probe_delay",
+    "building_poll_delay",
 ]
 
 
@@ -152,3 +153,12 @@ def judge_failure(
 def probe_delay(attempt: int, initial: float, maximum: float, factor: float = 2.0) -> float:
     """How long to wait before re-probing an automatically failed builder (``attempt`` from 0)."""
     return min(initial * factor ** min(attempt, 64), maximum)
+
+
+def building_poll_delay(elapsed: float, interval: float, fraction: float, maximum: float) -> float:
+    """How long to wait between two polls of a builder whose build has run ``elapsed``
+    seconds: ``fraction`` of that, at least the scan interval, at most ``maximum`` (and never
+    less than the interval, even when ``maximum`` is smaller). The end of a build is then
+    noticed within about ``fraction`` of its length (and ``maximum``) while a long build is
+    not asked for its status again and again."""
+    return max(interval, min(elapsed * fraction, maximum))

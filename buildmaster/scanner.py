@@ -48,6 +48,7 @@ from buildmaster.policy import (
     BuilderAction,
     JobAction,
     builder_may_take_jobs,
+    building_poll_delay,
     judge_failure,
     probe_delay,
 )
@@ -108,6 +109,10 @@ class BuilderWorker:
         #: the kinds under which the master lists this worker as idle
         self.idle_keys: tuple[tuple[int, bool], ...] = ()
         self._again = False
+        #: when the builder was last asked for its status (the master's clock)
+        self._polled_at = 0.0
+        #: the build it was last seen building, and since when
+        self._building: tuple[str, float] | None = None
 
     def _new_client(self, builder: Builder) -> BuilderClient:
         return BuilderClient(
@@ -127,6 +132,35 @@ class BuilderWorker:
     @property
     def busy(self) -> bool:
         return self._running is not None
+
+    def due(self, snap: BuilderSnapshot, now: float) -> bool:
+        """Whether the scan that reads ``snap`` should poll this builder now. A builder last
+        seen building what the database says it builds is polled less often the longer its
+        build has run (:func:`~buildmaster.policy.building_poll_delay`); anything else (a
+        cancel, a job taken away, a builder out of service) is looked at every scan."""
+        config = self.master.config
+        status, build = self.last_status, snap.build
+        if (
+            self._building is None
+            or config.building_poll_fraction <= 0
+            or status is None
+            or status.builder_status is not BuilderStatus.BUILDING
+            or build is None
+            or build.status is not BuildStatus.BUILDING
+            or status.build_id != build.cookie
+            or self._building[0] != build.cookie
+            or not snap.builder.builderok
+        ):
+            return True
+        interval = config.scan_interval
+        delay = building_poll_delay(
+            now - self._building[1],
+            interval,
+            config.building_poll_fraction,
+            config.building_poll_max,
+        )
+        # a slice comes round every interval: poll at the round nearest the delay
+        return now - self._polled_at >= delay - interval / 2
 
     @property
     def idle(self) -> bool:
@@ -206,14 +240,21 @@ class BuilderWorker:
             if builder.failed_by_master and self.master.clock.seconds() >= self.next_probe:
                 await self._reprobe(snap)
             return
+        now = self.master.clock.seconds()
+        self._polled_at = now
         try:
             status = await self.client.status()
         except BuilderError as e:
             self.last_status = None
+            self._building = None
             await self._scan_failed(snap, e)
             return
         self.consecutive_failures = 0
         self.last_status = status
+        if status.builder_status is not BuilderStatus.BUILDING or status.build_id is None:
+            self._building = None
+        elif self._building is None or self._building[0] != status.build_id:
+            self._building = (status.build_id, now)
         if status.builder_version != builder.version and status.builder_version is not None:
             self.master.logtails.set_version(builder.id, status.builder_version)
         try:

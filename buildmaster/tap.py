@@ -67,6 +67,14 @@ class Options(usage.Options):
         ],
         ["scan-interval", None, 15.0, "Seconds between scans of every builder.", _seconds],
         [
+            "building-poll-max",
+            None,
+            30.0,
+            "A building builder is polled every tenth of its build's age, at least every"
+            " scan interval and at least every this many seconds.",
+            _seconds,
+        ],
+        [
             "socket-timeout",
             None,
             40.0,
@@ -141,6 +149,7 @@ class Options(usage.Options):
             scan_interval=self["scan-interval"]
             if not self["demo"] or self["scan-interval"] != 15.0
             else 5.0,
+            building_poll_max=self["building-poll-max"],
             socket_timeout=self["socket-timeout"],
             virtualized_socket_timeout=self["virtualized-socket-timeout"],
             vm_resume_command=command,

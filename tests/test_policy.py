@@ -10,6 +10,7 @@ from buildmaster.policy import (
     JobAction,
     builder_can_run,
     builder_may_take_jobs,
+    building_poll_delay,
     judge_failure,
     probe_delay,
 )
@@ -109,3 +110,17 @@ def test_the_numbers_are_configurable() -> None:
 def test_probe_backoff_doubles_up_to_a_ceiling() -> None:
     assert [probe_delay(n, 15, 600) for n in range(7)] == [15, 30, 60, 120, 240, 480, 600]
     assert probe_delay(10_000, 15, 600) == 600
+
+
+def test_a_long_build_is_polled_less_often_but_its_end_is_noticed_soon_enough() -> None:
+    # a fresh build: every scan interval
+    assert building_poll_delay(0.0, 1.0, 0.1, 30.0) == 1.0
+    assert building_poll_delay(5.0, 1.0, 0.1, 30.0) == 1.0
+    # later: a tenth of its age, so its end is noticed within ~10 % of its length ...
+    assert building_poll_delay(100.0, 1.0, 0.1, 30.0) == 10.0
+    # ... but at least every 30 s however long it runs
+    assert building_poll_delay(3600.0, 1.0, 0.1, 30.0) == 30.0
+    # never more often than the scan interval, whatever the ceiling says
+    assert building_poll_delay(3600.0, 15.0, 0.1, 5.0) == 15.0
+    # fraction 0: every scan
+    assert building_poll_delay(3600.0, 1.0, 0.0, 30.0) == 1.0

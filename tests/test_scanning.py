@@ -319,3 +319,45 @@ async def test_the_scan_interval_is_sliced_so_polls_come_spread_not_in_a_burst(
     bins = collections.Counter(int(t / 0.1) for t in first_poll.values())
     assert max(bins.values()) <= 6, sorted(first_poll.values())
     assert max(first_poll.values()) - min(first_poll.values()) >= 0.6
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_build_is_polled_less_often_and_its_end_still_noticed(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    """Periodic scans poll a building builder less often the longer its build runs (here:
+    every 0.05 s at first, then its age, up to 1 s); cancelling is acted on at the next
+    scan whatever the poll schedule says; the end of a build is noticed."""
+    config = MasterConfig(scan_interval=0.05, building_poll_fraction=1.0, building_poll_max=1.0)
+    world = await make_world(config, build_time=1.5)
+    sim, _ = await world.builder("long")
+    build = await world.queue("long")
+    master = world.harness.master
+    master.startService()
+    await master._started
+    await wait_for(reactor, lambda: sim.state.build_id == build.cookie, 10, "the dispatch")
+    polls_before = sum(1 for c in sim.history if c.method == "status")
+    await task.deferLater(reactor, 1.2, lambda: None)
+    polls = sum(1 for c in sim.history if c.method == "status") - polls_before
+    # every scan would be ~24 polls in 1.2 s; backing off with the build's age: about 5
+    assert 2 <= polls <= 12, polls
+
+    async def finished() -> bool:
+        return (await store.builds.get(build.id)).status is BuildStatus.FULLYBUILT
+
+    await wait_for(reactor, finished, 10, "the build collected")
+
+    # a cancel is seen at the next scan, not at the next due poll
+    other = await world.queue("other")
+    world.harness.farm.build_time = 3600
+    await wait_for(reactor, lambda: sim.state.build_id == other.cookie, 10, "the next dispatch")
+    await task.deferLater(reactor, 2.0, lambda: None)  # polls now 1 s apart
+    asked = reactor.seconds()
+    await store.jobs.cancel(other.id)
+    await wait_for(
+        reactor,
+        lambda: any(c.method == "abort" for c in sim.history),
+        5,
+        "the abort",
+    )
+    assert reactor.seconds() - asked < 0.25

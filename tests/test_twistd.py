@@ -27,6 +27,7 @@ def test_options_defaults_and_validation() -> None:
     assert settings.master.scan_interval == 15.0
     assert settings.master.socket_timeout == 40.0
     assert settings.master.virtualized_socket_timeout == 30.0
+    assert settings.master.building_poll_max == 30.0
 
     options = Options()
     options.parseOptions(
@@ -39,6 +40,8 @@ def test_options_defaults_and_validation() -> None:
             "2",
             "--vm-resume-command",
             "/bin/reset %(vm_host)s",
+            "--building-poll-max",
+            "60",
         ]
     )
     settings = options.settings()
@@ -48,10 +51,12 @@ def test_options_defaults_and_validation() -> None:
         2.0,
     )
     assert settings.master.vm_resume_command == "/bin/reset %(vm_host)s"
+    assert settings.master.building_poll_max == 60.0
 
     for bad in (
         ["--scan-interval", "0"],
         ["--scan-interval", "soon"],
+        ["--building-poll-max", "-1"],
         ["--vm-resume-command", "reset %(nope)s"],
     ):
         with pytest.raises(usage.UsageError):
