@@ -352,6 +352,14 @@ async def test_a_long_build_is_polled_less_often_and_its_end_still_noticed(
     world.harness.farm.build_time = 3600
     await wait_for(reactor, lambda: sim.state.build_id == other.cookie, 10, "the next dispatch")
     await task.deferLater(reactor, 2.0, lambda: None)  # polls now 1 s apart
+    # cancel just after a poll: the next one is not due for about a second
+    polled = sum(1 for c in sim.history if c.method == "status")
+    await wait_for(
+        reactor,
+        lambda: sum(1 for c in sim.history if c.method == "status") > polled,
+        5,
+        "a poll",
+    )
     asked = reactor.seconds()
     await store.jobs.cancel(other.id)
     await wait_for(
