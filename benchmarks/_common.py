@@ -756,17 +756,22 @@ def start_cluster(fsync: bool, settings: dict[str, str] | None = None) -> Any:
     return cluster
 
 
-def create_database(cluster: Any, name: str = "bench") -> str:
-    """Create and migrate database ``name`` (``python -m buildmaster.store.schema``)."""
+def run_autocommit(dsn: str, sql: str) -> None:
+    """Run one statement outside a transaction (CREATE DATABASE, CREATE EXTENSION)."""
     import psycopg2
 
-    conn = psycopg2.connect(cluster.dsn("postgres"))
+    conn = psycopg2.connect(dsn)
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
+            cur.execute(sql)
     finally:
         conn.close()
+
+
+def create_database(cluster: Any, name: str = "bench") -> str:
+    """Create and migrate database ``name`` (``python -m buildmaster.store.schema``)."""
+    run_autocommit(cluster.dsn("postgres"), f'CREATE DATABASE "{name}"')
     dsn = cluster.dsn(name)
     subprocess.run(
         [PYTHON, "-m", "buildmaster.store.schema", "--dsn", dsn],
@@ -776,19 +781,6 @@ def create_database(cluster: Any, name: str = "bench") -> str:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     return str(dsn)
-
-
-def create_extension(cluster: Any, dsn: str, name: str) -> None:
-    """``CREATE EXTENSION name`` in the database of ``dsn`` (a diagnostic's helper)."""
-    import psycopg2
-
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE EXTENSION IF NOT EXISTS "{name}"')
-    finally:
-        conn.close()
 
 
 def postgres_cpu(cluster: Any) -> float:

@@ -531,7 +531,7 @@ def main() -> None:
         try:
             dsn = common.create_database(cluster)
             if args.pg_stats:
-                common.create_extension(cluster, dsn, "pg_stat_statements")
+                common.run_autocommit(dsn, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             farm, listing, record = common.start_recording_farm(
                 children,
                 workdir,

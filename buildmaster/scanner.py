@@ -147,7 +147,6 @@ class BuilderWorker:
             or status.builder_status is not BuilderStatus.BUILDING
             or build is None
             or build.status is not BuildStatus.BUILDING
-            or status.build_id != build.cookie
             or self._building[0] != build.cookie
             or not snap.builder.builderok
         ):

@@ -76,23 +76,6 @@ async def get_file(db: Database, alias_id: int) -> LibraryFile:
     return library_file_from_row(rows[0])
 
 
-_RECORD_SQL = """
-WITH locked AS (SELECT pg_advisory_xact_lock(%(namespace)s, %(key)s)),
-content AS (
-    INSERT INTO libraryfilecontent (filesize, sha1, sha256, md5)
-    SELECT %(size)s, %(sha1)s, %(sha256)s, %(md5)s FROM locked
-    ON CONFLICT (sha256) DO UPDATE SET sha256 = EXCLUDED.sha256
-    RETURNING id, filesize, sha1, md5),
-alias AS (
-    INSERT INTO libraryfilealias (content, filename, mimetype, restricted, expires)
-    SELECT id, %(filename)s, %(mimetype)s, %(restricted)s, %(expires)s FROM content
-    WHERE filesize = %(size)s AND sha1 = %(sha1)s AND md5 = %(md5)s
-    RETURNING id)
-SELECT content.id, content.filesize, content.sha1, content.md5, (SELECT id FROM alias)
-FROM content
-"""
-
-
 async def record_file(
     db: Database,
     hashes: Hashes,
@@ -112,26 +95,10 @@ async def record_file(
     :returns: the new alias id.
     :raises ContentMismatch: when a content row with this SHA-256 records other hashes.
     """
-    rows = await db.query(
-        _RECORD_SQL,
-        {
-            "namespace": LOCK_NAMESPACE,
-            "key": lock_key(hashes.sha256),
-            "size": hashes.size,
-            "sha1": hashes.sha1,
-            "sha256": hashes.sha256,
-            "md5": hashes.md5,
-            "filename": filename,
-            "mimetype": mimetype,
-            "restricted": restricted,
-            "expires": expires,
-        },
-        prepared=True,
-    )
-    content_id, size, sha1, md5, alias = rows[0]
-    if alias is None:
-        raise _mismatch(hashes, content_id, size, sha1, md5)
-    return int(alias)
+    [result] = await record_files(db, [NewFile(hashes, filename, mimetype, restricted, expires)])
+    if isinstance(result, ContentMismatch):
+        raise result
+    return result
 
 
 def _mismatch(hashes: Hashes, content_id: int, size: int, sha1: str, md5: str) -> ContentMismatch:

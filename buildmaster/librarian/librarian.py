@@ -130,7 +130,7 @@ class Librarian:
         return Upload(
             clock=self._reactor,
             run=self.run_in_thread,
-            db=self._db,
+            record=self.records.record,
             store=self.store,
             active=self._active,
             filename=name,
@@ -141,7 +141,6 @@ class Librarian:
             expected_sha1=expected_sha1,
             max_size=self.max_file_size if max_size is None else max_size,
             direct_io=self.direct_io,
-            record=self.records.record,
         )
 
     def addFile(

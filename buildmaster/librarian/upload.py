@@ -8,7 +8,8 @@ hashing and writing use every core. (MD5 alone is as slow as the other two toget
 split keeps two cores evenly busy.) At most :data:`HIGH_WATER` bytes wait in memory: beyond that
 ``write`` returns a Deferred that fires only when there is room again, and a registered
 producer is paused. ``finish`` checks the declared size and SHA-1, fsyncs, moves the file into
-place and records the rows (:func:`~buildmaster.librarian.catalog.record_file`); on any error
+place and records the rows (``record``: the librarian's
+:class:`~buildmaster.librarian.catalog.RecordBatcher`); on any error
 the temporary file is deleted and nothing is recorded.
 """
 
@@ -27,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from buildmaster.librarian.catalog import Hashes, record_file
+from buildmaster.librarian.catalog import Hashes
 from buildmaster.librarian.errors import (
     ContentMismatch,
     FileTooLarge,
@@ -35,7 +36,6 @@ from buildmaster.librarian.errors import (
     UploadFailed,
 )
 from buildmaster.librarian.storage import ContentStore, TempWriter
-from buildmaster.store.database import Database
 
 __all__ = ["Upload", "HIGH_WATER", "ThreadRunner"]
 
@@ -107,7 +107,7 @@ class Upload:
         *,
         clock: Any,
         run: ThreadRunner,
-        db: Database,
+        record: Callable[..., defer.Deferred[int]],
         store: ContentStore,
         active: set[Path],
         filename: str,
@@ -118,13 +118,11 @@ class Upload:
         expected_sha1: str | None,
         max_size: int,
         direct_io: bool = True,
-        record: Callable[..., defer.Deferred[int]] | None = None,
     ) -> None:
         self._clock = clock
         self._record = record
         self._direct_io = direct_io
         self._run = run
-        self._db = db
         self._store = store
         self._active = active
         self.filename = filename
@@ -440,19 +438,9 @@ class Upload:
                 # one thread job: make the bytes durable, then move them into place
                 await self._run(self._seal_and_publish, temp, hashes.sha256, sealed)
                 self._published = True
-            if self._record is not None:
-                alias_id = await self._record(
-                    hashes, self.filename, self.content_type, self.restricted, self.expires
-                )
-            else:
-                alias_id = await record_file(
-                    self._db,
-                    hashes,
-                    self.filename,
-                    self.content_type,
-                    self.restricted,
-                    self.expires,
-                )
+            alias_id = await self._record(
+                hashes, self.filename, self.content_type, self.restricted, self.expires
+            )
         except BaseException as e:
             if self._error is None:
                 self._error = (

@@ -232,27 +232,24 @@ class _Connection(txpostgres.Connection):
         return super().connect(*args, **kwargs)
 
     def run_prepared(
-        self,
-        statement: PreparedStatement,
-        args: tuple[Any, ...],
-        fetch: bool,
-        sql: str,
-        raw_args: Sequence[Any] | dict[str, Any] | None,
+        self, sql: str, args: Sequence[Any] | dict[str, Any] | None, fetch: bool
     ) -> defer.Deferred[Any]:
-        """Run ``statement`` (preparing it first on this connection if needed), one at a
-        time with everything else on this connection. ``sql`` with ``raw_args`` is the same
-        statement unprepared: what runs when the session has lost its prepared statements
-        (``DISCARD ALL``, a connection pooler between us and the server), after which this
-        connection runs everything unprepared until it reconnects."""
-        return self._doit(self._run_prepared, statement, args, fetch, sql, raw_args)
+        """Run ``sql`` as a prepared statement (preparing it first on this connection if
+        needed), one at a time with everything else on this connection. When the session has
+        lost its prepared statements (``DISCARD ALL``, a connection pooler between us and the
+        server), it runs unprepared, and so does everything on this connection until it
+        reconnects."""
+        statement = prepared_statement(sql)
+        values = statement.arguments(args)  # a wrong call fails here, not on the server
+        return self._doit(self._run_prepared, statement, values, fetch, sql, args)
 
     def _run_prepared(
         self,
         statement: PreparedStatement,
-        args: tuple[Any, ...],
+        values: tuple[Any, ...],
         fetch: bool,
         sql: str,
-        raw_args: Sequence[Any] | dict[str, Any] | None,
+        args: Sequence[Any] | dict[str, Any] | None,
     ) -> defer.Deferred[Any]:
         def result(d: defer.Deferred[Any]) -> defer.Deferred[Any]:
             if fetch:
@@ -260,7 +257,7 @@ class _Connection(txpostgres.Connection):
             return d.addCallback(lambda c: int(c.rowcount))
 
         def plain(_: object = None) -> defer.Deferred[Any]:
-            return result(self.cursor().execute(sql, raw_args))
+            return result(self.cursor().execute(sql, args))
 
         def give_up_preparing(failure: Failure) -> defer.Deferred[Any]:
             failure.trap(
@@ -277,7 +274,7 @@ class _Connection(txpostgres.Connection):
             return plain()
 
         def execute(_: object = None) -> defer.Deferred[Any]:
-            d = result(self.cursor().execute(statement.execute, args))
+            d = result(self.cursor().execute(statement.execute, values))
             return d.addErrback(give_up_preparing)
 
         if self.unprepared:
@@ -472,11 +469,11 @@ class Database:
         self, sql: str, args: Sequence[Any] | dict[str, Any] | None, prepared: bool, fetch: bool
     ) -> defer.Deferred[Any]:
         conn = self._pick()
-        if prepared:
-            statement = prepared_statement(sql)
-            # a soft cap: statement texts that vary (a mistake) must not fill the session
-            if statement.name in conn.prepared or len(conn.prepared) < MAX_PREPARED:
-                return conn.run_prepared(statement, statement.arguments(args), fetch, sql, args)
+        # a soft cap: statement texts that vary (a mistake) must not fill the session
+        if prepared and (
+            prepared_statement(sql).name in conn.prepared or len(conn.prepared) < MAX_PREPARED
+        ):
+            return conn.run_prepared(sql, args, fetch)
         return conn.runQuery(sql, args) if fetch else conn.runOperation(sql, args)
 
     def transaction(
