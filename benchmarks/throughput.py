@@ -239,6 +239,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
     from buildmaster.builderclient import BuilderClient
     from buildmaster.collect import ResultCollector
     from buildmaster.config import MasterConfig
+    from buildmaster.httpclient import HTTPClient
     from buildmaster.librarian import Librarian
     from buildmaster.scanner import BuilderWorker
     from buildmaster.service import BuildmasterService, ServiceSettings
@@ -313,6 +314,8 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
     counter = common.CallCounter()
     common.count_database_calls(counter)
     counter.count(BuilderClient, "_call", "XML-RPC calls")
+    counter.count(BuilderClient, "status", "status polls")
+    counter.count(HTTPClient, "_connect", "new connections to builders")
     counter.count(BuilderClient, "fetch_file", "file fetches")
     counter.count(Librarian, "new_upload", "librarian uploads")
     ctx["counter"] = counter

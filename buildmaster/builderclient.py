@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import os
 import xmlrpc.client
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from xml.parsers.expat import ExpatError
 
 from twisted.internet import error
 
-from buildmaster.enums import BuilderStatus
+from buildmaster.enums import BuilderResult, BuilderStatus
 from buildmaster.httpclient import (
     ConnectionClosed,
     HTTPClient,
@@ -34,6 +34,7 @@ from buildmaster.httpclient import (
     RequestTimeout,
     ResponseTooLarge,
     Sink,
+    StaleConnection,
 )
 from buildmaster.protocol import (
     BuilderError,
@@ -72,6 +73,10 @@ MAX_RPC_RESPONSE = 32 * 1024 * 1024
 
 _STATUS_CALL = xmlrpc.client.dumps((), "status").encode("utf-8")
 _XML_HEADERS = {b"Content-Type": b"text/xml"}
+#: what a judge of a stale call (:meth:`BuilderClient._call_once`) says when the builder
+#: shows the call never took effect, or that it cannot tell
+RESEND = object()
+UNKNOWN = object()
 
 
 class BuilderUnreachable(BuilderError):
@@ -94,6 +99,10 @@ class BuilderFault(BuilderError):
         self.method = method
         self.code = code
         self.message = message
+
+
+class _Stale(Exception):
+    """The kept-alive connection of a call that must not run twice was found closed."""
 
 
 class FileMissing(BuilderProtocolError):
@@ -133,12 +142,54 @@ class BuilderClient:
         return f"<BuilderClient {self.url}>"
 
     async def _call(
-        self, method: str, *args: Any, timeout: float | None = None, reuse: bool = True
+        self,
+        method: str,
+        *args: Any,
+        timeout: float | None = None,
+        reuse: bool = True,
+        retry: bool = True,
     ) -> Any:
         payload = xmlrpc.client.dumps(args, method, allow_none=True).encode("utf-8")
-        return self._decode(method, await self._post(method, payload, timeout, reuse))
+        return self._decode(method, await self._post(method, payload, timeout, reuse, retry))
 
-    async def _post(self, method: str, payload: bytes, timeout: float | None, reuse: bool) -> bytes:
+    async def _call_once(
+        self, method: str, *args: Any, judge: Callable[[StatusReport], Any]
+    ) -> Any:
+        """A call that must not run twice (``build``, ``abort``, ``clean``).
+
+        It goes over a kept-alive connection like any other, but is never resent blindly.
+        When that connection turns out to have been closed by the builder before any
+        answer came (it went stale while idle: the builder restarted or dropped it just as
+        the call went out), ``judge`` reads the builder's status: it returns the answer the
+        call would have given when the status shows the call took effect, :data:`RESEND`
+        when it shows it did not (the call then goes once more, over a new connection), or
+        :data:`UNKNOWN` (the builder is reported unreachable with the request sent, and
+        the scanner decides, as for a lost answer).
+        """
+        try:
+            return await self._call(method, *args, retry=False)
+        except _Stale:
+            pass
+        status = await self.status()
+        verdict = judge(status)
+        if verdict is RESEND:
+            return await self._call(method, *args, reuse=False)
+        if verdict is UNKNOWN:
+            raise BuilderUnreachable(
+                f"{method}(): the connection was closed before an answer, and the builder"
+                f" is now {status.builder_status.name}",
+                request_sent=True,
+            )
+        return verdict
+
+    async def _post(
+        self,
+        method: str,
+        payload: bytes,
+        timeout: float | None,
+        reuse: bool = True,
+        retry: bool = True,
+    ) -> bytes:
         """POST an XML-RPC call; the answer's body (our errors for everything else)."""
         seconds = self.timeout if timeout is None else timeout
         try:
@@ -150,7 +201,10 @@ class BuilderClient:
                 timeout=seconds,
                 max_body=MAX_RPC_RESPONSE,
                 reuse=reuse,
+                retry=retry,
             )
+        except StaleConnection:
+            raise _Stale(method) from None
         except error.ConnectError as e:
             raise BuilderUnreachable(connect_failure_reason(e)) from None
         except RequestTimeout as e:
@@ -200,7 +254,7 @@ class BuilderClient:
     async def status(self) -> StatusReport:
         """The builder's state. An answer identical to the previous one (an idle or waiting
         builder says the same thing every time) is not parsed again."""
-        body = await self._post("status", _STATUS_CALL, None, True)
+        body = await self._post("status", _STATUS_CALL, None)
         if body == self._last_status[0]:
             return self._last_status[1]
         report = parse_status(self._decode("status", body))
@@ -229,17 +283,36 @@ class BuilderClient:
         filemap: Mapping[str, str],
         args: Mapping[str, Any],
     ) -> BuildStartResult:
-        """Start a build. Never retried over a kept-alive connection (it is not idempotent)."""
-        result = await self._call(
-            "build", build_id, builder_type, chroot_sha1, dict(filemap), dict(args), reuse=False
+        """Start a build (never sent twice, see :meth:`_call_once`)."""
+
+        def judge(status: StatusReport) -> Any:
+            if status.builder_status is BuilderStatus.BUILDING and status.build_id == build_id:
+                return [BuilderStatus.BUILDING.value, build_id]
+            return RESEND if status.builder_status is BuilderStatus.IDLE else UNKNOWN
+
+        result = await self._call_once(
+            "build", build_id, builder_type, chroot_sha1, dict(filemap), dict(args), judge=judge
         )
         return parse_build(result)
 
     async def abort(self) -> Any:
-        return parse_state_reply(await self._call("abort", reuse=False), "abort")
+        def judge(status: StatusReport) -> Any:
+            if status.builder_status is BuilderStatus.ABORTING or (
+                status.builder_status is BuilderStatus.WAITING
+                and status.build_status is BuilderResult.ABORTED
+            ):
+                return BuilderStatus.ABORTING.value
+            return RESEND if status.builder_status is BuilderStatus.BUILDING else UNKNOWN
+
+        return parse_state_reply(await self._call_once("abort", judge=judge), "abort")
 
     async def clean(self) -> Any:
-        return parse_state_reply(await self._call("clean", reuse=False), "clean")
+        def judge(status: StatusReport) -> Any:
+            if status.builder_status is BuilderStatus.IDLE:
+                return BuilderStatus.IDLE.value
+            return RESEND if status.builder_status is BuilderStatus.WAITING else UNKNOWN
+
+        return parse_state_reply(await self._call_once("clean", judge=judge), "clean")
 
     def file_url(self, name: str) -> str:
         """The URL of a file in the builder's cache (a SHA-1, or ``buildlog``)."""

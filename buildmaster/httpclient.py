@@ -31,6 +31,8 @@ __all__ = [
     "ResponseTooLarge",
     "MalformedResponse",
     "RequestTimeout",
+    "ConnectionClosed",
+    "StaleConnection",
 ]
 
 Sink = Callable[[bytes], "defer.Deferred[None] | None"]
@@ -70,7 +72,24 @@ class _SinkFailed(Exception):
 
 
 class ConnectionClosed(HTTPError):
-    """The peer closed the connection before answering completely."""
+    """The peer closed the connection before answering completely.
+
+    ``partial``: some of the answer had arrived.
+    """
+
+    def __init__(self, message: str, partial: bool = False) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+class StaleConnection(ConnectionClosed):
+    """A kept-alive connection was closed by the peer before any byte of the answer came.
+
+    Usually the peer had closed it while it was idle (it restarted, or timed the connection
+    out) and never saw the request; but a peer that died while acting on the request looks
+    the same from here. Raised only for requests that may not be sent again by themselves
+    (``retry=False``): the caller has to find out which it was.
+    """
 
 
 @attrs.frozen
@@ -355,7 +374,8 @@ class _HTTPClientProtocol(protocol.Protocol):
             Failure(
                 ConnectionClosed(
                     "connection closed before a complete answer"
-                    + ("" if got_nothing else " (partial response)")
+                    + ("" if got_nothing else " (partial response)"),
+                    partial=not got_nothing,
                 )
             )
         )
@@ -407,7 +427,7 @@ class HTTPClient:
 
     _log = Logger()
 
-    def __init__(self, reactor: Any, max_idle_per_host: int = 2) -> None:
+    def __init__(self, reactor: Any, max_idle_per_host: int = 4) -> None:
         self._reactor = reactor  # IReactorTCP and IReactorTime
         self._clock = reactor
         self._max_idle = max_idle_per_host
@@ -424,6 +444,7 @@ class HTTPClient:
         max_body: int = 1024 * 1024,
         sink: Sink | None = None,
         reuse: bool = True,
+        retry: bool = True,
     ) -> defer.Deferred[Response]:
         """Send one request and return its response.
 
@@ -431,14 +452,19 @@ class HTTPClient:
             included.
         :param max_body: the largest response body accepted (:class:`ResponseTooLarge`).
         :param sink: receives the body in pieces instead of collecting it in memory.
-        :param reuse: whether a kept-alive connection may carry this request (pass
-            ``False`` for calls that must not be retried).
+        :param reuse: whether a kept-alive connection may carry this request (``False``:
+            a new connection, closed after the answer).
+        :param retry: whether the request may be sent again, over a new connection, when
+            the kept-alive connection it went out on turns out closed by the peer. Pass
+            ``False`` for requests that must not run twice: such a connection then fails
+            the request with :class:`StaleConnection` (nothing of the answer came) or
+            :class:`ConnectionClosed` (part of it came).
         :returns: a Deferred firing with a :class:`Response` (any status code), or failing
             with :class:`HTTPError` subclasses, ``twisted.internet.error.ConnectError``
             subclasses (e.g. ``ConnectionRefusedError``), or :class:`RequestTimeout`.
         """
         return defer.Deferred.fromCoroutine(
-            self._request(method, url, body, headers or {}, timeout, max_body, sink, reuse)
+            self._request(method, url, body, headers or {}, timeout, max_body, sink, reuse, retry)
         )
 
     async def _request(
@@ -451,6 +477,7 @@ class HTTPClient:
         max_body: int,
         sink: Sink | None,
         reuse: bool,
+        retry: bool,
     ) -> Response:
         host, port, path, host_header = _target(url)
         lines = [
@@ -462,7 +489,7 @@ class HTTPClient:
         head = b"\r\n".join(lines) + b"\r\n\r\n"
         deadline = self._clock.seconds() + timeout
 
-        attempts = 2 if reuse else 1
+        attempts = 2 if reuse and retry and sink is None else 1
         for attempt in range(attempts):
             conn = self._take_idle(host, port) if reuse and attempt == 0 else None
             reused = conn is not None
@@ -474,10 +501,16 @@ class HTTPClient:
                 return await self._exchange(
                     conn, method, head, body, max_body, sink, deadline, timeout, (host, port), reuse
                 )
-            except ConnectionClosed:
-                # a kept-alive connection the builder had closed meanwhile: try a fresh one
-                if reused and attempt + 1 < attempts and sink is None:
-                    continue
+            except ConnectionClosed as e:
+                if not reused:
+                    raise
+                # a kept-alive connection the peer had closed meanwhile: the others to the
+                # same peer are most likely gone too
+                self._drop_idle((host, port))
+                if attempt + 1 < attempts:
+                    continue  # try a fresh one
+                if not e.partial and not retry:
+                    raise StaleConnection(str(e)) from None
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -564,6 +597,10 @@ class HTTPClient:
             conn.transport.loseConnection()
         else:
             idle.append(conn)
+
+    def _drop_idle(self, key: tuple[str, int]) -> None:
+        for conn in self._idle.pop(key, []):
+            conn.transport.loseConnection()
 
     def _forget(self, conn: _HTTPClientProtocol) -> None:
         self._all.discard(conn)

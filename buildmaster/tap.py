@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -174,10 +175,29 @@ class Options(usage.Options):
         )
 
 
+def raise_file_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit; the new soft limit.
+
+    The master keeps a few connections open to every builder (kept alive between calls),
+    besides its database connections and the librarian's files: the usual soft limit of
+    1,024 is too small for a farm of a few hundred builders.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 65536 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):  # pragma: no cover - refused by the system
+            return soft
+        return target
+    return soft
+
+
 def makeService(options: Options) -> BuildmasterService:
     from twisted.internet import reactor as global_reactor
 
     reactor: Any = global_reactor
+    raise_file_limit()
 
     def fatal(error: BaseException) -> None:
         if reactor.running:

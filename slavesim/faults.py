@@ -99,6 +99,13 @@ class Faults:
     - ``crash_mid_build``: the next build dies half-way: the builder stops listening and
       loses its state (back to IDLE, log and build id gone). Switches itself off once used.
       The builder stays down until ``start()``, or for ``crash_downtime`` seconds if set.
+    - ``stale_connection``: ``{method: count}``: the next ``count`` calls of that method
+      that come over a kept-alive connection (one that has carried an answer already) find
+      it closed: the builder drops the connection without answering and without carrying
+      the call out, as a builder that timed the connection out, or restarted, just as the
+      call was sent. Counts down.
+    - ``stale_after_acting``: with ``stale_connection``, the call is carried out before the
+      connection is dropped (the builder died while answering).
     - ``overwrite_build_id_on_rejected_build``: the real daemon's quirk, on by default: a
       ``build`` refused because the builder is busy still replaces the build id it reports.
     - ``hostile_results``: a finished build hands back hostile results (:class:`Hostile`):
@@ -117,6 +124,8 @@ class Faults:
     crash_mid_build: bool = False
     hostile_results: str | None = field(default=None, converter=_to_hostile)
     crash_downtime: float | None = field(default=None, validator=_optional_non_negative)
+    stale_connection: dict[str, int] = field(factory=dict)
+    stale_after_acting: bool = False
     overwrite_build_id_on_rejected_build: bool = True
     _refuse: bool = False
     _on_refuse_changed: Callable[[], object] | None = field(

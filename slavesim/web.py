@@ -111,6 +111,10 @@ class BuilderRPC(XMLRPC):
         if faults.hang:
             self._record_hung(request)
             return server.NOT_DONE_YET
+        channel: Any = request.channel
+        if faults.stale_connection and channel.answered:
+            if self._drop_stale(request, faults.stale_connection, faults.stale_after_acting):
+                return server.NOT_DONE_YET
         if faults.garbage is not None:
             return self._render_garbage(request, Garbage(faults.garbage))
         if faults.latency == 0:
@@ -164,6 +168,30 @@ class BuilderRPC(XMLRPC):
     def _gone(failure: Failure) -> Fault:
         failure.trap(CancelledError)
         return Fault(_FAILURE, "error")
+
+    def _drop_stale(self, request: server.Request, counts: dict[str, int], act: bool) -> bool:
+        """For a call counted in ``counts``: close the connection without an answer
+        (carrying the call out first if ``act``). Whether it did."""
+        assert request.content is not None
+        request.content.seek(0)
+        try:
+            args, method = xmlrpc.client.loads(request.content.read())
+        except Exception:
+            return False
+        if counts.get(str(method), 0) <= 0:
+            return False
+        counts[str(method)] -= 1
+        request.content.seek(0)
+        if act:
+            self._history.append(RecordedCall(str(method), tuple(args)))
+            try:
+                self._builder.call(str(method), tuple(args))
+            except (wire.BadCall, KeyError):  # a refused call is dropped all the same
+                pass
+        channel: Any = request.channel
+        if channel.transport is not None:
+            channel.transport.loseConnection()
+        return True
 
     def _record_hung(self, request: server.Request) -> None:
         assert request.content is not None
@@ -432,10 +460,16 @@ class _TrackedChannel(http.HTTPChannel):
     """An HTTP connection its site can find again, to drop it."""
 
     site: BuilderSite
+    #: requests answered over this connection (more than none: it is a kept-alive one)
+    answered = 0
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.channels.add(self)
+
+    def requestDone(self, request: http.Request) -> None:
+        self.answered += 1
+        super().requestDone(request)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         super().connectionLost(reason)

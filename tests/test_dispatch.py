@@ -6,11 +6,13 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 
 from buildmaster.config import MasterConfig
 from buildmaster.enums import BuilderCleanStatus, BuildQueueStatus, BuildStatus
 from buildmaster.store import Store
+from buildmaster.testing import wait_for
 
 
 def config(**kw: Any) -> MasterConfig:
@@ -223,3 +225,44 @@ async def test_a_lost_answer_to_build_is_checked_before_the_job_goes_elsewhere(
     await world.harness.master.scan_all()  # the next scan watches it as usual
     assert [c.method for c in sim.history].count("build") == 1
     assert (await store.builds.get(build)).status is BuildStatus.BUILDING
+
+
+@pytest.mark.parametrize("acted", [False, True], ids=["dropped-unread", "acted-then-dropped"])
+@pytest.mark.parametrize("method", ["build", "clean", "abort"])
+@pytest_twisted.ensureDeferred
+async def test_a_call_on_a_kept_alive_connection_the_builder_dropped_runs_exactly_once(
+    reactor: Any, make_world: Any, store: Store, method: str, acted: bool
+) -> None:
+    """``build``, ``clean`` and ``abort`` go over kept-alive connections. When the builder has
+    dropped the connection as the call went out (``acted=False``: it never saw the call) or
+    dropped it after carrying the call out (``acted=True``), the master asks the builder's
+    status and sends the call again only if it did not take effect: the builder carries it
+    out exactly once, nothing counts as a failure, and the build goes on."""
+    world = await make_world(config(), build_time=0.3 if method == "clean" else 3600)
+    world.harness.farm.settings.abort_time = 0.1
+    sim, builder = await world.builder("dropper")
+    master = world.harness.master
+    await master.scan_all()  # a status poll: the connection is kept alive
+    sim.faults.stale_connection = {method: 1}
+    sim.faults.stale_after_acting = acted
+    build = await world.queue()
+    await master.scan_all()
+    assert sim.state.build_id == build.cookie
+    if method == "abort":
+        assert await master.cancel(build) is BuildStatus.CANCELLING
+        await master.scan_all()  # sends abort()
+    if method != "build":
+        await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 5)
+        await master.scan_all()  # collects, then clean()
+    assert sim.faults.stale_connection == {method: 0}, "the fault was not met"
+    assert [c.method for c in sim.history].count(method) == 1
+    refreshed = await store.builders.get(builder)
+    assert (refreshed.builderok, refreshed.failure_count) == (True, 0)
+    expected = {
+        "build": BuildStatus.BUILDING,
+        "clean": BuildStatus.FULLYBUILT,
+        "abort": BuildStatus.CANCELLED,
+    }[method]
+    assert (await store.builds.get(build)).status is expected
+    if method != "build":
+        assert sim.state.state == "BuilderStatus.IDLE"  # cleaned

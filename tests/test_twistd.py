@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -63,6 +64,20 @@ def test_options_defaults_and_validation() -> None:
             Options().parseOptions(bad)
 
 
+def _low_file_limit() -> None:
+    """In the child: the common default soft limit of open files (the hard one untouched)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+
+
+def _open_files_limits(pid: int) -> tuple[str, str]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return soft, hard
+    raise AssertionError("no open files limit")
+
+
 def _twistd(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen(
@@ -71,6 +86,7 @@ def _twistd(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=_low_file_limit,
     )
 
 
@@ -121,6 +137,10 @@ def test_twistd_demo_dispatches_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
             90,
         )
         dsn_port = (state / "postgres" / "data" / "postmaster.pid").read_text().splitlines()[3]
+        # started with a soft limit of 1,024 open files: raised to the hard limit (a few
+        # connections kept open to every builder need more than that on a big farm)
+        soft, hard = _open_files_limits(process.pid)
+        assert soft == hard, (soft, hard)
         process.send_signal(signal.SIGINT)  # Ctrl-C
         assert process.stdout is not None
         os.set_blocking(process.stdout.fileno(), True)
