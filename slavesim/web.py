@@ -61,8 +61,8 @@ _parsed_bodies: dict[bytes, str] = {}
 def _noarg_method(body: bytes) -> str | None:
     """The method of an argument-less call in ``body``, ``None`` if it is anything else."""
     method = _parsed_bodies.get(body)
-    if method is not None or len(body) > _MAX_CACHED_BODY:
-        return method
+    if method is not None or len(body) > _MAX_CACHED_BODY or b"<param>" in body:
+        return method  # (a call with arguments is parsed once, by the general path)
     try:
         args, name = xmlrpc.client.loads(body)
     except Exception:  # not XML-RPC: the general path answers with the right Fault
