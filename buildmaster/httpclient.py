@@ -434,7 +434,7 @@ class HTTPClient:
         self._idle: dict[tuple[str, int], list[_HTTPClientProtocol]] = {}
         self._all: set[_HTTPClientProtocol] = set()
 
-    def request(
+    async def request(
         self,
         method: bytes,
         url: str,
@@ -445,7 +445,7 @@ class HTTPClient:
         sink: Sink | None = None,
         reuse: bool = True,
         retry: bool = True,
-    ) -> defer.Deferred[Response]:
+    ) -> Response:
         """Send one request and return its response.
 
         :param timeout: seconds (on the injected clock) for the whole exchange, connecting
@@ -459,12 +459,14 @@ class HTTPClient:
             ``False`` for requests that must not run twice: such a connection then fails
             the request with :class:`StaleConnection` (nothing of the answer came) or
             :class:`ConnectionClosed` (part of it came).
-        :returns: a Deferred firing with a :class:`Response` (any status code), or failing
-            with :class:`HTTPError` subclasses, ``twisted.internet.error.ConnectError``
+        (A coroutine: await it, or wrap it with ``Deferred.fromCoroutine``.)
+
+        :returns: a :class:`Response` (any status code).
+        :raises: :class:`HTTPError` subclasses, ``twisted.internet.error.ConnectError``
             subclasses (e.g. ``ConnectionRefusedError``), or :class:`RequestTimeout`.
         """
-        return defer.Deferred.fromCoroutine(
-            self._request(method, url, body, headers or {}, timeout, max_body, sink, reuse, retry)
+        return await self._request(
+            method, url, body, headers or {}, timeout, max_body, sink, reuse, retry
         )
 
     async def _request(
