@@ -314,6 +314,10 @@ class BuilderClient:
 
         return parse_state_reply(await self._call_once("clean", judge=judge), "clean")
 
+    def close_idle(self) -> None:
+        """Close the connections kept alive to this builder (e.g. after its VM was reset)."""
+        self._http.close_idle(self.url)
+
     def file_url(self, name: str) -> str:
         """The URL of a file in the builder's cache (a SHA-1, or ``buildlog``)."""
         return f"{self.url}filecache/{name}"

@@ -610,8 +610,13 @@ class HTTPClient:
         if idle is not None and conn in idle:
             idle.remove(conn)
 
-    def close_idle(self) -> None:
-        """Close every kept-alive connection (requests in flight are not affected)."""
+    def close_idle(self, url: str | None = None) -> None:
+        """Close the kept-alive connections (to the host and port of ``url``, or all of
+        them); requests in flight are not affected."""
+        if url is not None:
+            host, port, _, _ = _target(url)
+            self._drop_idle((host, port))
+            return
         for idle in list(self._idle.values()):
             for conn in list(idle):
                 conn.transport.loseConnection()

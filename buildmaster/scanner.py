@@ -533,7 +533,12 @@ class BuilderWorker:
         if not command:
             return
         argv = resume_argv(command, builder.vm_host, builder.name)
-        await reset_vm(self.master.reactor, argv, self.master.config.vm_resume_timeout)
+        try:
+            await reset_vm(self.master.reactor, argv, self.master.config.vm_resume_timeout)
+        finally:
+            # connections kept alive to the machine before its reset lead nowhere (at best
+            # to a reset, at worst to silence until a call's deadline)
+            self.client.close_idle()
 
     async def _ensure_files(self, ctx: BuildContext) -> None:
         """``ensurepresent`` of the chroot and every source file, all at once."""

@@ -140,6 +140,11 @@ class SimBuilder:
         """How many HTTP connections to this builder are open."""
         return len(self._site.channels)
 
+    @property
+    def connections(self) -> frozenset[object]:
+        """The HTTP connections open to this builder now (opaque: compare them)."""
+        return frozenset(self._site.channels)
+
     def listing(self) -> BuilderListing:
         return BuilderListing(self.name, self.url, self.arch_tags)
 

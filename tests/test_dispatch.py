@@ -66,6 +66,27 @@ async def test_a_vm_reset_that_hangs_is_cut_short(make_world: Any, store: Store)
 
 
 @pytest_twisted.ensureDeferred
+async def test_no_connection_from_before_a_vm_reset_is_used_after_it(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    """A reset VM is a new machine: connections kept alive to the old one lead nowhere (at
+    best to a reset, at worst to silence until a call's deadline), so the master drops them
+    and talks to the reset builder over new ones."""
+    world = await make_world(config(vm_resume_command="true"))
+    sim, _ = await world.builder("ppa-vm", virtualized=True)
+    master = world.harness.master
+    await master.scan_all()  # first contact: the idle builder's VM is reset (it was dirty)
+    await master.scan_all()  # a status poll; its connection is kept alive
+    before = sim.connections
+    assert before
+    build = await world.queue(ppa=True)
+    await master.scan_all()  # VM reset, then ensurepresent and build
+    assert sim.state.build_id == build.cookie
+    await wait_for(reactor, lambda: before.isdisjoint(sim.connections), 2, "old ones closed")
+    assert sim.connections  # the dispatch's own connections, kept alive in turn
+
+
+@pytest_twisted.ensureDeferred
 async def test_private_files_reach_the_builder_with_a_token(make_world: Any, store: Store) -> None:
     world = await make_world(config(vm_resume_command="true"))
     sim, _ = await world.builder("private", virtualized=True)
