@@ -101,10 +101,6 @@ class BuilderFault(BuilderError):
         self.message = message
 
 
-class _Stale(Exception):
-    """The kept-alive connection of a call that must not run twice was found closed."""
-
-
 class FileMissing(BuilderProtocolError):
     """The builder has no such file in its cache (HTTP 404)."""
 
@@ -168,7 +164,7 @@ class BuilderClient:
         """
         try:
             return await self._call(method, *args, retry=False)
-        except _Stale:
+        except StaleConnection:
             pass
         status = await self.status()
         verdict = judge(status)
@@ -204,7 +200,7 @@ class BuilderClient:
                 retry=retry,
             )
         except StaleConnection:
-            raise _Stale(method) from None
+            raise  # only with retry=False: for _call_once to judge
         except error.ConnectError as e:
             raise BuilderUnreachable(connect_failure_reason(e)) from None
         except RequestTimeout as e:

@@ -617,10 +617,8 @@ class HTTPClient:
             host, port, _, _ = _target(url)
             self._drop_idle((host, port))
             return
-        for idle in list(self._idle.values()):
-            for conn in list(idle):
-                conn.transport.loseConnection()
-        self._idle.clear()
+        for key in list(self._idle):
+            self._drop_idle(key)
 
     def abort_all(self) -> None:
         """Abort every connection, including requests in flight (on shutdown)."""

@@ -175,8 +175,8 @@ class Options(usage.Options):
         )
 
 
-def raise_file_limit() -> int:
-    """Raise this process's soft limit of open files to its hard limit; the new soft limit.
+def raise_file_limit() -> None:
+    """Raise this process's soft limit of open files to its hard limit.
 
     The master keeps a few connections open to every builder (kept alive between calls),
     besides its database connections and the librarian's files: the usual soft limit of
@@ -187,10 +187,8 @@ def raise_file_limit() -> int:
     if soft != resource.RLIM_INFINITY and soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):  # pragma: no cover - refused by the system
-            return soft
-        return target
-    return soft
+        except (ValueError, OSError):  # pragma: no cover - refused: keep the soft limit
+            pass
 
 
 def makeService(options: Options) -> BuildmasterService:

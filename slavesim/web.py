@@ -181,7 +181,6 @@ class BuilderRPC(XMLRPC):
         if counts.get(str(method), 0) <= 0:
             return False
         counts[str(method)] -= 1
-        request.content.seek(0)
         if act:
             self._history.append(RecordedCall(str(method), tuple(args)))
             try:
