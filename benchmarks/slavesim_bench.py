@@ -7,9 +7,10 @@ Runs, several times over, in this order:
 2. a client process pinned to another core keeps ``--connections`` persistent HTTP/1.1
    connections busy with ``status`` calls (one in flight per connection), spread over the
    builders, and counts the answers that are a well-formed IDLE status;
-3. the same client against a bare ``twisted.web.xmlrpc`` server (a trivial ``xmlrpc_status``
+3. the same with ``slavesim --no-fast-path`` (every request through twisted.web);
+4. the same client against a bare ``twisted.web.xmlrpc`` server (a trivial ``xmlrpc_status``
    returning a one-key dict, no access log) on the same core: the baseline;
-4. the same again with that Site's form parsing off (``parsePOSTFormSubmission=False``, as
+5. the same again with that Site's form parsing off (``parsePOSTFormSubmission=False``, as
    slavesim has it): the bare minimum twisted.web costs.
 
 Besides calls per second of wall-clock time, it reports calls per second of *server CPU
@@ -214,7 +215,9 @@ def client(ports: list[int], server_pid: int, args: argparse.Namespace) -> dict[
     return result
 
 
-def one_slavesim_run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def one_slavesim_run(
+    args: argparse.Namespace, workdir: Path, fast_path: bool = True
+) -> dict[str, Any]:
     listing = workdir / "builders.jsonl"
     listing.unlink(missing_ok=True)
     twistd = Path(sys.executable).parent / "twistd"
@@ -222,7 +225,8 @@ def one_slavesim_run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     process = subprocess.Popen(
         ["taskset", "-c", args.server_cpu, str(twistd), "-n", "--pidfile=", "slavesim"]
         + ["--count", str(args.count), "--port", "0", "--list", str(listing)]
-        + ["--cache-dir", str(workdir / "caches")],
+        + ["--cache-dir", str(workdir / "caches")]
+        + ([] if fast_path else ["--no-fast-path"]),
         cwd=workdir,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -320,12 +324,15 @@ def main() -> None:
         f"client on CPU {args.client_cpu}"
     )
     slavesim_runs: list[dict[str, Any]] = []
+    general_runs: list[dict[str, Any]] = []
     baseline_runs: list[dict[str, Any]] = []
     tuned_runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="slavesim-bench-") as tmp:
         workdir = Path(tmp)
         for i in range(args.runs):
             s = one_slavesim_run(args, workdir)
+            g = one_slavesim_run(args, workdir, fast_path=False)
+            general_runs.append(g)
             b = one_baseline_run(args, workdir)
             t = one_baseline_run(args, workdir, form_parsing=False)
             slavesim_runs.append(s)
@@ -335,7 +342,9 @@ def main() -> None:
                 f"run {i + 1}: slavesim {s['rate']:.0f}/s, {s['rate_per_cpu']:.0f}/server-CPU-s "
                 f"(server CPU {s['server_cpu']:.0%}, client CPU {s['client_cpu']:.0%}, "
                 f"{s['errors']} errors, idle RSS {s['idle_rss_mib']:.1f} MiB, loaded "
-                f"{s['loaded_rss_mib']:.1f} MiB, load {s['loadavg']}); baseline {b['rate']:.0f}/s, "
+                f"{s['loaded_rss_mib']:.1f} MiB, load {s['loadavg']}); slavesim --no-fast-path "
+                f"{g['rate']:.0f}/s, {g['rate_per_cpu']:.0f}/server-CPU-s "
+                f"(server CPU {g['server_cpu']:.0%}, {g['errors']} errors); baseline {b['rate']:.0f}/s, "
                 f"{b['rate_per_cpu']:.0f}/server-CPU-s (server CPU {b['server_cpu']:.0%}, "
                 f"{b['errors']} errors, RSS {b['idle_rss_mib']:.1f} MiB, load {b['loadavg']}); "
                 f"baseline without form parsing {t['rate']:.0f}/s, "
@@ -353,7 +362,8 @@ def main() -> None:
     )
     idle, loaded = median(slavesim_runs, "idle_rss_mib"), median(slavesim_runs, "loaded_rss_mib")
     tuned, tuned_per_cpu = median(tuned_runs, "rate"), median(tuned_runs, "rate_per_cpu")
-    errors = sum(r["errors"] for r in slavesim_runs + baseline_runs + tuned_runs)
+    general, general_per_cpu = median(general_runs, "rate"), median(general_runs, "rate_per_cpu")
+    errors = sum(r["errors"] for r in slavesim_runs + general_runs + baseline_runs + tuned_runs)
     print()
     print(
         f"| median of {args.runs} runs | slavesim ({args.count} builders) | baseline (1 server) | ratio |"
@@ -363,6 +373,14 @@ def main() -> None:
     print(
         f"| status calls per server CPU-second | {per_cpu:.0f} | {base_per_cpu:.0f} "
         f"| {per_cpu / base_per_cpu:.2f} |"
+    )
+    print(
+        f"| status calls/s, slavesim --no-fast-path (all through twisted.web) | | {general:.0f}"
+        f" | {rate / general:.2f} |"
+    )
+    print(
+        f"| status calls per server CPU-second, slavesim --no-fast-path | | {general_per_cpu:.0f}"
+        f" | {per_cpu / general_per_cpu:.2f} |"
     )
     print(f"| status calls/s, baseline without form parsing | | {tuned:.0f} | {rate / tuned:.2f} |")
     print(

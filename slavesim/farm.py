@@ -136,6 +136,22 @@ class SimBuilder:
         return self._listening is not None
 
     @property
+    def fast_path(self) -> bool:
+        """Whether plain requests are answered without twisted.web (the default; the
+        answers are the same, see :mod:`slavesim.web`). ``False``: everything goes through
+        twisted.web, from the next request on."""
+        return self._site.fast_path
+
+    @fast_path.setter
+    def fast_path(self, value: bool) -> None:
+        self._site.fast_path = value
+
+    @property
+    def fast_answered(self) -> int:
+        """How many requests the fast path answered."""
+        return self._site.fast_answered
+
+    @property
     def open_connections(self) -> int:
         """How many HTTP connections to this builder are open."""
         return len(self._site.channels)

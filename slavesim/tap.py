@@ -80,6 +80,11 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["spread-arch", None, "Builder i gets only the i-th tag (round robin), not all."],
+        [
+            "no-fast-path",
+            None,
+            "Answer every request through twisted.web (a diagnostic: the answers are the same).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -139,9 +144,11 @@ class SlavesimService(Service):
         max_download: int,
         download_timeout: float,
         latency: float = 0.0,
+        fast_path: bool = True,
     ) -> None:
         self._reactor = reactor
         self._latency = latency
+        self._fast_path = fast_path
         self._count = count
         self._port = port
         self._interface = interface
@@ -186,6 +193,7 @@ class SlavesimService(Service):
         )
         for builder in builders:
             builder.faults.latency = self._latency
+            builder.fast_path = self._fast_path
         self._log.info(
             "{count} simulated builders ready, file caches in {cache_dir}",
             count=len(builders),
@@ -247,4 +255,5 @@ def makeService(options: Options) -> SlavesimService:
         max_download=options["max-download"],
         download_timeout=options["download-timeout"],
         latency=options["latency"],
+        fast_path=not options["no-fast-path"],
     )

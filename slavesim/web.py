@@ -11,11 +11,20 @@ on the injected clock), ``hang`` (requests are read and never answered), ``garba
 (the call is carried out, its answer replaced by garbage). ``status`` calls with no fault
 switched on take a fast path that skips XML parsing and serialisation when possible; its
 bytes are exactly what the general path writes.
+
+The plain requests of a working farm (``POST /rpc`` and ``GET /filecache/<name>`` of a small
+file, HTTP/1.1, a ``Content-Length`` or no body, no fault switched on) are answered by the
+connection itself (:class:`_TrackedChannel`), without ``twisted.web``'s request and resource
+machinery, which costs several times the call. The answer carries the same status line,
+headers and body as the general path's. Anything else (another method or path, chunked
+bodies, ``Connection: close``, HTTP/1.0, a fault, a file that must be streamed) hands the
+connection over to ``twisted.web`` from that request on.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import xmlrpc.client
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +34,7 @@ from typing import Any, BinaryIO, NamedTuple
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IPullProducer
 from twisted.logger import Logger
+from twisted.python.compat import networkString
 from twisted.python.failure import Failure
 from twisted.web import http, pages, server
 from twisted.web.resource import Resource
@@ -76,6 +86,103 @@ def _noarg_method(body: bytes) -> str | None:
 
 def _dumps(value: Any) -> bytes:
     return xmlrpc.client.dumps((value,), methodresponse=True, allow_none=True).encode()
+
+
+def _dumps_fault(fault: Fault) -> bytes:
+    return xmlrpc.client.dumps(fault, methodresponse=True, allow_none=True).encode()
+
+
+_ERROR_FAULT = _dumps_fault(Fault(_FAILURE, "error"))
+
+
+# -- the fast path (see the module docstring) ---------------------------------------------------
+
+
+#: A complete request the fast path may look at: ``(method, target, body, bytes used)``.
+class _Request(NamedTuple):
+    method: bytes
+    target: bytes
+    body: bytes
+    end: int
+
+
+_INCOMPLETE = None
+#: A request the fast path leaves to twisted.web.
+_GENERAL = _Request(b"", b"", b"", 0)
+_MAX_FAST_HEAD = 16 * 1024
+_MAX_FAST_BODY = 1024 * 1024
+#: Files up to this size are answered by the fast path in one write; larger ones streamed.
+_MAX_FAST_FILE = 256 * 1024
+_HEAD_END = b"\r\n\r\n"
+
+
+def _parse_request(data: bytes) -> _Request | None:
+    """The first request in ``data``: ``None`` while incomplete, :data:`_GENERAL` when it
+    is not one the fast path answers (twisted.web then parses it, from its first byte)."""
+    end = data.find(_HEAD_END)
+    if end < 0:
+        return _INCOMPLETE if len(data) <= _MAX_FAST_HEAD else _GENERAL
+    lines = data[:end].split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1":
+        return _GENERAL
+    length = None
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or name != name.strip():
+            return _GENERAL
+        name = name.lower()
+        if name == b"content-length":
+            value = value.strip()
+            if length is not None or not value.isdigit():
+                return _GENERAL
+            length = int(value)
+        elif name == b"connection":
+            if value.strip().lower() != b"keep-alive":
+                return _GENERAL
+        elif name in (b"transfer-encoding", b"expect", b"upgrade"):
+            return _GENERAL
+    method = parts[0]
+    if method == b"POST":
+        if length is None or length > _MAX_FAST_BODY:
+            return _GENERAL
+    elif method != b"GET" or length:
+        return _GENERAL
+    start = end + len(_HEAD_END)
+    stop = start + (length or 0)
+    if len(data) < stop:
+        return _INCOMPLETE
+    return _Request(method, parts[1], data[start:stop], stop)
+
+
+_SERVER = networkString(f"Server: {server.version.decode('ascii')}\r\n")
+_date_second = -1
+_date_line = b""
+
+
+def _date() -> bytes:
+    """The ``Date`` header line, made once a second."""
+    global _date_second, _date_line
+    now = time.time()
+    if int(now) != _date_second:
+        _date_second = int(now)
+        _date_line = b"Date: " + http.datetimeToString(now) + b"\r\n"
+    return _date_line
+
+
+def _ok(content_type: bytes, body: bytes) -> bytes:
+    """A ``200 OK`` with the headers twisted.web gives it here."""
+    return b"".join(
+        (
+            b"HTTP/1.1 200 OK\r\n",
+            _SERVER,
+            _date(),
+            b"Content-Type: ",
+            content_type,
+            b"\r\nContent-Length: %d\r\n\r\n" % len(body),
+            body,
+        )
+    )
 
 
 class BuilderRPC(XMLRPC):
@@ -134,6 +241,43 @@ class BuilderRPC(XMLRPC):
             self._status_dict = status
             self._status_bytes = _dumps(status)
         return self._status_bytes
+
+    def fast_answer(self, body: bytes) -> bytes | Deferred[bytes] | None:
+        """The XML-RPC answer to the call in ``body`` (or a Deferred of it), for the fast
+        path; ``None`` when the general path must take the call (a fault is switched on, the
+        body is not a call of ours). Same records, same answers, same log lines."""
+        faults = self._faults
+        if faults.hang or faults.garbage is not None or faults.latency or faults.stale_connection:
+            return None
+        if _noarg_method(body) == "status":
+            self._history.append(_STATUS_CALL)
+            return self._status()
+        try:
+            args, method = xmlrpc.client.loads(body)
+        except Exception:
+            return None
+        if method not in wire.PROCEDURES or faults.withhold_answer.get(method, 0.0) > 0:
+            return None
+        self._history.append(RecordedCall(method, args))
+        try:
+            result = self._call(method, args)
+        except Fault:
+            return _ERROR_FAULT
+        except Exception:
+            self._log.failure(
+                "{builder}: {method} failed", builder=self._builder.name, method=method
+            )
+            return _ERROR_FAULT
+        if isinstance(result, Deferred):
+            return result.addCallbacks(_dumps, self._failed_later, errbackArgs=(method,))
+        return _dumps(result)
+
+    def _failed_later(self, failure: Failure, method: str) -> bytes:
+        if not failure.check(Fault, CancelledError):  # (cancelled: the farm is stopping)
+            self._log.failure(
+                "{builder}: {method} failed", failure, builder=self._builder.name, method=method
+            )
+        return _ERROR_FAULT
 
     def _answer(self, method: str, *args: object) -> object:
         self._history.append(RecordedCall(method, args))
@@ -395,6 +539,32 @@ class FileCacheResource(Resource):
     def render(self, request: server.Request) -> bytes:
         return _not_found(request)
 
+    def fast_file(self, name: bytes) -> bytes | None:
+        """The ``200`` answer for ``GET /filecache/<name>`` of a small file, for the fast
+        path; ``None`` when the general path must answer (a 404, a fault, a large file)."""
+        faults = self._faults
+        if faults.hang or faults.hostile_results is not None:
+            return None
+        if name == b"buildlog":
+            path = self._builder.log_path()
+            content_type = b"text/plain; charset=utf-8"
+        else:
+            text = name.decode("ascii", "replace")
+            if not (wire.is_sha1(text) and self._builder.cache.has(text)):
+                return None
+            path = str(self._builder.cache.path(text))
+            content_type = b"application/octet-stream"
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as file:
+                if os.fstat(file.fileno()).st_size > _MAX_FAST_FILE:
+                    return None
+                data = file.read()
+        except FileNotFoundError:  # cleaned away since we looked
+            return None
+        return _ok(content_type, data)
+
     def _hostile_child(self, hostile: str, path: bytes) -> Resource | None:
         name = path.decode("ascii", "replace")
         if hostile == Hostile.BAD_SHA1 and name == artifacts.BAD_SHA1:
@@ -456,21 +626,81 @@ class _EndlessBody:
 
 
 class _TrackedChannel(http.HTTPChannel):
-    """An HTTP connection its site can find again, to drop it."""
+    """An HTTP connection its site can find again, to drop it; it answers the plain
+    requests itself (the fast path) until one needs twisted.web."""
 
     site: BuilderSite
     #: requests answered over this connection (more than none: it is a kept-alive one)
     answered = 0
+    #: twisted.web has the connection (from the first request the fast path left to it)
+    _general = False
+    #: an answer is on its way (later requests wait for it)
+    _waiting = False
+    #: reading stopped: too much piled up behind the answer on its way
+    _paused = False
+    _gone = False
+    _inbox = b""
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.site.channels.add(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._general:
+            super().dataReceived(data)
+            return
+        self.resetTimeout()
+        self._inbox += data
+        if self._waiting and len(self._inbox) > _MAX_FAST_HEAD + _MAX_FAST_BODY:
+            # a client piling requests up behind an answer that waits: read no more for
+            # now (reading on while an answer waits is how a client gone is noticed)
+            self._paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._serve()
+
+    def _serve(self) -> None:
+        while self._inbox and not (self._waiting or self._general or self._gone):
+            request = _parse_request(self._inbox)
+            if request is _INCOMPLETE:
+                return
+            if request is _GENERAL or not self.site.fast_path:
+                answer = None
+            else:
+                answer = self.site.fast_response(request)
+            if answer is None:
+                self._general = True
+                data, self._inbox = self._inbox, b""
+                super().dataReceived(data)
+                return
+            self._inbox = self._inbox[request.end :]
+            if isinstance(answer, bytes):
+                self._send(answer)
+                continue
+            self._waiting = True
+            answer.addCallback(self._answered_later)
+
+    def _send(self, answer: bytes) -> None:
+        self.answered += 1
+        self.site.fast_answered += 1
+        transport: Any = self.transport
+        transport.write(answer)
+
+    def _answered_later(self, answer: bytes) -> None:
+        self._waiting = False
+        if self._gone:
+            return
+        self._send(answer)
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._serve()
 
     def requestDone(self, request: http.Request) -> None:
         self.answered += 1
         super().requestDone(request)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._gone = True
         super().connectionLost(reason)
         self.site.channel_gone(self)
 
@@ -484,6 +714,11 @@ class BuilderSite(server.Site):
 
     protocol = _TrackedChannel  # type: ignore[assignment]
     noisy = False
+    #: whether connections answer the plain requests themselves (see the module docstring);
+    #: ``False`` sends every request through twisted.web
+    fast_path = True
+    #: requests the fast path answered
+    fast_answered = 0
 
     def __init__(
         self,
@@ -499,8 +734,10 @@ class BuilderSite(server.Site):
         self._delays: dict[Deferred[None], Any] = {}
         self._all_gone: list[Deferred[None]] = []
         root = _Root()
-        rpc: Any = BuilderRPC(self)
-        filecache: Any = FileCacheResource(builder, builder.faults)
+        self._rpc = BuilderRPC(self)
+        self._filecache = FileCacheResource(builder, builder.faults)
+        rpc: Any = self._rpc
+        filecache: Any = self._filecache
         root.putChild(b"rpc", rpc)
         root.putChild(b"filecache", filecache)
         # No form parsing: it costs more than the rest of a status call (email parser).
@@ -511,6 +748,22 @@ class BuilderSite(server.Site):
 
     def log(self, request: http.Request) -> None:
         """No access log."""
+
+    def fast_response(self, request: _Request) -> bytes | Deferred[bytes] | None:
+        """The whole HTTP answer to ``request`` (or a Deferred of it) when the fast path
+        may give it, else ``None`` (before anything was done or recorded)."""
+        if request.method == b"POST":
+            if request.target != b"/rpc":
+                return None
+            answer = self._rpc.fast_answer(request.body)
+            if isinstance(answer, Deferred):
+                return answer.addCallback(partial(_ok, _CONTENT_TYPE))
+            return None if answer is None else _ok(_CONTENT_TYPE, answer)
+        prefix = b"/filecache/"
+        name = request.target[len(prefix) :]
+        if not (request.target.startswith(prefix) and name.isalnum()):
+            return None
+        return self._filecache.fast_file(name)
 
     def delay(self, seconds: float) -> Deferred[None]:
         """Fire after ``seconds`` on the builder's clock; cancelled by :meth:`disconnect_all`."""

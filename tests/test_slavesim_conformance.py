@@ -1,7 +1,10 @@
 """Conformance: every call sequence of PROTOCOL.md, over real sockets, exact values.
 
 The builder runs on 127.0.0.1 with its state machine on a Clock (time moves only when a
-test says so); the client is Twisted's XML-RPC Proxy, as a master would use.
+test says so). Every test runs twice: with Twisted's XML-RPC Proxy and Agent (HTTP/1.0,
+``Connection: close``: the builder answers through twisted.web), and with the master's own
+client (HTTP/1.1, kept-alive connections: the builder's fast path answers, and hands the
+connection to twisted.web for what it does not answer itself).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 from twisted.web.xmlrpc import Fault, Proxy
 
+from buildmaster.httpclient import HTTPClient
 from slavesim import Farm, SimBuilder
 from slavesim.testing import (
     FileServer,
@@ -59,9 +63,15 @@ def sha1_of(data: bytes) -> str:
 
 
 class Wire:
-    """A master's view of one simulated builder, plus a librarian to download from."""
+    """A master's view of one simulated builder, plus a librarian to download from.
 
-    def __init__(self, reactor: Any, farm: Farm, bob: SimBuilder, clock: Clock) -> None:
+    :param kept_alive: talk HTTP/1.1 over kept-alive connections (the master's client)
+        rather than through Twisted's Proxy and Agent, one connection per request.
+    """
+
+    def __init__(
+        self, reactor: Any, farm: Farm, bob: SimBuilder, clock: Clock, kept_alive: bool
+    ) -> None:
         self.reactor = reactor
         self.farm = farm
         self.bob = bob
@@ -69,6 +79,7 @@ class Wire:
         self.proxy = Proxy((bob.url + "rpc").encode(), allowNone=True)
         self.pool = HTTPConnectionPool(reactor, persistent=False)
         self.agent = Agent(reactor, pool=self.pool)
+        self.client = HTTPClient(reactor) if kept_alive else None
         self.librarian = FileServer()
         self.librarian_port = reactor.listenTCP(
             0, Site(FileServerResource(self.librarian)), interface="127.0.0.1"
@@ -78,19 +89,33 @@ class Wire:
         self.librarian.files[path] = data
         return f"http://127.0.0.1:{self.librarian_port.getHost().port}{path}"
 
-    async def call(self, method: str, *args: object) -> Any:
-        return await self.proxy.callRemote(method, *args)
+    async def call(self, method: str, *args: Any) -> Any:
+        if self.client is None:
+            return await self.proxy.callRemote(method, *args)
+        body = xmlrpc.client.dumps(args, method, allow_none=True).encode()
+        code, answer = await self.post("rpc", body)
+        assert code == 200
+        return xmlrpc.client.loads(answer)[0][0]
 
-    async def fault(self, method: str, *args: object) -> Fault:
+    async def fault(self, method: str, *args: Any) -> Fault:
         with pytest.raises(Fault) as info:
-            await self.proxy.callRemote(method, *args)
+            await self.call(method, *args)
         return info.value
 
     async def get(self, path: str) -> tuple[int, bytes]:
+        if self.client is not None:
+            response = await self.client.request(b"GET", self.bob.url + path)
+            assert response.body is not None
+            return response.status, response.body
         response = await self.agent.request(b"GET", (self.bob.url + path).encode())
         return response.code, await read_body(response)
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.client is not None:
+            headers = {b"Content-Type": b"text/xml"}
+            response = await self.client.request(b"POST", self.bob.url + path, body, headers)
+            assert response.body is not None
+            return response.status, response.body
         producer: Any = FileBodyProducer(io.BytesIO(body))
         response = await self.agent.request(
             b"POST",
@@ -121,14 +146,16 @@ class Wire:
         return (await self.call("status"), self.bob.cache.files())
 
 
-@pytest_twisted.async_yield_fixture
-async def wire(reactor: Any, tmp_path: Path) -> AsyncIterator[Wire]:
+@pytest_twisted.async_yield_fixture(params=["one-shot", "kept-alive"])
+async def wire(reactor: Any, tmp_path: Path, request: Any) -> AsyncIterator[Wire]:
     before = set(reactor.getDelayedCalls())
     clock = Clock()
     farm = Farm(reactor, tmp_path / "caches", clock=clock, build_time=10, abort_time=2)
     bob = await farm.start_builder("bob", ("i386",))
-    fixture = Wire(reactor, farm, bob, clock)
+    fixture = Wire(reactor, farm, bob, clock, kept_alive=request.param == "kept-alive")
     yield fixture
+    if fixture.client is not None:
+        fixture.client.close_idle()
     await farm.stop()
     await fixture.librarian_port.stopListening()
     await fixture.pool.closeCachedConnections()

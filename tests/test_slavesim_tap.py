@@ -16,6 +16,7 @@ import pytest
 import pytest_twisted
 from twisted.python import usage
 
+from buildmaster.httpclient import HTTPClient
 from slavesim import Outcome, OutcomeRule
 from slavesim.tap import Options, makeService
 from slavesim.testing import wait_for_no_tcp
@@ -97,6 +98,29 @@ async def test_service_starts_lists_and_stops(reactor: Any, tmp_path: Path) -> N
             "frog002",
         ]
     finally:
+        await service.stopService()
+    await wait_for_no_tcp(reactor)
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("flag", [[], ["--no-fast-path"]])
+async def test_no_fast_path_sends_every_request_through_twisted_web(
+    reactor: Any, tmp_path: Path, flag: list[str]
+) -> None:
+    service = makeService(parse("--port", "0", "--cache-dir", str(tmp_path / "cache"), *flag))
+    service.startService()
+    client = HTTPClient(reactor)
+    try:
+        assert service.farm is not None
+        (sim,) = service.farm.builders.values()
+        body = xmlrpc.client.dumps(("hi",), "echo").encode()
+        for _ in range(3):  # over one kept-alive connection
+            response = await client.request(b"POST", sim.url + "rpc", body)
+            assert response.body is not None
+            assert xmlrpc.client.loads(response.body)[0][0] == ["hi"]
+        assert sim.fast_answered == (0 if flag else 3)
+    finally:
+        client.close_idle()
         await service.stopService()
     await wait_for_no_tcp(reactor)
 
