@@ -324,6 +324,12 @@ class Profile:
         else:
             self._profiler.disable()
 
+    def dump(self, path: str) -> None:
+        """Write the stats for ``python -m pstats`` (cprofile only)."""
+        if self.kind != "cprofile":
+            raise SystemExit("--profile-out needs --profiler cprofile")
+        self._profiler.dump_stats(path)
+
     def rows(self) -> list[tuple[float, str, str]]:
         if self.kind == "pyinstrument":
             return _pyinstrument_rows(self._profiler.last_session)

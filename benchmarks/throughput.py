@@ -458,6 +458,9 @@ def main() -> None:
     parser.add_argument("--profile", type=float, default=15.0, help="seconds profiled (0: none)")
     parser.add_argument("--top", type=int, default=30, help="functions listed from the profile")
     parser.add_argument("--profiler", choices=("cprofile", "pyinstrument"), default="cprofile")
+    parser.add_argument(
+        "--profile-out", help="also write the cprofile stats to this file (python -m pstats)"
+    )
     parser.add_argument("--pool-size", type=int, default=8, help="database connections")
     parser.add_argument(
         "--synchronous-commit",
@@ -601,6 +604,9 @@ def main() -> None:
             " see _common.Profile):"
         )
         total = prof["profiler"].print(completed, "build", args.top)
+        if args.profile_out:
+            prof["profiler"].dump(args.profile_out)
+            print(f"profile written to {args.profile_out}")
         print(
             f"profiled: {total:.1f} s = {total / completed * 1000:.1f} ms per build"
             " (the profiler's own"

@@ -552,7 +552,7 @@ class BuilderWorker:
             calls.append(
                 defer.Deferred.fromCoroutine(
                     self.client.ensurepresent(
-                        file.sha1, librarian.url_for(file), username, password
+                        file.sha1, librarian.hand_out(file), username, password
                     )
                 )
             )

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from test_librarian_support import (
     Served,
@@ -24,7 +25,8 @@ from test_librarian_support import (
 from twisted.internet import defer, task
 
 from buildmaster.librarian import CorruptFile, Librarian
-from buildmaster.store.database import Database
+from buildmaster.librarian import librarian as librarian_module
+from buildmaster.store.database import Database, DatabaseError
 
 PAST = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 
@@ -375,6 +377,51 @@ async def test_a_database_outage_is_503(served: Served, db: Database) -> None:
         store.path_for(hashlib.sha256(b"x").hexdigest()),
         store.path_for(hashlib.sha256(b"data").hexdigest()),
     }
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_file_handed_out_is_served_without_asking_the_database_again(
+    reactor: Any, db: Database, tmp_path: Path
+) -> None:
+    lib = make_librarian(reactor, db, tmp_path / "librarian", hand_out_window=0.5)
+    async with serve(reactor, lib) as served:
+        handed_id, _ = await add(lib, b"the .dsc a builder is about to fetch", "hello_1.dsc")
+        other_id, other_url = await add(lib, b"another file", "other.txt")
+        restricted_id, _ = await add(lib, b"private source", "secret.dsc", restricted=True)
+        url = lib.hand_out(await lib.get(handed_id))
+        restricted_url = lib.hand_out(await lib.get(restricted_id))
+        assert url == await lib.getURL(handed_id)
+        await db.close()  # from here on, every database round trip fails
+        response = await served.client.request("GET", url)
+        assert (response.code, response.body) == (200, b"the .dsc a builder is about to fetch")
+        assert (await served.client.request("GET", other_url)).code == 503
+        # the rest of the rules still hold: the name, the token
+        assert (await served.client.request("GET", f"{handed_id}/other.dsc")).code == 404
+        assert (await served.client.request("GET", restricted_url)).code == 401
+        token = lib.token_for(restricted_id)
+        response = await served.client.request(
+            "GET", restricted_url, {"authorization": basic_auth(token)}
+        )
+        assert (response.code, response.body) == (200, b"private source")
+        await task.deferLater(reactor, 0.6, lambda: None)
+        assert (await served.client.request("GET", url)).code == 503, "read again once past"
+
+
+@pytest_twisted.ensureDeferred
+async def test_handed_out_files_are_remembered_up_to_a_limit(
+    reactor: Any, db: Database, tmp_path: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(librarian_module, "MAX_HANDED_OUT", 3)
+    lib = make_librarian(reactor, db, tmp_path / "librarian")
+    files = [await lib.get((await add(lib, b"%d" % i, f"f{i}.dsc"))[0]) for i in range(5)]
+    for file in files:
+        lib.hand_out(file)
+    await db.close()
+    for file in files[2:]:  # the newest three
+        assert await lib.get_for_download(file.id) == file
+    for file in files[:2]:  # forgotten: read from the database, which is down
+        with pytest.raises(DatabaseError):
+            await lib.get_for_download(file.id)
 
 
 # -- uploads ---------------------------------------------------------------------------------

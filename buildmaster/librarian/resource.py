@@ -174,7 +174,7 @@ class LibrarianResource(resource.Resource):
 
     async def _lookup(self, alias_id: int) -> LibraryFile:
         try:
-            return await self._librarian.get(alias_id)
+            return await self._librarian.get_for_download(alias_id)
         except FileNotFound:
             raise _Respond(http.NOT_FOUND, "No such file.") from None
         except DatabaseUnavailable:
