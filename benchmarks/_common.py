@@ -134,6 +134,18 @@ def pin_self(cpus: str | None) -> None:
         os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
 
 
+def pin_other_threads(cpus: str) -> None:
+    """Pin every thread of this process but the main one to ``cpus``."""
+    wanted = {int(c) for c in cpus.split(",")}
+    main = os.getpid()
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) != main:
+            try:
+                os.sched_setaffinity(int(tid), wanted)
+            except OSError:
+                pass  # gone since listed
+
+
 def raise_file_limit(needed: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = needed * 2 + 256

@@ -49,6 +49,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as common
+from twisted.internet.task import LoopingCall
 
 
 async def finished_between(db: Any, start: float, end: float) -> int:
@@ -343,6 +344,10 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
             )
             await common.start_service(reactor, service)
             ctx["service"] = service
+            if args.threads_cpu:
+                pinning = LoopingCall(common.pin_other_threads, args.threads_cpu)
+                pinning.clock = reactor
+                pinning.start(0.5)
             if args.no_record_batching:
                 # a diagnostic: every finished upload is recorded by its own statement
                 service.librarian.records._max_batch = 1
@@ -506,6 +511,12 @@ def main() -> None:
     parser.add_argument("--log", help="write the master's log to this file")
     parser.add_argument("--master-cpu", default="0", help="CPU(s) for this process ('' = any)")
     parser.add_argument("--builders-cpu", default="1", help="CPU(s) for the builders ('' = any)")
+    parser.add_argument(
+        "--threads-cpu",
+        default="",
+        help="a diagnostic: CPU(s) for this process's threads other than the reactor's"
+        " (the librarian's pool), re-applied every 0.5 s ('' = as the process)",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     common.log_to(args.log)
