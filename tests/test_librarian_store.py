@@ -20,6 +20,7 @@ from test_librarian_support import (
 )
 from twisted.internet import defer, interfaces
 from twisted.protocols.basic import FileSender
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from buildmaster.librarian import (
@@ -270,6 +271,36 @@ async def test_a_streamed_upload_is_stored_whole_and_only_when_finished(
     assert final.exists()
     assert upload.hashes is not None and upload.hashes.sha256 == final.name
     assert await librarian.read_bytes(alias_id) == data
+
+
+class CountingPool(ThreadPool):
+    """A real thread pool that counts the jobs it is given."""
+
+    jobs = 0
+
+    def callInThreadWithCallback(self, *args: Any, **kw: Any) -> None:
+        self.jobs += 1
+        super().callInThreadWithCallback(*args, **kw)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_small_upload_is_stored_in_one_thread_job(
+    reactor: Any, db: Database, tmp_path: Path
+) -> None:
+    pool = CountingPool(minthreads=1, maxthreads=2, name="counting")
+    pool.start()
+    try:
+        lib = make_librarian(reactor, db, tmp_path / "librarian", threadpool=pool)
+        data = b"Format: 1.8\nSource: hello\n" * 40
+        sha1 = hashlib.sha1(data).hexdigest()
+        upload = lib.new_upload("hello.changes", "text/plain", expected_sha1=sha1)
+        await upload.write(data)
+        alias_id = await upload.finish()
+        assert pool.jobs == 1, "written, hashed, synced, checked and moved into place at once"
+        assert lib.store.path_for(hashlib.sha256(data).hexdigest()).exists()
+        assert await lib.read_bytes(alias_id) == data
+    finally:
+        pool.stop()
 
 
 @pytest_twisted.ensureDeferred

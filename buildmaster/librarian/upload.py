@@ -311,14 +311,15 @@ class Upload:
             await self._release()
 
     async def _store_small(self) -> bool:
-        """Write, hash and sync a small upload in one thread job. Returns whether it did."""
+        """Write, hash and sync a small upload, and move it into place if it is what was
+        declared, all in one thread job. Returns whether it was written."""
         batch = list(self._pending)
         self._pending.clear()
         self._pending_bytes = 0
         path = self._store.temp_path()
         self._active.add(path)  # in use before it exists (see _temp_file)
 
-        def write_small() -> TempWriter:
+        def write_small() -> tuple[TempWriter, bool]:
             temp = self._store.create_temp(path, self._direct_io)
             try:
                 temp.write(batch)
@@ -328,10 +329,14 @@ class Upload:
             except BaseException:
                 temp.close()
                 raise
-            return temp
+            hashes = self._digests.hashes(temp.written)
+            if self._mismatch(hashes) is not None:
+                return temp, False  # refused by _finish, which deletes it
+            self._store.publish(temp.path, hashes.sha256)
+            return temp, True
 
         try:
-            self._temp = await self._run(write_small)
+            self._temp, self._published = await self._run(write_small)
         except OSError as e:
             self._fail(self._storage_error(e))
             try:
@@ -340,6 +345,14 @@ class Upload:
                 self._active.discard(path)
             return False
         return True
+
+    def _mismatch(self, hashes: Hashes) -> str | None:
+        """Why the bytes are not what was declared (``None``: they are)."""
+        if self.expected_size is not None and hashes.size != self.expected_size:
+            return f"{self.filename!r}: declared {self.expected_size} bytes, got {hashes.size}"
+        if self.expected_sha1 is not None and hashes.sha1 != self.expected_sha1:
+            return f"{self.filename!r}: declared SHA-1 {self.expected_sha1}, got {hashes.sha1}"
+        return None
 
     def _seal_and_publish(self, temp: TempWriter, sha256: str, sealed: bool) -> None:
         if not sealed:
@@ -426,14 +439,9 @@ class Upload:
                 raise self._fail_error()
             temp = await self._temp_file()
             hashes = self._digests.hashes(temp.written)
-            if self.expected_size is not None and hashes.size != self.expected_size:
-                raise ContentMismatch(
-                    f"{self.filename!r}: declared {self.expected_size} bytes, got {hashes.size}"
-                )
-            if self.expected_sha1 is not None and hashes.sha1 != self.expected_sha1:
-                raise ContentMismatch(
-                    f"{self.filename!r}: declared SHA-1 {self.expected_sha1}, got {hashes.sha1}"
-                )
+            mismatch = self._mismatch(hashes)
+            if mismatch is not None:
+                raise ContentMismatch(mismatch)
             if not self._published:
                 # one thread job: make the bytes durable, then move them into place
                 await self._run(self._seal_and_publish, temp, hashes.sha256, sealed)
