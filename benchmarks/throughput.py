@@ -344,9 +344,9 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
             )
             await common.start_service(reactor, service)
             ctx["service"] = service
+            pinning = LoopingCall(common.pin_other_threads, args.threads_cpu)
+            pinning.clock = reactor
             if args.threads_cpu:
-                pinning = LoopingCall(common.pin_other_threads, args.threads_cpu)
-                pinning.clock = reactor
                 pinning.start(0.5)
             if args.no_record_batching:
                 # a diagnostic: every finished upload is recorded by its own statement
@@ -434,6 +434,8 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
                     prof["profiler"] = profiler
                     results["profile"] = prof
             finally:
+                if pinning.running:
+                    pinning.stop()
                 await common.stop_service(reactor, service)
     finally:
         trace.restore()
