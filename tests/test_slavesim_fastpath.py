@@ -18,7 +18,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 
 from slavesim import Farm, SimBuilder
@@ -245,11 +245,12 @@ async def test_pipelined_requests_are_answered_in_order_while_one_waits(
 async def test_requests_cut_into_pieces_are_answered_once_whole(builders: Builders) -> None:
     fast = builders.sims[0]
     client = await builders.connect(fast)
+    transport: Any = client.transport
+    transport.setTcpNoDelay(True)
     stream = rpc("echo", "one") + rpc("status") + get("/filecache/nothing")
-    for i in range(len(stream)):
-        client.send(stream[i : i + 1])
-        if i % 40 == 0:
-            await wait_for(builders.reactor, lambda: True)
+    for i in range(0, len(stream), 7):  # 7 bytes per segment, one segment per reactor turn
+        client.send(stream[i : i + 7])
+        await deferLater(builders.reactor, 0, lambda: None)
     await wait_for(builders.reactor, lambda: len(client.responses()) == 3)
     heads = [head.split(b"\r\n")[0] for head, _ in client.responses()]
     assert heads == [b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK", b"HTTP/1.1 404 Not Found"]
