@@ -526,36 +526,30 @@ class FileCacheResource(Resource):
             served = self._hostile_child(hostile, path)
             if served is not None:
                 return served
-        if path == b"buildlog":
-            log_path = self._builder.log_path()
-            if log_path is not None:
-                return _CachedFile(log_path, b"text/plain; charset=utf-8")
-        else:
-            name = path.decode("ascii", "replace")
-            if wire.is_sha1(name) and self._builder.cache.has(name):
-                return _CachedFile(str(self._builder.cache.path(name)), b"application/octet-stream")
-        return pages.notFound()
+        found = self._find(path)
+        return pages.notFound() if found is None else _CachedFile(*found)
 
     def render(self, request: server.Request) -> bytes:
         return _not_found(request)
+
+    def _find(self, name: bytes) -> tuple[str, bytes] | None:
+        """``(path, content type)`` of ``/filecache/<name>``, ``None`` for a 404."""
+        if name == b"buildlog":
+            log_path = self._builder.log_path()
+            return None if log_path is None else (log_path, b"text/plain; charset=utf-8")
+        text = name.decode("ascii", "replace")
+        if wire.is_sha1(text) and self._builder.cache.has(text):
+            return str(self._builder.cache.path(text)), b"application/octet-stream"
+        return None
 
     def fast_file(self, name: bytes) -> bytes | None:
         """The ``200`` answer for ``GET /filecache/<name>`` of a small file, for the fast
         path; ``None`` when the general path must answer (a 404, a fault, a large file)."""
         faults = self._faults
-        if faults.hang or faults.hostile_results is not None:
+        found = None if faults.hang or faults.hostile_results is not None else self._find(name)
+        if found is None:
             return None
-        if name == b"buildlog":
-            path = self._builder.log_path()
-            content_type = b"text/plain; charset=utf-8"
-        else:
-            text = name.decode("ascii", "replace")
-            if not (wire.is_sha1(text) and self._builder.cache.has(text)):
-                return None
-            path = str(self._builder.cache.path(text))
-            content_type = b"application/octet-stream"
-        if path is None:
-            return None
+        path, content_type = found
         try:
             with open(path, "rb") as file:
                 if os.fstat(file.fileno()).st_size > _MAX_FAST_FILE:

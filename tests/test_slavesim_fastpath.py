@@ -6,7 +6,6 @@ Real sockets on 127.0.0.1; the client is a raw TCP connection, so the tests see 
 
 from __future__ import annotations
 
-import hashlib
 import re
 import xmlrpc.client
 from collections.abc import AsyncIterator
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from test_slavesim_conformance import ARGS, CHROOT, DSC, sha1_of
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
@@ -23,21 +23,6 @@ from twisted.python.failure import Failure
 
 from slavesim import Farm, SimBuilder
 from slavesim.testing import MemoryFetcher, wait_for, wait_for_no_tcp
-
-CHROOT = b"chroot tarball"
-DSC = b"Format: 3.0 (quilt)\nSource: hello\n"
-ARGS = {
-    "distribution": "ubuntu",
-    "series": "hoary",
-    "suite": "hoary",
-    "ogrecomponent": "main",
-    "arch_tag": "i386",
-    "archives": [],
-}
-
-
-def sha1_of(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()
 
 
 def rpc(method: str, *args: Any) -> bytes:

@@ -310,9 +310,9 @@ class Upload:
         if self._error is not None and self._state in (_FAILED,):
             await self._release()
 
-    async def _store_small(self) -> bool:
+    async def _store_small(self) -> None:
         """Write, hash and sync a small upload, and move it into place if it is what was
-        declared, all in one thread job. Returns whether it was written."""
+        declared, all in one thread job."""
         batch = list(self._pending)
         self._pending.clear()
         self._pending_bytes = 0
@@ -343,8 +343,6 @@ class Upload:
                 await self._run(self._store.discard, path)
             finally:
                 self._active.discard(path)
-            return False
-        return True
 
     def _mismatch(self, hashes: Hashes) -> str | None:
         """Why the bytes are not what was declared (``None``: they are)."""
@@ -354,9 +352,8 @@ class Upload:
             return f"{self.filename!r}: declared SHA-1 {self.expected_sha1}, got {hashes.sha1}"
         return None
 
-    def _seal_and_publish(self, temp: TempWriter, sha256: str, sealed: bool) -> None:
-        if not sealed:
-            temp.seal()
+    def _seal_and_publish(self, temp: TempWriter, sha256: str) -> None:
+        temp.seal()
         self._store.publish(temp.path, sha256)
 
     def _storage_error(self, exc: BaseException) -> UploadFailed:
@@ -428,9 +425,8 @@ class Upload:
         self._state = _FINISHING
         if self._producer is not None:
             self.unregisterProducer()
-        sealed = False
         if not self._draining and self._pending and self._error is None:
-            sealed = await self._store_small()
+            await self._store_small()  # (moved into place already unless refused below)
         else:
             self._kick()
         await self._idle()
@@ -444,7 +440,7 @@ class Upload:
                 raise ContentMismatch(mismatch)
             if not self._published:
                 # one thread job: make the bytes durable, then move them into place
-                await self._run(self._seal_and_publish, temp, hashes.sha256, sealed)
+                await self._run(self._seal_and_publish, temp, hashes.sha256)
                 self._published = True
             alias_id = await self._record(
                 hashes, self.filename, self.content_type, self.restricted, self.expires
