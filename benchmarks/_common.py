@@ -933,7 +933,8 @@ def run_recording_farm(args: argparse.Namespace) -> None:
     """slavesim builders (one process) that log every ``build()`` call they receive.
 
     One JSON line per call, written as the call arrives (before the builder acts on it):
-    ``{"builder": name, "build_id": cookie, "t": time.time(), "result": first value}``.
+    ``{"builder": name, "build_id": cookie, "t": time.time(), "result": first value}``;
+    and one line when a build finishes on the builder (``"result": "WAITING"``, no build id).
     """
     from twisted.internet import reactor as the_reactor
 
@@ -967,6 +968,18 @@ def run_recording_farm(args: argparse.Namespace) -> None:
 
         return build_recorded
 
+    def finish_recorded(name: str, to_waiting: Any) -> Any:
+        def waiting() -> None:
+            to_waiting()
+            record.write(
+                json.dumps(
+                    {"builder": name, "build_id": None, "t": time.time(), "result": "WAITING"}
+                )
+                + "\n"
+            )
+
+        return waiting
+
     if args.build_time_spread > 0:
         from slavesim import Outcome, OutcomeRule
 
@@ -985,6 +998,7 @@ def run_recording_farm(args: argparse.Namespace) -> None:
         for sim in sims:
             sim.faults.latency = args.latency
             sim.state.build = recording(sim.name, sim.state.build)  # type: ignore[method-assign]
+            sim.state._to_waiting = finish_recorded(sim.name, sim.state._to_waiting)  # type: ignore[method-assign]
         lines = "".join(json.dumps(listing.to_json()) + "\n" for listing in farm.listings())
         tmp = f"{args.list}.tmp"
         Path(tmp).write_text(lines)

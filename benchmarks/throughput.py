@@ -6,7 +6,7 @@ Processes (same machine, same clock):
   (the data is loaded with ``synchronous_commit = off``, then a CHECKPOINT);
 * the *recording farm* (``benchmarks/_common.py farm``): ``--builders`` slavesim builders
   whose builds last ``--build-time`` s, pinned to ``--builders-cpu``; it logs the arrival
-  time of every ``build()`` call;
+  time of every ``build()`` call and the moment each build ends on its builder;
 * this process, pinned to ``--master-cpu``: the whole master as in production
   (:class:`~buildmaster.service.BuildmasterService` with ``--dsn``: a pool of 8 database
   connections, the web server with the librarian storing files on disk with fsync, the
@@ -24,6 +24,8 @@ For every scan interval of ``--intervals``: warm-up, then a ``--window`` s measu
   (its ``_collect`` starts: timestamps of a few master methods, wrapped in this process
   only) to the arrival of the builder's next ``build()`` call (recording farm), with a
   breakdown (results stored, cleaned, job claimed, build() sent);
+* the builders' side: from the end of a build on its builder to the master seeing it, and
+  to the builder's next ``build()`` (its idle time: what the farm loses per build);
 * CPU: this process (main thread = the reactor, other threads = the librarian's thread
   pool), PostgreSQL, the builders; the master's RSS.
 
@@ -116,6 +118,43 @@ def waiting_to_next(
             for name, t in zip(list(steps)[1:], milestones, strict=True):
                 if t is not None and t <= arrival:
                     steps[name].append(t - seen)
+    return steps
+
+
+def builder_side(
+    trace: common.Trace, calls: list[dict[str, Any]], start: float, end: float
+) -> dict[str, list[float]]:
+    """For every build that finished on its builder in [start, end): how long the builder
+    waited for the master to see it WAITING, and to send its next build (its idle time)."""
+    arrivals: dict[str, list[float]] = defaultdict(list)
+    finishes: dict[str, list[float]] = defaultdict(list)
+    for call in calls:
+        if call["result"] == "BuilderStatus.BUILDING":
+            arrivals[call["builder"]].append(call["t"])
+        elif call["result"] == "WAITING":
+            finishes[call["builder"]].append(call["t"])
+    seen: dict[str, list[float]] = defaultdict(list)
+    for kind, key, t in trace.events:
+        if kind == "collect":
+            seen[key].append(t)
+    steps: dict[str, list[float]] = {
+        "builder WAITING -> master sees it": [],
+        "builder WAITING -> next build() arrives (the builder's idle time)": [],
+    }
+    for builder, times in finishes.items():
+        starts = sorted(arrivals.get(builder, []))
+        looks = sorted(seen.get(builder, []))
+        for t in times:
+            if not start <= t < end:
+                continue
+            arrival = next((x for x in starts if x > t), None)
+            look = next((x for x in looks if x > t), None)
+            if arrival is None or look is None or look > arrival:
+                continue
+            steps["builder WAITING -> master sees it"].append(look - t)
+            steps["builder WAITING -> next build() arrives (the builder's idle time)"].append(
+                arrival - t
+            )
     return steps
 
 
@@ -606,6 +645,9 @@ def main() -> None:
                 "  (no steps: the traced master methods were not all called; has the code changed?)"
             )
         for name, values in steps.items():
+            if values:
+                print(f"  {name}: {common.fmt_quantiles(values)}")
+        for name, values in builder_side(results["trace"], calls, w["start"], w["end"]).items():
             if values:
                 print(f"  {name}: {common.fmt_quantiles(values)}")
     prof = results.get("profile")
