@@ -31,13 +31,6 @@ def _seconds(value: str) -> float:
     return seconds
 
 
-def _count(value: str) -> int:
-    count = int(value)
-    if count < 0:
-        raise ValueError(f"{value!r} is negative")
-    return count
-
-
 def _port(value: str) -> str:
     """A plain port number means TCP on 127.0.0.1; otherwise a strports description."""
     if value.isdigit():
@@ -81,14 +74,6 @@ class Options(usage.Options):
             "A building builder is polled every tenth of its build's age, at least every"
             " scan interval and at least every this many seconds.",
             _seconds,
-        ],
-        [
-            "max-collections",
-            None,
-            16,
-            "Finished builds collected at once; beyond it the polls of building builders"
-            " wait their turn (0: no limit).",
-            _count,
         ],
         [
             "socket-timeout",
@@ -166,7 +151,6 @@ class Options(usage.Options):
             if not self["demo"] or self["scan-interval"] != 15.0
             else 5.0,
             building_poll_max=self["building-poll-max"],
-            max_collections=self["max-collections"],
             socket_timeout=self["socket-timeout"],
             virtualized_socket_timeout=self["virtualized-socket-timeout"],
             vm_resume_command=command,
