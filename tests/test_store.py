@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 
 from buildmaster.enums import (
     ArchivePurpose,
@@ -16,6 +18,7 @@ from buildmaster.enums import (
 )
 from buildmaster.sampledata import SampleData, add_metadata_only_file, load_sample_data
 from buildmaster.store import ConstraintViolation, NotFound, Store
+from buildmaster.store.jobs import JobGone
 from buildmaster.transitions import IllegalTransition
 
 
@@ -238,3 +241,55 @@ async def test_the_claim_for_dispatch_brings_the_builds_context_along(
     # frog has its job now: a second claim finds nothing for it
     assert await store.jobs.claim_next_for_dispatch(seeded.frog) is None
     assert (await store.queue.get(seeded.waiting_job_id)).builder_id == seeded.frog.id
+
+
+@pytest_twisted.ensureDeferred
+async def test_dispatches_recorded_together_share_a_statement_and_a_lost_job_fails_alone(
+    store: Store, seeded: SampleData
+) -> None:
+    builders, jobs = [], []
+    for i in range(8):
+        builders.append(
+            await store.builders.new(f"d{i}", f"http://d{i}.example:8221/", [seeded.processor_386])
+        )
+        spr = await store.sources.new(f"disp{i}", "1", seeded.hoary)
+        build = await store.builds.createBuild(
+            spr, seeded.hoary_i386, PackagePublishingPocket.RELEASE, seeded.primary
+        )
+        job = await store.queue.createBuildQueueEntry(build)
+        await store.db.execute(  # claimed by its builder
+            "UPDATE buildqueue SET builder = %s, status = 1 WHERE id = %s", (builders[i].id, job.id)
+        )
+        jobs.append(job)
+    await store.db.execute("UPDATE builder SET failure_count = 2 WHERE id = %s", (builders[5].id,))
+    # one job was taken away from its builder meanwhile (requeued)
+    await store.db.execute(
+        "UPDATE buildqueue SET builder = NULL, status = 0 WHERE id = %s", (jobs[3].id,)
+    )
+    now = datetime.datetime(2026, 11, 28, 8, 0, tzinfo=datetime.UTC)
+    statements = store.jobs.dispatches.statements
+    results: list[tuple[bool, Any]] = await defer.DeferredList(
+        [
+            defer.Deferred.fromCoroutine(store.jobs.record_dispatch(j, b, now))
+            for j, b in zip(jobs, builders, strict=True)
+        ],
+        consumeErrors=True,
+    )
+    # the first two alone (two statements may be in flight), the six that came meanwhile in one
+    assert store.jobs.dispatches.statements - statements == 3
+    assert [ok for ok, _ in results] == [True, True, True, False, True, True, True, True]
+    assert isinstance(results[3][1].value, JobGone)
+    for i, (job, builder) in enumerate(zip(jobs, builders, strict=True)):
+        build = await store.builds.get(job.build_id)
+        events = await store.db.query(
+            "SELECT builder, message FROM event WHERE build = %s AND kind = 'dispatched'",
+            (job.build_id,),
+        )
+        if i == 3:
+            assert build.status is BuildStatus.NEEDSBUILD and events == []
+            continue
+        assert build.status is BuildStatus.BUILDING
+        assert (build.builder_id, build.date_started) == (builder.id, now)
+        assert events == [(builder.id, f"dispatched to d{i}")]
+        assert (await store.queue.get(job.id)).date_started == now
+    assert (await store.builders.get(builders[5].id)).failure_count == 0

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import attrs
 from twisted.internet import defer
-from twisted.python.failure import Failure
 
 from buildmaster.librarian.errors import ContentMismatch, FileNotFound
 from buildmaster.model import LibraryFile
+from buildmaster.store.batching import StatementBatcher
 from buildmaster.store.database import Database, Transaction
 from buildmaster.store.files import LIBRARYFILE_COLUMNS, LIBRARYFILE_JOIN, library_file_from_row
 
@@ -183,23 +183,22 @@ async def record_files(db: Database, files: Sequence[NewFile]) -> list[int | Con
 
 
 class RecordBatcher:
-    """Records new aliases, several in one statement when they come together.
-
-    At most ``concurrency`` statements are in flight; the files that arrive meanwhile wait
-    and go together in the next one (up to ``max_batch``). A lone file is recorded at once,
+    """Records new aliases, several in one statement when they come together
+    (:class:`~buildmaster.store.batching.StatementBatcher`): a lone file is recorded at once,
     as :func:`record_file` would; under load, many uploads share one statement and one
-    commit. When a shared statement fails, its files are recorded one by one, so a file the
-    database refuses fails alone.
+    commit; when a shared statement fails, a file the database refuses fails alone.
     """
 
     def __init__(self, db: Database, concurrency: int = 2, max_batch: int = 64) -> None:
         self._db = db
-        self._concurrency = concurrency
-        self._max_batch = max_batch
-        self._waiting: list[tuple[NewFile, defer.Deferred[int]]] = []
-        self._running = 0
-        #: statements run so far (for tests and benchmarks)
-        self.statements = 0
+        self._batcher: StatementBatcher[NewFile, int] = StatementBatcher(
+            self._record_many, self._record_one, concurrency, max_batch
+        )
+
+    @property
+    def statements(self) -> int:
+        """Statements run so far (for tests and benchmarks)."""
+        return self._batcher.statements
 
     def record(
         self,
@@ -210,52 +209,12 @@ class RecordBatcher:
         expires: datetime.datetime | None,
     ) -> defer.Deferred[int]:
         """Record one alias; fires with its id (see :func:`record_file`)."""
-        d: defer.Deferred[int] = defer.Deferred()
-        self._waiting.append((NewFile(hashes, filename, mimetype, restricted, expires), d))
-        self._start()
-        return d
+        return self._batcher.submit(NewFile(hashes, filename, mimetype, restricted, expires))
 
-    def _start(self) -> None:
-        while self._waiting and self._running < self._concurrency:
-            batch = self._waiting[: self._max_batch]
-            del self._waiting[: self._max_batch]
-            self._running += 1
-            d = defer.Deferred.fromCoroutine(self._record([f for f, _ in batch]))
-            d.addBoth(self._done, [answer for _, answer in batch])
+    async def _record_many(self, files: list[NewFile]) -> list[int | ContentMismatch]:
+        return await record_files(self._db, files)
 
-    def _done(
-        self, results: list[int | Failure] | Failure, answers: list[defer.Deferred[int]]
-    ) -> None:
-        # free the slot (and start what waits) before answering: callers that record again
-        # at once queue behind what was waiting
-        self._running -= 1
-        self._start()
-        if isinstance(results, Failure):  # never: _record catches what a statement raises
-            results = [results] * len(answers)
-        for answer, result in zip(answers, results, strict=True):
-            if isinstance(result, Failure):
-                answer.errback(result)
-            else:
-                answer.callback(result)
-
-    async def _record(self, files: list[NewFile]) -> list[int | Failure]:
-        if len(files) > 1:
-            self.statements += 1
-            try:
-                shared = await record_files(self._db, files)
-            except Exception:
-                pass  # one by one below: each file gets its own answer
-            else:
-                return [Failure(r) if isinstance(r, ContentMismatch) else r for r in shared]
-        results: list[int | Failure] = []
-        for f in files:
-            self.statements += 1
-            try:
-                results.append(
-                    await record_file(
-                        self._db, f.hashes, f.filename, f.mimetype, f.restricted, f.expires
-                    )
-                )
-            except Exception:
-                results.append(Failure())
-        return results
+    async def _record_one(self, f: NewFile) -> int:
+        return await record_file(
+            self._db, f.hashes, f.filename, f.mimetype, f.restricted, f.expires
+        )

@@ -34,6 +34,7 @@ from buildmaster.model import (
 )
 from buildmaster.scoring import score_build
 from buildmaster.store.archives import archive_columns, archive_from_row
+from buildmaster.store.batching import StatementBatcher
 from buildmaster.store.builders import BUILDER_WIDTH, builder_columns, builder_from_row
 from buildmaster.store.builds import (
     _CANDIDATE_ID,
@@ -186,9 +187,55 @@ def _clean_text(data: bytes | str | None) -> str | None:
     return text.replace("\x00", "")
 
 
+@attrs.frozen
+class _Dispatched:
+    job: int
+    builder: int
+    builder_name: str
+    now: datetime.datetime
+
+
+_RECORD_DISPATCH_SQL = (
+    "WITH q AS (UPDATE buildqueue SET date_started = %(now)s"
+    "  WHERE id = %(job)s AND builder = %(builder)s AND status = 1 RETURNING build),"
+    " b AS (UPDATE build SET buildstate = 6, builder = %(builder)s, date_started = %(now)s,"
+    "  date_first_dispatched = coalesce(date_first_dispatched, %(now)s), date_finished = NULL"
+    "  WHERE id = (SELECT build FROM q) AND buildstate = 0 RETURNING id),"
+    " f AS (UPDATE builder SET failure_count = 0 WHERE id = %(builder)s AND failure_count <> 0"
+    "  AND EXISTS (SELECT 1 FROM b)),"
+    " e AS (INSERT INTO event (build, builder, kind, message)"
+    "  SELECT id, %(builder)s, 'dispatched', %(message)s FROM b)"
+    " SELECT id FROM b"
+)
+
+# the same for several jobs at once (rows locked in job order)
+_RECORD_DISPATCHES_SQL = (
+    "WITH i AS MATERIALIZED (SELECT * FROM unnest(%(jobs)s::integer[], %(builders)s::integer[],"
+    "  %(nows)s::timestamptz[], %(messages)s::text[]) AS i(job, builder, now, message)),"
+    " locked AS MATERIALIZED (SELECT q.id FROM buildqueue q JOIN i ON q.id = i.job"
+    "  AND q.builder = i.builder AND q.status = 1 ORDER BY q.id FOR UPDATE OF q),"
+    " q AS (UPDATE buildqueue SET date_started = i.now FROM i"
+    "  WHERE buildqueue.id = i.job AND buildqueue.id IN (SELECT id FROM locked)"
+    "  RETURNING buildqueue.id AS job, buildqueue.build, i.builder, i.now, i.message),"
+    " b AS (UPDATE build SET buildstate = 6, builder = q.builder, date_started = q.now,"
+    "  date_first_dispatched = coalesce(build.date_first_dispatched, q.now), date_finished = NULL"
+    "  FROM q WHERE build.id = q.build AND build.buildstate = 0"
+    "  RETURNING build.id, q.job, q.builder, q.message),"
+    " f AS (UPDATE builder SET failure_count = 0 FROM b"
+    "  WHERE builder.id = b.builder AND builder.failure_count <> 0),"
+    " e AS (INSERT INTO event (build, builder, kind, message)"
+    "  SELECT id, builder, 'dispatched', message FROM b)"
+    " SELECT job FROM b"
+)
+
+
 class JobQueries:
     def __init__(self, db: Database) -> None:
         self._db = db
+        #: dispatches recorded together when they come together
+        self.dispatches: StatementBatcher[_Dispatched, None] = StatementBatcher(
+            self._record_dispatches, self._record_dispatch
+        )
 
     # -- reading --------------------------------------------------------------------
 
@@ -305,31 +352,45 @@ class JobQueries:
         self, job: BuildQueue, builder: Builder, now: datetime.datetime
     ) -> None:
         """The builder accepted the build: the job shows its builder and buildstart, the build
-        is BUILDING. Resets the builder's failure count (it works).
+        is BUILDING. Resets the builder's failure count (it works). Dispatches recorded at
+        about the same moment share a statement.
 
         :raises JobGone: when the job was cancelled or taken away meanwhile.
         """
+        await self.dispatches.submit(_Dispatched(job.id, builder.id, builder.name, now))
+
+    async def _record_dispatch(self, d: _Dispatched) -> None:
         rows = await self._db.query(
-            "WITH q AS (UPDATE buildqueue SET date_started = %(now)s"
-            "  WHERE id = %(job)s AND builder = %(builder)s AND status = 1 RETURNING build),"
-            " b AS (UPDATE build SET buildstate = 6, builder = %(builder)s, date_started = %(now)s,"
-            "  date_first_dispatched = coalesce(date_first_dispatched, %(now)s), date_finished = NULL"
-            "  WHERE id = (SELECT build FROM q) AND buildstate = 0 RETURNING id),"
-            " f AS (UPDATE builder SET failure_count = 0 WHERE id = %(builder)s AND failure_count <> 0"
-            "  AND EXISTS (SELECT 1 FROM b)),"
-            " e AS (INSERT INTO event (build, builder, kind, message)"
-            "  SELECT id, %(builder)s, 'dispatched', %(message)s FROM b)"
-            " SELECT id FROM b",
+            _RECORD_DISPATCH_SQL,
             {
-                "now": now,
-                "job": job.id,
-                "builder": builder.id,
-                "message": f"dispatched to {builder.name}",
+                "now": d.now,
+                "job": d.job,
+                "builder": d.builder,
+                "message": f"dispatched to {d.builder_name}",
             },
             prepared=True,
         )
         if not rows:
-            raise JobGone(f"job {job.id} is no longer claimed by {builder.name}")
+            raise JobGone(f"job {d.job} is no longer claimed by {d.builder_name}")
+
+    async def _record_dispatches(self, ds: list[_Dispatched]) -> list[None | JobGone]:
+        rows = await self._db.query(
+            _RECORD_DISPATCHES_SQL,
+            {
+                "jobs": [d.job for d in ds],
+                "builders": [d.builder for d in ds],
+                "nows": [d.now for d in ds],
+                "messages": [f"dispatched to {d.builder_name}" for d in ds],
+            },
+            prepared=True,
+        )
+        done = {row[0] for row in rows}
+        return [
+            None
+            if d.job in done
+            else JobGone(f"job {d.job} is no longer claimed by {d.builder_name}")
+            for d in ds
+        ]
 
     async def release_claim(self, job: BuildQueue, builder: Builder, reason: str) -> bool:
         """Undo a claim that never reached the builder (no blame): the job waits again."""
