@@ -16,6 +16,7 @@ from buildmaster.enums import (
     PackagePublishingPocket,
     SourcePackageFileType,
 )
+from buildmaster.model import Builder, BuildQueue
 from buildmaster.sampledata import SampleData, add_metadata_only_file, load_sample_data
 from buildmaster.store import ConstraintViolation, NotFound, Store
 from buildmaster.store.jobs import JobGone
@@ -243,24 +244,33 @@ async def test_the_claim_for_dispatch_brings_the_builds_context_along(
     assert (await store.queue.get(seeded.waiting_job_id)).builder_id == seeded.frog.id
 
 
-@pytest_twisted.ensureDeferred
-async def test_dispatches_recorded_together_share_a_statement_and_a_lost_job_fails_alone(
-    store: Store, seeded: SampleData
-) -> None:
+async def claimed_jobs(
+    store: Store, seeded: SampleData, prefix: str, count: int
+) -> tuple[list[Builder], list[BuildQueue]]:
+    """``count`` builders named ``<prefix><i>``, each with a job of its own claimed."""
     builders, jobs = [], []
-    for i in range(8):
-        builders.append(
-            await store.builders.new(f"d{i}", f"http://d{i}.example:8221/", [seeded.processor_386])
+    for i in range(count):
+        builder = await store.builders.new(
+            f"{prefix}{i}", f"http://{prefix}{i}.example:8221/", [seeded.processor_386]
         )
-        spr = await store.sources.new(f"disp{i}", "1", seeded.hoary)
+        spr = await store.sources.new(f"{prefix}-src{i}", "1", seeded.hoary)
         build = await store.builds.createBuild(
             spr, seeded.hoary_i386, PackagePublishingPocket.RELEASE, seeded.primary
         )
         job = await store.queue.createBuildQueueEntry(build)
-        await store.db.execute(  # claimed by its builder
-            "UPDATE buildqueue SET builder = %s, status = 1 WHERE id = %s", (builders[i].id, job.id)
+        await store.db.execute(
+            "UPDATE buildqueue SET builder = %s, status = 1 WHERE id = %s", (builder.id, job.id)
         )
+        builders.append(builder)
         jobs.append(job)
+    return builders, jobs
+
+
+@pytest_twisted.ensureDeferred
+async def test_dispatches_recorded_together_share_a_statement_and_a_lost_job_fails_alone(
+    store: Store, seeded: SampleData
+) -> None:
+    builders, jobs = await claimed_jobs(store, seeded, "d", 8)
     await store.db.execute("UPDATE builder SET failure_count = 2 WHERE id = %s", (builders[5].id,))
     # one job was taken away from its builder meanwhile (requeued)
     await store.db.execute(
@@ -293,3 +303,95 @@ async def test_dispatches_recorded_together_share_a_statement_and_a_lost_job_fai
         assert events == [(builder.id, f"dispatched to d{i}")]
         assert (await store.queue.get(job.id)).date_started == now
     assert (await store.builders.get(builders[5].id)).failure_count == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_builds_ending_together_share_a_statement_each_with_its_own_outcome(
+    store: Store, seeded: SampleData
+) -> None:
+    now = datetime.datetime(2026, 11, 28, 9, 0, tzinfo=datetime.UTC)
+    builders, jobs = await claimed_jobs(store, seeded, "e", 6)
+    for job, builder in zip(jobs, builders, strict=True):
+        await store.jobs.record_dispatch(job, builder, now)
+    aliases = [
+        await add_metadata_only_file(store, name, name.encode(), "application/octet-stream")
+        for name in ("e-src0.deb", "e-src0.changes", "e-src0.log", "e-src1.log")
+    ]
+    await store.db.execute(  # stored provisional, as a collection stores them
+        "UPDATE libraryfilealias SET expires = now() + interval '1 day' WHERE id = ANY(%s)",
+        (aliases,),
+    )
+    # job 3 was taken away meanwhile; build 4 was already ended by someone else
+    await store.db.execute(
+        "UPDATE buildqueue SET builder = NULL, status = 0, date_started = NULL WHERE id = %s",
+        (jobs[3].id,),
+    )
+    await store.db.execute("UPDATE build SET buildstate = 1 WHERE id = %s", (jobs[4].build_id,))
+    ends: list[dict[str, Any]] = [
+        dict(
+            state=BuildStatus.FULLYBUILT,
+            log=aliases[2],
+            files=[("e-src0.deb", aliases[0]), ("e-src0.changes", aliases[1])],
+        ),
+        dict(state=BuildStatus.FAILEDTOBUILD, log=aliases[3]),
+        dict(state=BuildStatus.MANUALDEPWAIT, dependencies="libfoo (>= 2)"),
+        dict(state=BuildStatus.FULLYBUILT),
+        dict(state=BuildStatus.FAILEDTOBUILD),
+        dict(state=BuildStatus.CHROOTWAIT, reason="no chroot"),
+    ]
+    statements = store.jobs.finishes.statements
+    order = [2, 5, 0, 1, 3, 4]  # the first two go alone, the other four in one statement
+    answers: list[tuple[bool, Any]] = await defer.DeferredList(
+        [
+            defer.Deferred.fromCoroutine(
+                store.jobs.finish(jobs[i], builders[i], now=now, **ends[i])
+            )
+            for i in order
+        ],
+        consumeErrors=True,
+    )
+    assert store.jobs.finishes.statements - statements == 3
+    results = dict(zip(order, answers, strict=True))
+    assert [results[i][1] for i in (0, 1, 2, 3, 5)] == [True, True, True, False, True]
+    assert not results[4][0] and isinstance(results[4][1].value, IllegalTransition)
+
+    states = [(await store.builds.get(j.build_id)).status for j in jobs]
+    assert states == [
+        BuildStatus.FULLYBUILT,
+        BuildStatus.FAILEDTOBUILD,
+        BuildStatus.MANUALDEPWAIT,
+        BuildStatus.BUILDING,  # not this builder's job any more: untouched
+        BuildStatus.FULLYBUILT,  # as someone else left it
+        BuildStatus.CHROOTWAIT,
+    ]
+    first = await store.builds.get(jobs[0].build_id)
+    assert (first.log_id, first.date_finished, first.builder_id) == (
+        aliases[2],
+        now,
+        builders[0].id,
+    )
+    files = await store.db.query(
+        "SELECT filename, libraryfile FROM buildfile WHERE build = %s ORDER BY filename",
+        (jobs[0].build_id,),
+    )
+    assert files == [("e-src0.changes", aliases[1]), ("e-src0.deb", aliases[0])]
+    kept = await store.db.query(
+        "SELECT id FROM libraryfilealias WHERE id = ANY(%s) AND expires IS NULL", (aliases,)
+    )
+    assert sorted(r[0] for r in kept) == sorted(aliases)
+    assert (await store.builds.get(jobs[2].build_id)).dependencies == "libfoo (>= 2)"
+    assert (await store.builds.get(jobs[5].build_id)).failure_reason == "no chroot"
+    waiting = {r[0] for r in await store.db.query("SELECT id FROM buildqueue")}
+    assert {j.id for j in jobs} & waiting == {jobs[3].id, jobs[4].id}
+    events = await store.db.query(
+        "SELECT build, message FROM event WHERE kind = 'finished' AND build = ANY(%s)",
+        ([j.build_id for j in jobs],),
+    )
+    assert sorted(events) == sorted(
+        [
+            (jobs[0].build_id, "BUILDING -> FULLYBUILT on e0"),
+            (jobs[1].build_id, "BUILDING -> FAILEDTOBUILD on e1"),
+            (jobs[2].build_id, "BUILDING -> MANUALDEPWAIT on e2"),
+            (jobs[5].build_id, "BUILDING -> CHROOTWAIT on e5: no chroot"),
+        ]
+    )

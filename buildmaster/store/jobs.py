@@ -151,6 +151,85 @@ SELECT (SELECT id FROM job), (SELECT buildstate FROM old), (SELECT id FROM done)
 """
 
 
+_TRANSITIONS = ", ".join(
+    f"({int(a)}, {int(b)})" for a in BuildStatus for b in BuildStatus if can_transition(a, b)
+)
+
+# _FINISH_SQL for several jobs at once: rows locked in key order; per job, what it finds
+_FINISH_MANY_SQL = f"""
+WITH i AS MATERIALIZED (
+    SELECT * FROM unnest(%(jobs)s::integer[], %(builders)s::integer[], %(states)s::integer[],
+        %(nows)s::timestamptz[], %(logs)s::bigint[], %(dependencies)s::text[],
+        %(reasons)s::text[], %(messages)s::text[])
+    AS i(job, builder, state, now, log, dependencies, reason, message)),
+job AS MATERIALIZED (
+    SELECT q.id, q.build FROM buildqueue q JOIN i ON q.id = i.job AND q.builder = i.builder
+    ORDER BY q.id FOR UPDATE OF q),
+old AS MATERIALIZED (
+    SELECT b.id, b.buildstate, job.id AS job FROM build b JOIN job ON b.id = job.build
+    ORDER BY b.id FOR UPDATE OF b),
+done AS (
+    UPDATE build SET buildstate = i.state, date_finished = i.now,
+        log = coalesce(i.log, build.log), dependencies = i.dependencies,
+        failure_reason = i.reason, builder = i.builder,
+        date_started = coalesce(build.date_started, i.now)
+    FROM old JOIN i ON i.job = old.job
+    WHERE build.id = old.id AND (old.buildstate, i.state) IN (VALUES {_TRANSITIONS})
+    RETURNING build.id, i.job, i.builder, i.message, old.buildstate AS old_state),
+gone AS (
+    DELETE FROM buildqueue q USING done WHERE q.id = done.job),
+files AS (
+    INSERT INTO buildfile (build, libraryfile, filename)
+    SELECT done.id, f.alias, f.name
+    FROM done JOIN unnest(%(file_jobs)s::integer[], %(file_aliases)s::bigint[],
+        %(file_names)s::text[]) AS f(job, alias, name) ON f.job = done.job
+    ON CONFLICT (build, filename) DO NOTHING),
+kept AS (
+    UPDATE libraryfilealias a SET expires = NULL
+    FROM done JOIN unnest(%(keep_jobs)s::integer[], %(keep_aliases)s::bigint[]) AS k(job, alias)
+        ON k.job = done.job
+    WHERE a.id = k.alias AND a.expires IS NOT NULL),
+event AS (
+    INSERT INTO event (build, builder, kind, message)
+    SELECT done.id, done.builder, 'finished', n.name || done.message
+    FROM done JOIN (VALUES {_STATE_NAMES}) AS n(value, name) ON n.value = done.old_state)
+SELECT i.job, job.id, old.buildstate, done.id
+FROM i LEFT JOIN job ON job.id = i.job LEFT JOIN old ON old.job = i.job
+    LEFT JOIN done ON done.job = i.job
+"""
+
+
+@attrs.frozen
+class _Finished:
+    job: BuildQueue
+    builder: Builder
+    state: BuildStatus
+    now: datetime.datetime
+    log: int | None
+    files: tuple[tuple[str, int], ...]
+    dependencies: str | None
+    reason: str | None
+
+    @property
+    def keep(self) -> list[int]:
+        """The aliases made permanent: the files and the log."""
+        return [alias for _, alias in self.files] + ([self.log] if self.log is not None else [])
+
+    @property
+    def message(self) -> str:
+        return f" -> {self.state.name} on {self.builder.name}" + (
+            f": {self.reason}" if self.reason else ""
+        )
+
+    def outcome(self, job_id: int | None, old_state: int | None, done: int | None) -> bool:
+        if job_id is None:
+            return False
+        if done is None:
+            assert old_state is not None
+            raise IllegalTransition(self.job.build_id, BuildStatus(old_state), self.state)
+        return True
+
+
 def _context_from_row(row: tuple[Any, ...]) -> BuildContext:
     """A :class:`BuildContext` from the columns of ``_CONTEXT_COLUMNS``."""
     build = build_from_row(row[:BUILD_WIDTH])
@@ -235,6 +314,10 @@ class JobQueries:
         #: dispatches recorded together when they come together
         self.dispatches: StatementBatcher[_Dispatched, None] = StatementBatcher(
             self._record_dispatches, self._record_dispatch
+        )
+        #: and the ends of builds
+        self.finishes: StatementBatcher[_Finished, bool] = StatementBatcher(
+            self._finish_many, self._finish_one
         )
 
     # -- reading --------------------------------------------------------------------
@@ -614,38 +697,65 @@ class JobQueries:
     ) -> bool:
         """Record a collected build, in one statement: its final state, log and files (made
         permanent: they were stored provisional, expiring, in case the master died before
-        this); the job leaves the queue.
+        this); the job leaves the queue. Builds that end at about the same moment share a
+        statement.
 
         :returns: ``False`` when the job is no longer this builder's (already collected).
         :raises IllegalTransition: when the build may not end in ``state``.
         """
-        allowed = [int(s) for s in BuildStatus if can_transition(s, state)]
-        keep = [alias for _, alias in files] + ([log] if log is not None else [])
+        return await self.finishes.submit(
+            _Finished(job, builder, state, now, log, tuple(files), dependencies, reason)
+        )
+
+    async def _finish_one(self, f: _Finished) -> bool:
         rows = await self._db.query(
             _FINISH_SQL,
             {
-                "job": job.id,
-                "builder": builder.id,
-                "state": int(state),
-                "now": now,
-                "log": log,
-                "dependencies": dependencies,
-                "reason": reason,
-                "allowed": allowed,
-                "names": [name for name, _ in files],
-                "aliases": [alias for _, alias in files],
-                "keep": keep,
-                "message": f" -> {state.name} on {builder.name}"
-                + (f": {reason}" if reason else ""),
+                "job": f.job.id,
+                "builder": f.builder.id,
+                "state": int(f.state),
+                "now": f.now,
+                "log": f.log,
+                "dependencies": f.dependencies,
+                "reason": f.reason,
+                "allowed": [int(s) for s in BuildStatus if can_transition(s, f.state)],
+                "names": [name for name, _ in f.files],
+                "aliases": [alias for _, alias in f.files],
+                "keep": f.keep,
+                "message": f.message,
             },
             prepared=True,
         )
-        job_id, old_state, done = rows[0]
-        if job_id is None:
-            return False
-        if done is None:
-            raise IllegalTransition(job.build_id, BuildStatus(old_state), state)
-        return True
+        return f.outcome(*rows[0])
+
+    async def _finish_many(self, fs: list[_Finished]) -> list[bool | IllegalTransition]:
+        rows = await self._db.query(
+            _FINISH_MANY_SQL,
+            {
+                "jobs": [f.job.id for f in fs],
+                "builders": [f.builder.id for f in fs],
+                "states": [int(f.state) for f in fs],
+                "nows": [f.now for f in fs],
+                "logs": [f.log for f in fs],
+                "dependencies": [f.dependencies for f in fs],
+                "reasons": [f.reason for f in fs],
+                "messages": [f.message for f in fs],
+                "file_jobs": [f.job.id for f in fs for _ in f.files],
+                "file_aliases": [alias for f in fs for _, alias in f.files],
+                "file_names": [name for f in fs for name, _ in f.files],
+                "keep_jobs": [f.job.id for f in fs for _ in f.keep],
+                "keep_aliases": [alias for f in fs for alias in f.keep],
+            },
+            prepared=True,
+        )
+        found = {row[0]: row[1:] for row in rows}
+        results: list[bool | IllegalTransition] = []
+        for f in fs:
+            try:
+                results.append(f.outcome(*found[f.job.id]))
+            except IllegalTransition as e:
+                results.append(e)
+        return results
 
     # -- operations on builds ----------------------------------------------------------
 
