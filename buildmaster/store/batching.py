@@ -84,7 +84,9 @@ class StatementBatcher(Generic[T, R]):
             except Exception:
                 pass  # one by one below: each request gets its own answer
             else:
-                return [Failure(r) if isinstance(r, BaseException) else r for r in shared]
+                if len(shared) == len(requests):
+                    return [Failure(r) if isinstance(r, BaseException) else r for r in shared]
+                # (never: each run_many answers every request) one by one below
         results: list[R | Failure] = []
         for request in requests:
             self.statements += 1
