@@ -70,14 +70,21 @@ async def waiting_jobs(db: Any) -> int:
     return int(rows[0][0])
 
 
+def farm_times(calls: list[dict[str, Any]], result: str) -> dict[str, list[float]]:
+    """Per builder, when the recording farm logged ``result`` (a build() accepted:
+    ``"BuilderStatus.BUILDING"``; a build ended: ``"WAITING"``)."""
+    times: dict[str, list[float]] = defaultdict(list)
+    for call in calls:
+        if call["result"] == result:
+            times[call["builder"]].append(call["t"])
+    return times
+
+
 def waiting_to_next(
     trace: common.Trace, calls: list[dict[str, Any]], start: float, end: float
 ) -> dict[str, list[float]]:
     """For every WAITING seen in [start, end): the time to each later step on that builder."""
-    arrivals: dict[str, list[float]] = defaultdict(list)
-    for call in calls:
-        if call["result"] == "BuilderStatus.BUILDING":
-            arrivals[call["builder"]].append(call["t"])
+    arrivals = farm_times(calls, "BuilderStatus.BUILDING")
     per_builder: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for kind, key, t in trace.events:
         per_builder[key][kind].append(t)
@@ -126,13 +133,8 @@ def builder_side(
 ) -> dict[str, list[float]]:
     """For every build that finished on its builder in [start, end): how long the builder
     waited for the master to see it WAITING, and to send its next build (its idle time)."""
-    arrivals: dict[str, list[float]] = defaultdict(list)
-    finishes: dict[str, list[float]] = defaultdict(list)
-    for call in calls:
-        if call["result"] == "BuilderStatus.BUILDING":
-            arrivals[call["builder"]].append(call["t"])
-        elif call["result"] == "WAITING":
-            finishes[call["builder"]].append(call["t"])
+    arrivals = farm_times(calls, "BuilderStatus.BUILDING")
+    finishes = farm_times(calls, "WAITING")
     seen: dict[str, list[float]] = defaultdict(list)
     for kind, key, t in trace.events:
         if kind == "collect":
@@ -389,7 +391,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
                 pinning.start(0.5)
             if args.no_record_batching:
                 # a diagnostic: every finished upload is recorded by its own statement
-                service.librarian.records._max_batch = 1
+                service.librarian.records._batcher._max_batch = 1
             gate = getattr(service.master, "claims", None)
             if args.no_claim_gate and gate is not None:
                 # a diagnostic: every idle builder claims at once (SKIP LOCKED keeps it safe)

@@ -1,7 +1,7 @@
 """StatementBatcher's rules on their own (the statements it runs for the librarian, the
 dispatches and the ends of builds are tested against PostgreSQL in test_librarian_records
-and test_store): requests that come together share a run, a lone one runs at once, and
-when a shared run fails or answers wrongly each request is run alone."""
+and test_store): requests that come together share a run, a lone one runs at once (a run
+of one), and when a shared run fails or answers wrongly each request is run alone."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from buildmaster.store.batching import StatementBatcher
 
 class Runs:
     """Each run waits until the test lets it finish, then answers ``"<request>!"``; a request
-    named ``"bad"`` is refused alone; shared runs can be made to fail or answer too few."""
+    named ``"bad"`` is refused; runs of several can be made to fail or answer too few."""
 
     def __init__(self) -> None:
         self.log: list[list[str]] = []
@@ -24,19 +24,12 @@ class Runs:
     async def many(self, requests: list[str]) -> list[str | BaseException]:
         self.log.append(list(requests))
         await self._wait()
-        if self.shared_fails:
+        if self.shared_fails and len(requests) > 1:
             raise RuntimeError("deadlock detected")
         answers: list[str | BaseException] = [
             ValueError(r) if r == "bad" else f"{r}!" for r in requests
         ]
-        return answers[:-1] if self.shared_short else answers
-
-    async def one(self, request: str) -> str:
-        self.log.append([request])
-        await self._wait()
-        if request == "bad":
-            raise ValueError(request)
-        return f"{request}!"
+        return answers[:-1] if self.shared_short and len(requests) > 1 else answers
 
     async def _wait(self) -> None:
         d: defer.Deferred[None] = defer.Deferred()
@@ -59,7 +52,7 @@ def outcomes(ds: list[defer.Deferred[str]]) -> list[object]:
 
 def test_a_lone_request_runs_at_once_and_those_that_wait_share_a_run() -> None:
     runs = Runs()
-    batcher = StatementBatcher(runs.many, runs.one, concurrency=1)
+    batcher = StatementBatcher(runs.many, concurrency=1)
     results = outcomes([batcher.submit(r) for r in ("a", "b", "c", "d")])
     assert runs.log == [["a"]]  # alone, at once; the others wait for it
     runs.finish_all()
@@ -70,7 +63,7 @@ def test_a_lone_request_runs_at_once_and_those_that_wait_share_a_run() -> None:
 
 def test_a_refused_request_fails_alone_in_a_shared_run() -> None:
     runs = Runs()
-    batcher = StatementBatcher(runs.many, runs.one, concurrency=1)
+    batcher = StatementBatcher(runs.many, concurrency=1)
     results = outcomes([batcher.submit(r) for r in ("a", "b", "bad", "c")])
     runs.finish_all()
     runs.finish_all()
@@ -82,7 +75,7 @@ def test_a_failed_or_short_shared_run_is_retried_request_by_request() -> None:
     for fault in ("shared_fails", "shared_short"):
         runs = Runs()
         setattr(runs, fault, True)
-        batcher = StatementBatcher(runs.many, runs.one, concurrency=1)
+        batcher = StatementBatcher(runs.many, concurrency=1)
         results = outcomes([batcher.submit(r) for r in ("a", "b", "bad", "c")])
         while runs.pending:
             runs.finish_all()
@@ -94,7 +87,7 @@ def test_a_failed_or_short_shared_run_is_retried_request_by_request() -> None:
 
 def test_batches_are_at_most_max_batch_and_at_most_concurrency_run_at_once() -> None:
     runs = Runs()
-    batcher = StatementBatcher(runs.many, runs.one, concurrency=2, max_batch=3)
+    batcher = StatementBatcher(runs.many, concurrency=2, max_batch=3)
     results = outcomes([batcher.submit(str(i)) for i in range(9)])
     assert runs.log == [["0"], ["1"]]  # two in flight
     runs.finish_all()

@@ -13,6 +13,7 @@ as the collector does.
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Sequence
 
 import attrs
@@ -190,9 +191,8 @@ class RecordBatcher:
     """
 
     def __init__(self, db: Database, concurrency: int = 2, max_batch: int = 64) -> None:
-        self._db = db
         self._batcher: StatementBatcher[NewFile, int] = StatementBatcher(
-            self._record_many, self._record_one, concurrency, max_batch
+            functools.partial(record_files, db), concurrency, max_batch
         )
 
     @property
@@ -210,11 +210,3 @@ class RecordBatcher:
     ) -> defer.Deferred[int]:
         """Record one alias; fires with its id (see :func:`record_file`)."""
         return self._batcher.submit(NewFile(hashes, filename, mimetype, restricted, expires))
-
-    async def _record_many(self, files: list[NewFile]) -> list[int | ContentMismatch]:
-        return await record_files(self._db, files)
-
-    async def _record_one(self, f: NewFile) -> int:
-        return await record_file(
-            self._db, f.hashes, f.filename, f.mimetype, f.restricted, f.expires
-        )

@@ -27,20 +27,18 @@ class StatementBatcher(Generic[T, R]):
     on its own. When a shared statement fails, its requests are run one by one, so a request
     the database refuses fails alone.
 
-    :param run_many: runs two or more requests in one statement; returns, in order, each
-        one's result, or the exception its caller gets.
-    :param run_one: runs one request (raises for its caller).
+    :param run_many: runs requests in one statement (a lone one too: the same statement
+        with one row); returns, in order, each one's result, or the exception its caller
+        gets.
     """
 
     def __init__(
         self,
         run_many: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]],
-        run_one: Callable[[T], Awaitable[R]],
         concurrency: int = 2,
         max_batch: int = 64,
     ) -> None:
         self._run_many = run_many
-        self._run_one = run_one
         self._concurrency = concurrency
         self._max_batch = max_batch
         self._waiting: list[tuple[T, defer.Deferred[R]]] = []
@@ -85,13 +83,19 @@ class StatementBatcher(Generic[T, R]):
                 pass  # one by one below: each request gets its own answer
             else:
                 if len(shared) == len(requests):
-                    return [Failure(r) if isinstance(r, BaseException) else r for r in shared]
+                    return [_answer(r) for r in shared]
                 # (never: each run_many answers every request) one by one below
         results: list[R | Failure] = []
         for request in requests:
             self.statements += 1
             try:
-                results.append(await self._run_one(request))
+                [result] = await self._run_many([request])
             except Exception:
                 results.append(Failure())
+            else:
+                results.append(_answer(result))
         return results
+
+
+def _answer(result: R | BaseException) -> R | Failure:
+    return Failure(result) if isinstance(result, BaseException) else result

@@ -122,41 +122,13 @@ def _file_from_json(values: Sequence[Any]) -> LibraryFile:
 
 
 _STATE_NAMES = ", ".join(f"({int(s)}, '{s.name}')" for s in BuildStatus)
-_FINISH_SQL = f"""
-WITH job AS (
-    SELECT id, build FROM buildqueue WHERE id = %(job)s AND builder = %(builder)s FOR UPDATE),
-old AS (
-    SELECT id, buildstate FROM build WHERE id = (SELECT build FROM job) FOR UPDATE),
-done AS (
-    UPDATE build SET buildstate = %(state)s, date_finished = %(now)s, log = coalesce(%(log)s, log),
-        dependencies = %(dependencies)s, failure_reason = %(reason)s, builder = %(builder)s,
-        date_started = coalesce(date_started, %(now)s)
-    WHERE id = (SELECT id FROM old) AND (SELECT buildstate FROM old) = ANY(%(allowed)s)
-    RETURNING id),
-gone AS (
-    DELETE FROM buildqueue WHERE id = (SELECT id FROM job) AND EXISTS (SELECT 1 FROM done)),
-files AS (
-    INSERT INTO buildfile (build, libraryfile, filename)
-    SELECT done.id, f.alias, f.name
-    FROM done, unnest(%(aliases)s::bigint[], %(names)s::text[]) AS f(alias, name)
-    ON CONFLICT (build, filename) DO NOTHING),
-kept AS (
-    UPDATE libraryfilealias SET expires = NULL
-    WHERE id = ANY(%(keep)s::bigint[]) AND expires IS NOT NULL AND EXISTS (SELECT 1 FROM done)),
-event AS (
-    INSERT INTO event (build, builder, kind, message)
-    SELECT done.id, %(builder)s, 'finished', n.name || %(message)s
-    FROM done, old, (VALUES {_STATE_NAMES}) AS n(value, name) WHERE n.value = old.buildstate)
-SELECT (SELECT id FROM job), (SELECT buildstate FROM old), (SELECT id FROM done)
-"""
-
 
 _TRANSITIONS = ", ".join(
     f"({int(a)}, {int(b)})" for a in BuildStatus for b in BuildStatus if can_transition(a, b)
 )
 
-# _FINISH_SQL for several jobs at once: rows locked in key order; per job, what it finds
-_FINISH_MANY_SQL = f"""
+# the end of one or more builds: rows locked in key order; per job, what it found
+_FINISH_SQL = f"""
 WITH i AS MATERIALIZED (
     SELECT * FROM unnest(%(jobs)s::integer[], %(builders)s::integer[], %(states)s::integer[],
         %(nows)s::timestamptz[], %(logs)s::bigint[], %(dependencies)s::text[],
@@ -274,21 +246,8 @@ class _Dispatched:
     now: datetime.datetime
 
 
+# the dispatch of one or more jobs (rows locked in job order); the jobs still claimed
 _RECORD_DISPATCH_SQL = (
-    "WITH q AS (UPDATE buildqueue SET date_started = %(now)s"
-    "  WHERE id = %(job)s AND builder = %(builder)s AND status = 1 RETURNING build),"
-    " b AS (UPDATE build SET buildstate = 6, builder = %(builder)s, date_started = %(now)s,"
-    "  date_first_dispatched = coalesce(date_first_dispatched, %(now)s), date_finished = NULL"
-    "  WHERE id = (SELECT build FROM q) AND buildstate = 0 RETURNING id),"
-    " f AS (UPDATE builder SET failure_count = 0 WHERE id = %(builder)s AND failure_count <> 0"
-    "  AND EXISTS (SELECT 1 FROM b)),"
-    " e AS (INSERT INTO event (build, builder, kind, message)"
-    "  SELECT id, %(builder)s, 'dispatched', %(message)s FROM b)"
-    " SELECT id FROM b"
-)
-
-# the same for several jobs at once (rows locked in job order)
-_RECORD_DISPATCHES_SQL = (
     "WITH i AS MATERIALIZED (SELECT * FROM unnest(%(jobs)s::integer[], %(builders)s::integer[],"
     "  %(nows)s::timestamptz[], %(messages)s::text[]) AS i(job, builder, now, message)),"
     " locked AS MATERIALIZED (SELECT q.id FROM buildqueue q JOIN i ON q.id = i.job"
@@ -313,12 +272,10 @@ class JobQueries:
         self._db = db
         #: dispatches recorded together when they come together
         self.dispatches: StatementBatcher[_Dispatched, None] = StatementBatcher(
-            self._record_dispatches, self._record_dispatch
+            self._record_dispatches
         )
         #: and the ends of builds
-        self.finishes: StatementBatcher[_Finished, bool] = StatementBatcher(
-            self._finish_many, self._finish_one
-        )
+        self.finishes: StatementBatcher[_Finished, bool] = StatementBatcher(self._finish_many)
 
     # -- reading --------------------------------------------------------------------
 
@@ -442,23 +399,9 @@ class JobQueries:
         """
         await self.dispatches.submit(_Dispatched(job.id, builder.id, builder.name, now))
 
-    async def _record_dispatch(self, d: _Dispatched) -> None:
-        rows = await self._db.query(
-            _RECORD_DISPATCH_SQL,
-            {
-                "now": d.now,
-                "job": d.job,
-                "builder": d.builder,
-                "message": f"dispatched to {d.builder_name}",
-            },
-            prepared=True,
-        )
-        if not rows:
-            raise JobGone(f"job {d.job} is no longer claimed by {d.builder_name}")
-
     async def _record_dispatches(self, ds: list[_Dispatched]) -> list[None | JobGone]:
         rows = await self._db.query(
-            _RECORD_DISPATCHES_SQL,
+            _RECORD_DISPATCH_SQL,
             {
                 "jobs": [d.job for d in ds],
                 "builders": [d.builder for d in ds],
@@ -707,30 +650,10 @@ class JobQueries:
             _Finished(job, builder, state, now, log, tuple(files), dependencies, reason)
         )
 
-    async def _finish_one(self, f: _Finished) -> bool:
+    async def _finish_many(self, fs: list[_Finished]) -> list[bool | IllegalTransition]:
+        keep = [(f.job.id, alias) for f in fs for alias in f.keep]
         rows = await self._db.query(
             _FINISH_SQL,
-            {
-                "job": f.job.id,
-                "builder": f.builder.id,
-                "state": int(f.state),
-                "now": f.now,
-                "log": f.log,
-                "dependencies": f.dependencies,
-                "reason": f.reason,
-                "allowed": [int(s) for s in BuildStatus if can_transition(s, f.state)],
-                "names": [name for name, _ in f.files],
-                "aliases": [alias for _, alias in f.files],
-                "keep": f.keep,
-                "message": f.message,
-            },
-            prepared=True,
-        )
-        return f.outcome(*rows[0])
-
-    async def _finish_many(self, fs: list[_Finished]) -> list[bool | IllegalTransition]:
-        rows = await self._db.query(
-            _FINISH_MANY_SQL,
             {
                 "jobs": [f.job.id for f in fs],
                 "builders": [f.builder.id for f in fs],
@@ -743,8 +666,8 @@ class JobQueries:
                 "file_jobs": [f.job.id for f in fs for _ in f.files],
                 "file_aliases": [alias for f in fs for _, alias in f.files],
                 "file_names": [name for f in fs for name, _ in f.files],
-                "keep_jobs": [f.job.id for f in fs for _ in f.keep],
-                "keep_aliases": [alias for f in fs for alias in f.keep],
+                "keep_jobs": [job for job, _ in keep],
+                "keep_aliases": [alias for _, alias in keep],
             },
             prepared=True,
         )
