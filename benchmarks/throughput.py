@@ -96,6 +96,7 @@ def waiting_to_next(
         "seen WAITING -> build finished in the database": [],
         "seen WAITING -> builder cleaned": [],
         "seen WAITING -> next job claimed": [],
+        "seen WAITING -> its files on the builder (ensurepresent)": [],
         "seen WAITING -> next build() sent": [],
     }
 
@@ -120,6 +121,7 @@ def waiting_to_next(
                 after(kinds.get("finished", []), seen),
                 after(kinds.get("cleaned", []), seen),
                 after(kinds.get("claimed", []), seen),
+                after(kinds.get("ensured", []), seen),
                 sent,
             ]
             for name, t in zip(list(steps)[1:], milestones, strict=True):
@@ -347,8 +349,8 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
             "claimed",
             lambda r, self, b, *a, **k: b.name if r else None,
         )
-        trace.on_call(
-            BuilderWorker, "_ensure_files", "files", lambda self, *a, **k: self.builder.name
+        trace.on_return(
+            BuilderWorker, "_ensure_files", "ensured", lambda r, self, *a, **k: self.builder.name
         )
         trace.on_call(BuilderClient, "build", "sent", lambda self, *a: names.get(self.url))
     if args.no_prepared:

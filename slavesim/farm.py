@@ -31,7 +31,7 @@ from twisted.internet.defer import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent
+from twisted.web.client import HTTPConnectionPool, RedirectAgent
 
 from slavesim.builder import DEFAULT_VERSION, Settings, SimulatedBuilder
 from slavesim.cache import (
@@ -40,6 +40,7 @@ from slavesim.cache import (
     AgentFetcher,
     Fetcher,
     FileCache,
+    download_agent,
 )
 from slavesim.faults import Faults
 from slavesim.outcomes import OutcomeRule
@@ -286,8 +287,7 @@ class Farm:
         self._pool: HTTPConnectionPool | None = None
         if fetcher is None:
             self._pool = HTTPConnectionPool(reactor, persistent=False)
-            agent: Any = Agent(reactor, pool=self._pool, connectTimeout=30)
-            agent = RedirectAgent(agent)
+            agent: Any = RedirectAgent(download_agent(reactor, self._pool))
             fetcher = AgentFetcher(agent, self.clock, download_timeout)
         self.fetcher = fetcher
         self.builders: dict[str, SimBuilder] = {}

@@ -15,12 +15,19 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet.interfaces import (
+    IHostnameResolver,
+    IReactorPluggableNameResolver,
+    IReactorTCP,
+    IReactorTime,
+)
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
+from zope.interface import implementer
 
-from slavesim.cache import AgentFetcher, FileCache
+from slavesim.cache import AgentFetcher, FileCache, download_agent
 from slavesim.testing import FileServer, FileServerResource, MemoryFetcher, wait_for_no_tcp
 
 DATA = b"the contents of a chroot tarball"
@@ -120,7 +127,7 @@ class Downloads:
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"
         self.clock = Clock()
         self.pool = HTTPConnectionPool(reactor, persistent=False)
-        fetcher = AgentFetcher(Agent(reactor, pool=self.pool), self.clock, timeout=30)
+        fetcher = AgentFetcher(download_agent(reactor, self.pool), self.clock, timeout=30)
         self.cache = FileCache(tmp_path / "cache", fetcher, max_size=1000)
 
     def add(self, path: str, data: bytes) -> tuple[str, str]:
@@ -254,3 +261,48 @@ async def test_malformed_urls_are_librarian_errors(downloads: Downloads, url: st
     present, message = await downloads.ensure(SHA1, url)
     assert present is False
     assert str(message).startswith("Error accessing Librarian: ")
+
+
+@implementer(IHostnameResolver)
+class RecordingResolver:
+    """The reactor's resolver, noting every name it is asked for."""
+
+    def __init__(self, resolver: Any) -> None:
+        self._resolver = resolver
+        self.names: list[str] = []
+
+    def resolveHostName(self, receiver: Any, hostName: str, *args: Any, **kw: Any) -> Any:
+        self.names.append(hostName)
+        return self._resolver.resolveHostName(receiver, hostName, *args, **kw)
+
+
+@implementer(IReactorTCP, IReactorTime, IReactorPluggableNameResolver)
+class ResolverSpy:
+    """The running reactor with a :class:`RecordingResolver`."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self.nameResolver = RecordingResolver(reactor.nameResolver)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ip_addresses_are_not_resolved_names_are(
+    reactor: Any, downloads: Downloads, tmp_path: Path
+) -> None:
+    spy = ResolverSpy(reactor)
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    fetcher = AgentFetcher(download_agent(spy, pool), Clock(), timeout=30)
+    cache = FileCache(tmp_path / "spied", fetcher, max_size=1000)
+    sha1, url = downloads.add("/by-address", DATA)
+    assert await cache.ensure_present(sha1, url, None, None) == [True, "Download"]
+    assert spy.nameResolver.names == []
+    other = b"another file"
+    sha1, url = downloads.add("/by-name", other)
+    by_name = url.replace("127.0.0.1", "localhost")
+    assert await cache.ensure_present(sha1, by_name, None, None) == [True, "Download"]
+    assert spy.nameResolver.names == ["localhost"]
+    assert cache.path(sha1).read_bytes() == other
+    await pool.closeCachedConnections()
