@@ -62,7 +62,7 @@ from buildmaster.protocol import (
     check_filemap,
 )
 from buildmaster.store.database import DatabaseError
-from buildmaster.store.jobs import JobGone
+from buildmaster.store.jobs import Claimed, JobGone
 from buildmaster.vmreset import VMResetFailed, reset_vm, resume_argv
 
 if TYPE_CHECKING:
@@ -385,17 +385,23 @@ class BuilderWorker:
 
     async def dispatch_next(self) -> BuildQueue | None:
         """Claim the best waiting job for this builder and dispatch it."""
-        builder = self.builder
-        if not builder_may_take_jobs(builder) or self.master.stopping:
+        if not builder_may_take_jobs(self.builder) or self.master.stopping:
             return None
-        if self.master.known_empty(self.keys):
+        claimed = await self._claim_next()
+        if claimed is None:
             await self._reset_if_dirty()
+            return None
+        await self.dispatch(claimed.job, claimed.context)
+        return claimed.job
+
+    async def _claim_next(self) -> Claimed | None:
+        """Claim the best waiting job for this builder (``None``: nothing for it now)."""
+        builder = self.builder
+        if self.master.known_empty(self.keys):
             return None
         keys = tuple(self.keys)
         if not await self.master.claims.wait_turn(keys):
-            # a claim for the same kind just found nothing: do not ask again
-            await self._reset_if_dirty()
-            return None
+            return None  # a claim for the same kind just found nothing: do not ask again
         generations = self.master.generations(keys)
         now = self.master.clock.seconds()
         self._avoid = {job_id: until for job_id, until in self._avoid.items() if until > now}
@@ -410,12 +416,10 @@ class BuilderWorker:
         if claimed is None:
             if not self._avoid:  # the avoided jobs may suit other builders
                 self.master.mark_empty(keys, generations)
-            await self._reset_if_dirty()
             return None
-        self.builder = attrs.evolve(builder, clean_status=BuilderCleanStatus.DIRTY)
+        self.builder = attrs.evolve(self.builder, clean_status=BuilderCleanStatus.DIRTY)
         self.master.wake(self.keys, exclude=self)
-        await self.dispatch(claimed.job, claimed.context)
-        return claimed.job
+        return claimed
 
     async def _reset_if_dirty(self) -> None:
         """A virtualized builder with nothing to do gets its VM reset now, not at dispatch."""
@@ -614,8 +618,43 @@ class BuilderWorker:
         else:
             state = BuildStatus.CANCELLED if cancelling else RESULT_STATES[result]
             await self._store_results(snap, status, state)
-        await self._clean()
-        await self._next_job()
+        await self._clean_and_next()
+
+    async def _clean_and_next(self) -> None:
+        """``clean()`` the builder and give it its next job. The job is claimed in the
+        database while ``clean()`` is on its way (the two wait on different things); it is
+        dispatched once the builder is IDLE, or released, without blame, if the clean fails."""
+        if not builder_may_take_jobs(self.builder) or self.master.stopping:
+            await self._clean()
+            await self._ready()
+            return
+        claiming = defer.Deferred.fromCoroutine(self._claim_next())
+        try:
+            await self._clean()
+        except BaseException:
+            await self._release_early_claim(claiming, "the builder could not be cleaned")
+            raise
+        claimed = await claiming
+        if claimed is None:
+            await self._reset_if_dirty()
+            await self._ready()
+            return
+        if self.master.stopping:
+            await self.master.store.jobs.release_claim(
+                claimed.job, self.builder, "the master stopped before the dispatch"
+            )
+            return
+        await self.dispatch(claimed.job, claimed.context)
+
+    async def _release_early_claim(
+        self, claiming: defer.Deferred[Claimed | None], reason: str
+    ) -> None:
+        try:
+            claimed = await claiming
+        except Exception:
+            return  # the claim failed: nothing to give back
+        if claimed is not None:
+            await self.master.store.jobs.release_claim(claimed.job, self.builder, reason)
 
     async def _store_results(
         self, snap: BuilderSnapshot, status: StatusReport, state: BuildStatus

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 
 from buildmaster.config import MasterConfig
 from buildmaster.enums import BuilderCleanStatus, BuildQueueStatus, BuildStatus
@@ -384,3 +385,62 @@ async def test_collecting_twice_gives_the_same_result_and_one_copy_of_each_file(
     log_name = (await world.harness.librarian.get(build.log_id)).filename
     assert dict(permanent) == {**{name: 1 for name in status["filemap"]}, log_name: 1}
     assert sim.state.state == "BuilderStatus.IDLE"
+
+
+async def _job_builder(store: Store, build: Build) -> int | None:
+    job = await store.queue.get_for_build(build)
+    return None if job is None else job.builder_id
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_next_job_is_claimed_while_the_builder_is_cleaned(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    """The builder's next job is claimed in the database while clean() is on its way, not
+    after its answer: here the answer to clean() takes a second, and the claim is there
+    well before it; the job is dispatched once the builder is IDLE."""
+    config = MasterConfig(socket_timeout=5.0, scan_interval=3600)
+    world = await make_world(config, build_time=0.2)
+    sim, builder = await world.builder("builder")
+    first, second = await world.queue(), await world.queue()
+    await run_until_waiting(reactor, world, sim)
+    sim.faults.withhold_answer = {"clean": 1.0}
+    scan = defer.ensureDeferred(world.harness.master.scan_all())
+    await wait_for(reactor, lambda: "clean" in [c.method for c in sim.history], 10)
+    clean_sent = reactor.seconds()
+    while await _job_builder(store, second) != builder.id:
+        assert reactor.seconds() - clean_sent < 5, "the next job was never claimed"
+        await _sleep(reactor, 0.01)
+    claimed_after = reactor.seconds() - clean_sent
+    await scan
+    assert claimed_after < 0.5  # the answer to clean() came 1 s after the call
+    assert await state(store, first) is BuildStatus.FULLYBUILT
+    assert await state(store, second) is BuildStatus.BUILDING
+    assert [c.args[0] for c in sim.history if c.method == "build"] == [first.cookie, second.cookie]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_job_claimed_for_a_builder_that_cannot_be_cleaned_goes_back_unblamed(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    world = await make_world(FAST, build_time=0.2)
+    sim, builder = await world.builder("builder")
+    first, second = await world.queue(), await world.queue()
+    await run_until_waiting(reactor, world, sim)
+    sim.faults.withhold_answer = {"clean": 30.0}  # clean() times out (socket timeout 1 s)
+    await world.harness.master.scan_all()
+    assert await state(store, first) is BuildStatus.FULLYBUILT
+    # the next job was claimed for the builder meanwhile; it waits again, without a failure
+    assert await state(store, second) is BuildStatus.NEEDSBUILD
+    job = await store.queue.get_for_build(second)
+    assert job is not None and job.status is BuildQueueStatus.WAITING and job.builder_id is None
+    assert (await store.builds.get(second)).failure_count == 0
+    released = [e.message for e in await store.events.for_build(second.id) if e.kind == "released"]
+    assert released == ["the builder could not be cleaned"]
+    # the failure is the builder's: counted against it, with its reason
+    assert (await store.builders.get(builder)).failure_count == 1
+    failures = [
+        e.message for e in await store.events.for_builder(builder.id) if e.kind == "failure"
+    ]
+    assert len(failures) == 1 and "clean()" in failures[0]
+    assert [c.args[0] for c in sim.history if c.method == "build"] == [first.cookie]
