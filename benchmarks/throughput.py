@@ -381,7 +381,9 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
                     state_dir=state,
                     dsn=ctx["dsn"],
                     port="tcp:0:interface=127.0.0.1",
-                    master=MasterConfig(scan_interval=interval),
+                    master=MasterConfig(scan_interval=interval)
+                    if args.max_collections is None
+                    else MasterConfig(scan_interval=interval, max_collections=args.max_collections),
                     pool_size=args.pool_size,
                 ),
             )
@@ -536,6 +538,12 @@ def main() -> None:
         action="store_true",
         help="list PostgreSQL's planning and execution time per statement (pg_stat_statements,"
         " which itself costs a little)",
+    )
+    parser.add_argument(
+        "--max-collections",
+        type=int,
+        default=None,
+        help="finished builds the master collects at once (0: no limit; default: the master's)",
     )
     parser.add_argument(
         "--no-claim-gate",

@@ -46,6 +46,13 @@ class MasterConfig:
     #: least every scan interval and at most every ``max`` seconds (fraction 0: every scan)
     building_poll_fraction: float = attrs.field(default=0.1, validator=_not_negative)
     building_poll_max: float = attrs.field(default=30.0, validator=_positive)
+    #: finished builds collected at once (fetch, store, clean, next dispatch); beyond it the
+    #: routine polls of building builders wait their turn (:mod:`buildmaster.admission`).
+    #: 0 (the default): no limit, the most builds per second when the master is saturated;
+    #: a limit bounds the time from a finished build to the next ``build()`` instead
+    max_collections: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    #: a collection or a poll counts against ``max_collections`` for at most this long
+    collection_lease: float = attrs.field(default=2.0, validator=_positive)
     #: re-probing of automatically failed builders: first delay and ceiling
     probe_initial_delay: float = attrs.field(default=15.0, validator=_positive)
     probe_max_delay: float = attrs.field(default=600.0, validator=_positive)

@@ -29,11 +29,12 @@ from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from buildmaster.admission import Admission
 from buildmaster.config import MasterConfig
 from buildmaster.enums import BuilderStatus, BuildStatus
 from buildmaster.httpclient import HTTPClient
 from buildmaster.logtails import LogtailBuffer
-from buildmaster.model import Builder, BuildQueue, DistroArchSeries, HasId, id_of
+from buildmaster.model import Builder, BuilderSnapshot, BuildQueue, DistroArchSeries, HasId, id_of
 from buildmaster.protocol import BuilderError
 from buildmaster.scanner import BuilderWorker, failure_message
 from buildmaster.store import Store
@@ -136,6 +137,13 @@ class BuilddMaster(service.Service):
         self._logtail_loop = task.LoopingCall(self._flush_logtails)
         self._logtail_loop.clock = reactor
         self._loops: list[defer.Deferred[Any]] = []
+        self.admission = Admission(
+            reactor, self.config.max_collections, self.config.collection_lease, self._take_turns
+        )
+        #: routine polls waiting their turn, oldest first: builder id -> worker, the latest
+        #: snapshot of it, when it started waiting
+        self._turns: dict[int, tuple[BuilderWorker, BuilderSnapshot, float]] = {}
+        self._taking_turns = False
 
     # -- the service -------------------------------------------------------------------
 
@@ -173,6 +181,8 @@ class BuilddMaster(service.Service):
         for loop in (self._scan_loop, self._logtail_loop):
             if loop.running:
                 loop.stop()
+        self._turns.clear()
+        self.admission.clear()
         running = [w.current_scan() for w in self.workers.values()]
         self.http.abort_all()
         await defer.DeferredList(running, consumeErrors=True)
@@ -221,18 +231,57 @@ class BuilddMaster(service.Service):
             seen.add(snap.builder.id)
             worker = self._worker(snap.builder)
             if not worker.busy and (not only_due or worker.due(snap, now)):
-                scans.append(worker.request_scan(snap))
+                if only_due and self.admission.limit > 0 and worker.routine(snap):
+                    self._poll_in_turn(worker, snap, now)
+                else:
+                    scans.append(worker.request_scan(snap))
         for builder_id in set(self.workers) - seen:
             if parts is not None and builder_id % slices not in parts:
                 continue  # another slice's builder
             if not self.workers[builder_id].busy:
                 self._forget_idle(self.workers.pop(builder_id))
+                self._turns.pop(builder_id, None)
         if self.clock.seconds() - self._empty_since >= EMPTY_CACHE_LIFETIME:
             # a safety net: ask the database again now and then, whatever the notifications said
             self._empty.clear()
             self._empty_since = self.clock.seconds()
         if wait:
             await defer.DeferredList(scans, consumeErrors=True)
+
+    def _poll_in_turn(self, worker: BuilderWorker, snap: BuilderSnapshot, now: float) -> None:
+        """Poll a building builder now, or when its turn comes (:mod:`buildmaster.admission`)."""
+        builder_id = worker.builder.id
+        waiting = self._turns.get(builder_id)
+        if waiting is not None:  # a fresher view, the same place in line
+            self._turns[builder_id] = (worker, snap, waiting[2])
+            return
+        self._turns[builder_id] = (worker, snap, now)
+        self._take_turns()
+
+    def _take_turns(self) -> None:
+        """Poll the builders waiting their turn, oldest first, while there is room."""
+        if self._taking_turns:
+            return  # called back from a poll started below: the loop goes on
+        self._taking_turns = True
+        try:
+            while self._turns and not self.stopping and self.admission.may_poll():
+                builder_id = next(iter(self._turns))
+                worker, snap, since = self._turns.pop(builder_id)
+                if (
+                    worker.busy
+                    or self.workers.get(builder_id) is not worker
+                    or not self._works(builder_id)
+                    or worker.polled_since(since)
+                ):
+                    continue  # scanned meanwhile (asked for), gone, or another master's
+                self.admission.poll_started(builder_id)
+                worker.request_scan(snap).addBoth(self._turn_over, builder_id)
+        finally:
+            self._taking_turns = False
+
+    def _turn_over(self, result: object, builder_id: int) -> object:
+        self.admission.poll_done(builder_id)
+        return result
 
     async def _own(self, builder_ids: list[int]) -> set[int]:
         if not self.config.exclusive_builders:

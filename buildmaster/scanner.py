@@ -133,24 +133,34 @@ class BuilderWorker:
     def busy(self) -> bool:
         return self._running is not None
 
-    def due(self, snap: BuilderSnapshot, now: float) -> bool:
-        """Whether the scan that reads ``snap`` should poll this builder now. A builder last
-        seen building what the database says it builds is polled less often the longer its
-        build has run (:func:`~buildmaster.policy.building_poll_delay`); anything else (a
-        cancel, a job taken away, a builder out of service) is looked at every scan."""
-        config = self.master.config
+    def routine(self, snap: BuilderSnapshot) -> bool:
+        """Whether polling the builder now is routine: it was last seen building what the
+        database (``snap``) says it builds. Such a poll may wait (:meth:`due`, and its turn
+        when the master is busy collecting); anything else (a cancel, a job taken away, a
+        builder out of service) is looked at every scan."""
         status, build = self.last_status, snap.build
-        if (
+        return not (
             self._building is None
-            or config.building_poll_fraction <= 0
             or status is None
             or status.builder_status is not BuilderStatus.BUILDING
             or build is None
             or build.status is not BuildStatus.BUILDING
             or self._building[0] != build.cookie
             or not snap.builder.builderok
-        ):
+        )
+
+    def polled_since(self, when: float) -> bool:
+        """Whether the builder was asked for its status at ``when`` or later."""
+        return self._polled_at >= when
+
+    def due(self, snap: BuilderSnapshot, now: float) -> bool:
+        """Whether the scan that reads ``snap`` should poll this builder now. A builder whose
+        poll is :meth:`routine` is polled less often the longer its build has run
+        (:func:`~buildmaster.policy.building_poll_delay`); any other is polled every scan."""
+        config = self.master.config
+        if config.building_poll_fraction <= 0 or not self.routine(snap):
             return True
+        assert self._building is not None
         interval = config.scan_interval
         delay = building_poll_delay(
             now - self._building[1],
@@ -250,6 +260,20 @@ class BuilderWorker:
             return
         self.consecutive_failures = 0
         self.last_status = status
+        # a finished build: its collection counts against the master's limit until it is over
+        finished = status.builder_status is BuilderStatus.WAITING
+        admission = self.master.admission
+        if finished:
+            admission.collection_started(builder.id)
+        admission.poll_answered(builder.id, finished)
+        try:
+            await self._handle(snap, status, now)
+        finally:
+            if finished:
+                admission.collection_ended(builder.id)
+
+    async def _handle(self, snap: BuilderSnapshot, status: StatusReport, now: float) -> None:
+        builder = snap.builder
         if status.builder_status is not BuilderStatus.BUILDING or status.build_id is None:
             self._building = None
         elif self._building is None or self._building[0] != status.build_id:
@@ -261,8 +285,8 @@ class BuilderWorker:
         except BuilderError as e:
             if not self.master.stopping:
                 # judge with what the builder has now: the job it had may have been requeued
-                now = await self.master.store.jobs.snapshot(builder)
-                await self._failed(now.builder, now.job, e)
+                fresh = await self.master.store.jobs.snapshot(builder)
+                await self._failed(fresh.builder, fresh.job, e)
 
     async def _act(self, snap: BuilderSnapshot, status: StatusReport) -> None:
         builder, job, build = snap.builder, snap.job, snap.build
@@ -520,6 +544,7 @@ class BuilderWorker:
             self._log.info("{build} went away while it was dispatched", build=ctx.build.cookie)
             return False
         self.last_status = StatusReport(BuilderStatus.BUILDING, build_id=ctx.build.cookie)
+        self._building = (ctx.build.cookie, self.master.clock.seconds())
         self._log.info(
             "Dispatched {build} to {builder}", build=ctx.build.cookie, builder=builder.name
         )

@@ -31,6 +31,13 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _count(value: str) -> int:
+    count = int(value)
+    if count < 0:
+        raise ValueError(f"{value!r} is negative")
+    return count
+
+
 def _port(value: str) -> str:
     """A plain port number means TCP on 127.0.0.1; otherwise a strports description."""
     if value.isdigit():
@@ -74,6 +81,16 @@ class Options(usage.Options):
             "A building builder is polled every tenth of its build's age, at least every"
             " scan interval and at least every this many seconds.",
             _seconds,
+        ],
+        [
+            "max-collections",
+            None,
+            0,
+            "Finished builds collected at once; beyond it the polls of building builders"
+            " wait their turn (0: no limit). A limit keeps the time from a finished build"
+            " to the next build() short when the master is overloaded, at the cost of"
+            " builds per second.",
+            _count,
         ],
         [
             "socket-timeout",
@@ -151,6 +168,7 @@ class Options(usage.Options):
             if not self["demo"] or self["scan-interval"] != 15.0
             else 5.0,
             building_poll_max=self["building-poll-max"],
+            max_collections=self["max-collections"],
             socket_timeout=self["socket-timeout"],
             virtualized_socket_timeout=self["virtualized-socket-timeout"],
             vm_resume_command=command,

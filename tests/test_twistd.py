@@ -29,6 +29,7 @@ def test_options_defaults_and_validation() -> None:
     assert settings.master.socket_timeout == 40.0
     assert settings.master.virtualized_socket_timeout == 30.0
     assert settings.master.building_poll_max == 30.0
+    assert settings.master.max_collections == 0  # no limit
 
     options = Options()
     options.parseOptions(
@@ -43,6 +44,8 @@ def test_options_defaults_and_validation() -> None:
             "/bin/reset %(vm_host)s",
             "--building-poll-max",
             "60",
+            "--max-collections",
+            "16",
         ]
     )
     settings = options.settings()
@@ -53,11 +56,14 @@ def test_options_defaults_and_validation() -> None:
     )
     assert settings.master.vm_resume_command == "/bin/reset %(vm_host)s"
     assert settings.master.building_poll_max == 60.0
+    assert settings.master.max_collections == 16
 
     for bad in (
         ["--scan-interval", "0"],
         ["--scan-interval", "soon"],
         ["--building-poll-max", "-1"],
+        ["--max-collections", "-1"],
+        ["--max-collections", "many"],
         ["--vm-resume-command", "reset %(nope)s"],
     ):
         with pytest.raises(usage.UsageError):

@@ -1,0 +1,190 @@
+"""How many finished builds the master takes on at once (buildmaster.admission).
+
+The counting rules alone (a fake clock, plain asserts), then the master with real builders,
+a real database and librarian: finished builds beyond the limit wait their turn and are all
+collected; a slow collection stops holding the others up after its lease.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import task
+
+from buildmaster.admission import Admission
+from buildmaster.config import MasterConfig
+from buildmaster.enums import BuildStatus
+from buildmaster.store import Store
+from buildmaster.testing import wait_for
+from slavesim import Outcome, OutcomeRule
+
+
+class Freed:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+
+
+def admission(limit: int, lease: float = 2.0) -> tuple[Admission, task.Clock, Freed]:
+    clock, freed = task.Clock(), Freed()
+    return Admission(clock, limit, lease, freed), clock, freed
+
+
+def test_without_a_limit_nothing_waits_or_counts() -> None:
+    gate, clock, freed = admission(0)
+    for key in range(100):
+        gate.poll_started(key)
+        gate.collection_started(key)
+        assert gate.may_poll()
+    assert (gate.collections, gate.polls, gate.peak) == (0, 0, 0)
+    assert not clock.getDelayedCalls()
+
+
+def test_polls_wait_while_the_collections_fill_the_limit() -> None:
+    gate, _, freed = admission(2)
+    gate.collection_started("a")
+    assert gate.may_poll()
+    gate.collection_started("b")
+    assert not gate.may_poll()
+    gate.collection_ended("a")
+    assert freed.count == 1 and gate.may_poll()
+    assert gate.peak == 2
+
+
+def test_polls_count_by_the_share_of_polls_that_found_a_finished_build() -> None:
+    gate, _, freed = admission(4)
+    # at first every poll may find one: four polls in flight fill the limit
+    for key in range(3):
+        gate.poll_started(key)
+    assert gate.may_poll()
+    gate.poll_started(3)
+    assert not gate.may_poll()
+    # polls that find builders still building make a poll weigh less ...
+    for key in range(4):
+        gate.poll_answered(key, finished=False)
+    assert freed.count == 4 and gate.share == pytest.approx(0.9**4)
+    for _ in range(40):
+        gate.poll_started("x")
+        gate.poll_answered("x", finished=False)
+    assert gate.share < 0.02
+    for key in range(100):
+        gate.poll_started(key)
+    assert gate.polls == 100 and gate.may_poll()  # a busy farm is polled at once
+    # ... and polls that find finished builds weigh more again
+    for key in range(100):
+        gate.poll_answered(key, finished=True)
+    assert gate.share > 0.99
+    for key in range(3):
+        gate.poll_started(key)
+    assert gate.may_poll()
+    gate.poll_started(3)
+    assert not gate.may_poll()
+
+
+def test_a_lease_ends_what_takes_too_long() -> None:
+    gate, clock, freed = admission(1, lease=2.0)
+    gate.collection_started("slow")
+    assert not gate.may_poll()
+    clock.advance(1.9)
+    assert not gate.may_poll()
+    clock.advance(0.1)
+    assert freed.count == 1 and gate.collections == 0 and gate.may_poll()
+    gate.collection_ended("slow")  # when it does end: nothing more to free
+    assert freed.count == 1
+    # a poll that gets no answer stops counting too, and its late answer still teaches
+    gate.poll_started("hung")
+    assert not gate.may_poll()
+    clock.advance(2.0)
+    assert freed.count == 2 and gate.polls == 0 and gate.may_poll()
+    gate.poll_answered("hung", finished=False)
+    assert gate.share == pytest.approx(0.9) and freed.count == 3  # a lighter poll: room?
+    gate.poll_done("hung")  # the scan's end after the answer: nothing left to do
+    assert freed.count == 3 and not clock.getDelayedCalls()
+
+
+def test_ending_early_cancels_the_lease() -> None:
+    gate, clock, freed = admission(3)
+    gate.poll_started("a")
+    gate.collection_started("b")
+    gate.poll_done("a")
+    gate.collection_ended("b")
+    assert not clock.getDelayedCalls() and freed.count == 2
+    gate.poll_started("c")
+    gate.collection_started("d")
+    gate.clear()
+    assert not clock.getDelayedCalls() and gate.polls == 0 and gate.collections == 0
+
+
+@pytest.mark.parametrize(("limit", "peak"), [(2, 2), (100, 6)])
+@pytest_twisted.ensureDeferred
+async def test_finished_builds_beyond_the_limit_wait_their_turn_and_are_all_collected(
+    reactor: Any, make_world: Any, store: Store, limit: int, peak: int
+) -> None:
+    """Six builders finish at once; the periodic scan finds them all due. With a limit of
+    two, two are polled and collected at a time, the others as room is made; with room for
+    all, all six at once. Every build ends FULLYBUILT either way."""
+    config = MasterConfig(
+        scan_interval=3600, building_poll_fraction=0, max_collections=limit, socket_timeout=5
+    )
+    world = await make_world(config, build_time=0.05)
+    sims = [(await world.builder(f"f{i}"))[0] for i in range(6)]
+    builds = [await world.queue() for _ in sims]
+    master = world.harness.master
+    await master.scan_all()  # dispatches the six builds
+    assert {sim.state.build_id for sim in sims} == {b.cookie for b in builds}
+    await wait_for(reactor, lambda: all(s.state.state == "BuilderStatus.WAITING" for s in sims), 5)
+    await master.scan_all(wait=False, only_due=True)  # what the scan loop runs
+
+    async def all_built() -> bool:
+        states = [(await store.builds.get(b.id)).status for b in builds]
+        return states == [BuildStatus.FULLYBUILT] * 6
+
+    await wait_for(reactor, all_built, 20, "the six builds collected")
+    assert master.admission.peak == peak
+    await wait_for(reactor, lambda: not any(w.busy for w in master.workers.values()), 5)
+    assert master.admission.collections == 0 and master.admission.polls == 0
+
+
+@pytest.mark.parametrize("lease", [0.3, 30.0])
+@pytest_twisted.ensureDeferred
+async def test_a_slow_collection_holds_the_others_up_only_for_its_lease(
+    reactor: Any, make_world: Any, store: Store, lease: float
+) -> None:
+    """One collection at a time. The first build to finish is collected by a builder whose
+    answer to clean() takes 3 s; the other build, finished meanwhile, is collected once the
+    slow one's lease is over, not after it (with a lease longer than that: after it)."""
+    config = MasterConfig(
+        scan_interval=0.1,
+        building_poll_fraction=0,
+        max_collections=1,
+        collection_lease=lease,
+        socket_timeout=10,
+    )
+    world = await make_world(config, build_time=1.0)
+    slow, _ = await world.builder("slow")
+    quick, _ = await world.builder("quick")
+    slow.rules = [OutcomeRule(Outcome.OK, duration=0.2)]
+    slow.faults.withhold_answer = {"clean": 3.0}
+    first, second = await world.queue(), await world.queue()
+    master = world.harness.master
+    master.startService()
+    await master._started
+    await wait_for(reactor, lambda: slow.state.build_id and quick.state.build_id, 5, "dispatch")
+    quick_build = first if quick.state.build_id == first.cookie else second
+
+    await wait_for(reactor, lambda: any(c.method == "clean" for c in slow.history), 5, "clean")
+    cleaning = reactor.seconds()
+
+    async def quick_done() -> bool:
+        return (await store.builds.get(quick_build.id)).status is BuildStatus.FULLYBUILT
+
+    await wait_for(reactor, quick_done, 10, "the quick builder's build collected")
+    waited = reactor.seconds() - cleaning
+    if lease < 1:
+        assert waited < 2.0, waited  # the slow clean() (3 s) is still unanswered
+    else:
+        assert waited >= 2.5, waited
