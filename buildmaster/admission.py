@@ -19,6 +19,11 @@ few polls find a finished build, so their weight is small.
 Nothing holds the gate for long: a collection or a poll counts for at most ``lease`` seconds.
 A collection of big files (minutes of download, bound by the network, not by the master) or a
 builder that does not answer its poll stops counting then, and the others go on.
+
+It is used only when ``MasterConfig.max_collections`` is set (``--max-collections``): each
+collection is then quick, and the master completes fewer builds per second than without a
+limit (measured in benchmarks/results/master.md; docs/design.md says why no limit is the
+default).
 """
 
 from __future__ import annotations
