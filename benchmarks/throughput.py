@@ -381,9 +381,9 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
                     state_dir=state,
                     dsn=ctx["dsn"],
                     port="tcp:0:interface=127.0.0.1",
-                    master=MasterConfig(scan_interval=interval)
-                    if args.max_collections is None
-                    else MasterConfig(scan_interval=interval, max_collections=args.max_collections),
+                    master=MasterConfig(
+                        scan_interval=interval, max_collections=args.max_collections
+                    ),
                     pool_size=args.pool_size,
                 ),
             )
@@ -490,6 +490,10 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
 
 
 def main() -> None:
+    import attrs
+
+    from buildmaster.config import MasterConfig
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--builders", type=int, default=500)
     parser.add_argument("--build-time", type=float, default=1.0)
@@ -542,7 +546,7 @@ def main() -> None:
     parser.add_argument(
         "--max-collections",
         type=int,
-        default=None,
+        default=attrs.fields(MasterConfig).max_collections.default,
         help="finished builds the master collects at once (0: no limit; default: the master's)",
     )
     parser.add_argument(

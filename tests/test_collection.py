@@ -392,6 +392,18 @@ async def _job_builder(store: Store, build: Build) -> int | None:
     return None if job is None else job.builder_id
 
 
+async def first_done_second_waiting(
+    reactor: Any, make_world: Any, config: MasterConfig
+) -> tuple[Any, Any, Any, Build, Build]:
+    """One builder, two jobs: the first has finished on the builder (WAITING), the second
+    waits in the queue. Returns the world, the simulated builder, its row and both builds."""
+    world = await make_world(config, build_time=0.2)
+    sim, builder = await world.builder("builder")
+    first, second = await world.queue(), await world.queue()
+    await run_until_waiting(reactor, world, sim)
+    return world, sim, builder, first, second
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_next_job_is_claimed_while_the_builder_is_cleaned(
     reactor: Any, make_world: Any, store: Store
@@ -400,10 +412,9 @@ async def test_the_next_job_is_claimed_while_the_builder_is_cleaned(
     after its answer: here the answer to clean() takes a second, and the claim is there
     well before it; the job is dispatched once the builder is IDLE."""
     config = MasterConfig(socket_timeout=5.0, scan_interval=3600)
-    world = await make_world(config, build_time=0.2)
-    sim, builder = await world.builder("builder")
-    first, second = await world.queue(), await world.queue()
-    await run_until_waiting(reactor, world, sim)
+    world, sim, builder, first, second = await first_done_second_waiting(
+        reactor, make_world, config
+    )
     sim.faults.withhold_answer = {"clean": 1.0}
     scan = defer.ensureDeferred(world.harness.master.scan_all())
     await wait_for(reactor, lambda: "clean" in [c.method for c in sim.history], 10)
@@ -423,10 +434,7 @@ async def test_the_next_job_is_claimed_while_the_builder_is_cleaned(
 async def test_a_job_claimed_for_a_builder_that_cannot_be_cleaned_goes_back_unblamed(
     reactor: Any, make_world: Any, store: Store
 ) -> None:
-    world = await make_world(FAST, build_time=0.2)
-    sim, builder = await world.builder("builder")
-    first, second = await world.queue(), await world.queue()
-    await run_until_waiting(reactor, world, sim)
+    world, sim, builder, first, second = await first_done_second_waiting(reactor, make_world, FAST)
     sim.faults.withhold_answer = {"clean": 30.0}  # clean() times out (socket timeout 1 s)
     await world.harness.master.scan_all()
     assert await state(store, first) is BuildStatus.FULLYBUILT
