@@ -211,6 +211,7 @@ async def measure_window(
     rss0 = common.rss_mib()
     memory0 = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
     counts0 = ctx["counter"].snapshot()
+    ctx["gc"].snapshot()
     ctx["sql"].reset()
     if ctx.get("pg_stats"):
         await service.db.query("SELECT pg_stat_statements_reset()")
@@ -247,6 +248,7 @@ async def measure_window(
         for stat in growth[:12]:
             print(f"    {stat}")
     counts1 = ctx["counter"].snapshot()
+    gc_pauses = ctx["gc"].snapshot()
     threads1 = common.thread_cpu()
     result = {
         "label": label,
@@ -260,6 +262,7 @@ async def measure_window(
         "dry_at": dry_at,
         "load": common.loadavg(),
         "calls": {k: counts1[k] - counts0.get(k, 0) for k in counts1},
+        "gc": gc_pauses,
         "db_busy": sum(x[0] for x in samples) / len(samples),
         "db_waiting": sum(x[1] for x in samples) / len(samples),
         "db_waiting_max": max(x[1] for x in samples),
@@ -283,6 +286,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
     from buildmaster.builderclient import BuilderClient
     from buildmaster.collect import ResultCollector
     from buildmaster.config import MasterConfig
+    from buildmaster.gctuning import tune_garbage_collection
     from buildmaster.httpclient import HTTPClient
     from buildmaster.librarian import Librarian
     from buildmaster.scanner import BuilderWorker
@@ -363,6 +367,13 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
     counter.count(BuilderClient, "fetch_file", "file fetches")
     counter.count(Librarian, "new_upload", "librarian uploads")
     ctx["counter"] = counter
+    gc_pauses = common.GCPauses()
+    gc_pauses.install()
+    ctx["gc"] = gc_pauses
+    if not args.default_gc:
+        # as twistd buildmaster does (buildmaster.tap); the objects frozen here include the
+        # benchmark's own (the builds it queued), which a real master does not hold
+        tune_garbage_collection(reactor)
     sql_stats = common.SQLStats()
     if args.sql_stats:
         sql_stats.install()
@@ -460,7 +471,8 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
                     f" ({window['stuck_share']:.0%} of the samples);"
                     f" librarian's thread pool: {window['threads_busy']:.1f} busy,"
                     f" {window['threads_backlog']:.1f} tasks waiting"
-                    f" (max {window['threads_backlog_max']})",
+                    f" (max {window['threads_backlog_max']})\n"
+                    f"  master's {common.describe_gc_pauses(window['gc'])}",
                     flush=True,
                 )
                 if args.pg_stats:
@@ -485,6 +497,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
     finally:
         trace.restore()
         counter.restore()
+        gc_pauses.uninstall()
         sql_stats.restore()
     return results
 
@@ -550,6 +563,12 @@ def main() -> None:
         help="finished builds the master collects at once (0: no limit; default: the master's)",
     )
     parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="a diagnostic: leave the garbage collectors of the master and the farm as"
+        " Python sets them (twistd buildmaster and twistd slavesim tune them)",
+    )
+    parser.add_argument(
         "--no-claim-gate",
         action="store_true",
         help="a diagnostic: switch the master's one-claim-per-kind gate off",
@@ -613,6 +632,7 @@ def main() -> None:
                 args.builders_cpu,
                 build_time=args.build_time,
                 spread=args.build_time_spread,
+                default_gc=args.default_gc,
             )
             common.pin_self(args.master_cpu)
             ctx = {

@@ -18,6 +18,7 @@ from twisted.python import usage
 
 from buildmaster.buildargs import ArchiveURLs
 from buildmaster.config import MasterConfig
+from buildmaster.gctuning import tune_garbage_collection
 from buildmaster.service import BuildmasterService, ServiceSettings
 from buildmaster.vmreset import resume_argv
 
@@ -214,6 +215,7 @@ def makeService(options: Options) -> BuildmasterService:
 
     reactor: Any = global_reactor
     raise_file_limit()
+    tune_garbage_collection(reactor)
 
     def fatal(error: BaseException) -> None:
         if reactor.running:

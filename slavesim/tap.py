@@ -10,6 +10,7 @@ This is the only module of the package that imports the global reactor.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -231,11 +232,31 @@ def _raise_file_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
+def settle_garbage_collector(reactor: Any) -> None:
+    """Fewer and shorter pauses of the cyclic garbage collector in a farm process.
+
+    Hundreds of builders share the process, and a pause stalls them all. The young
+    generation gets 10,000 allocations between passes (not 700), so the short-lived objects
+    of calls and downloads die before they are promoted and full passes become rare; and
+    what exists once the reactor runs (modules, the farm's set-up) is frozen out of every
+    pass.
+    """
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(10_000, older, oldest)
+
+    def freeze() -> None:
+        gc.collect()
+        gc.freeze()
+
+    reactor.callWhenRunning(freeze)
+
+
 def makeService(options: Options) -> SlavesimService:
     """The twistd service for ``options``."""
     from twisted.internet import reactor
 
     _raise_file_limit(options["count"])
+    settle_garbage_collector(reactor)
     return SlavesimService(
         reactor,
         count=options["count"],

@@ -74,6 +74,15 @@ class CapturedLog:
 
 
 @pytest.fixture(autouse=True)
+def collector_as_python_sets_it() -> Iterator[None]:
+    """Undo what a test's ``twistd`` service did to the garbage collector (process-wide)."""
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+@pytest.fixture(autouse=True)
 def captured_log() -> Iterator[CapturedLog]:
     """Capture log events; a logged error or unhandled Deferred failure fails the test."""
     log = CapturedLog()

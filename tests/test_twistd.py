@@ -159,6 +159,8 @@ def test_twistd_demo_dispatches_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> N
     assert process.returncode in (0, -signal.SIGINT), output[-3000:]
     assert "buildmaster stopped" in output
     assert "Traceback" not in output
+    # the start-up's objects are out of the garbage collector's passes (buildmaster.gctuning)
+    assert "objects of the start-up frozen out of its passes" in output
     # the private cluster is down, and its data kept for the next start
     with pytest.raises(psycopg2.OperationalError):
         psycopg2.connect(
