@@ -695,7 +695,8 @@ class GCPauses:
 
 
 def describe_gc_pauses(pauses: dict[int, list[float]]) -> str:
-    """``garbage collector: 12 pauses, 30 ms in all; full passes: 2, longest 48 ms``."""
+    """E.g. ``garbage collector: 12 pauses, 130 ms in all, the longest 48 ms; full passes: 2,
+    longest 48 ms``."""
     every = [p for ps in pauses.values() for p in ps]
     full = pauses.get(2, [])
     longest = f", longest {max(full) * 1000:.0f} ms" if full else ""

@@ -12,6 +12,10 @@ Processes (same machine, same clock):
   connections, the web server with the librarian storing files on disk with fsync, the
   master started as a service with the given scan interval).
 
+The master and the farm tune their garbage collectors as ``twistd buildmaster`` and
+``twistd slavesim`` do (:mod:`buildmaster.gctuning`; ``--default-gc``: Python's settings),
+and each window reports the master's collector pauses.
+
 Each build has its own source package and ``.dsc`` (downloaded by the builder from the
 librarian at dispatch); every builder has the chroot already (steady state). A finished
 build is collected (log gzipped, ``.deb`` and ``.changes`` fetched, SHA-1 checked, stored in
