@@ -5,7 +5,7 @@ generation) passes walk every tracked object, and most of a master's tracked obj
 go away: the modules it imported, the service, its configuration. With the default
 thresholds, everything that lives longer than a few hundred milliseconds (a call waiting
 for its builder, a collection in flight) is promoted towards the oldest generation, and
-the collector runs a full pass every few seconds under load: 45-90 ms each on a 2-vCPU
+the collector runs a full pass every few seconds under load: 40-140 ms each on a 2-vCPU
 machine, a stall of the reactor that every collection and dispatch in flight waits out
 (benchmarks/results/master.md, "Pauses of the garbage collector").
 
