@@ -193,12 +193,16 @@ class _Finished:
             f": {self.reason}" if self.reason else ""
         )
 
-    def outcome(self, job_id: int | None, old_state: int | None, done: int | None) -> bool:
+    def outcome(
+        self, job_id: int | None, old_state: int | None, done: int | None
+    ) -> bool | IllegalTransition:
+        """What :meth:`JobQueries.finish` answers (``False``: the job is gone), or the
+        error it raises, from what the statement found for this job."""
         if job_id is None:
             return False
         if done is None:
             assert old_state is not None
-            raise IllegalTransition(self.job.build_id, BuildStatus(old_state), self.state)
+            return IllegalTransition(self.job.build_id, BuildStatus(old_state), self.state)
         return True
 
 
@@ -672,13 +676,7 @@ class JobQueries:
             prepared=True,
         )
         found = {row[0]: row[1:] for row in rows}
-        results: list[bool | IllegalTransition] = []
-        for f in fs:
-            try:
-                results.append(f.outcome(*found[f.job.id]))
-            except IllegalTransition as e:
-                results.append(e)
-        return results
+        return [f.outcome(*found[f.job.id]) for f in fs]
 
     # -- operations on builds ----------------------------------------------------------
 
