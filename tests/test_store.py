@@ -18,7 +18,7 @@ from buildmaster.enums import (
 )
 from buildmaster.model import Builder, BuildQueue
 from buildmaster.sampledata import SampleData, add_metadata_only_file, load_sample_data
-from buildmaster.store import ConstraintViolation, NotFound, Store
+from buildmaster.store import ConstraintViolation, Database, NotFound, Store
 from buildmaster.store.jobs import JobGone
 from buildmaster.transitions import IllegalTransition
 
@@ -242,6 +242,198 @@ async def test_the_claim_for_dispatch_brings_the_builds_context_along(
     # frog has its job now: a second claim finds nothing for it
     assert await store.jobs.claim_next_for_dispatch(seeded.frog) is None
     assert (await store.queue.get(seeded.waiting_job_id)).builder_id == seeded.frog.id
+
+
+async def waiting_jobs(
+    store: Store, seeded: SampleData, prefix: str, scores: list[int], virtualized: bool = False
+) -> None:
+    """A waiting job for each score (in a PPA when ``virtualized``), on i386."""
+    archive = seeded.cprov_ppa if virtualized else seeded.primary
+    for i, score in enumerate(scores):
+        spr = await store.sources.new(f"{prefix}-src{i}", "1", seeded.hoary)
+        build = await store.builds.createBuild(
+            spr, seeded.hoary_i386, PackagePublishingPocket.RELEASE, archive
+        )
+        job = await store.queue.createBuildQueueEntry(build)
+        await store.db.execute(
+            "UPDATE buildqueue SET lastscore = %s WHERE id = %s", (score, job.id)
+        )
+
+
+async def best_waiting(store: Store, seeded: SampleData, virtualized: bool = False) -> list[int]:
+    rows = await store.db.query(
+        "SELECT id FROM buildqueue WHERE status = 0 AND builder IS NULL AND processor = %s"
+        " AND virtualized = %s ORDER BY lastscore DESC, id",
+        (seeded.processor_386.id, virtualized),
+    )
+    return [r[0] for r in rows]
+
+
+def in_asking_order(got: list[int | None], best: list[int]) -> bool:
+    """Whether builders that shared a statement got the best jobs in the order they asked
+    (the statement ran alongside the lone claims, so which jobs were left varies)."""
+    jobs = [j for j in got if j is not None]
+    return got[: len(jobs)] == jobs and jobs == sorted(jobs, key=best.index)
+
+
+async def claim_together(store: Store, builders: list[Builder]) -> list[tuple[bool, Any]]:
+    return await defer.DeferredList(
+        [defer.Deferred.fromCoroutine(store.jobs.claim_next_for_dispatch(b)) for b in builders],
+        consumeErrors=True,
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_builders_claiming_together_share_a_statement_each_with_a_job_of_its_own(
+    store: Store, seeded: SampleData
+) -> None:
+    await waiting_jobs(store, seeded, "c", [700, 100, 900, 300, 500, 900, 200])
+    best = await best_waiting(store, seeded)
+    builders = [
+        await store.builders.new(f"c{i}", f"http://c{i}.example:8221/", [seeded.processor_386])
+        for i in range(len(best) + 2)
+    ]
+    ppa_builder = await store.builders.new("cv", "http://cv.example:8221/", [seeded.processor_386])
+    ppa_builder = await store.builders.set_trusted(ppa_builder, False)
+    await waiting_jobs(store, seeded, "cv", [50000], virtualized=True)
+    ppa_best = await best_waiting(store, seeded, virtualized=True)
+    results = await claim_together(store, [*builders, ppa_builder])
+    assert all(ok for ok, _ in results), results
+    claims = [value for _, value in results]
+    kind = store.jobs.claims[((seeded.processor_386.id,), False)]
+    # the first two alone (two statements may be in flight), the rest of the kind in one
+    assert kind.statements == 3
+    # each waiting job to exactly one builder; two builders get nothing
+    got = [c.job.id if c is not None else None for c in claims[: len(builders)]]
+    assert sorted(j for j in got if j is not None) == sorted(best)
+    assert got.count(None) == 2
+    assert in_asking_order(got[2:], best)
+    # a PPA job never went to a trusted builder, nor the other way round
+    assert claims[-1] is not None and claims[-1].job.id == ppa_best[0]
+    for builder, claim in zip(builders, claims, strict=False):
+        if claim is None:
+            continue
+        assert claim.job.builder_id == builder.id
+        assert claim.job.status is BuildQueueStatus.RUNNING
+        assert claim.context == await store.jobs.context(claim.job.build_id)
+        assert (await store.queue.get(claim.job.id)).builder_id == builder.id
+        assert (await store.builders.get(builder.id)).clean_status.name == "DIRTY"
+    assert await best_waiting(store, seeded) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_claims_that_come_back_together_are_handed_out_one_per_pace(
+    reactor: Any, store: Store, seeded: SampleData
+) -> None:
+    """Their builders would otherwise all fetch their files at the same moment."""
+    store.jobs.claim_pace = 0.05
+    await waiting_jobs(store, seeded, "p", [10, 20, 30, 40, 50, 60])
+    builders = [
+        await store.builders.new(f"p{i}", f"http://p{i}.example:8221/", [seeded.processor_386])
+        for i in range(6)
+    ]
+    handed_out: list[float] = []
+
+    def out(claimed: Any) -> Any:
+        handed_out.append(reactor.seconds())
+        return claimed
+
+    claims = await defer.gatherResults(
+        [
+            defer.Deferred.fromCoroutine(store.jobs.claim_next_for_dispatch(b)).addCallback(out)
+            for b in builders
+        ]
+    )
+    assert all(c is not None for c in claims)
+    assert store.jobs.claims[((seeded.processor_386.id,), False)].statements == 3
+    # four of them came back from one statement: still, one per 50 ms
+    assert handed_out[-1] - handed_out[0] >= 5 * 0.05 - 0.005
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_shared_claim_that_breaks_a_constraint_is_made_again_claim_by_claim(
+    reactor: Any, dsn: str, store: Store, seeded: SampleData
+) -> None:
+    """Builder 4 has a job already (the shared statement leaves it out); builder 2 is given
+    one by another master while the shared statement runs (it then breaks the unique key,
+    and the claims are made one by one)."""
+    await waiting_jobs(store, seeded, "k", [10, 20, 30, 40, 50, 60, 70])
+    builders = [
+        await store.builders.new(f"k{i}", f"http://k{i}.example:8221/", [seeded.processor_386])
+        for i in range(6)
+    ]
+    waiting = await best_waiting(store, seeded)
+    await store.db.execute(
+        "UPDATE buildqueue SET builder = %s, status = 1 WHERE id = %s",
+        (builders[4].id, waiting[-1]),
+    )
+    other = Database(reactor, dsn, size=2)
+    await other.connect()
+    try:
+        release: defer.Deferred[None] = defer.Deferred()
+
+        async def give_a_job(tx: Any) -> None:
+            await tx.execute(
+                "UPDATE buildqueue SET builder = %s, status = 1 WHERE id = %s",
+                (builders[2].id, waiting[-2]),
+            )
+            await release
+
+        async def until_a_backend(condition: str) -> None:
+            deadline = reactor.seconds() + 20
+            while reactor.seconds() < deadline:
+                [(n,)] = await other.query(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    f" WHERE datname = current_database() AND {condition}"
+                )
+                if n:
+                    return
+            raise AssertionError(f"no backend of this database with {condition}")
+
+        meanwhile = other.transaction(give_a_job)
+        await until_a_backend("state = 'idle in transaction'")
+        assert ((seeded.processor_386.id,), False) not in store.jobs.claims  # none so far
+        claiming = defer.Deferred.fromCoroutine(claim_together(store, builders))
+        # the shared statement waits for the other master's job to be committed
+        await until_a_backend("wait_event_type = 'Lock'")
+        release.callback(None)
+        await meanwhile
+        results = await claiming
+    finally:
+        await other.close()
+    assert all(ok for ok, _ in results), results
+    got = [c.job.id if c is not None else None for _, c in results]
+    assert got[2] is None and got[4] is None
+    claimed = [j for j in got if j is not None]
+    assert len(set(claimed)) == 4 and set(claimed) <= set(waiting[:-2])
+    # two alone, the shared one refused, then each of its four alone
+    assert store.jobs.claims[((seeded.processor_386.id,), False)].statements == 7
+    assert (await store.queue.get(waiting[-2])).builder_id == builders[2].id
+    assert (await store.queue.get(waiting[-1])).builder_id == builders[4].id
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_builder_that_has_a_job_is_left_out_of_a_shared_claim(
+    store: Store, seeded: SampleData
+) -> None:
+    await waiting_jobs(store, seeded, "h", [10, 20, 30, 40, 50, 60])
+    builders = [
+        await store.builders.new(f"h{i}", f"http://h{i}.example:8221/", [seeded.processor_386])
+        for i in range(6)
+    ]
+    taken = (await best_waiting(store, seeded))[-1]
+    await store.db.execute(
+        "UPDATE buildqueue SET builder = %s, status = 1 WHERE id = %s", (builders[4].id, taken)
+    )
+    best = await best_waiting(store, seeded)
+    results = await claim_together(store, builders)
+    got = [c.job.id if c is not None else None for _, c in results]
+    assert got[4] is None
+    claimed = [j for j in got if j is not None]
+    assert len(set(claimed)) == 5 and set(claimed) <= set(best)
+    assert in_asking_order([got[i] for i in (2, 3, 5)], best)
+    assert store.jobs.claims[((seeded.processor_386.id,), False)].statements == 3
+    assert (await store.queue.get(taken)).builder_id == builders[4].id
 
 
 async def claimed_jobs(

@@ -54,6 +54,69 @@ async def test_concurrent_claims_from_two_pools_never_share_a_job(
 
 
 @pytest_twisted.ensureDeferred
+async def test_claims_sharing_statements_in_two_masters_never_share_a_job(
+    reactor: Any, store: Store, dsn: str
+) -> None:
+    """The scanner's claims, which share a statement when they come together: first each
+    master for its own builders (as masters that own their builders claim), then every
+    builder through both at once, where a shared statement breaks a constraint because
+    the other master gave one of its builders a job meanwhile. Never a job twice or a
+    builder with two; what a refused statement held locked goes to the next claims."""
+    from buildmaster.sampledata import load_sample_data
+
+    data = await load_sample_data(store)
+    await store.queue.destroySelf(data.lost_job_id)
+    builders = [
+        await store.builders.new(f"s{i}", f"http://s{i}:8221/", [data.processor_386])
+        for i in range(40)
+    ]
+
+    async def queue(n: int, prefix: str) -> None:
+        for i in range(n):
+            spr = await store.sources.new(f"{prefix}{i}", "1", data.hoary)
+            build = await store.builds.createBuild(spr, data.hoary_i386, 0, data.primary)  # type: ignore[arg-type]
+            await store.queue.createBuildQueueEntry(build)
+
+    async def claim(s: Store, builder: Any) -> Any:
+        claimed = await s.jobs.claim_next_for_dispatch(builder)
+        return None if claimed is None else claimed.job
+
+    async def claims(pairs: list[tuple[Store, Any]]) -> list[Any]:
+        found = await defer.gatherResults(
+            [defer.Deferred.fromCoroutine(claim(s, b)) for s, b in pairs]
+        )
+        return [c for c in found if c is not None]
+
+    async def waiting() -> int:
+        [(n,)] = await store.db.query("SELECT count(*) FROM buildqueue WHERE status = 0")
+        return int(n)
+
+    await queue(25, "p")
+    other_db = Database(reactor, dsn, size=4)
+    await other_db.connect()
+    try:
+        other = Store(other_db)
+        # each master claims for its own half of the farm
+        first = await claims([(store if i % 2 else other, b) for i, b in enumerate(builders)])
+        assert sorted(c.id for c in first) == sorted(set(c.id for c in first))
+        assert len(first) == 26 and await waiting() == 0  # 25 + the seed's job 2
+        for s in (store, other):
+            [batcher] = s.jobs.claims.values()
+            assert batcher.statements < 20  # they did share statements
+        # the builders that got nothing, through both masters at once
+        idle = [b for b in builders if b.id not in {c.builder_id for c in first}]
+        await queue(10, "q")
+        second = await claims([(s, b) for b in idle for s in (store, other)])
+        third = await claims([(s, b) for b in idle for s in (store, other)])
+    finally:
+        await other_db.close()
+    claimed = first + second + third
+    assert len({c.id for c in claimed}) == len(claimed) == 36  # every job, each once
+    assert len({c.builder_id for c in claimed}) == 36  # and no builder got two
+    assert await waiting() == 0
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_second_master_takes_over_without_building_anything_twice(
     reactor: Any, store: Store, dsn: str, make_world: Any
 ) -> None:

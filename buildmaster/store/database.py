@@ -376,6 +376,11 @@ class Database:
         self._session_lost: list[Callable[[], object]] = []
         self._closed = False
 
+    @property
+    def clock(self) -> Any:
+        """The reactor the connections run on (IReactorTime)."""
+        return self._reactor
+
     def _connect_kwargs(self) -> dict[str, Any]:
         # plan_cache_mode only concerns prepared statements: ours look rows up by key, so
         # the plan never depends on the arguments and planning once per connection is enough

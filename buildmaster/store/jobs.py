@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
+from twisted.internet import task
 
 from buildmaster.buildargs import BuildContext
 from buildmaster.enums import (
@@ -100,6 +101,43 @@ _CLAIM_FOR_DISPATCH_SQL = (
     f"{_CLAIM_NEXT_SQL} SELECT claimed.*, {_CONTEXT_COLUMNS}"
     f" FROM claimed JOIN build b ON b.id = claimed.build {_CONTEXT_JOINS}"
 )
+
+#: Claims for several builders of one kind (the same processors and virtualization) in one
+#: statement: the best waiting jobs, as many as there are builders, the best to the builder
+#: that asked first. Each processor's index scan locks at most that many rows (other
+#: transactions skip them), so the jobs are distinct and no other master's claim can take one.
+#: A builder that has a job already is left out (it gets nothing, as its lone claim would);
+#: one given a job by another master while the statement runs breaks the unique key, and
+#: the claims are then made one by one.
+_CLAIM_MANY_SQL = f"""
+WITH req AS MATERIALIZED (
+    SELECT r.builder, row_number() OVER (ORDER BY r.n) AS n
+    FROM unnest(%(builders)s::integer[]) WITH ORDINALITY AS r(builder, n)
+    WHERE NOT EXISTS (SELECT 1 FROM buildqueue o WHERE o.builder = r.builder)),
+cand AS MATERIALIZED (
+    SELECT c.id, row_number() OVER (ORDER BY c.lastscore DESC, c.id) AS n
+    FROM (SELECT c.id, c.lastscore FROM unnest(%(processors)s::integer[]) AS p(processor)
+          CROSS JOIN LATERAL (
+              SELECT q.id, q.lastscore FROM buildqueue q
+              WHERE q.status = 0 AND q.builder IS NULL
+                AND q.processor = p.processor AND q.virtualized = %(virtualized)s
+              ORDER BY q.lastscore DESC, q.id
+              LIMIT %(count)s FOR UPDATE SKIP LOCKED) c
+          ORDER BY c.lastscore DESC, c.id
+          LIMIT %(count)s) c),
+claimed AS (
+    UPDATE buildqueue q SET builder = req.builder, status = 1
+    FROM cand JOIN req ON req.n = cand.n
+    WHERE q.id = cand.id
+    RETURNING {QUEUE_COLUMNS}),
+dirty AS (
+    UPDATE builder SET clean_status = 1, date_clean_status_changed = now()
+    WHERE id IN (SELECT builder FROM claimed) AND clean_status <> 1)
+SELECT claimed.*, {_CONTEXT_COLUMNS}
+FROM claimed JOIN build b ON b.id = claimed.build {_CONTEXT_JOINS}"""
+
+#: what claims of one kind have in common: the builders' processors and virtualization
+_Kind = tuple[tuple[int, ...], bool]
 
 
 @attrs.frozen
@@ -271,15 +309,29 @@ _RECORD_DISPATCH_SQL = (
 )
 
 
+#: seconds between two claims handed to their dispatches, at least (500 per second at most)
+CLAIM_PACE = 0.002
+
+
 class JobQueries:
-    def __init__(self, db: Database) -> None:
+    """:param clock: IReactorTime for the claims' pace (by default the database's reactor).
+    :param claim_pace: seconds between two claims handed out, at least (0: no pace)."""
+
+    def __init__(
+        self, db: Database, clock: Any | None = None, claim_pace: float = CLAIM_PACE
+    ) -> None:
         self._db = db
+        self._clock = clock if clock is not None else db.clock
+        self.claim_pace = claim_pace
+        self._next_claim_out = 0.0
         #: dispatches recorded together when they come together
         self.dispatches: StatementBatcher[_Dispatched, None] = StatementBatcher(
             self._record_dispatches
         )
         #: and the ends of builds
         self.finishes: StatementBatcher[_Finished, bool] = StatementBatcher(self._finish_many)
+        #: claims of builders of one kind, made together when they come together
+        self.claims: dict[_Kind, StatementBatcher[Builder, Claimed | None]] = {}
 
     # -- reading --------------------------------------------------------------------
 
@@ -343,12 +395,58 @@ class JobQueries:
         self, builder: Builder, avoid: Sequence[int] = ()
     ) -> Claimed | None:
         """:meth:`claim_next`, returning the claimed build's :meth:`context` along with the
-        job, from the same statement (what the scanner runs: one round trip less)."""
-        rows = await self._claim(_CLAIM_FOR_DISPATCH_SQL, builder, avoid)
+        job, from the same statement (what the scanner runs: one round trip less).
+
+        Builders of one kind (processors and virtualization) that claim at about the same
+        moment share a statement, unless they avoid jobs of their own. The claims are
+        handed out at most one per ``claim_pace`` seconds: builders sent to fetch their
+        files all at once slow each other down, and the whole farm with them (measured in
+        benchmarks/results/master.md)."""
+        if avoid:
+            return self._claimed(await self._claim(_CLAIM_FOR_DISPATCH_SQL, builder, avoid))
+        kind = (tuple(sorted(builder.processor_ids)), builder.virtualized)
+        batcher = self.claims.get(kind)
+        if batcher is None:
+            batcher = self.claims[kind] = StatementBatcher(self._claim_many)
+        claimed = await batcher.submit(builder)
+        if claimed is not None and self.claim_pace > 0:
+            # one claim per pace at most: those that came back together go out one by one
+            now = self._clock.seconds()
+            at = max(now, self._next_claim_out)
+            self._next_claim_out = at + self.claim_pace
+            if at > now:
+                await task.deferLater(self._clock, at - now, lambda: None)
+        return claimed
+
+    @staticmethod
+    def _claimed(rows: Sequence[tuple[Any, ...]]) -> Claimed | None:
         if not rows:
             return None
         row = rows[0]
         return Claimed(queue_from_row(row[:QUEUE_WIDTH]), _context_from_row(row[QUEUE_WIDTH:]))
+
+    async def _claim_many(self, builders: list[Builder]) -> list[Claimed | None]:
+        """Claims for builders of one kind; a lone one is the statement of a lone claim. A
+        shared statement that breaks a constraint (a builder got a job meanwhile) raises, so
+        that each claim is made again on its own."""
+        if len(builders) == 1:
+            return [self._claimed(await self._claim(_CLAIM_FOR_DISPATCH_SQL, builders[0], ()))]
+        first = builders[0]
+        rows = await self._db.query(
+            _CLAIM_MANY_SQL,
+            {
+                "builders": [b.id for b in builders],
+                "processors": list(first.processor_ids),
+                "virtualized": first.virtualized,
+                "count": len(builders),
+            },
+            prepared=True,
+        )
+        found: dict[int | None, Claimed] = {}
+        for row in rows:
+            job = queue_from_row(row[:QUEUE_WIDTH])
+            found[job.builder_id] = Claimed(job, _context_from_row(row[QUEUE_WIDTH:]))
+        return [found.get(b.id) for b in builders]
 
     async def _claim(
         self, sql: str, builder: Builder, avoid: Sequence[int]
