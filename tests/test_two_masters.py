@@ -59,9 +59,10 @@ async def test_claims_sharing_statements_in_two_masters_never_share_a_job(
 ) -> None:
     """The scanner's claims, which share a statement when they come together: first each
     master for its own builders (as masters that own their builders claim), then every
-    builder through both at once, where a shared statement breaks a constraint because
-    the other master gave one of its builders a job meanwhile. Never a job twice or a
-    builder with two; what a refused statement held locked goes to the next claims."""
+    builder through both at once, where a shared statement may find one of its builders
+    given a job by the other master (the forced case is in test_store.py). Never a job
+    twice or a builder with two, and every job claimed in the end (a third round takes
+    what a refused statement held locked, if any)."""
     from buildmaster.sampledata import load_sample_data
 
     data = await load_sample_data(store)

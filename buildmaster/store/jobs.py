@@ -314,15 +314,10 @@ CLAIM_PACE = 0.002
 
 
 class JobQueries:
-    """:param clock: IReactorTime for the claims' pace (by default the database's reactor).
-    :param claim_pace: seconds between two claims handed out, at least (0: no pace)."""
-
-    def __init__(
-        self, db: Database, clock: Any | None = None, claim_pace: float = CLAIM_PACE
-    ) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._clock = clock if clock is not None else db.clock
-        self.claim_pace = claim_pace
+        #: seconds between two claims handed out, at least (0: no pace)
+        self.claim_pace = CLAIM_PACE
         self._next_claim_out = 0.0
         #: dispatches recorded together when they come together
         self.dispatches: StatementBatcher[_Dispatched, None] = StatementBatcher(
@@ -398,12 +393,12 @@ class JobQueries:
         job, from the same statement (what the scanner runs: one round trip less).
 
         Builders of one kind (processors and virtualization) that claim at about the same
-        moment share a statement, unless they avoid jobs of their own. The claims are
-        handed out at most one per ``claim_pace`` seconds: builders sent to fetch their
-        files all at once slow each other down, and the whole farm with them (measured in
-        benchmarks/results/master.md)."""
+        moment share a statement, and are handed out at most one per ``claim_pace``
+        seconds: builders sent to fetch their files all at once slow each other down, and
+        the whole farm with them (measured in benchmarks/results/master.md). A claim that
+        avoids jobs of its own runs alone, at once."""
         if avoid:
-            return self._claimed(await self._claim(_CLAIM_FOR_DISPATCH_SQL, builder, avoid))
+            return await self._claim_alone(builder, avoid)
         kind = (tuple(sorted(builder.processor_ids)), builder.virtualized)
         batcher = self.claims.get(kind)
         if batcher is None:
@@ -411,15 +406,16 @@ class JobQueries:
         claimed = await batcher.submit(builder)
         if claimed is not None and self.claim_pace > 0:
             # one claim per pace at most: those that came back together go out one by one
-            now = self._clock.seconds()
+            clock = self._db.clock
+            now = clock.seconds()
             at = max(now, self._next_claim_out)
             self._next_claim_out = at + self.claim_pace
             if at > now:
-                await task.deferLater(self._clock, at - now, lambda: None)
+                await task.deferLater(clock, at - now, lambda: None)
         return claimed
 
-    @staticmethod
-    def _claimed(rows: Sequence[tuple[Any, ...]]) -> Claimed | None:
+    async def _claim_alone(self, builder: Builder, avoid: Sequence[int]) -> Claimed | None:
+        rows = await self._claim(_CLAIM_FOR_DISPATCH_SQL, builder, avoid)
         if not rows:
             return None
         row = rows[0]
@@ -430,7 +426,7 @@ class JobQueries:
         shared statement that breaks a constraint (a builder got a job meanwhile) raises, so
         that each claim is made again on its own."""
         if len(builders) == 1:
-            return [self._claimed(await self._claim(_CLAIM_FOR_DISPATCH_SQL, builders[0], ()))]
+            return [await self._claim_alone(builders[0], ())]
         first = builders[0]
         rows = await self._db.query(
             _CLAIM_MANY_SQL,
