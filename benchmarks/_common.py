@@ -35,7 +35,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -544,11 +544,11 @@ def run_async(main: Any) -> Any:
 
 def log_to(path: str | None) -> None:
     """Send this process's Twisted log (the master's) to ``path`` (nowhere when ``None``)."""
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import ILogObserver, globalLogBeginner, textFileLogObserver
 
     if path:
         observer = textFileLogObserver(open(path, "w"))  # open for the process lifetime
-        globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+        globalLogBeginner.beginLoggingTo([cast(ILogObserver, observer)], redirectStandardIO=False)
     else:
         globalLogBeginner.beginLoggingTo([], redirectStandardIO=False)
 

@@ -295,7 +295,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
 
         lifetime = getattr(master_module, "EMPTY_CACHE_LIFETIME", None)
         if lifetime is not None:
-            master_module.EMPTY_CACHE_LIFETIME = 0.0  # type: ignore[attr-defined]
+            master_module.EMPTY_CACHE_LIFETIME = 0.0
         service = await start_service(reactor, state, ctx["dsn"], args.tick_interval)
         try:
             await wait_idle(reactor, service.master, len(listing))
@@ -306,7 +306,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
         finally:
             await common.stop_service(reactor, service)
             if lifetime is not None:
-                master_module.EMPTY_CACHE_LIFETIME = lifetime  # type: ignore[attr-defined]
+                master_module.EMPTY_CACHE_LIFETIME = lifetime
     finally:
         trace.restore()
     results["trace"] = trace

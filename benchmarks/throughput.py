@@ -30,6 +30,9 @@ For every scan interval of ``--intervals``: warm-up, then a ``--window`` s measu
   breakdown (results stored, cleaned, job claimed, build() sent);
 * the builders' side: from the end of a build on its builder to the master seeing it, and
   to the builder's next ``build()`` (its idle time: what the farm loses per build);
+* the builders' downloads of their sources inside ``ensurepresent`` (until the librarian
+  gets the GET, then until the answer), and the round trip of an ``ensurepresent`` answered
+  from the builder's cache (:class:`Downloads`);
 * CPU: this process (main thread = the reactor, other threads = the librarian's thread
   pool), PostgreSQL, the builders; the master's RSS.
 
@@ -128,9 +131,9 @@ def waiting_to_next(
                 after(kinds.get("ensured", []), seen),
                 sent,
             ]
-            for name, t in zip(list(steps)[1:], milestones, strict=True):
-                if t is not None and t <= arrival:
-                    steps[name].append(t - seen)
+            for name, when in zip(list(steps)[1:], milestones, strict=True):
+                if when is not None and when <= arrival:
+                    steps[name].append(when - seen)
     return steps
 
 
@@ -164,6 +167,67 @@ def builder_side(
                 arrival - t
             )
     return steps
+
+
+class Downloads:
+    """The builders' downloads of their sources at dispatch, seen from the master (this
+    process only; the code itself is untouched): when each ``ensurepresent`` was sent, when
+    the librarian got the builder's GET for its URL, and when the answer came back; and the
+    round trip of an ``ensurepresent`` the builder answered from its cache (the chroot),
+    which is one XML-RPC call and nothing else."""
+
+    def __init__(self) -> None:
+        #: (sent, GET received, answered) per download
+        self.downloads: list[tuple[float, float, float]] = []
+        #: (sent, answered) per answer from the cache
+        self.cached: list[tuple[float, float]] = []
+        self._gets: dict[str, float] = {}
+        self._restore: list[tuple[Any, str, Any]] = []
+
+    def install(self, client_cls: Any, resource_cls: Any) -> None:
+        from urllib.parse import urlsplit
+
+        ensurepresent, serve = client_cls.ensurepresent, resource_cls._serve
+        gets, downloads, cached = self._gets, self.downloads, self.cached
+
+        async def timed_ensurepresent(client: Any, sha1: str, url: Any, *a: Any, **k: Any) -> Any:
+            sent = time.time()
+            result = await ensurepresent(client, sha1, url, *a, **k)
+            answered = time.time()
+            got = gets.pop(urlsplit(url).path, None) if url else None
+            if result.message == "Download" and got is not None:
+                downloads.append((sent, got, answered))
+            elif result.message == "Cache":
+                cached.append((sent, answered))
+            return result
+
+        async def timed_serve(resource: Any, request: Any, head: bool) -> Any:
+            gets[request.path.decode("latin-1")] = time.time()
+            return await serve(resource, request, head)
+
+        self._restore += [(client_cls, "ensurepresent", ensurepresent)]
+        self._restore += [(resource_cls, "_serve", serve)]
+        client_cls.ensurepresent = timed_ensurepresent
+        resource_cls._serve = timed_serve
+
+    def restore(self) -> None:
+        while self._restore:
+            cls, name, original = self._restore.pop()
+            setattr(cls, name, original)
+
+    def steps(self, start: float, end: float) -> dict[str, list[float]]:
+        """Each download and cache answer whose ``ensurepresent`` was sent in [start, end)."""
+        return {
+            "ensurepresent sent -> the librarian gets the builder's GET": [
+                got - sent for sent, got, _ in self.downloads if start <= sent < end
+            ],
+            "the GET -> ensurepresent answered (served, stored, answered)": [
+                answered - got for sent, got, answered in self.downloads if start <= sent < end
+            ],
+            "ensurepresent answered from the builder's cache (one round trip)": [
+                answered - sent for sent, answered in self.cached if start <= sent < end
+            ],
+        }
 
 
 PG_STATS_SQL = """
@@ -293,6 +357,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
     from buildmaster.gctuning import tune_garbage_collection
     from buildmaster.httpclient import HTTPClient
     from buildmaster.librarian import Librarian
+    from buildmaster.librarian.resource import LibrarianResource
     from buildmaster.scanner import BuilderWorker
     from buildmaster.service import BuildmasterService, ServiceSettings
     from buildmaster.store import Database, Store
@@ -340,6 +405,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
         await db.close()
 
     trace = common.Trace()
+    downloads = Downloads()
     names = {b["url"].rstrip("/") + "/": b["name"] for b in listing}
     if not args.no_trace:
         trace.on_call(BuilderWorker, "_collect", "collect", lambda self, *a: self.builder.name)
@@ -361,6 +427,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
             BuilderWorker, "_ensure_files", "ensured", lambda r, self, *a, **k: self.builder.name
         )
         trace.on_call(BuilderClient, "build", "sent", lambda self, *a: names.get(self.url))
+        downloads.install(BuilderClient, LibrarianResource)
     if args.no_prepared:
         unprepare_statements()
     counter = common.CallCounter()
@@ -382,7 +449,12 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
     if args.sql_stats:
         sql_stats.install()
     ctx["sql"] = sql_stats
-    results: dict[str, Any] = {"windows": [], "trace": trace, "no_trace": args.no_trace}
+    results: dict[str, Any] = {
+        "windows": [],
+        "trace": trace,
+        "downloads": downloads,
+        "no_trace": args.no_trace,
+    }
     queued = 0
     # builds for each interval in proportion to the time it runs (the last one also profiles)
     weights = [args.warmup + args.window for _ in intervals]
@@ -408,6 +480,8 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
             pinning.clock = reactor
             if args.threads_cpu:
                 pinning.start(0.5)
+            assert service.librarian is not None and service.master is not None
+            assert service.db is not None
             if args.no_record_batching:
                 # a diagnostic: every finished upload is recorded by its own statement
                 service.librarian.records._batcher._max_batch = 1
@@ -500,6 +574,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
                 await common.stop_service(reactor, service)
     finally:
         trace.restore()
+        downloads.restore()
         counter.restore()
         gc_pauses.uninstall()
         sql_stats.restore()
@@ -688,6 +763,9 @@ def main() -> None:
             if values:
                 print(f"  {name}: {common.fmt_quantiles(values)}")
         for name, values in builder_side(results["trace"], calls, w["start"], w["end"]).items():
+            if values:
+                print(f"  {name}: {common.fmt_quantiles(values)}")
+        for name, values in results["downloads"].steps(w["start"], w["end"]).items():
             if values:
                 print(f"  {name}: {common.fmt_quantiles(values)}")
     prof = results.get("profile")
