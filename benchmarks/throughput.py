@@ -17,7 +17,9 @@ The master and the farm tune their garbage collectors as ``twistd buildmaster`` 
 and each window reports the master's collector pauses.
 
 Each build has its own source package and ``.dsc`` (downloaded by the builder from the
-librarian at dispatch); every builder has the chroot already (steady state). A finished
+librarian at dispatch); every builder has the chroot already, and the librarian's content
+store has all its directories, as one holding millions of files has (steady state;
+``--fresh-store``: an empty store, where most uploads also make their directory). A finished
 build is collected (log gzipped, ``.deb`` and ``.changes`` fetched, SHA-1 checked, stored in
 the librarian, linked, build FULLYBUILT), cleaned, and the builder gets its next job.
 
@@ -58,6 +60,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as common
+from twisted.internet import threads
 from twisted.internet.task import LoopingCall
 
 
@@ -167,6 +170,21 @@ def builder_side(
                 arrival - t
             )
     return steps
+
+
+def grow_store_tree(root: Path) -> int:
+    """Make every directory of the librarian's content store under ``root``, as a store
+    holding a few million files has them; returns how many. In a fresh store most uploads
+    also make their directory, which costs one more ``fsync`` (of its parent)."""
+    from buildmaster.librarian.storage import ContentStore
+
+    store = ContentStore(root)
+    made = 0
+    for prefix in range(16**4):
+        directory = store.path_for(f"{prefix:04x}".ljust(64, "0")).parent
+        directory.mkdir(parents=True, exist_ok=True)
+        made += 1
+    return made
 
 
 class Downloads:
@@ -366,6 +384,10 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
     workdir, listing = ctx["dir"], ctx["listing"]
     state = workdir / "state"
     state.mkdir()
+    if not args.fresh_store:
+        t = time.monotonic()
+        made = await threads.deferToThread(grow_store_tree, state / "librarian")
+        print(f"librarian: {made} directories made ({time.monotonic() - t:.1f} s)", flush=True)
     intervals = [float(x) for x in args.intervals.split(",")]
 
     # -- the world (loaded with synchronous_commit off; durable again before measuring)
@@ -662,6 +684,12 @@ def main() -> None:
         action="store_true",
         help="do not time the steps after WAITING (their records grow the process by ~1 KB"
         " per build; use it when watching the master's memory)",
+    )
+    parser.add_argument(
+        "--fresh-store",
+        action="store_true",
+        help="start the librarian's content store empty (by default its directories exist,"
+        " as in a store of millions of files)",
     )
     parser.add_argument("--log", help="write the master's log to this file")
     parser.add_argument("--master-cpu", default="0", help="CPU(s) for this process ('' = any)")
