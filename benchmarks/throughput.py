@@ -34,7 +34,7 @@ For every scan interval of ``--intervals``: warm-up, then a ``--window`` s measu
   to the builder's next ``build()`` (its idle time: what the farm loses per build);
 * the builders' downloads of their sources inside ``ensurepresent`` (until the librarian
   gets the GET, then until the answer), and the round trip of an ``ensurepresent`` answered
-  from the builder's cache (:class:`Downloads`);
+  from the builder's cache (:func:`download_steps`);
 * CPU: this process (main thread = the reactor, other threads = the librarian's thread
   pool), PostgreSQL, the builders; the master's RSS.
 
@@ -56,6 +56,7 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -187,65 +188,42 @@ def grow_store_tree(root: Path) -> int:
     return made
 
 
-class Downloads:
-    """The builders' downloads of their sources at dispatch, seen from the master (this
-    process only; the code itself is untouched): when each ``ensurepresent`` was sent, when
-    the librarian got the builder's GET for its URL, and when the answer came back; and the
-    round trip of an ``ensurepresent`` the builder answered from its cache (the chroot),
-    which is one XML-RPC call and nothing else."""
+def ensure_key(client: Any, sha1: str, url: str | None, *args: Any, **kw: Any) -> Any:
+    """An ``ensurepresent`` call's key in the trace: the builder and the URL."""
+    return (client.url, url)
 
-    def __init__(self) -> None:
-        #: (sent, GET received, answered) per download
-        self.downloads: list[tuple[float, float, float]] = []
-        #: (sent, answered) per answer from the cache
-        self.cached: list[tuple[float, float]] = []
-        self._gets: dict[str, float] = {}
-        self._restore: list[tuple[Any, str, Any]] = []
 
-    def install(self, client_cls: Any, resource_cls: Any) -> None:
-        from urllib.parse import urlsplit
-
-        ensurepresent, serve = client_cls.ensurepresent, resource_cls._serve
-        gets, downloads, cached = self._gets, self.downloads, self.cached
-
-        async def timed_ensurepresent(client: Any, sha1: str, url: Any, *a: Any, **k: Any) -> Any:
-            sent = time.time()
-            result = await ensurepresent(client, sha1, url, *a, **k)
-            answered = time.time()
-            got = gets.pop(urlsplit(url).path, None) if url else None
-            if result.message == "Download" and got is not None:
-                downloads.append((sent, got, answered))
-            elif result.message == "Cache":
-                cached.append((sent, answered))
-            return result
-
-        async def timed_serve(resource: Any, request: Any, head: bool) -> Any:
-            gets[request.path.decode("latin-1")] = time.time()
-            return await serve(resource, request, head)
-
-        self._restore += [(client_cls, "ensurepresent", ensurepresent)]
-        self._restore += [(resource_cls, "_serve", serve)]
-        client_cls.ensurepresent = timed_ensurepresent
-        resource_cls._serve = timed_serve
-
-    def restore(self) -> None:
-        while self._restore:
-            cls, name, original = self._restore.pop()
-            setattr(cls, name, original)
-
-    def steps(self, start: float, end: float) -> dict[str, list[float]]:
-        """Each download and cache answer whose ``ensurepresent`` was sent in [start, end)."""
-        return {
-            "ensurepresent sent -> the librarian gets the builder's GET": [
-                got - sent for sent, got, _ in self.downloads if start <= sent < end
-            ],
-            "the GET -> ensurepresent answered (served, stored, answered)": [
-                answered - got for sent, got, answered in self.downloads if start <= sent < end
-            ],
-            "ensurepresent answered from the builder's cache (one round trip)": [
-                answered - sent for sent, answered in self.cached if start <= sent < end
-            ],
-        }
+def download_steps(trace: common.Trace, start: float, end: float) -> dict[str, list[float]]:
+    """For every ``ensurepresent`` sent in [start, end): when the librarian got the
+    builder's GET for its URL and when the answer came; or, with no GET in between (the
+    file was in the builder's cache: the chroot), the round trip, one XML-RPC call and
+    nothing else."""
+    events: dict[str, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for kind, key, t in trace.events:
+        if kind in ("ensure sent", "ensure answered", "get"):
+            events[kind][key].append(t)
+    steps: dict[str, list[float]] = {
+        "ensurepresent sent -> the librarian gets the builder's GET": [],
+        "the GET -> ensurepresent answered (served, stored, answered)": [],
+        "ensurepresent answered from the builder's cache (one round trip)": [],
+    }
+    first_get, then_answer, cached = steps.values()
+    for key, times in events["ensure sent"].items():
+        if key is None:
+            continue
+        gets = events["get"].get(urlsplit(key[1]).path if key[1] else None, [])
+        answers = events["ensure answered"].get(key, [])
+        for sent in times:
+            answered = next((t for t in answers if t > sent), None)
+            if not start <= sent < end or answered is None:
+                continue
+            got = next((t for t in gets if sent < t < answered), None)
+            if got is None:
+                cached.append(answered - sent)
+            else:
+                first_get.append(got - sent)
+                then_answer.append(answered - got)
+    return steps
 
 
 PG_STATS_SQL = """
@@ -387,7 +365,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
     if not args.fresh_store:
         t = time.monotonic()
         made = await threads.deferToThread(grow_store_tree, state / "librarian")
-        print(f"librarian: {made} directories made ({time.monotonic() - t:.1f} s)", flush=True)
+        print(f"librarian: {made} leaf directories made ({time.monotonic() - t:.1f} s)", flush=True)
     intervals = [float(x) for x in args.intervals.split(",")]
 
     # -- the world (loaded with synchronous_commit off; durable again before measuring)
@@ -427,7 +405,6 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
         await db.close()
 
     trace = common.Trace()
-    downloads = Downloads()
     names = {b["url"].rstrip("/") + "/": b["name"] for b in listing}
     if not args.no_trace:
         trace.on_call(BuilderWorker, "_collect", "collect", lambda self, *a: self.builder.name)
@@ -449,7 +426,16 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
             BuilderWorker, "_ensure_files", "ensured", lambda r, self, *a, **k: self.builder.name
         )
         trace.on_call(BuilderClient, "build", "sent", lambda self, *a: names.get(self.url))
-        downloads.install(BuilderClient, LibrarianResource)
+        trace.on_call(BuilderClient, "ensurepresent", "ensure sent", ensure_key)
+        trace.on_return(
+            BuilderClient,
+            "ensurepresent",
+            "ensure answered",
+            lambda r, *a, **k: ensure_key(*a, **k),
+        )
+        trace.on_call(
+            LibrarianResource, "_serve", "get", lambda self, request, head: request.path.decode()
+        )
     if args.no_prepared:
         unprepare_statements()
     counter = common.CallCounter()
@@ -474,7 +460,6 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
     results: dict[str, Any] = {
         "windows": [],
         "trace": trace,
-        "downloads": downloads,
         "no_trace": args.no_trace,
     }
     queued = 0
@@ -596,7 +581,6 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
                 await common.stop_service(reactor, service)
     finally:
         trace.restore()
-        downloads.restore()
         counter.restore()
         gc_pauses.uninstall()
         sql_stats.restore()
@@ -793,7 +777,7 @@ def main() -> None:
         for name, values in builder_side(results["trace"], calls, w["start"], w["end"]).items():
             if values:
                 print(f"  {name}: {common.fmt_quantiles(values)}")
-        for name, values in results["downloads"].steps(w["start"], w["end"]).items():
+        for name, values in download_steps(results["trace"], w["start"], w["end"]).items():
             if values:
                 print(f"  {name}: {common.fmt_quantiles(values)}")
     prof = results.get("profile")
