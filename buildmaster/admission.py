@@ -14,7 +14,9 @@ that discover finished builds) wait, first come first served, while the collecti
 plus the polls in flight (weighted by the share of recent polls that found a finished build)
 reach the limit. A collection that starts then runs at once, without queueing behind hundreds
 of others; a builder's turn comes in the order it became due. Without overload nothing waits:
-few polls find a finished build, so their weight is small.
+few polls find a finished build, so their weight is small. A collection counts from the poll
+that finds the build finished until the builder has its next build (its ``build()`` answered;
+recording the dispatch is bookkeeping after the hand-over), or until the scan ends without one.
 
 Nothing holds the gate for long: a collection or a poll counts for at most ``lease`` seconds.
 A collection of big files (minutes of download, bound by the network, not by the master) or a

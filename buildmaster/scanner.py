@@ -260,7 +260,8 @@ class BuilderWorker:
             return
         self.consecutive_failures = 0
         self.last_status = status
-        # a finished build: its collection counts against the master's limit until it is over
+        # a finished build: its collection counts against the master's limit until the
+        # builder has its next build (_record_dispatch) or the scan is over
         finished = status.builder_status is BuilderStatus.WAITING
         admission = self.master.admission
         if finished:
@@ -537,6 +538,9 @@ class BuilderWorker:
         return status.builder_status is BuilderStatus.BUILDING and status.build_id == cookie
 
     async def _record_dispatch(self, job: BuildQueue, builder: Builder, ctx: BuildContext) -> bool:
+        # the builder has its next build: a collection that led here is over and stops
+        # counting against the limit (what is left is bookkeeping, not the hand-over)
+        self.master.admission.collection_ended(builder.id)
         try:
             await self.master.store.jobs.record_dispatch(job, builder, self._now())
         except JobGone:

@@ -2,7 +2,8 @@
 
 The counting rules alone (a fake clock, plain asserts), then the master with real builders,
 a real database and librarian: finished builds beyond the limit wait their turn and are all
-collected; a slow collection stops holding the others up after its lease.
+collected; a slow collection stops holding the others up after its lease; a collection is
+over once its builder has its next build.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import task
+from twisted.internet import defer, task
 
 from buildmaster.admission import Admission
 from buildmaster.config import MasterConfig
 from buildmaster.enums import BuildStatus
 from buildmaster.store import Store
+from buildmaster.store.database import Database
 from buildmaster.testing import wait_for
 from slavesim import Outcome, OutcomeRule
 
@@ -188,3 +190,57 @@ async def test_a_slow_collection_holds_the_others_up_only_for_its_lease(
         assert waited < 2.0, waited  # the slow clean() (3 s) is still unanswered
     else:
         assert waited >= 2.5, waited
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_collection_stops_counting_once_its_builder_has_its_next_build(
+    reactor: Any, make_world: Any, store: Store, dsn: str
+) -> None:
+    """The hand-over ends with the next ``build()``: the record of the dispatch after it is
+    bookkeeping, and a slow one does not hold up the next collection. Here another
+    transaction locks the next build's row, so its dispatch record waits; the builder is
+    already building it and the collection no longer counts against the limit of one."""
+    config = MasterConfig(
+        scan_interval=3600,
+        building_poll_fraction=0,
+        max_collections=1,
+        collection_lease=60,  # longer than the test: only the hand-over ends the count
+        socket_timeout=5,
+    )
+    world = await make_world(config, build_time=0.05)
+    sim, _ = await world.builder("f0")
+    first = await world.queue()
+    master = world.harness.master
+    await master.scan_all()
+    assert sim.state.build_id == first.cookie
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 5)
+    second = await world.queue()
+
+    other_db = Database(reactor, dsn, size=1)
+    await other_db.connect()
+    locked: defer.Deferred[None] = defer.Deferred()
+    release: defer.Deferred[None] = defer.Deferred()
+
+    async def hold_the_row(tx: Any) -> None:
+        await tx.execute("SELECT 1 FROM build WHERE id = %s FOR UPDATE", (second.id,))
+        locked.callback(None)
+        await release
+
+    holding = other_db.transaction(hold_the_row)
+    try:
+        await locked
+        await master.scan_all(wait=False, only_due=True)  # finds the first build finished
+        await wait_for(reactor, lambda: sim.state.build_id == second.cookie, 10, "next build()")
+        await wait_for(reactor, lambda: master.admission.collections == 0, 5, "collection over")
+        # the dispatch is not recorded yet: its statement waits for the lock
+        assert (await store.builds.get(second.id)).status is BuildStatus.NEEDSBUILD
+        assert (await store.builds.get(first.id)).status is BuildStatus.FULLYBUILT
+    finally:
+        release.callback(None)
+        await holding
+        await other_db.close()
+
+    async def building() -> bool:
+        return (await store.builds.get(second.id)).status is BuildStatus.BUILDING
+
+    await wait_for(reactor, building, 10, "the dispatch recorded")
