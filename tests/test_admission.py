@@ -228,7 +228,7 @@ async def test_a_collection_stops_counting_once_its_builder_has_its_next_build(
 
     holding = other_db.transaction(hold_the_row)
     try:
-        await locked
+        await wait_for(reactor, lambda: locked.called, 5, "the next build's row locked")
         await master.scan_all(wait=False, only_due=True)  # finds the first build finished
         await wait_for(reactor, lambda: sim.state.build_id == second.cookie, 10, "next build()")
         await wait_for(reactor, lambda: master.admission.collections == 0, 5, "collection over")
