@@ -180,12 +180,10 @@ def grow_store_tree(root: Path) -> int:
     from buildmaster.librarian.storage import ContentStore
 
     store = ContentStore(root)
-    made = 0
-    for prefix in range(16**4):
-        directory = store.path_for(f"{prefix:04x}".ljust(64, "0")).parent
-        directory.mkdir(parents=True, exist_ok=True)
-        made += 1
-    return made
+    leaves = 16**4
+    for prefix in range(leaves):
+        store.path_for(f"{prefix:04x}".ljust(64, "0")).parent.mkdir(parents=True, exist_ok=True)
+    return leaves
 
 
 def ensure_key(client: Any, sha1: str, url: str | None, *args: Any, **kw: Any) -> Any:
@@ -457,11 +455,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
     if args.sql_stats:
         sql_stats.install()
     ctx["sql"] = sql_stats
-    results: dict[str, Any] = {
-        "windows": [],
-        "trace": trace,
-        "no_trace": args.no_trace,
-    }
+    results: dict[str, Any] = {"windows": [], "trace": trace, "no_trace": args.no_trace}
     queued = 0
     # builds for each interval in proportion to the time it runs (the last one also profiles)
     weights = [args.warmup + args.window for _ in intervals]

@@ -11,7 +11,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from buildmaster.config import MasterConfig
-from buildmaster.enums import BuildStatus
+from buildmaster.enums import BuildStatus, PackagePublishingPocket
 from buildmaster.master import BuilddMaster
 from buildmaster.store import Database, Store
 from buildmaster.testing import wait_for
@@ -75,7 +75,9 @@ async def test_claims_sharing_statements_in_two_masters_never_share_a_job(
     async def queue(n: int, prefix: str) -> None:
         for i in range(n):
             spr = await store.sources.new(f"{prefix}{i}", "1", data.hoary)
-            build = await store.builds.createBuild(spr, data.hoary_i386, 0, data.primary)  # type: ignore[arg-type]
+            build = await store.builds.createBuild(
+                spr, data.hoary_i386, PackagePublishingPocket.RELEASE, data.primary
+            )
             await store.queue.createBuildQueueEntry(build)
 
     async def claim(s: Store, builder: Any) -> Any:
