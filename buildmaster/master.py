@@ -17,7 +17,9 @@ It holds one :class:`~buildmaster.scanner.BuilderWorker` per builder and
 
 It also offers the seed's API (``addDistroArchSeries``, ``setupBuilders``,
 ``findBuildCandidate``, ``dispatchBuildCandidate``, ``is_available``) and the operations on
-builds (cancel, retry, rescore, manual mode).
+builds (cancel, retry, rescore, manual mode). Every operation that does I/O returns a
+Deferred (each says what it fires with and fails with), so it can be used from any Twisted
+program or trial test, with or without coroutines.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from buildmaster.httpclient import HTTPClient
 from buildmaster.logtails import LogtailBuffer
 from buildmaster.model import Builder, BuilderSnapshot, BuildQueue, DistroArchSeries, HasId, id_of
 from buildmaster.protocol import BuilderError
+from buildmaster.readiness import Readiness
 from buildmaster.scanner import BuilderWorker, failure_message
 from buildmaster.store import Store
 from buildmaster.store.database import DatabaseError
@@ -102,19 +105,28 @@ class ClaimGate:
 class BuilddMaster(service.Service):
     """The scanning and dispatching service.
 
-    :param reactor: IReactorTime + IReactorTCP + IReactorProcess (never the global one).
+    :param reactor: IReactorTime + IReactorTCP + IReactorProcess (never the global one):
+        connections, remote calls' deadlines, the VM reset command.
     :param store: the database.
     :param librarian: where files are served from and results are stored.
+    :param clock: what schedules the scans and decides what is due (scan ticks, building
+        builders' polls, re-probes, cancel and retry windows, log tail writes, collection
+        leases); ``reactor`` by default. Tests pass a ``Clock`` to drive time.
     """
 
     _log = Logger()
     name = "buildd-master"
 
     def __init__(
-        self, reactor: Any, store: Store, librarian: Any, config: MasterConfig | None = None
+        self,
+        reactor: Any,
+        store: Store,
+        librarian: Any,
+        config: MasterConfig | None = None,
+        clock: Any = None,
     ) -> None:
         self.reactor = reactor
-        self.clock = reactor
+        self.clock = reactor if clock is None else clock
         self.store = store
         self.librarian = librarian
         self.config = config or MasterConfig()
@@ -126,19 +138,21 @@ class BuilddMaster(service.Service):
         self._empty: set[Key] = set()
         self._idle: dict[Key, set[BuilderWorker]] = {}
         self.claims = ClaimGate(lambda: self._listening)
-        self._empty_since = reactor.seconds()
+        self._empty_since = self.clock.seconds()
         self._listening = False
         self._generation: dict[Key, int] = {}
         self._owned: set[int] = set()
         self._slices = max(1, min(MAX_SCAN_SLICES, int(self.config.scan_interval / SCAN_SLICE)))
         self._next_slice = 0
         self._scan_loop = task.LoopingCall.withCount(self._tick)
-        self._scan_loop.clock = reactor
+        self._scan_loop.clock = self.clock
         self._logtail_loop = task.LoopingCall(self._flush_logtails)
-        self._logtail_loop.clock = reactor
+        self._logtail_loop.clock = self.clock
         self._loops: list[defer.Deferred[Any]] = []
+        self._started: defer.Deferred[None] = defer.succeed(None)
+        self._readiness = Readiness()
         self.admission = Admission(
-            reactor, self.config.max_collections, self.config.collection_lease, self._take_turns
+            self.clock, self.config.max_collections, self.config.collection_lease, self._take_turns
         )
         #: routine polls waiting their turn, oldest first: builder id -> worker, the latest
         #: snapshot of it, when it started waiting
@@ -151,6 +165,14 @@ class BuilddMaster(service.Service):
         super().startService()
         self.stopping = False
         self._started = defer.Deferred.fromCoroutine(self._start())
+        self._readiness.watch(self._started)
+
+    def when_ready(self) -> defer.Deferred[None]:
+        """Fires with ``None`` once the master runs (listening for new jobs, its first scan
+        of every builder done, its loops started); fails with the error that stopped it
+        from starting (a :class:`~buildmaster.store.database.DatabaseError`, most likely).
+        Called before ``startService``, it waits for the start."""
+        return self._readiness.wait()
 
     async def _start(self) -> None:
         await self.store.db.listen("buildqueue_waiting", self._queue_changed)
@@ -166,12 +188,12 @@ class BuilddMaster(service.Service):
         ]
 
     def stopService(self) -> defer.Deferred[None]:
+        """Fires with ``None`` once the master has stopped: its loops stopped, the scans in
+        progress over (their remote calls are cut short), the pending log tails written."""
         super().stopService()
         return defer.Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        """Stops the loops, waits for the scans in progress (their remote calls are cut
-        short), then writes the pending log tails."""
         self.stopping = True
         self._listening = False
         try:
@@ -207,16 +229,22 @@ class BuilddMaster(service.Service):
         except Exception:
             self._log.failure("Scan cycle failed")
 
-    async def scan_all(
+    def scan_all(
         self, wait: bool = True, parts: list[int] | None = None, only_due: bool = False
-    ) -> None:
+    ) -> defer.Deferred[None]:
         """Scan every builder (this master works) in parallel, from one read of the database.
+
+        Fires with ``None``; fails with a :class:`~buildmaster.store.database.DatabaseError`
+        when the builders could not be read (a builder's own failure is judged, not raised).
 
         :param wait: fire only once every scan is done (otherwise as soon as they are started).
         :param parts: only the builders of these slices of the scan interval (``id % slices``).
         :param only_due: skip the building builders whose next poll is not due yet
             (:meth:`BuilderWorker.due`; the periodic scans do, a scan asked for does not).
         """
+        return defer.Deferred.fromCoroutine(self._scan_all(wait, parts, only_due))
+
+    async def _scan_all(self, wait: bool, parts: list[int] | None, only_due: bool) -> None:
         slices = self._slices
         snapshots = await self.store.jobs.snapshots(
             parts=(slices, parts) if parts is not None else None
@@ -378,12 +406,13 @@ class BuilddMaster(service.Service):
         """Whether this master works the builder (holds its lock, when that matters)."""
         return not self.config.exclusive_builders or builder_id in self._owned
 
-    async def arch_tag_for(self, builder: Builder) -> str | None:
-        """The architecture tag a builder should report (from the registered architectures)."""
+    def arch_tag_for(self, builder: Builder) -> defer.Deferred[str | None]:
+        """Fires with the architecture tag a builder should report (from the registered
+        architectures), or ``None`` when none matches its processors."""
         for das in self._distroarchseries.values():
             if das.processor_id in builder.processor_ids:
-                return das.architecturetag
-        return None
+                return defer.succeed(das.architecturetag)
+        return defer.succeed(None)
 
     # -- the seed's API ------------------------------------------------------------------
 
@@ -469,9 +498,18 @@ class BuilddMaster(service.Service):
 
     # -- operations --------------------------------------------------------------------
 
-    async def cancel(self, build: HasId | int) -> BuildStatus:
+    def cancel(self, build: HasId | int) -> defer.Deferred[BuildStatus]:
         """Cancel a build: at once if it waits; a running one is aborted on its builder and
-        ends CANCELLED when the builder reports it aborted."""
+        ends CANCELLED when the builder reports it aborted.
+
+        Fires with the build's new state (CANCELLED, or CANCELLING while its builder
+        aborts it); fails with :class:`~buildmaster.store.NotFound` for an unknown build and
+        :class:`~buildmaster.transitions.IllegalTransition` for a build that cannot be
+        cancelled (it has ended).
+        """
+        return defer.Deferred.fromCoroutine(self._cancel(build))
+
+    async def _cancel(self, build: HasId | int) -> BuildStatus:
         state = await self.store.jobs.cancel(build)
         if state is BuildStatus.CANCELLING:
             job = await self.store.queue.get_for_build(build)
@@ -479,26 +517,52 @@ class BuilddMaster(service.Service):
                 self.workers[job.builder_id].request_scan()
         return state
 
-    async def retry(self, build: HasId | int) -> BuildQueue:
-        """Queue a failed or cancelled build again, with a fresh score."""
-        return await self.store.jobs.retry(build)
+    def retry(self, build: HasId | int) -> defer.Deferred[BuildQueue]:
+        """Queue a failed or cancelled build again, with a fresh score.
 
-    async def rescore(self, build: HasId | int, score: int) -> BuildQueue:
-        """Give a waiting build a manual score (it sticks)."""
-        return await self.store.jobs.rescore(build, score)
+        Fires with its new queue entry; fails with :class:`~buildmaster.store.NotFound` for
+        an unknown build, and with :class:`~buildmaster.transitions.IllegalTransition` or
+        ``ValueError`` for a build that did not end in a failure or a cancel.
+        """
+        return defer.Deferred.fromCoroutine(self.store.jobs.retry(build))
 
-    async def set_manual(self, builder: HasId | int, manual: bool) -> Builder:
+    def rescore(self, build: HasId | int, score: int) -> defer.Deferred[BuildQueue]:
+        """Give a waiting build a manual score (it sticks).
+
+        Fires with its queue entry, rescored; fails with :class:`~buildmaster.store.NotFound`
+        when the build is not waiting in the queue.
+        """
+        return defer.Deferred.fromCoroutine(self.store.jobs.rescore(build, score))
+
+    def set_manual(self, builder: HasId | int, manual: bool) -> defer.Deferred[Builder]:
         """Manual mode: the builder is still scanned and its builds collected, but it gets
-        no new job."""
+        no new job.
+
+        Fires with the builder as it is now; fails with :class:`~buildmaster.store.NotFound`
+        for an unknown builder.
+        """
+        return defer.Deferred.fromCoroutine(self._set_manual(builder, manual))
+
+    async def _set_manual(self, builder: HasId | int, manual: bool) -> Builder:
         fresh = await self.store.builders.set_manual(builder, manual)
         if fresh.id in self.workers:
             self.workers[fresh.id].update(fresh)
         return fresh
 
-    async def addOrUpdateChroot(
+    def addOrUpdateChroot(
+        self, distroarchseries: HasId | int, chroot: HasId | int
+    ) -> defer.Deferred[DistroArchSeries]:
+        """Set an architecture's chroot (a librarian file); jobs that waited for it go back
+        in the queue.
+
+        Fires with the architecture as it is now; fails with
+        :class:`~buildmaster.store.NotFound` for an unknown architecture.
+        """
+        return defer.Deferred.fromCoroutine(self._add_or_update_chroot(distroarchseries, chroot))
+
+    async def _add_or_update_chroot(
         self, distroarchseries: HasId | int, chroot: HasId | int
     ) -> DistroArchSeries:
-        """Set an architecture's chroot; jobs that waited for it go back in the queue."""
         das = await self.store.distributions.addOrUpdateChroot(distroarchseries, chroot)
         await self.store.jobs.resume_suspended(das)
         return das

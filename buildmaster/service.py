@@ -6,8 +6,10 @@ scanning master, and the demo (if asked). Stop: the same, backwards: scanning st
 the web server, and the database (and its private cluster) closes last. Twisted's
 ``MultiService`` stops its children all at once, so the order is written out here.
 
-Embeddable: ``BuildmasterService(reactor, settings)`` can live in any Twisted application;
-``tap.py`` builds one for ``twistd buildmaster``.
+Embeddable: ``BuildmasterService(reactor, settings)`` can live in any Twisted application
+(docs/embedding.md); ``tap.py`` builds one for ``twistd buildmaster``. Its start runs in the
+background (``startService`` returns at once): :meth:`BuildmasterService.when_ready` tells
+when the master runs, or why it could not start.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from buildmaster.config import MasterConfig
 from buildmaster.librarian import Librarian
 from buildmaster.librarian.guard import guarded_request_factory
 from buildmaster.master import BuilddMaster
+from buildmaster.readiness import Readiness
 from buildmaster.store import Database, Store
 from buildmaster.store.cluster import PostgresCluster
 from buildmaster.store.schema import migrate
@@ -58,6 +61,10 @@ class ServiceSettings:
 class BuildmasterService(service.Service):
     """Database, web server, librarian, master (and demo), in order.
 
+    Once ready, ``store``, ``librarian``, ``master`` and ``web`` (the listening port) are
+    its parts; their own public methods are the API (:class:`~buildmaster.master.BuilddMaster`
+    for the operations on builds and builders).
+
     :param reactor: the reactor everything runs on (passed all the way down).
     :param on_fatal: called with the error when starting fails (``twistd`` stops the
         reactor); by default the error is only logged.
@@ -85,11 +92,23 @@ class BuildmasterService(service.Service):
         self._gc: service.Service | None = None
         self._threads: ThreadPool | None = None
         self._started: defer.Deferred[None] = defer.succeed(None)
+        self._readiness = Readiness()
 
     def startService(self) -> None:
         super().startService()
         self._started = defer.Deferred.fromCoroutine(self._start())
+        self._readiness.watch(self._started)
         self._started.addErrback(self._start_failed)
+
+    def when_ready(self) -> defer.Deferred[None]:
+        """Fires with ``None`` once the whole master runs (database migrated, web server
+        listening, librarian mounted, first scan done); fails with the error that stopped
+        it from starting (e.g. :class:`~buildmaster.store.database.DatabaseUnavailable`,
+        ``CannotListenError``, :class:`~buildmaster.store.cluster.ClusterError`). Called
+        before ``startService``, it waits for the start. Each call gets a Deferred of its
+        own; a failure is also logged (and handed to ``on_fatal``) whether or not anybody
+        waits."""
+        return self._readiness.wait()
 
     def _start_failed(self, failure: Any) -> None:
         self._log.failure("buildmaster could not start", failure)
@@ -158,12 +177,15 @@ class BuildmasterService(service.Service):
             self.demo = Demo(self.reactor, self.store, self.librarian, self.master, settings)
             await self.demo.prepare()
         self.master.startService()
-        await self.master._started
+        await self.master.when_ready()
         if self.demo is not None:
             self.demo.start_queueing()
         self._log.info("buildmaster is running")
 
     def stopService(self) -> defer.Deferred[None]:
+        """Fires with ``None`` once everything has stopped, in the reverse order of the
+        start: scans (their remote calls cut short), web server, librarian threads, database
+        pool, then the private cluster. A start still under way is waited for first."""
         super().stopService()
         return defer.Deferred.fromCoroutine(self._stop())
 

@@ -26,12 +26,11 @@ from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from zope.interface import implementer
 
 from buildmaster.config import MasterConfig
-from buildmaster.enums import PackagePublishingPocket, SourcePackageFileType
 from buildmaster.model import Build, Builder
-from buildmaster.sampledata import SampleData, load_sample_data
+from buildmaster.sampledata import SampleData
 from buildmaster.store import Store
 from buildmaster.store.cluster import PostgresCluster
-from buildmaster.testing import FarmHarness
+from buildmaster.testing import FarmHarness, prepare_sample_world, queue_build
 
 TEMPLATE = "buildmaster_template"
 
@@ -217,15 +216,6 @@ class World:
         self.data = data
         self.counter = 0
 
-    async def prepare(self) -> None:
-        chroot = await self.harness.add_file("chroot-hoary-i386.tar.gz", b"chroot" * 100)
-        await self.store.distributions.addOrUpdateChroot(self.data.hoary_i386, chroot.id)
-        # the seed's builders and jobs are not part of these scenarios
-        await self.store.queue.destroySelf(self.data.lost_job_id)
-        await self.store.queue.destroySelf(self.data.waiting_job_id)
-        for name in ("bob", "frog"):
-            await self.store.builders.set_active(await self.store.builders.getByName(name), False)
-
     async def builder(self, name: str, virtualized: bool = False) -> tuple[Any, Builder]:
         sim = await self.harness.start_builder(name, "i386")
         builder = await self.store.builders.new(
@@ -239,19 +229,9 @@ class World:
 
     async def queue(self, name: str | None = None, ppa: bool = False) -> Build:
         self.counter += 1
-        name = name or f"pkg{self.counter}"
-        dsc = await self.harness.add_file(
-            f"{name}_1.0.dsc", f"Source: {name}\n".encode(), "text/plain"
+        return await queue_build(
+            self.store, self.data, self.harness.add_file, name or f"pkg{self.counter}", ppa
         )
-        spr = await self.store.sources.new(
-            name, "1.0", self.data.hoary, files=[(dsc.id, SourcePackageFileType.DSC)]
-        )
-        archive = self.data.cprov_ppa if ppa else self.data.primary
-        build = await self.store.builds.createBuild(
-            spr, self.data.hoary_i386, PackagePublishingPocket.RELEASE, archive
-        )
-        await self.store.queue.createBuildQueueEntry(build)
-        return build
 
 
 @pytest_twisted.async_yield_fixture
@@ -260,14 +240,23 @@ async def make_world(
 ) -> AsyncIterator[Callable[..., Any]]:
     harnesses: list[FarmHarness] = []
 
-    async def make(config: MasterConfig | None = None, build_time: float = 3600.0) -> World:
+    async def make(
+        config: MasterConfig | None = None,
+        build_time: float = 3600.0,
+        farm_clock: Any = None,
+        master_clock: Any = None,
+    ) -> World:
         harness = await FarmHarness.start(
-            reactor, store, tmp_path, config or MasterConfig(), build_time=build_time
+            reactor,
+            store,
+            tmp_path,
+            config or MasterConfig(),
+            build_time=build_time,
+            farm_clock=farm_clock,
+            master_clock=master_clock,
         )
         harnesses.append(harness)
-        world = World(harness, store, await load_sample_data(store))
-        await world.prepare()
-        return world
+        return World(harness, store, await prepare_sample_world(store, harness.add_file))
 
     yield make
     for harness in harnesses:

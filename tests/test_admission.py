@@ -174,7 +174,7 @@ async def test_a_slow_collection_holds_the_others_up_only_for_its_lease(
     first, second = await world.queue(), await world.queue()
     master = world.harness.master
     master.startService()
-    await master._started
+    await master.when_ready()
     await wait_for(reactor, lambda: slow.state.build_id and quick.state.build_id, 5, "dispatch")
     quick_build = first if quick.state.build_id == first.cookie else second
 

@@ -83,7 +83,7 @@ async def test_a_faulty_farm_works_through_a_few_hundred_builds(
             builds.append((prefix, await world.queue(f"{prefix}{i}", ppa=i < ppa_count)))
     master = world.harness.master
     master.startService()
-    await master._started
+    await master.when_ready()
 
     async def finished() -> int:
         rows = await store.db.query(

@@ -38,7 +38,7 @@ async def test_a_hung_builder_costs_only_its_own_timeout(reactor: Any, make_worl
     sims[0].faults.hang = True
     master = world.harness.master
 
-    scan = defer.Deferred.fromCoroutine(master.scan_all())
+    scan = master.scan_all()
     await wait_for(reactor, lambda: len(master.workers) == 8, 5, "the workers")
     healthy = [w for w in master.workers.values() if w.builder.name != "b0"]
     hung = next(w for w in master.workers.values() if w.builder.name == "b0")
@@ -140,7 +140,7 @@ async def test_a_queued_build_is_dispatched_at_once_to_an_idle_builder(
     sim, _ = await world.builder("eager")
     master = world.harness.master
     master.startService()
-    await master._started
+    await master.when_ready()
     await wait_for(
         reactor, lambda: master.workers and all(w.last_status for w in master.workers.values()), 5
     )
@@ -207,7 +207,7 @@ async def test_the_scan_loop_survives_everything(
     good, _ = await world.builder("good")
     master = world.harness.master
     master.startService()
-    await master._started
+    await master.when_ready()
     builds = [await world.queue() for _ in range(3)]
     for build in builds:
 
@@ -249,7 +249,7 @@ async def test_a_burst_of_jobs_reaches_every_idle_builder_at_once(
     sims = [(await world.builder(f"idle{i}"))[0] for i in range(6)]
     master = world.harness.master
     master.startService()
-    await master._started
+    await master.when_ready()
     await wait_for(
         reactor,
         lambda: len(master.workers) == 6 and all(w.idle for w in master.workers.values()),
@@ -300,7 +300,7 @@ async def test_the_scan_interval_is_sliced_so_polls_come_spread_not_in_a_burst(
     sims = [(await world.builder(f"s{i}"))[0] for i in range(20)]
     master = world.harness.master
     master.startService()
-    await master._started
+    await master.when_ready()
     polls = {sim.name: 0 for sim in sims}
     first_poll: dict[str, float] = {}
     start = reactor.seconds()
@@ -334,7 +334,7 @@ async def test_a_long_build_is_polled_less_often_and_its_end_still_noticed(
     build = await world.queue("long")
     master = world.harness.master
     master.startService()
-    await master._started
+    await master.when_ready()
     await wait_for(reactor, lambda: sim.state.build_id == build.cookie, 10, "the dispatch")
     polls_before = sum(1 for c in sim.history if c.method == "status")
     await task.deferLater(reactor, 1.2, lambda: None)

@@ -131,10 +131,10 @@ async def test_a_second_master_takes_over_without_building_anything_twice(
     builds = [await world.queue() for _ in range(30)]
     async with _two_masters(reactor, dsn, world, config) as (pools, first, second):
         first.startService()
-        await first._started
+        await first.when_ready()
         await wait_for(reactor, lambda: len(first._owned) == 6, 10, "A to own the builders")
         second.startService()
-        await second._started
+        await second.when_ready()
 
         async def built() -> int:
             rows = await store.db.query(
@@ -196,7 +196,7 @@ async def test_a_master_stopped_while_build_is_unanswered_leaves_the_claim_to_th
     build = await world.queue()
     async with _two_masters(reactor, dsn, world, config) as (pools, first, second):
         first.startService()
-        await first._started
+        await first.when_ready()
         await wait_for(
             reactor,
             lambda: any(call.method == "build" for call in sim.history),
@@ -209,7 +209,7 @@ async def test_a_master_stopped_while_build_is_unanswered_leaves_the_claim_to_th
         assert job is not None and job.build_id == build.id, "the claim stays with the builder"
         sim.faults.withhold_answer = {}
         second.startService()
-        await second._started
+        await second.when_ready()
 
         async def built() -> bool:
             rows = await store.db.query("SELECT buildstate FROM build WHERE id = %s", (build.id,))
