@@ -167,6 +167,19 @@ class BuilddMaster(service.Service):
         self._started = defer.Deferred.fromCoroutine(self._start())
         self._readiness.watch(self._started)
 
+    def _warn_unreset_vms(self) -> None:
+        """Virtualized builders run untrusted builds: without a reset command, each build
+        finds what the one before it left in the VM."""
+        if self.config.vm_resume_command:
+            return
+        names = sorted(w.builder.name for w in self.workers.values() if w.builder.virtualized)
+        if names:
+            self._log.warn(
+                "No VM reset command is set (--vm-resume-command): the virtualized builders"
+                " {names} will build without their VMs being reset between builds",
+                names=", ".join(names),
+            )
+
     def when_ready(self) -> defer.Deferred[None]:
         """Fires with ``None`` once the master runs (listening for new jobs, its first scan
         of every builder done, its loops started); fails with the error that stopped it
@@ -182,6 +195,7 @@ class BuilddMaster(service.Service):
         for das in await self.store.distributions.all_arch_series():
             self._distroarchseries[das.id] = das
         await self._safe_scan(None)  # everything once at start, then a slice at a time
+        self._warn_unreset_vms()
         self._loops = [
             self._scan_loop.start(self.config.scan_interval / self._slices, now=False),
             self._logtail_loop.start(self.config.logtail_interval, now=False),

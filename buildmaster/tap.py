@@ -20,7 +20,7 @@ from buildmaster.buildargs import ArchiveURLs
 from buildmaster.config import MasterConfig
 from buildmaster.gctuning import tune_garbage_collection
 from buildmaster.service import BuildmasterService, ServiceSettings
-from buildmaster.vmreset import resume_argv
+from buildmaster.vmreset import check_template
 
 __all__ = ["Options", "makeService"]
 
@@ -111,7 +111,8 @@ class Options(usage.Options):
             "vm-resume-command",
             None,
             None,
-            "Resets a virtualized builder's VM; %(vm_host)s and %(buildd_name)s expand.",
+            "Resets a virtualized builder's VM (run without a shell, in a minimal"
+            " environment); %(vm_host)s and %(buildd_name)s expand, one of them is needed.",
         ],
         ["vm-resume-timeout", None, 300.0, "Seconds the VM reset command may take.", _seconds],
         [
@@ -151,7 +152,7 @@ class Options(usage.Options):
         command = self["vm-resume-command"]
         if command:
             try:
-                resume_argv(command, "vm-host", "builder")
+                check_template(command)
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
         for key in ("primary-archive-url", "ppa-url"):

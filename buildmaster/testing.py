@@ -291,7 +291,7 @@ class TestMaster:
             state_dir=directory / "state",
             dsn=dsn,
             port="tcp:0:interface=127.0.0.1",
-            master=config or MasterConfig(scan_interval=1.0, vm_resume_command="true"),
+            master=config or MasterConfig(scan_interval=1.0, vm_resume_command="true %(vm_host)s"),
             pool_size=4,
         )
         service = BuildmasterService(reactor, settings)

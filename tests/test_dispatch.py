@@ -56,7 +56,9 @@ async def test_a_failing_vm_reset_is_a_builder_failure(
 
 @pytest_twisted.ensureDeferred
 async def test_a_vm_reset_that_hangs_is_cut_short(make_world: Any, store: Store) -> None:
-    world = await make_world(config(vm_resume_command="sleep 30", vm_resume_timeout=0.3))
+    world = await make_world(
+        config(vm_resume_command="sh -c 'sleep 30' %(vm_host)s", vm_resume_timeout=0.3)
+    )
     sim, _ = await world.builder("slow-vm", virtualized=True)
     build = await world.queue(ppa=True)
     await world.harness.master.scan_all()
@@ -72,7 +74,7 @@ async def test_no_connection_from_before_a_vm_reset_is_used_after_it(
     """A reset VM is a new machine: connections kept alive to the old one lead nowhere (at
     best to a reset, at worst to silence until a call's deadline), so the master drops them
     and talks to the reset builder over new ones."""
-    world = await make_world(config(vm_resume_command="true"))
+    world = await make_world(config(vm_resume_command="true %(vm_host)s"))
     sim, _ = await world.builder("ppa-vm", virtualized=True)
     master = world.harness.master
     await master.scan_all()  # first contact: the idle builder's VM is reset (it was dirty)
@@ -88,7 +90,7 @@ async def test_no_connection_from_before_a_vm_reset_is_used_after_it(
 
 @pytest_twisted.ensureDeferred
 async def test_private_files_reach_the_builder_with_a_token(make_world: Any, store: Store) -> None:
-    world = await make_world(config(vm_resume_command="true"))
+    world = await make_world(config(vm_resume_command="true %(vm_host)s"))
     sim, _ = await world.builder("private", virtualized=True)
     await store.archives.set_private(world.data.cprov_ppa, True)
     secret_dsc = await world.harness.add_file(

@@ -45,7 +45,7 @@ async def test_a_faulty_farm_works_through_a_few_hundred_builds(
         socket_timeout=1.0,
         virtualized_socket_timeout=1.0,
         scan_interval=0.25,
-        vm_resume_command="true",
+        vm_resume_command="true %(vm_host)s",
         probe_initial_delay=0.5,
         probe_max_delay=1.0,
         failure_policy=FailurePolicy(tolerated_scan_failures=2),

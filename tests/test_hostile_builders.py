@@ -20,7 +20,7 @@ CONFIG = MasterConfig(
     scan_interval=3600,
     max_log_size=MiB,
     max_result_file_size=MiB,
-    vm_resume_command="true",
+    vm_resume_command="true %(vm_host)s",
 )
 
 

@@ -24,7 +24,10 @@ from buildmaster.store import Store
 from buildmaster.testing import wait_for
 
 FAST = MasterConfig(
-    socket_timeout=1.0, virtualized_socket_timeout=1.0, scan_interval=3600, vm_resume_command="true"
+    socket_timeout=1.0,
+    virtualized_socket_timeout=1.0,
+    scan_interval=3600,
+    vm_resume_command="true %(vm_host)s",
 )
 
 

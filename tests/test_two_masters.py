@@ -125,7 +125,9 @@ async def test_a_second_master_takes_over_without_building_anything_twice(
 ) -> None:
     """Master A works the farm while B waits; A stops mid-way (its builders' locks go with its
     database session); B takes the builders over, collects what A dispatched and finishes."""
-    config = MasterConfig(socket_timeout=2.0, scan_interval=0.3, vm_resume_command="true")
+    config = MasterConfig(
+        socket_timeout=2.0, scan_interval=0.3, vm_resume_command="true %(vm_host)s"
+    )
     world = await make_world(config, build_time=0.5)
     sims = [(await world.builder(f"m{i}"))[0] for i in range(6)]
     builds = [await world.queue() for _ in range(30)]
