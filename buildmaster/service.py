@@ -27,7 +27,7 @@ from twisted.web import pages, resource, server
 
 from buildmaster.config import MasterConfig
 from buildmaster.librarian import Librarian
-from buildmaster.librarian.guard import guarded_request_factory
+from buildmaster.librarian.guard import GuardedSite
 from buildmaster.master import BuilddMaster
 from buildmaster.readiness import Readiness
 from buildmaster.store import Database, Store
@@ -135,12 +135,8 @@ class BuildmasterService(service.Service):
         self.store = Store(self.db)
 
         # uploads are raw bodies: twisted.web must neither parse them as forms nor keep
-        # bodies that nobody may upload
-        site = server.Site(
-            web_root(),
-            requestFactory=guarded_request_factory(lambda: self.librarian),
-            parsePOSTFormSubmission=False,
-        )
+        # bodies that nobody may upload (buildmaster.librarian.guard)
+        site = GuardedSite(web_root(), lambda: self.librarian)
         if not settings.access_log:
             site.log = lambda request: None  # type: ignore[method-assign]
         endpoint = endpoints.serverFromString(self.reactor, settings.port)

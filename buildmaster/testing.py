@@ -33,12 +33,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from twisted.internet import defer, task
-from twisted.web import server
 
 from buildmaster.config import MasterConfig
 from buildmaster.enums import BuildStatus, PackagePublishingPocket, SourcePackageFileType
 from buildmaster.librarian import Librarian
-from buildmaster.librarian.guard import guarded_request_factory
+from buildmaster.librarian.guard import GuardedSite
 from buildmaster.master import BuilddMaster
 from buildmaster.model import Build, Builder, LibraryFile
 from buildmaster.sampledata import SampleData, load_sample_data
@@ -478,11 +477,7 @@ class FarmHarness:
         self = cls(reactor, store, directory)
         secret = Librarian.load_or_create_secret(directory)
         # the public URL is only known once listening: bind first, then build the librarian
-        site = server.Site(
-            self._site_root,
-            requestFactory=guarded_request_factory(lambda: getattr(self, "librarian", None)),
-            parsePOSTFormSubmission=False,
-        )
+        site = GuardedSite(self._site_root, lambda: getattr(self, "librarian", None))
         self._port = reactor.listenTCP(0, site, interface="127.0.0.1")
         public_url = f"http://127.0.0.1:{self._port.getHost().port}/librarian/"
         self.librarian = Librarian(reactor, store.db, directory / "librarian", public_url, secret)

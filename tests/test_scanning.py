@@ -9,7 +9,7 @@ import collections
 from typing import Any
 
 import pytest_twisted
-from twisted.internet import defer, task
+from twisted.internet import task
 
 from buildmaster.config import MasterConfig
 from buildmaster.enums import (
