@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, protocol
 
+from buildmaster.builderclient import BuilderClient
+from buildmaster.collect import CollectLimits, ResultCollector
 from buildmaster.config import MasterConfig
 from buildmaster.enums import BuilderCleanStatus, BuildQueueStatus, BuildStatus
 from buildmaster.model import Build
 from buildmaster.policy import FailurePolicy
+from buildmaster.protocol import BuilderError
 from buildmaster.store import NotFound, Store
 from buildmaster.testing import wait_for
 from buildmaster.transitions import IllegalTransition
@@ -59,6 +64,9 @@ async def test_a_successful_build_is_collected_into_the_librarian(
     waiting_filemap = None
     await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 20)
     waiting_filemap = sim.state.status()["filemap"]
+    log_path = sim.state.log_path()
+    assert log_path is not None
+    builder_log = Path(log_path).read_bytes()
     await master.scan_all()
 
     build = await store.builds.get(build)
@@ -78,8 +86,12 @@ async def test_a_successful_build_is_collected_into_the_librarian(
     assert build.log_id is not None
     log = await world.harness.librarian.get(build.log_id)
     assert log.filename == "buildlog_ubuntu-hoary-i386.hello_1.0_FULLYBUILT.txt.gz"
-    text = gzip.decompress(await world.harness.librarian.read_bytes(build.log_id))
-    assert b"hello" in text and len(text) > 100
+    # the builder gives no checksum for its log: what is recorded is the hash of what was
+    # stored (the compressed log), checked again when it is read back
+    stored = await world.harness.librarian.read_bytes(build.log_id)
+    assert log.sha1 == hashlib.sha1(stored).hexdigest() and log.filesize == len(stored)
+    text = gzip.decompress(stored)
+    assert text == builder_log and b"hello" in text and len(text) > 100
     # the builder was cleaned and is clean again
     assert sim.state.state == "BuilderStatus.IDLE"
     assert (await store.builders.get(builder)).clean_status is BuilderCleanStatus.CLEAN
@@ -455,3 +467,52 @@ async def test_a_job_claimed_for_a_builder_that_cannot_be_cleaned_goes_back_unbl
     ]
     assert len(failures) == 1 and "clean()" in failures[0]
     assert [c.args[0] for c in sim.history if c.method == "build"] == [first.cookie]
+
+
+class _DyingBuilder(protocol.Protocol):
+    """A builder that sends half of its log, then goes away: with a Content-Length that
+    promised more, or with none at all (then only the closed connection ends the body)."""
+
+    def __init__(self, with_length: bool) -> None:
+        self.with_length = with_length
+
+    def dataReceived(self, data: bytes) -> None:
+        if b"\r\n\r\n" not in data:
+            return
+        log = b"a build log line\n" * 1000
+        length = f"Content-Length: {len(log)}\r\n".encode() if self.with_length else b""
+        transport: Any = self.transport
+        transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n" + length)
+        transport.write(b"\r\n" + log[: len(log) // 2])
+        transport.loseConnection()
+
+
+@pytest.mark.parametrize("with_length", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_a_log_cut_short_is_not_stored(
+    reactor: Any, make_world: Any, store: Store, with_length: bool
+) -> None:
+    """Half a log is not a log: whether the builder declared its length or not, a log whose
+    transfer broke off is refused and nothing is stored (the collection is tried again)."""
+    world = await make_world(FAST)
+    factory = protocol.Factory.forProtocol(lambda: _DyingBuilder(with_length))
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        client = BuilderClient(
+            world.harness.master.http, f"http://127.0.0.1:{port.getHost().port}/", 5.0
+        )
+        collector = ResultCollector(
+            world.harness.librarian,
+            client,
+            CollectLimits(),
+            datetime.datetime.now(datetime.UTC),
+        )
+        with pytest.raises(BuilderError, match="cut short|partial response"):
+            await collector.store_log("buildlog_cut.txt.gz", restricted=False)
+    finally:
+        await port.stopListening()
+        world.harness.master.http.close_idle()
+    rows = await store.db.query(
+        "SELECT count(*) FROM libraryfilealias WHERE filename = 'buildlog_cut.txt.gz'"
+    )
+    assert rows == [(0,)]
