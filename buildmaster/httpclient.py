@@ -421,15 +421,17 @@ def _target(url: str) -> tuple[str, int, bytes, bytes]:
 class HTTPClient:
     """Requests over kept-alive connections, with deadlines and size limits.
 
-    :param reactor: provides IReactorTCP and IReactorTime (the deadlines use its clock).
+    :param reactor: provides IReactorTCP (and IReactorTime: the deadlines use it unless
+        ``clock`` is given).
     :param max_idle_per_host: connections kept open per (host, port) between requests.
+    :param clock: the time source of the deadlines (tests pass a ``Clock``).
     """
 
     _log = Logger()
 
-    def __init__(self, reactor: Any, max_idle_per_host: int = 4) -> None:
-        self._reactor = reactor  # IReactorTCP and IReactorTime
-        self._clock = reactor
+    def __init__(self, reactor: Any, max_idle_per_host: int = 4, clock: Any = None) -> None:
+        self._reactor = reactor  # IReactorTCP
+        self._clock = reactor if clock is None else clock
         self._max_idle = max_idle_per_host
         self._idle: dict[tuple[str, int], list[_HTTPClientProtocol]] = {}
         self._all: set[_HTTPClientProtocol] = set()

@@ -111,7 +111,8 @@ class BuilddMaster(service.Service):
     :param librarian: where files are served from and results are stored.
     :param clock: what schedules the scans and decides what is due (scan ticks, building
         builders' polls, re-probes, cancel and retry windows, log tail writes, collection
-        leases); ``reactor`` by default. Tests pass a ``Clock`` to drive time.
+        leases) and the deadlines of the calls to builders; ``reactor`` by default. Tests
+        pass a ``Clock`` to drive time.
     """
 
     _log = Logger()
@@ -130,7 +131,7 @@ class BuilddMaster(service.Service):
         self.store = store
         self.librarian = librarian
         self.config = config or MasterConfig()
-        self.http = HTTPClient(reactor)
+        self.http = HTTPClient(reactor, clock=self.clock)
         self.logtails = LogtailBuffer(store)
         self.workers: dict[int, BuilderWorker] = {}
         self.stopping = False
@@ -227,6 +228,18 @@ class BuilddMaster(service.Service):
         self.http.close_idle()
 
     # -- scanning ----------------------------------------------------------------------
+
+    @property
+    def ticking(self) -> bool:
+        """Whether a periodic tick is still reading the database (its scans are then
+        started; :attr:`scanning` says whether they are over)."""
+        return self._scan_loop.running and self._scan_loop.call is None
+
+    @property
+    def scanning(self) -> bool:
+        """Whether a scan is under way: a periodic tick still reading the database, or a
+        builder being scanned (a test that drives the master's clock waits for it to end)."""
+        return self.ticking or any(w.busy for w in self.workers.values())
 
     def _tick(self, count: int) -> defer.Deferred[None]:
         """Scan the next slice, and any slice a late reactor skipped (``count`` > 1)."""

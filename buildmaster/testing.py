@@ -19,7 +19,8 @@ example for ``twisted.trial``.
 * :class:`FarmHarness`: lower level, for tests that drive a :class:`BuilddMaster` by hand: a
   librarian served on 127.0.0.1, a farm, and a master that is not started.
 * :func:`wait_for`: poll a condition with a deadline (a deadline that only ends a test that
-  hangs: it measures nothing).
+  hangs: it measures nothing); :func:`advance`: move the ``Clock`` of a master built with
+  one and wait for the scans it set off.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import functools
 import io
 import itertools
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,6 +49,7 @@ from buildmaster.store.schema import migrate
 
 __all__ = [
     "FarmHarness",
+    "advance",
     "MasterTestMixin",
     "TestMaster",
     "ThrowawayPostgres",
@@ -526,8 +528,30 @@ class FarmHarness:
         return defer.Deferred.fromCoroutine(stop())
 
 
+def advance(
+    reactor: Any,
+    clock: Any,
+    master: BuilddMaster,
+    seconds: float,
+    still_busy: Iterable[str] = (),
+) -> defer.Deferred[None]:
+    """Move a master's ``Clock`` on by ``seconds`` (a hair more: sums of small steps can
+    fall short of the times the scan loop computes), then wait, on ``reactor``, until the
+    scans that started are over (:attr:`BuilddMaster.scanning`), except those of the
+    builders named in ``still_busy`` (they wait for something on the clock, an answer held
+    back, say)."""
+    clock.advance(seconds + 1e-4)
+    waiting = set(still_busy)
+
+    def over() -> bool:
+        busy = (w for w in master.workers.values() if w.builder.name not in waiting)
+        return not master.ticking and not any(w.busy for w in busy)
+
+    return wait_for(reactor, over, 60, "the scans to end")
+
+
 def wait_for(
-    reactor: Any, condition: Callable[[], Any], timeout: float = 20.0, what: str = ""
+    reactor: Any, condition: Callable[[], Any], timeout: float = 60.0, what: str = ""
 ) -> defer.Deferred[None]:
     """Poll ``condition`` (sync, a coroutine or a Deferred) every 50 ms until it is true.
 

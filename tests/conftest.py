@@ -113,6 +113,17 @@ def reactor() -> Any:
     return the_reactor
 
 
+@pytest.fixture
+def clock(reactor: Any) -> Any:
+    """A ``Clock`` that starts at the reactor's time (so that the times a master writes to
+    the database look right) and moves only when the test advances it."""
+    from twisted.internet.task import Clock
+
+    fake = Clock()
+    fake.advance(reactor.seconds())
+    return fake
+
+
 # -- PostgreSQL ----------------------------------------------------------------------------
 
 

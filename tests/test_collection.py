@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, protocol
+from twisted.internet import protocol
 
 from buildmaster.builderclient import BuilderClient
 from buildmaster.collect import CollectLimits, ResultCollector
@@ -24,8 +24,8 @@ from buildmaster.testing import wait_for
 from buildmaster.transitions import IllegalTransition
 
 FAST = MasterConfig(
-    socket_timeout=1.0,
-    virtualized_socket_timeout=1.0,
+    socket_timeout=5.0,
+    virtualized_socket_timeout=5.0,
     scan_interval=3600,
     vm_resume_command="true %(vm_host)s",
 )
@@ -38,7 +38,7 @@ async def state(store: Store, build: Build) -> BuildStatus:
 async def run_until_waiting(reactor: Any, world: Any, sim: Any) -> None:
     await world.harness.master.scan_all()
     await wait_for(
-        reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 20, "the build to end"
+        reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60, "the build to end"
     )
 
 
@@ -54,7 +54,7 @@ async def test_a_successful_build_is_collected_into_the_librarian(
     assert await state(store, build) is BuildStatus.BUILDING
     # while it builds, the log tail is kept (in batches)
     await wait_for(
-        reactor, lambda: sim.state.state == "BuilderStatus.BUILDING" and sim.state.log_path, 5
+        reactor, lambda: sim.state.state == "BuilderStatus.BUILDING" and sim.state.log_path, 60
     )
     await master.scan_all()
     assert len(master.logtails) == 1
@@ -62,7 +62,7 @@ async def test_a_successful_build_is_collected_into_the_librarian(
     job = await store.queue.get_for_build(build)
     assert job is not None and job.logtail
     waiting_filemap = None
-    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 20)
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60)
     waiting_filemap = sim.state.status()["filemap"]
     log_path = sim.state.log_path()
     assert log_path is not None
@@ -156,16 +156,16 @@ async def test_builderfail_blames_the_builder_and_requeues_the_job(
 
 @pytest_twisted.ensureDeferred
 async def test_a_builder_that_keeps_failing_is_disabled_and_comes_back_by_itself(
-    reactor: Any, make_world: Any, store: Store, captured_log: Any
+    reactor: Any, make_world: Any, store: Store, captured_log: Any, clock: Any
 ) -> None:
     config = MasterConfig(
-        socket_timeout=1.0,
+        socket_timeout=5.0,
         scan_interval=3600,
         probe_initial_delay=0.1,
         probe_max_delay=0.2,
         failure_policy=FailurePolicy(tolerated_scan_failures=0, builder_disable_threshold=2),
     )
-    world = await make_world(config)
+    world = await make_world(config, master_clock=clock)
     sim, builder = await world.builder("unsteady")
     sim.faults.refuse = True
     await sim.settled()
@@ -175,13 +175,13 @@ async def test_a_builder_that_keeps_failing_is_disabled_and_comes_back_by_itself
     builder = await store.builders.get(builder)
     assert (builder.builderok, builder.failed_by_master) == (False, True)
     # while it is down, re-probes fail and it stays out
-    await wait_for(reactor, lambda: reactor.seconds() > master.workers[builder.id].next_probe, 5)
+    clock.advance(2 * config.probe_max_delay)  # the re-probe is due
     await master.scan_all()
     assert not (await store.builders.get(builder)).builderok
     # it answers again: the next probe brings it back
     sim.faults.refuse = False
     await sim.settled()
-    await wait_for(reactor, lambda: reactor.seconds() > master.workers[builder.id].next_probe, 5)
+    clock.advance(2 * config.probe_max_delay)  # the re-probe is due
     await master.scan_all()
     builder = await store.builders.get(builder)
     assert builder.builderok and builder.failnotes is None and builder.failure_count == 0
@@ -272,8 +272,8 @@ async def test_cancel_a_running_build(reactor: Any, make_world: Any, store: Stor
     master = world.harness.master
     await master.scan_all()
     assert await master.cancel(build) is BuildStatus.CANCELLING
-    await wait_for(reactor, lambda: "abort" in [c.method for c in sim.history], 5, "abort()")
-    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 5)
+    await wait_for(reactor, lambda: "abort" in [c.method for c in sim.history], 60, "abort()")
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60)
     await master.scan_all()
     build = await store.builds.get(build)
     assert build.status is BuildStatus.CANCELLED and build.log_id is not None
@@ -282,10 +282,10 @@ async def test_cancel_a_running_build(reactor: Any, make_world: Any, store: Stor
 
 @pytest_twisted.ensureDeferred
 async def test_a_build_that_does_not_abort_in_time_fails_its_builder(
-    reactor: Any, make_world: Any, store: Store, captured_log: Any
+    reactor: Any, make_world: Any, store: Store, captured_log: Any, clock: Any
 ) -> None:
-    config = MasterConfig(socket_timeout=1.0, scan_interval=3600, cancel_timeout=0.3)
-    world = await make_world(config, build_time=3600)
+    config = MasterConfig(socket_timeout=5.0, scan_interval=3600, cancel_timeout=0.3)
+    world = await make_world(config, build_time=3600, master_clock=clock)
     world.harness.farm.settings.abort_time = 3600
     sim, builder = await world.builder("stubborn")
     build = await world.queue()
@@ -293,20 +293,16 @@ async def test_a_build_that_does_not_abort_in_time_fails_its_builder(
     await master.scan_all()
     await master.cancel(build)
     await master.scan_all()
-    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.ABORTING", 5)
-    await _sleep(reactor, 0.4)
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.ABORTING", 60)
+    await master.scan_all()
+    assert await state(store, build) is BuildStatus.CANCELLING  # not yet
+    clock.advance(0.5)  # past the cancel's deadline (0.3 s), on the master's clock
     await master.scan_all()
     assert await state(store, build) is BuildStatus.CANCELLED
     builder = await store.builders.get(builder)
     assert builder.builderok is False and "did not abort within 0.3 seconds" in (
         builder.failnotes or ""
     )
-
-
-async def _sleep(reactor: Any, seconds: float) -> None:
-    from twisted.internet import task
-
-    await task.deferLater(reactor, seconds, lambda: None)
 
 
 @pytest_twisted.ensureDeferred
@@ -342,7 +338,7 @@ async def test_manual_mode_builders_are_collected_but_get_no_new_job(
     assert sim.state.build_id == first.cookie
     await world.harness.master.set_manual(builder, True)
     second = await world.queue()
-    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 10)
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60)
     await world.harness.master.scan_all()
     assert await state(store, first) is BuildStatus.FULLYBUILT
     assert await state(store, second) is BuildStatus.NEEDSBUILD
@@ -408,11 +404,11 @@ async def _job_builder(store: Store, build: Build) -> int | None:
 
 
 async def first_done_second_waiting(
-    reactor: Any, make_world: Any, config: MasterConfig
+    reactor: Any, make_world: Any, config: MasterConfig, master_clock: Any = None
 ) -> tuple[Any, Any, Any, Build, Build]:
     """One builder, two jobs: the first has finished on the builder (WAITING), the second
     waits in the queue. Returns the world, the simulated builder, its row and both builds."""
-    world = await make_world(config, build_time=0.2)
+    world = await make_world(config, build_time=0.2, master_clock=master_clock)
     sim, builder = await world.builder("builder")
     first, second = await world.queue(), await world.queue()
     await run_until_waiting(reactor, world, sim)
@@ -421,25 +417,31 @@ async def first_done_second_waiting(
 
 @pytest_twisted.ensureDeferred
 async def test_the_next_job_is_claimed_while_the_builder_is_cleaned(
-    reactor: Any, make_world: Any, store: Store
+    reactor: Any, make_world: Any, store: Store, clock: Any
 ) -> None:
     """The builder's next job is claimed in the database while clean() is on its way, not
-    after its answer: here the answer to clean() takes a second, and the claim is there
-    well before it; the job is dispatched once the builder is IDLE."""
-    config = MasterConfig(socket_timeout=5.0, scan_interval=3600)
-    world, sim, builder, first, second = await first_done_second_waiting(
-        reactor, make_world, config
-    )
+    after its answer: here the answer to clean() is held back (on the builder's clock)
+    until the claim is there; the job is dispatched once the builder is IDLE."""
+    config = MasterConfig(socket_timeout=30.0, scan_interval=3600)
+    world = await make_world(config, build_time=0.2, farm_clock=clock)
+    sim, builder = await world.builder("builder")
+    first, second = await world.queue(), await world.queue()
+    master = world.harness.master
+    await master.scan_all()
+    for _ in range(5):  # the build's 0.2 s
+        clock.advance(0.05)
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60, "the end")
     sim.faults.withhold_answer = {"clean": 1.0}
-    scan = defer.ensureDeferred(world.harness.master.scan_all())
-    await wait_for(reactor, lambda: "clean" in [c.method for c in sim.history], 10)
-    clean_sent = reactor.seconds()
-    while await _job_builder(store, second) != builder.id:
-        assert reactor.seconds() - clean_sent < 5, "the next job was never claimed"
-        await _sleep(reactor, 0.01)
-    claimed_after = reactor.seconds() - clean_sent
+    scan = master.scan_all()
+    await wait_for(reactor, lambda: "clean" in [c.method for c in sim.history], 60, "clean()")
+
+    async def claimed() -> bool:
+        return await _job_builder(store, second) == builder.id
+
+    await wait_for(reactor, claimed, 60, "the next job claimed")
+    assert not scan.called and sim.state.build_id != second.cookie  # clean() unanswered
+    clock.advance(1.0)  # the answer to clean()
     await scan
-    assert claimed_after < 0.5  # the answer to clean() came 1 s after the call
     assert await state(store, first) is BuildStatus.FULLYBUILT
     assert await state(store, second) is BuildStatus.BUILDING
     assert [c.args[0] for c in sim.history if c.method == "build"] == [first.cookie, second.cookie]
@@ -447,11 +449,16 @@ async def test_the_next_job_is_claimed_while_the_builder_is_cleaned(
 
 @pytest_twisted.ensureDeferred
 async def test_a_job_claimed_for_a_builder_that_cannot_be_cleaned_goes_back_unblamed(
-    reactor: Any, make_world: Any, store: Store
+    reactor: Any, make_world: Any, store: Store, clock: Any
 ) -> None:
-    world, sim, builder, first, second = await first_done_second_waiting(reactor, make_world, FAST)
-    sim.faults.withhold_answer = {"clean": 30.0}  # clean() times out (socket timeout 1 s)
-    await world.harness.master.scan_all()
+    world, sim, builder, first, second = await first_done_second_waiting(
+        reactor, make_world, FAST, master_clock=clock
+    )
+    sim.faults.withhold_answer = {"clean": 3600.0}
+    scan = world.harness.master.scan_all()
+    await wait_for(reactor, lambda: "clean" in [c.method for c in sim.history], 60, "clean()")
+    clock.advance(FAST.socket_timeout)  # the deadline of clean(), on the master's clock
+    await scan
     assert await state(store, first) is BuildStatus.FULLYBUILT
     # the next job was claimed for the builder meanwhile; it waits again, without a failure
     assert await state(store, second) is BuildStatus.NEEDSBUILD

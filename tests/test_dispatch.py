@@ -17,7 +17,7 @@ from buildmaster.testing import wait_for
 
 def config(**kw: Any) -> MasterConfig:
     base: dict[str, Any] = dict(
-        socket_timeout=2.0, virtualized_socket_timeout=2.0, scan_interval=3600
+        socket_timeout=5.0, virtualized_socket_timeout=5.0, scan_interval=3600
     )
     base.update(kw)
     return MasterConfig(**base)
@@ -84,7 +84,7 @@ async def test_no_connection_from_before_a_vm_reset_is_used_after_it(
     build = await world.queue(ppa=True)
     await master.scan_all()  # VM reset, then ensurepresent and build
     assert sim.state.build_id == build.cookie
-    await wait_for(reactor, lambda: before.isdisjoint(sim.connections), 2, "old ones closed")
+    await wait_for(reactor, lambda: before.isdisjoint(sim.connections), 60, "old ones closed")
     assert sim.connections  # the dispatch's own connections, kept alive in turn
 
 
@@ -229,16 +229,19 @@ async def test_a_job_that_breaks_every_builder_fails_without_taking_them_down(
 
 @pytest_twisted.ensureDeferred
 async def test_a_lost_answer_to_build_is_checked_before_the_job_goes_elsewhere(
-    make_world: Any, store: Store
+    reactor: Any, make_world: Any, store: Store, clock: Any
 ) -> None:
     """The builder starts the build but its answer never arrives in time: the master asks the
     builder before judging, finds it building the job, and records the dispatch (sending the
     job elsewhere would have it built twice)."""
-    world = await make_world(config())
+    world = await make_world(config(), master_clock=clock)
     sim, builder = await world.builder("slow-answer")
-    sim.faults.withhold_answer = {"build": 60.0}
+    sim.faults.withhold_answer = {"build": 3600.0}
     build = await world.queue()
-    await world.harness.master.scan_all()
+    scan = world.harness.master.scan_all()
+    await wait_for(reactor, lambda: "build" in [c.method for c in sim.history], 60, "build()")
+    clock.advance(config().socket_timeout)  # the deadline of build(), on the master's clock
+    await scan
     assert [c.args[0] for c in sim.history if c.method == "build"] == [build.cookie]
     assert (await store.builds.get(build)).status is BuildStatus.BUILDING
     job = await store.queue.get_for_build(build)
@@ -275,7 +278,7 @@ async def test_a_call_on_a_kept_alive_connection_the_builder_dropped_runs_exactl
         assert await master.cancel(build) is BuildStatus.CANCELLING
         await master.scan_all()  # sends abort()
     if method != "build":
-        await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 5)
+        await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60)
         await master.scan_all()  # collects, then clean()
     assert sim.faults.stale_connection == {method: 0}, "the fault was not met"
     assert [c.method for c in sim.history].count(method) == 1

@@ -42,8 +42,8 @@ async def test_a_faulty_farm_works_through_a_few_hundred_builds(
     from slavesim import Outcome, OutcomeRule
 
     config = MasterConfig(
-        socket_timeout=1.0,
-        virtualized_socket_timeout=1.0,
+        socket_timeout=3.0,
+        virtualized_socket_timeout=3.0,
         scan_interval=0.25,
         vm_resume_command="true %(vm_host)s",
         probe_initial_delay=0.5,

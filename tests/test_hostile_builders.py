@@ -31,7 +31,7 @@ async def finish_hostile(reactor: Any, make_world: Any, kind: str) -> tuple[Any,
     build = await world.queue("victim")
     await world.harness.master.scan_all()
     await wait_for(
-        reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 10, "the build to end"
+        reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60, "the build to end"
     )
     await world.harness.master.scan_all()
     return world, sim, build

@@ -22,11 +22,12 @@ from test_librarian_support import (
     serve,
     stored_files,
 )
-from twisted.internet import defer, task
+from twisted.internet import defer
 
 from buildmaster.librarian import CorruptFile, Librarian
 from buildmaster.librarian import librarian as librarian_module
 from buildmaster.store.database import Database, DatabaseError
+from buildmaster.testing import wait_for
 
 PAST = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 
@@ -247,11 +248,7 @@ async def test_a_client_that_goes_away_costs_nothing(served: Served) -> None:
         got = await served.client.partial(each, 1_000_000)
         assert data.startswith(got)
     # the server lets go of its file and socket descriptors once it notices
-    for _ in range(100):
-        if open_fds() <= before:
-            break
-        await task.deferLater(served.client.reactor, 0.02, lambda: None)
-    assert open_fds() <= before
+    await wait_for(served.client.reactor, lambda: open_fds() <= before, 60, "descriptors closed")
     assert (await served.client.request("GET", url)).body == data
 
 
@@ -419,9 +416,9 @@ async def test_a_database_outage_is_503(served: Served, db: Database) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_file_handed_out_is_served_without_asking_the_database_again(
-    reactor: Any, db: Database, tmp_path: Path
+    reactor: Any, db: Database, tmp_path: Path, clock: Any
 ) -> None:
-    lib = make_librarian(reactor, db, tmp_path / "librarian", hand_out_window=0.5)
+    lib = make_librarian(reactor, db, tmp_path / "librarian", hand_out_window=0.5, clock=clock)
     async with serve(reactor, lib) as served:
         handed_id, _ = await add(lib, b"the .dsc a builder is about to fetch", "hello_1.dsc")
         other_id, other_url = await add(lib, b"another file", "other.txt")
@@ -441,7 +438,9 @@ async def test_a_file_handed_out_is_served_without_asking_the_database_again(
             "GET", restricted_url, {"authorization": basic_auth(token)}
         )
         assert (response.code, response.body) == (200, b"private source")
-        await task.deferLater(reactor, 0.6, lambda: None)
+        clock.advance(0.4)
+        assert (await served.client.request("GET", url)).code == 200, "still in its window"
+        clock.advance(0.2)
         assert (await served.client.request("GET", url)).code == 503, "read again once past"
 
 

@@ -126,7 +126,7 @@ async def test_a_second_master_takes_over_without_building_anything_twice(
     """Master A works the farm while B waits; A stops mid-way (its builders' locks go with its
     database session); B takes the builders over, collects what A dispatched and finishes."""
     config = MasterConfig(
-        socket_timeout=2.0, scan_interval=0.3, vm_resume_command="true %(vm_host)s"
+        socket_timeout=5.0, scan_interval=0.3, vm_resume_command="true %(vm_host)s"
     )
     world = await make_world(config, build_time=0.5)
     sims = [(await world.builder(f"m{i}"))[0] for i in range(6)]
@@ -134,7 +134,7 @@ async def test_a_second_master_takes_over_without_building_anything_twice(
     async with _two_masters(reactor, dsn, world, config) as (pools, first, second):
         first.startService()
         await first.when_ready()
-        await wait_for(reactor, lambda: len(first._owned) == 6, 10, "A to own the builders")
+        await wait_for(reactor, lambda: len(first._owned) == 6, 60, "A to own the builders")
         second.startService()
         await second.when_ready()
 
@@ -202,7 +202,7 @@ async def test_a_master_stopped_while_build_is_unanswered_leaves_the_claim_to_th
         await wait_for(
             reactor,
             lambda: any(call.method == "build" for call in sim.history),
-            10,
+            60,
             "the build() call to reach the builder",
         )
         await first.stopService()
