@@ -26,17 +26,22 @@ class InvalidName(ValueError):
     """A builder name or VM host that may not be used; the message says why."""
 
 
+def _check(value: str, pattern: re.Pattern[str], limit: int, what: str, chars: str) -> str:
+    if len(value) > limit or not pattern.match(value):
+        raise InvalidName(
+            f"bad {what} {value!r}: {chars}, starting with a letter or digit,"
+            f" at most {limit} characters"
+        )
+    return value
+
+
 def check_builder_name(name: str) -> str:
     """``name`` if it is a valid builder name.
 
     :raises InvalidName: otherwise.
     """
-    if len(name) > MAX_BUILDER_NAME or not BUILDER_NAME.match(name):
-        raise InvalidName(
-            f"bad builder name {name!r}: lower-case letters, digits, '+', '.' and '-',"
-            f" starting with a letter or digit, at most {MAX_BUILDER_NAME} characters"
-        )
-    return name
+    chars = "lower-case letters, digits, '+', '.' and '-'"
+    return _check(name, BUILDER_NAME, MAX_BUILDER_NAME, "builder name", chars)
 
 
 def check_vm_host(host: str) -> str:
@@ -44,9 +49,5 @@ def check_vm_host(host: str) -> str:
 
     :raises InvalidName: otherwise.
     """
-    if len(host) > MAX_VM_HOST or not VM_HOST.match(host):
-        raise InvalidName(
-            f"bad VM host {host!r}: letters, digits, '.', '-', '_' and ':',"
-            f" starting with a letter or digit, at most {MAX_VM_HOST} characters"
-        )
-    return host
+    chars = "letters, digits, '.', '-', '_' and ':'"
+    return _check(host, VM_HOST, MAX_VM_HOST, "VM host", chars)

@@ -49,6 +49,7 @@ from buildmaster.store.schema import migrate
 
 __all__ = [
     "FarmHarness",
+    "add_simulated_builder",
     "advance",
     "MasterTestMixin",
     "TestMaster",
@@ -211,6 +212,26 @@ def queue_build(
     return defer.Deferred.fromCoroutine(queue())
 
 
+def add_simulated_builder(
+    farm: Any, store: Store, data: SampleData, name: str, virtualized: bool = False
+) -> defer.Deferred[tuple[Any, Builder]]:
+    """Start a simulated i386 builder in ``farm`` (slavesim) and register it (a virtualized
+    one with the VM host ``<name>.vm``). Fires with the slavesim builder and its row."""
+
+    async def add() -> tuple[Any, Builder]:
+        sim = await farm.start_builder(name, ("i386",))
+        builder = await store.builders.new(
+            name,
+            sim.url,
+            [data.processor_386],
+            virtualized=virtualized,
+            vm_host=f"{name}.vm" if virtualized else None,
+        )
+        return sim, builder
+
+    return defer.Deferred.fromCoroutine(add())
+
+
 async def _add_file(
     librarian: Librarian,
     name: str,
@@ -323,15 +344,10 @@ class TestMaster:
         """
 
         async def add() -> Builder:
-            sim = await self.farm.start_builder(name, ("i386",))
-            self.sims[name] = sim
-            builder = await self.store.builders.new(
-                name,
-                sim.url,
-                [self.data.processor_386],
-                virtualized=virtualized,
-                vm_host=f"{name}.vm" if virtualized else None,
+            sim, builder = await add_simulated_builder(
+                self.farm, self.store, self.data, name, virtualized
             )
+            self.sims[name] = sim
             await self.master.scan_all()
             return builder
 

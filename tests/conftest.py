@@ -30,7 +30,12 @@ from buildmaster.model import Build, Builder
 from buildmaster.sampledata import SampleData
 from buildmaster.store import Store
 from buildmaster.store.cluster import PostgresCluster
-from buildmaster.testing import FarmHarness, prepare_sample_world, queue_build
+from buildmaster.testing import (
+    FarmHarness,
+    add_simulated_builder,
+    prepare_sample_world,
+    queue_build,
+)
 
 TEMPLATE = "buildmaster_template"
 
@@ -228,15 +233,9 @@ class World:
         self.counter = 0
 
     async def builder(self, name: str, virtualized: bool = False) -> tuple[Any, Builder]:
-        sim = await self.harness.start_builder(name, "i386")
-        builder = await self.store.builders.new(
-            name,
-            sim.url,
-            [self.data.processor_386],
-            virtualized=virtualized,
-            vm_host=f"{name}.vm" if virtualized else None,
+        return await add_simulated_builder(
+            self.harness.farm, self.store, self.data, name, virtualized
         )
-        return sim, builder
 
     async def queue(self, name: str | None = None, ppa: bool = False) -> Build:
         self.counter += 1
