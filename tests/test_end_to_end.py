@@ -95,6 +95,13 @@ async def test_a_faulty_farm_works_through_a_few_hundred_builds(
     async def progress(n: int) -> bool:
         return await finished() >= n
 
+    async def failed_builders() -> set[str]:
+        rows = await store.db.query(
+            "SELECT DISTINCT b.name FROM event e JOIN builder b ON b.id = e.builder"
+            " WHERE e.kind = 'failure'"
+        )
+        return {r[0] for r in rows}
+
     # faults while the farm works
     await wait_for(reactor, lambda: progress(20), 60, "the first builds")
     sims["t1"].faults.hang = True  # accepts, never answers
@@ -106,6 +113,12 @@ async def test_a_faulty_farm_works_through_a_few_hundred_builds(
     sims["t6"].faults.wrong_cookie = "PACKAGEBUILD-424242"
     sims["v0"].faults.latency = 0.3
     await wait_for(reactor, lambda: progress(120), 120, "builds despite the faults")
+
+    async def judged() -> bool:
+        return {"t1", "t2", "t3"} <= await failed_builders()
+
+    # the faults last until they were judged (however long a loaded machine takes for that)
+    await wait_for(reactor, judged, 120, "the faulty builders to be judged")
     # the broken ones recover (the master re-probes them)
     for name in ("t1", "t2", "t3", "t6"):
         sims[name].faults.clear()
@@ -146,10 +159,7 @@ async def test_a_faulty_farm_works_through_a_few_hundred_builds(
     )
     assert duplicates == []
     # the faulty builders were judged, with their reasons in the history
-    failures = await store.db.query(
-        "SELECT DISTINCT b.name FROM event e JOIN builder b ON b.id = e.builder WHERE e.kind = 'failure'"
-    )
-    assert {"t1", "t2", "t3"} <= {r[0] for r in failures}
+    assert {"t1", "t2", "t3"} <= await failed_builders()
     lost = await store.db.query("SELECT count(*) FROM event WHERE kind = 'lost'")
     assert lost[0][0] >= 1
     await task.deferLater(reactor, 0, lambda: None)
