@@ -28,6 +28,25 @@ def _modes(path: Path) -> dict[Path, int]:
     return {p: p.stat().st_mode for p in (path, *path.parents)}
 
 
+async def _running(reactor: Any, state_dir: Path, dsn: str | None = None) -> BuildmasterService:
+    """A started master (stop it with ``stopService``)."""
+    service = BuildmasterService(
+        reactor,
+        ServiceSettings(
+            state_dir=state_dir,
+            dsn=dsn,
+            port="tcp:0:interface=127.0.0.1",
+            master=MasterConfig(scan_interval=3600),
+        ),
+    )
+    service.startService()
+    await service._started
+    if service.master is None or not service.master.running:
+        await service.stopService()
+        raise AssertionError("the master did not start")
+    return service
+
+
 async def _one(reactor: Any, dsn: str, sql: str) -> list[tuple[Any, ...]]:
     db = Database(reactor, dsn, size=1)
     await db.connect()
@@ -43,18 +62,8 @@ async def test_the_embedded_database_is_private_and_the_master_no_superuser(
 ) -> None:
     before = _modes(reachable_tmp)
     state = reachable_tmp / "state"
-    service = BuildmasterService(
-        reactor,
-        ServiceSettings(
-            state_dir=state,
-            port="tcp:0:interface=127.0.0.1",
-            master=MasterConfig(scan_interval=3600),
-        ),
-    )
-    service.startService()
+    service = await _running(reactor, state)
     try:
-        await service._started
-        assert service.master is not None and service.master.running
         cluster = service.cluster
         assert cluster is not None and service.db is not None
         # the master's sessions work as a role that is not a superuser ...
@@ -151,19 +160,8 @@ async def test_a_managed_database_is_migrated_by_its_owner_and_worked_by_another
             for grant in WORK_GRANTS:
                 cur.execute(grant.format(role="farm_worker"))
         conn.close()
-        service = BuildmasterService(
-            reactor,
-            ServiceSettings(
-                state_dir=reachable_tmp / "state",
-                dsn=worker,
-                port="tcp:0:interface=127.0.0.1",
-                master=MasterConfig(scan_interval=3600),
-            ),
-        )
-        service.startService()
+        service = await _running(reactor, reachable_tmp / "state", worker)
         try:
-            await service._started
-            assert service.master is not None and service.master.running
             assert service.db is not None
             assert await service.db.query("SELECT current_user::text") == [("farm_worker",)]
             assert any(
