@@ -203,7 +203,8 @@ class BuilddMaster(service.Service):
         try:
             await self.scan_all(wait=False, parts=parts, only_due=True)
         except DatabaseError as e:
-            self._log.warn("Scan cycle skipped: {error}", error=e)
+            if not self.store.db.explains(e):  # an outage is logged once, by the pool
+                self._log.warn("Scan cycle skipped: {error}", error=e)
         except Exception:
             self._log.failure("Scan cycle failed")
 
@@ -307,7 +308,8 @@ class BuilddMaster(service.Service):
         try:
             await self.logtails.flush()
         except DatabaseError as e:
-            self._log.warn("Log tails not written: {error}", error=e)
+            if not self.store.db.explains(e):
+                self._log.warn("Log tails not written: {error}", error=e)
         except Exception:
             self._log.failure("Writing log tails failed")
 

@@ -226,9 +226,10 @@ class BuilderWorker:
         try:
             await self.scan(snapshot)
         except DatabaseError as e:
-            self._log.warn(
-                "Scan of {builder} interrupted: {error}", builder=self.builder.name, error=e
-            )
+            if not self.master.store.db.explains(e):  # an outage is logged once, by the pool
+                self._log.warn(
+                    "Scan of {builder} interrupted: {error}", builder=self.builder.name, error=e
+                )
         except Exception:
             self._log.failure("Scan of {builder} failed unexpectedly", builder=self.builder.name)
 

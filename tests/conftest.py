@@ -13,8 +13,10 @@ from __future__ import annotations
 import gc
 import itertools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -104,6 +106,20 @@ def captured_log() -> Iterator[CapturedLog]:
                 text += "\n" + failure.getTraceback()
             details.append(text)
         pytest.fail("errors were logged during the test:\n" + "\n---\n".join(details))
+
+
+@pytest.fixture
+def reachable_tmp() -> Iterator[Path]:
+    """A temporary directory that another user may pass through (not list): the PostgreSQL
+    server runs as user postgres when the tests run as root, and pytest's ``tmp_path`` lies
+    under a directory only its owner may enter. Tests that start a cluster of their own (an
+    embedded master, ``twistd buildmaster``) put it here."""
+    directory = Path(tempfile.mkdtemp(prefix="buildmaster-test-"))
+    directory.chmod(0o711)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
