@@ -5,8 +5,9 @@
 and fetches files from the builder's ``/filecache``. Whatever goes wrong is translated here,
 once, into one of three exception types:
 
-* :class:`BuilderUnreachable`: the connection was refused, timed out, or dropped. A refused
-  connection keeps the seed's wording, ``(111, 'Connection refused')``.
+* :class:`BuilderUnreachable`: the connection was refused, timed out, or dropped, or the
+  builder's host name does not resolve. A refused connection keeps the seed's wording,
+  ``(111, 'Connection refused')``.
 * :class:`BuilderFault`: the builder answered with an XML-RPC Fault (e.g. 8002 for a call in
   the wrong state).
 * :class:`BuilderProtocolError` (from :mod:`buildmaster.protocol`): the answer is not valid
@@ -127,8 +128,11 @@ def read_xmlrpc_answer(body: bytes) -> tuple[Any, ...]:
     return unmarshaller.close()
 
 
-def connect_failure_reason(exc: error.ConnectError) -> str:
-    """``(111, 'Connection refused')`` for ECONNREFUSED, as the seed's failnotes read."""
+def connect_failure_reason(exc: error.ConnectError | error.DNSLookupError) -> str:
+    """``(111, 'Connection refused')`` for ECONNREFUSED, as the seed's failnotes read; the
+    resolver's words for a host name that does not resolve."""
+    if isinstance(exc, error.DNSLookupError):
+        return str(exc).strip().rstrip(".") or "DNS lookup failed"
     errno = getattr(exc, "osError", None)
     if isinstance(errno, int):
         return str((errno, os.strerror(errno)))
@@ -219,7 +223,7 @@ class BuilderClient:
             )
         except StaleConnection:
             raise  # only with retry=False: for _call_once to judge
-        except error.ConnectError as e:
+        except (error.ConnectError, error.DNSLookupError) as e:
             raise BuilderUnreachable(connect_failure_reason(e)) from None
         except RequestTimeout as e:
             raise BuilderUnreachable(f"{method}() got no answer: {e}", request_sent=True) from None
@@ -351,7 +355,7 @@ class BuilderClient:
             response = await self._http.request(
                 b"GET", self.file_url(name), timeout=seconds, max_body=max_size, sink=sink
             )
-        except error.ConnectError as e:
+        except (error.ConnectError, error.DNSLookupError) as e:
             raise BuilderUnreachable(connect_failure_reason(e)) from None
         except RequestTimeout as e:
             raise BuilderUnreachable(f"fetching {name}: {e}", request_sent=True) from None
