@@ -299,10 +299,7 @@ class BuilderWorker:
             await self._next_job()
         elif state is BuilderStatus.BUILDING:
             if job is not None and status.build_id == cookie:
-                assert build is not None
-                if build.status is BuildStatus.NEEDSBUILD:
-                    # dispatched, but the master stopped before recording it
-                    await self.master.store.jobs.mark_building(job, builder, self._now())
+                await self._discovered(snap)
                 if job.status is BuildQueueStatus.CANCELLING:
                     await self._cancel_running(builder, job)
                 else:
@@ -316,6 +313,7 @@ class BuilderWorker:
                 await self._unexpected_work(builder, status)
         elif state is BuilderStatus.ABORTING:
             if job is not None and status.build_id == cookie:
+                await self._discovered(snap)
                 if job.status is BuildQueueStatus.CANCELLING:
                     await self._check_cancel_timeout(builder, job)
             elif job is not None:
@@ -326,6 +324,7 @@ class BuilderWorker:
                 await self._isolation_failure(builder, status)
         else:  # WAITING
             if job is not None and status.build_id == cookie:
+                await self._discovered(snap)
                 await self._collect(snap, status)
                 return
             if job is not None:
@@ -337,6 +336,14 @@ class BuilderWorker:
                 return
             await self._clean()
             await self._next_job()
+
+    async def _discovered(self, snap: BuilderSnapshot) -> None:
+        """The builder has our build, which the database does not show dispatched: the
+        master stopped between ``build()`` and its record. Record the dispatch now (the
+        build may have ended since), so that it has its builder, dates and event."""
+        if snap.job is not None and snap.build is not None:
+            if snap.build.status is BuildStatus.NEEDSBUILD:
+                await self.master.store.jobs.mark_building(snap.job, snap.builder, self._now())
 
     # -- the builder and its job disagree ------------------------------------------------
 

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer
 
@@ -15,6 +16,7 @@ from buildmaster.enums import BuildStatus, PackagePublishingPocket
 from buildmaster.master import BuilddMaster
 from buildmaster.store import Database, Store
 from buildmaster.testing import wait_for
+from slavesim import Outcome, OutcomeRule
 
 
 @pytest_twisted.ensureDeferred
@@ -221,3 +223,73 @@ async def test_a_master_stopped_while_build_is_unanswered_leaves_the_claim_to_th
             "SELECT kind FROM event WHERE build = %s ORDER BY id", (build.id,)
         )
         assert "released" not in {kind for (kind,) in events}
+
+
+@pytest.mark.parametrize(
+    ("outcome", "state", "private"),
+    [
+        (Outcome.OK, BuildStatus.FULLYBUILT, False),
+        (Outcome.PACKAGEFAIL, BuildStatus.FAILEDTOBUILD, False),
+        (Outcome.DEPFAIL, BuildStatus.MANUALDEPWAIT, False),
+        (Outcome.CHROOTFAIL, BuildStatus.CHROOTWAIT, False),
+        (Outcome.OK, BuildStatus.FULLYBUILT, True),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_build_that_ends_while_no_master_looks_still_gets_its_dispatch_recorded(
+    reactor: Any,
+    store: Store,
+    dsn: str,
+    make_world: Any,
+    outcome: Outcome,
+    state: BuildStatus,
+    private: bool,
+) -> None:
+    """The master stops between build() and its record, and the build ends before the next
+    master looks: the next one records the dispatch it discovers (builder, dates, a
+    "dispatched" event saying so) before the end, as for any other build."""
+    config = MasterConfig(socket_timeout=20.0, scan_interval=0.3, vm_resume_command="true")
+    world = await make_world(config, build_time=0.2)
+    sim, builder = await world.builder("quick", virtualized=private)
+    world.harness.farm.rules = [OutcomeRule(outcome)]
+    if private:
+        await store.archives.set_private(world.data.cprov_ppa, True)
+    build = await world.queue(ppa=private)
+    sim.faults.withhold_answer = {"build": 15.0}
+    async with _two_masters(reactor, dsn, world, config) as (pools, first, second):
+        first.startService()
+        await first._started
+        await wait_for(
+            reactor,
+            lambda: any(call.method == "build" for call in sim.history),
+            10,
+            "the build() call to reach the builder",
+        )
+        # the master dies before it records the dispatch: its database goes first
+        await pools[0].close()
+        await first.stopService()
+        await wait_for(
+            reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 10, "the build to end"
+        )
+        assert (await store.builds.get(build)).status is BuildStatus.NEEDSBUILD, [(e.kind, e.message) for e in await store.events.for_build(build.id)]
+        sim.faults.withhold_answer = {}
+        second.startService()
+        await second._started
+
+        async def ended() -> bool:
+            return (await store.builds.get(build)).status is state
+
+        await wait_for(reactor, ended, 30, "the second master to collect the build")
+    ended_build = await store.builds.get(build)
+    assert ended_build.builder_id == builder.id
+    assert ended_build.date_first_dispatched is not None
+    assert ended_build.date_started is not None and ended_build.date_finished is not None
+    assert ended_build.date_started <= ended_build.date_finished
+    events = await store.events.for_build(build.id)
+    kinds = [e.kind for e in events]
+    dispatched = [e for e in events if e.kind == "dispatched"]
+    assert len(dispatched) == 1, kinds
+    assert dispatched[0].message == "dispatched to quick (discovered after a restart)"
+    assert dispatched[0].builder_id == builder.id
+    assert kinds.index("dispatched") < kinds.index("finished")
+    assert [call.args[0] for call in sim.history if call.method == "build"] == [build.cookie]

@@ -58,7 +58,10 @@ from buildmaster.store.files import LIBRARYFILE_JOIN, library_file_from_row
 from buildmaster.store.sources import SPR_COLUMNS, SPR_FROM, spr_from_row
 from buildmaster.transitions import RETRYABLE, IllegalTransition, can_transition, check_transition
 
-__all__ = ["JobQueries", "JobGone", "Claimed"]
+__all__ = ["JobQueries", "JobGone", "Claimed", "DISCOVERED"]
+
+#: the note of a dispatch the master learnt of from the builder, not from build()'s answer
+DISCOVERED = "discovered after a restart"
 
 _SNAPSHOT_SQL = (
     f"SELECT {builder_columns('br')}, {queue_columns('q')}, {build_columns('bd')}"
@@ -286,6 +289,12 @@ class _Dispatched:
     builder: int
     builder_name: str
     now: datetime.datetime
+    #: how the dispatch became known, when not from build()'s answer
+    note: str = ""
+
+    @property
+    def message(self) -> str:
+        return f"dispatched to {self.builder_name}" + (f" ({self.note})" if self.note else "")
 
 
 # the dispatch of one or more jobs (rows locked in job order); the jobs still claimed
@@ -487,15 +496,16 @@ class JobQueries:
         return queue_from_row(rows[0])
 
     async def record_dispatch(
-        self, job: BuildQueue, builder: Builder, now: datetime.datetime
+        self, job: BuildQueue, builder: Builder, now: datetime.datetime, note: str = ""
     ) -> None:
         """The builder accepted the build: the job shows its builder and buildstart, the build
-        is BUILDING. Resets the builder's failure count (it works). Dispatches recorded at
+        is BUILDING, and a "dispatched" event says to which builder (with ``note`` when the
+        dispatch was learnt otherwise than from build()'s answer). Dispatches recorded at
         about the same moment share a statement.
 
         :raises JobGone: when the job was cancelled or taken away meanwhile.
         """
-        await self.dispatches.submit(_Dispatched(job.id, builder.id, builder.name, now))
+        await self.dispatches.submit(_Dispatched(job.id, builder.id, builder.name, now, note))
 
     async def _record_dispatches(self, ds: list[_Dispatched]) -> list[None | JobGone]:
         rows = await self._db.query(
@@ -504,7 +514,7 @@ class JobQueries:
                 "jobs": [d.job for d in ds],
                 "builders": [d.builder for d in ds],
                 "nows": [d.now for d in ds],
-                "messages": [f"dispatched to {d.builder_name}" for d in ds],
+                "messages": [d.message for d in ds],
             },
             prepared=True,
         )
@@ -698,10 +708,12 @@ class JobQueries:
     async def mark_building(
         self, job: BuildQueue, builder: Builder, now: datetime.datetime
     ) -> bool:
-        """A claimed job turned out to be running on the builder (the master died between
-        ``build()`` and recording it): record it as dispatched."""
+        """A claimed job turned out to have reached the builder (the master died between
+        ``build()`` and recording it; the build may have ended since): record it as
+        dispatched now, when it is discovered, so that every build that ends has its
+        dispatch, builder and dates."""
         try:
-            await self.record_dispatch(job, builder, now)
+            await self.record_dispatch(job, builder, now, note=DISCOVERED)
         except JobGone:
             return False
         return True
