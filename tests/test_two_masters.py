@@ -271,7 +271,9 @@ async def test_a_build_that_ends_while_no_master_looks_still_gets_its_dispatch_r
         await wait_for(
             reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 10, "the build to end"
         )
-        assert (await store.builds.get(build)).status is BuildStatus.NEEDSBUILD, [(e.kind, e.message) for e in await store.events.for_build(build.id)]
+        assert (await store.builds.get(build)).status is BuildStatus.NEEDSBUILD, [
+            (e.kind, e.message) for e in await store.events.for_build(build.id)
+        ]
         sim.faults.withhold_answer = {}
         second.startService()
         await second._started
