@@ -36,6 +36,10 @@ class MasterConfig:
     vm_resume_timeout: float = attrs.field(default=300.0, validator=_positive)
     #: a cancelled build that has not aborted after this long is a builder failure
     cancel_timeout: float = attrs.field(default=180.0, validator=_positive)
+    #: a builder that stays ABORTING, or BUILDING what it was told to abort, this long is
+    #: stuck: a builder failure (a virtualized builder gets its VM reset instead). Longer
+    #: than the real daemon's own 120 s for killing an aborted build
+    stuck_timeout: float = attrs.field(default=300.0, validator=_positive)
     failure_policy: FailurePolicy = FailurePolicy()
     #: a job that failed on a builder is not given to that builder again for this long
     retry_elsewhere_for: float = attrs.field(default=600.0, validator=_positive)

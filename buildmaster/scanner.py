@@ -10,11 +10,19 @@ One scan, by what the builder says (``status()``) and what the database says:
 * IDLE: a job the database gives it was lost (requeued) or never started (claim released);
   a trusted builder is clean again; then the best waiting job is claimed and dispatched.
 * BUILDING our cookie: the log tail is kept (batched); a cancelled job is aborted.
-  Another cookie: our job is lost (requeued) and the builder aborted. No job at all on a
-  builder the database thinks is clean: an isolation failure.
+  Another cookie: our job is lost, and the builder aborted. No job at all on a builder the
+  database thinks is clean: an isolation failure.
 * ABORTING: wait (a cancel that takes longer than ``cancel_timeout`` is a builder failure).
 * WAITING our cookie: collect the log and results, set the final state, ``clean()``, and
   dispatch the next job at once. Anything else: requeue/clean.
+
+A lost build counts against the builder (and is not given back to it until it is known
+clean: a VM reset for a virtualized builder; a trusted builder's leftovers may make the
+same build fail there). A job leaves a builder that may still run it (a lost build it is
+still BUILDING or ABORTING, a ``build()`` that failed but left the builder busy) only once
+the builder is known not to: aborted and back to WAITING or IDLE, or its VM reset. A state
+that should end by itself and does not (:mod:`buildmaster.progress`) ends in a builder
+failure with a reason an operator can act on, or a VM reset.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ from buildmaster.policy import (
     judge_failure,
     probe_delay,
 )
+from buildmaster.progress import Watch, observe
 from buildmaster.protocol import (
     PROTOCOL_VERSION,
     BuilderError,
@@ -80,9 +89,24 @@ RESULT_STATES = {
 }
 
 
+#: at most this many builds lost by a builder are remembered (not given back to it)
+MAX_REMEMBERED_LOST = 1000
+
+
 def failure_message(builder: Builder, reason: str) -> str:
     """The seed's WARNING: ``frog (http://localhost:9221/) marked as failed due to: ...``."""
     return f"{builder.name} ({builder.url}) marked as failed due to: {reason}"
+
+
+@attrs.frozen
+class Eviction:
+    """A job that must leave its builder, once the builder is known not to run it."""
+
+    reason: str
+    #: the kind of the event that records its return to the queue
+    kind: str = "requeued"
+    #: the builder was to blame: the job's failure count is reset
+    forgive: bool = False
 
 
 class BuilderWorker:
@@ -113,6 +137,12 @@ class BuilderWorker:
         self._polled_at = 0.0
         #: the build it was last seen building, and since when
         self._building: tuple[str, float] | None = None
+        #: the state it was first seen in that should end by itself (buildmaster.progress)
+        self._watch: Watch | None = None
+        #: the job on it that must leave it once it is known not to run it
+        self._evicting: dict[int, Eviction] = {}
+        #: jobs it lost: not given back to it until it is known clean (oldest first)
+        self._lost_here: dict[int, None] = {}
 
     def _new_client(self, builder: Builder) -> BuilderClient:
         return BuilderClient(
@@ -239,8 +269,16 @@ class BuilderWorker:
         builder = snap.builder
         if not builder.active or self.master.stopping:
             return
-        if not builder.builderok:
+        if not builder.builderok and not (
+            # a job leaving a builder the master just failed leaves once it is known not
+            # to run there (or the builder cannot be reached: then it is requeued)
+            snap.job is not None and snap.job.id in self._evicting and builder.failed_by_master
+        ):
             self.last_status = None
+            self._watch = None
+            if not builder.failed_by_master:
+                # an operator's: it comes back when they say it is fit, leftovers gone
+                self._lost_here.clear()
             if snap.job is not None:
                 reason = (
                     f"{builder.name} is out of service: {builder.failnotes or 'no reason given'}"
@@ -293,6 +331,15 @@ class BuilderWorker:
         builder, job, build = snap.builder, snap.job, snap.build
         cookie = build.cookie if build is not None else None
         state = status.builder_status
+        eviction = self._evicting.get(job.id) if job is not None else None
+        self._evicting = {job.id: eviction} if job is not None and eviction is not None else {}
+        running_ours = job is not None and status.build_id == cookie and eviction is None
+        if await self._stuck(snap, status, running_ours):
+            return
+        if eviction is not None:
+            assert job is not None
+            await self._evict(builder, job, status, eviction)
+            return
         if state is BuilderStatus.IDLE:
             if job is not None:
                 await self._idle_with_job(builder, job, build.status if build else None)
@@ -306,9 +353,11 @@ class BuilderWorker:
                     self.master.logtails.add(job.id, builder.id, status.logtail)
             elif job is not None:
                 await self._lost(
-                    builder, job, f"the builder is building {status.build_id!r}, not {cookie}"
+                    builder,
+                    job,
+                    status,
+                    f"the builder is building {status.build_id!r}, not {cookie}",
                 )
-                await self.client.abort()
             else:
                 await self._unexpected_work(builder, status)
         elif state is BuilderStatus.ABORTING:
@@ -318,7 +367,10 @@ class BuilderWorker:
                     await self._check_cancel_timeout(builder, job)
             elif job is not None:
                 await self._lost(
-                    builder, job, f"the builder is aborting {status.build_id!r}, not {cookie}"
+                    builder,
+                    job,
+                    status,
+                    f"the builder is aborting {status.build_id!r}, not {cookie}",
                 )
             elif builder.clean_status is BuilderCleanStatus.CLEAN:
                 await self._isolation_failure(builder, status)
@@ -329,11 +381,24 @@ class BuilderWorker:
                 return
             if job is not None:
                 await self._lost(
-                    builder, job, f"the builder finished {status.build_id!r}, not {cookie}"
+                    builder,
+                    job,
+                    status,
+                    f"the builder finished {status.build_id!r}, not {cookie}",
                 )
             elif builder.clean_status is BuilderCleanStatus.CLEAN:
                 await self._isolation_failure(builder, status)
                 return
+            elif status.build_status is BuilderResult.BUILDERFAIL:
+                # leftovers it was told to abort, and could not kill: it says it failed
+                await self._failed(
+                    builder,
+                    None,
+                    BuilderProtocolError(
+                        f"the builder reported BUILDERFAIL for {status.build_id!r}"
+                        " (a build it could not stop)"
+                    ),
+                )
             await self._clean()
             await self._next_job()
 
@@ -362,14 +427,137 @@ class BuilderWorker:
                 job, builder, "the builder is idle: the dispatch never reached it"
             )
         else:
-            await self._lost(builder, job, "the builder is idle: it lost the build")
+            await self._lost(
+                builder,
+                job,
+                StatusReport(BuilderStatus.IDLE),
+                "the builder is idle: it lost the build",
+            )
 
-    async def _lost(self, builder: Builder, job: BuildQueue, reason: str) -> None:
+    async def _lost(
+        self, builder: Builder, job: BuildQueue, status: StatusReport, reason: str
+    ) -> None:
+        """The builder is not doing the build the database gives it: the build is lost,
+        and the builder is to blame (counted, judged; disabled when it keeps losing them).
+        The job goes back to the queue at once if the builder is IDLE or WAITING, once it is
+        known not to run it otherwise (it may be building it under another name), and it is
+        not given back to this builder until the builder is known clean."""
         self._log.warn(
             "{builder} lost job {job}: {reason}", builder=builder.name, job=job.id, reason=reason
         )
-        await self.master.store.jobs.requeue(job, builder, reason, kind="lost")
+        jobs = self.master.store.jobs
+        builder_count, _ = await jobs.count_failure(builder, None)
+        judgement = judge_failure(builder_count, None, policy=self.master.config.failure_policy)
+        await self.master.store.events.record(
+            "failure", f"{reason} ({judgement.reason})", build=job.build_id, builder=builder.id
+        )
+        self._remember_lost(job)
         await self._set_clean_status(BuilderCleanStatus.DIRTY)
+        if status.builder_status in (BuilderStatus.BUILDING, BuilderStatus.ABORTING):
+            eviction = Eviction(reason, kind="lost")
+            self._evicting = {job.id: eviction}
+            await self._evict(builder, job, status, eviction, then_next=False)
+        else:
+            await jobs.requeue(job, builder, reason, kind="lost")
+        if judgement.builder is BuilderAction.DISABLE:
+            await self._apply(
+                builder, None, BuilderAction.DISABLE, JobAction.NONE, f"lost builds: {reason}"
+            )
+
+    def _remember_lost(self, job: BuildQueue) -> None:
+        self._lost_here.pop(job.id, None)
+        self._lost_here[job.id] = None
+        while len(self._lost_here) > MAX_REMEMBERED_LOST:
+            del self._lost_here[next(iter(self._lost_here))]
+
+    async def _evict(
+        self,
+        builder: Builder,
+        job: BuildQueue,
+        status: StatusReport | None,
+        eviction: Eviction,
+        then_next: bool = True,
+    ) -> None:
+        """Move ``job`` off the builder, which may still run it, once it is known not to: a
+        virtualized builder has its VM reset; a trusted one is aborted, cleaned once it is
+        WAITING, and then the job goes back to the queue. An abort that does not end is
+        the stuck watch's (:mod:`buildmaster.progress`).
+
+        :param status: what the builder said last (``None``: nothing known; wait).
+        :param then_next: give the builder its next job once it is free.
+        """
+        state = status.builder_status if status is not None else None
+        if builder.virtualized and self.master.config.vm_resume_command:
+            await self._reset_vm(builder)
+            self.last_status = StatusReport(BuilderStatus.IDLE)
+            await self._release(builder, job, eviction)
+            await self._set_clean_status(BuilderCleanStatus.CLEAN)
+        elif state is BuilderStatus.BUILDING:
+            await self._abort(status)
+            return
+        elif state is BuilderStatus.WAITING:
+            await self._clean()
+            await self._release(builder, job, eviction)
+        elif state is BuilderStatus.IDLE:
+            await self._release(builder, job, eviction)
+        else:
+            return  # ABORTING, or not known: wait
+        if then_next:
+            await self._next_job()
+
+    async def _release(self, builder: Builder, job: BuildQueue, eviction: Eviction) -> None:
+        """The builder is known not to run ``job`` any more: back to the queue with it."""
+        self._evicting.pop(job.id, None)
+        self._log.info(
+            "{builder} no longer runs job {job}: back to the queue",
+            builder=builder.name,
+            job=job.id,
+        )
+        await self.master.store.jobs.requeue(
+            job, builder, eviction.reason, kind=eviction.kind, forgive=eviction.forgive
+        )
+
+    async def _stuck(self, snap: BuilderSnapshot, status: StatusReport, running_ours: bool) -> bool:
+        """Watch the states that should end by themselves; a builder stuck in one is failed
+        with the reason (a virtualized one gets its VM reset instead). Whether it was."""
+        job = snap.job
+        self._watch, stuck = observe(
+            self._watch,
+            status.builder_status,
+            status.build_id,
+            running_ours=running_ours,
+            cancelling=job is not None and job.status is BuildQueueStatus.CANCELLING,
+            now=self.master.clock.seconds(),
+            timeout=self.master.config.stuck_timeout,
+        )
+        if stuck is None:
+            return False
+        self._watch = None
+        builder = snap.builder
+        jobs = self.master.store.jobs
+        if builder.virtualized and self.master.config.vm_resume_command:
+            reason = stuck.reason(virtualized=True)
+            self._log.warn(
+                "{builder} ({url}) is {reason}",
+                builder=builder.name,
+                url=builder.url,
+                reason=reason,
+            )
+            await self.master.store.events.record(
+                "reset", reason, build=job.build_id if job else None, builder=builder.id
+            )
+            await self._reset_vm(builder)
+            self.last_status = StatusReport(BuilderStatus.IDLE)
+            if job is not None:
+                await self._release(builder, job, self._evicting.get(job.id, Eviction(reason)))
+            await self._set_clean_status(BuilderCleanStatus.CLEAN)
+            return True
+        reason = stuck.reason(virtualized=False)
+        await self._apply(builder, None, BuilderAction.DISABLE, JobAction.NONE, reason)
+        if job is not None:
+            self._evicting.pop(job.id, None)
+            await jobs.requeue(job, builder, f"{builder.name} failed: {reason}")
+        return True
 
     async def _unexpected_work(self, builder: Builder, status: StatusReport) -> None:
         if builder.clean_status is BuilderCleanStatus.CLEAN:
@@ -381,7 +569,16 @@ class BuilderWorker:
                 cookie=status.build_id,
                 builder=builder.name,
             )
-            await self.client.abort()
+            await self._abort(status)
+
+    async def _abort(self, status: StatusReport | None) -> None:
+        """``abort()`` what the builder is doing (``status``); the abort should end by
+        itself, and the stuck watch starts now."""
+        await self.client.abort()
+        build_id = status.build_id if status is not None else None
+        watch = self._watch
+        if watch is None or (watch.state, watch.build_id) != (BuilderStatus.ABORTING, build_id):
+            self._watch = Watch(BuilderStatus.ABORTING, build_id, self.master.clock.seconds())
 
     async def _isolation_failure(self, builder: Builder, status: StatusReport) -> None:
         reason = (
@@ -437,16 +634,15 @@ class BuilderWorker:
         generations = self.master.generations(keys)
         now = self.master.clock.seconds()
         self._avoid = {job_id: until for job_id, until in self._avoid.items() if until > now}
+        avoid = list(self._avoid) + [j for j in self._lost_here if j not in self._avoid]
         done = self.master.claims.begin(keys)
         claimed = None
         try:
-            claimed = await self.master.store.jobs.claim_next_for_dispatch(
-                builder, avoid=list(self._avoid)
-            )
+            claimed = await self.master.store.jobs.claim_next_for_dispatch(builder, avoid=avoid)
         finally:
-            self.master.claims.end(keys, done, found=claimed is not None or bool(self._avoid))
+            self.master.claims.end(keys, done, found=claimed is not None or bool(avoid))
         if claimed is None:
-            if not self._avoid:  # the avoided jobs may suit other builders
+            if not avoid:  # the avoided jobs may suit other builders
                 self.master.mark_empty(keys, generations)
             return None
         self.builder = attrs.evolve(self.builder, clean_status=BuilderCleanStatus.DIRTY)
@@ -514,7 +710,14 @@ class BuilderWorker:
                 # else build() was cut short and may have reached the builder: the claim stays,
                 # and the next scan (of whichever master) sees whether the builder took it
                 return False
-            if build_sent and await self._took_it_after_all(e, ctx.build.cookie):
+            status = await self._status_after_build() if build_sent else None
+            if (
+                status is not None
+                and isinstance(e, BuilderUnreachable)
+                and e.request_sent
+                and status.builder_status is BuilderStatus.BUILDING
+                and status.build_id == ctx.build.cookie
+            ):
                 self._log.warn(
                     "{builder} started {build} but its answer to build() was lost: {error}",
                     builder=builder.name,
@@ -528,21 +731,35 @@ class BuilderWorker:
                 builder=builder.name,
                 error=e,
             )
-            await self._failed(builder, job, e, must_leave=True)
+            # after build(), unless the builder is IDLE it may be running the job (under
+            # another name, or BUILDING with nothing running after a fault): the job leaves
+            # it only once it is known not to
+            may_run = build_sent and (
+                status is None or status.builder_status is not BuilderStatus.IDLE
+            )
+            await self._failed(builder, job, e, must_leave=True, evict=may_run)
+            eviction = self._evicting.get(job.id)
+            if eviction is not None and status is not None:
+                try:
+                    await self._evict(self.builder, job, status, eviction, then_next=False)
+                except BuilderError as again:
+                    self._log.info(
+                        "{builder}: the job stays until it is known not to run it ({error})",
+                        builder=builder.name,
+                        error=again,
+                    )
             return False
         return await self._record_dispatch(job, builder, ctx)
 
-    async def _took_it_after_all(self, error: BuilderError, cookie: str) -> bool:
-        """``build()`` reached the builder but no answer came back (a timeout, a dropped
-        connection): ask the builder whether it is building ``cookie`` before the job is
-        sent anywhere else, which would have it built twice."""
-        if not isinstance(error, BuilderUnreachable) or not error.request_sent:
-            return False
+    async def _status_after_build(self) -> StatusReport | None:
+        """``build()`` failed after it was sent: what the builder is doing now. Its answer
+        may have been lost (a timeout, a dropped connection) while it started the build, or
+        it may have started something and faulted: the job must not be sent anywhere else
+        while the builder may run it, which would have it built twice."""
         try:
-            status = await self.client.status()
+            return await self.client.status()
         except BuilderError:
-            return False
-        return status.builder_status is BuilderStatus.BUILDING and status.build_id == cookie
+            return None
 
     async def _record_dispatch(self, job: BuildQueue, builder: Builder, ctx: BuildContext) -> bool:
         # the builder has its next build: a collection that led here is over and stops
@@ -579,6 +796,9 @@ class BuilderWorker:
             # connections kept alive to the machine before its reset lead nowhere (at best
             # to a reset, at worst to silence until a call's deadline)
             self.client.close_idle()
+        # a new machine: nothing of what it lost is left on it
+        self._lost_here.clear()
+        self._watch = None
 
     async def _ensure_files(self, ctx: BuildContext) -> None:
         """``ensurepresent`` of the chroot and every source file, all at once."""
@@ -798,11 +1018,14 @@ class BuilderWorker:
         job: BuildQueue | None,
         error: BuilderError,
         must_leave: bool = False,
+        evict: bool = False,
     ) -> None:
         """Count the failure against builder and job, judge, and act on the judgement.
 
         ``must_leave``: the job cannot stay on the builder (it never started, or the builder
         gave up on it), so "leave it where it is" means "back to the queue".
+        ``evict``: the builder may still run the job: it goes back to the queue only once
+        the builder is known not to (see :meth:`_evict`).
         """
         # a job is charged once per stay on a builder, however many scans fail meanwhile
         charge = job is not None and job.id != self._charged
@@ -825,7 +1048,7 @@ class BuilderWorker:
             builder=builder.id,
         )
         await self._apply(
-            builder, job, judgement.builder, job_action, reason, judgement.forgive_job
+            builder, job, judgement.builder, job_action, reason, judgement.forgive_job, evict
         )
 
     async def _apply(
@@ -836,11 +1059,16 @@ class BuilderWorker:
         job_action: JobAction,
         reason: str,
         forgive_job: bool = False,
+        evict: bool = False,
     ) -> None:
         jobs = self.master.store.jobs
         if job is not None:
             if job_action is JobAction.REQUEUE:
-                await jobs.requeue(job, builder, reason, forgive=forgive_job)
+                if evict:
+                    self._evicting = {job.id: Eviction(reason, forgive=forgive_job)}
+                else:
+                    self._evicting.pop(job.id, None)
+                    await jobs.requeue(job, builder, reason, forgive=forgive_job)
                 # "try it elsewhere": not here again for a while
                 self._avoid[job.id] = (
                     self.master.clock.seconds() + self.master.config.retry_elsewhere_for

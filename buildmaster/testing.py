@@ -24,7 +24,33 @@ from buildmaster.model import LibraryFile
 from buildmaster.service import mount_librarian, web_root
 from buildmaster.store import Store
 
-__all__ = ["FarmHarness", "wait_for"]
+__all__ = ["ClockedReactor", "FarmHarness", "wait_for"]
+
+
+class ClockedReactor:
+    """A reactor whose time is a :class:`~twisted.internet.task.Clock` the test advances:
+    connections, listening ports, processes and threads are the real reactor's, every
+    deadline and timer (``seconds``, ``callLater``) is the clock's.
+
+    A master given one polls real builders over real sockets while its timeouts (a call's
+    deadline, a stuck builder's) move only when the test says so.
+    """
+
+    def __init__(self, reactor: Any, clock: task.Clock) -> None:
+        self._reactor = reactor
+        self.clock = clock
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def callLater(self, delay: float, f: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return self.clock.callLater(delay, f, *args, **kw)
+
+    def getDelayedCalls(self) -> Any:
+        return self.clock.getDelayedCalls()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
 
 
 class FarmHarness:
@@ -47,8 +73,15 @@ class FarmHarness:
         config: MasterConfig | None = None,
         build_time: float = 1.0,
         farm_clock: Any = None,
+        master_clock: task.Clock | None = None,
     ) -> FarmHarness:
-        """Start the librarian's web server and an empty slavesim farm."""
+        """Start the librarian's web server and an empty slavesim farm.
+
+        :param farm_clock: the simulated builders' clock (default: the reactor).
+        :param master_clock: the master's clock (default: the reactor): with a
+            :class:`~twisted.internet.task.Clock`, the master runs on a
+            :class:`ClockedReactor`.
+        """
         from slavesim import Farm
 
         self = cls(reactor, store, directory)
@@ -70,7 +103,8 @@ class FarmHarness:
             clock=farm_clock,
             history_size=100_000,
         )
-        self.master = BuilddMaster(reactor, store, self.librarian, config or MasterConfig())
+        master_reactor = reactor if master_clock is None else ClockedReactor(reactor, master_clock)
+        self.master = BuilddMaster(master_reactor, store, self.librarian, config or MasterConfig())
         return self
 
     async def add_file(

@@ -20,6 +20,7 @@ import shlex
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -257,33 +258,26 @@ class _Control(LineOnlyReceiver):
 
     delimiter = b"\n"
     MAX_LENGTH = 1024
-    factory: ControlFactory
+
+    def __init__(self, reset: Callable[[str], Awaitable[None]]) -> None:
+        self._reset = reset
 
     def lineReceived(self, line: bytes) -> None:
         command, _, name = line.decode("utf-8", "replace").strip().partition(" ")
         if command != "reset" or not name:
             self._answer(f"error: expected 'reset <builder>', got {line[:80]!r}")
             return
-        d = Deferred.fromCoroutine(self.factory.reset(name))
+        d = Deferred.fromCoroutine(self._run(name))
         d.addCallbacks(lambda _: self._answer("ok"), lambda f: self._answer(f"error: {f.value}"))
 
-    def _answer(self, text: str) -> None:
-        if self.transport is not None:
-            self.sendLine(text.encode("utf-8"))
-            self.transport.loseConnection()
-
-
-class ControlFactory(Factory):
-    """The farm's control port: makes a new machine of a builder, for its VM reset command."""
-
-    protocol = _Control
-    noisy = False
-
-    def __init__(self, reset: Callable[[str], Awaitable[None]]) -> None:
-        self._reset = reset
-
-    async def reset(self, name: str) -> None:
+    async def _run(self, name: str) -> None:
         await self._reset(name)
+
+    def _answer(self, text: str) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            self.sendLine(text.encode("utf-8"))
+            transport.loseConnection()
 
 
 class Farm:
@@ -447,9 +441,9 @@ class Farm:
         and exits 0 once that is done. The farm listens for it on 127.0.0.1 from the first
         call on."""
         if self._control is None:
-            self._control = self.reactor.listenTCP(
-                0, ControlFactory(self._reset_vm), interface="127.0.0.1"
-            )
+            factory = Factory.forProtocol(partial(_Control, self._reset_vm))
+            factory.noisy = False
+            self._control = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
         port = self._control.getHost().port
         script = shlex.quote(str(Path(__file__).with_name("vmreset.py")))
         return f"{shlex.quote(sys.executable)} {script} 127.0.0.1:{port} %(buildd_name)s"

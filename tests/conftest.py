@@ -260,9 +260,18 @@ async def make_world(
 ) -> AsyncIterator[Callable[..., Any]]:
     harnesses: list[FarmHarness] = []
 
-    async def make(config: MasterConfig | None = None, build_time: float = 3600.0) -> World:
+    async def make(
+        config: MasterConfig | None = None, build_time: float = 3600.0, clock: Any = None
+    ) -> World:
+        """A world; with ``clock`` (a ``Clock``), the master's and the builders' time."""
         harness = await FarmHarness.start(
-            reactor, store, tmp_path, config or MasterConfig(), build_time=build_time
+            reactor,
+            store,
+            tmp_path,
+            config or MasterConfig(),
+            build_time=build_time,
+            farm_clock=clock,
+            master_clock=clock,
         )
         harnesses.append(harness)
         world = World(harness, store, await load_sample_data(store))

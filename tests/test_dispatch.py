@@ -159,17 +159,28 @@ async def test_no_chroot_means_no_dispatch_and_the_reason_is_recorded(
 
 @pytest_twisted.ensureDeferred
 async def test_a_builder_answering_with_another_build_id_is_a_failure(
-    make_world: Any, store: Store
+    reactor: Any, make_world: Any, store: Store
 ) -> None:
+    """It may be building our job under its own name: the job leaves it only once it is
+    aborted and clean, never while it may still run it."""
     world = await make_world(config())
     sim, builder = await world.builder("liar")
     sim.faults.wrong_cookie = "PACKAGEBUILD-31337"
     build = await world.queue()
-    await world.harness.master.scan_all()
-    assert await waiting_again(store, build)
+    master = world.harness.master
+    await master.scan_all()
     events = [e.message for e in await store.events.for_build(build.id) if e.kind == "failure"]
     assert "build() answered for 'PACKAGEBUILD-31337'" in events[0]
+    assert (await store.builders.get(builder)).failure_count == 1
     assert (await store.builders.get(builder)).clean_status is not BuilderCleanStatus.CLEAN
+    # it was building our job after all: aborted, and the job stays until it is clean
+    assert sim.state.build_id == build.cookie and sim.state.state == "BuilderStatus.ABORTING"
+    job = await store.queue.get_for_build(build)
+    assert job is not None and job.builder_id == builder.id
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 5, "the abort")
+    await master.scan_all()
+    assert await waiting_again(store, build)
+    assert [c.method for c in sim.history][-2:] == ["status", "clean"]
 
 
 @pytest_twisted.ensureDeferred

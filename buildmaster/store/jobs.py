@@ -191,6 +191,9 @@ done AS (
     RETURNING build.id, i.job, i.builder, i.message, old.buildstate AS old_state),
 gone AS (
     DELETE FROM buildqueue q USING done WHERE q.id = done.job),
+works AS (
+    UPDATE builder SET failure_count = 0 FROM done
+    WHERE builder.id = done.builder AND builder.failure_count <> 0),
 files AS (
     INSERT INTO buildfile (build, libraryfile, filename)
     SELECT done.id, f.alias, f.name
@@ -310,8 +313,6 @@ _RECORD_DISPATCH_SQL = (
     "  date_first_dispatched = coalesce(build.date_first_dispatched, q.now), date_finished = NULL"
     "  FROM q WHERE build.id = q.build AND build.buildstate = 0"
     "  RETURNING build.id, q.job, q.builder, q.message),"
-    " f AS (UPDATE builder SET failure_count = 0 FROM b"
-    "  WHERE builder.id = b.builder AND builder.failure_count <> 0),"
     " e AS (INSERT INTO event (build, builder, kind, message)"
     "  SELECT id, builder, 'dispatched', message FROM b)"
     " SELECT job FROM b"
@@ -500,7 +501,8 @@ class JobQueries:
     ) -> None:
         """The builder accepted the build: the job shows its builder and buildstart, the build
         is BUILDING, and a "dispatched" event says to which builder (with ``note`` when the
-        dispatch was learnt otherwise than from build()'s answer). Dispatches recorded at
+        dispatch was learnt otherwise than from build()'s answer). The builder's failure
+        count stays (it is reset when a build ends: :meth:`finish`). Dispatches recorded at
         about the same moment share a statement.
 
         :raises JobGone: when the job was cancelled or taken away meanwhile.
@@ -750,8 +752,9 @@ class JobQueries:
     ) -> bool:
         """Record a collected build, in one statement: its final state, log and files (made
         permanent: they were stored provisional, expiring, in case the master died before
-        this); the job leaves the queue. Builds that end at about the same moment share a
-        statement.
+        this); the job leaves the queue; the builder's failure count is reset (it carried
+        a build to its end: a dispatch alone proves nothing, a builder may lose every build
+        it accepts). Builds that end at about the same moment share a statement.
 
         :returns: ``False`` when the job is no longer this builder's (already collected).
         :raises IllegalTransition: when the build may not end in ``state``.
