@@ -57,6 +57,11 @@ class MasterConfig:
     max_collections: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     #: a collection or a poll counts against ``max_collections`` for at most this long
     collection_lease: float = attrs.field(default=2.0, validator=_positive)
+    #: a job held up by a failure of the master's own side (its librarian, its file
+    #: descriptors, its database, its VM reset command) waits this long before it is tried
+    #: again, twice as long each time while the cause lasts, up to the ceiling
+    fault_retry_initial: float = attrs.field(default=15.0, validator=_positive)
+    fault_retry_max: float = attrs.field(default=600.0, validator=_positive)
     #: re-probing of automatically failed builders: first delay and ceiling
     probe_initial_delay: float = attrs.field(default=15.0, validator=_positive)
     probe_max_delay: float = attrs.field(default=600.0, validator=_positive)

@@ -51,7 +51,16 @@ from buildmaster.enums import (
     BuildQueueStatus,
     BuildStatus,
 )
+from buildmaster.masterfaults import (
+    FILE_DESCRIPTORS,
+    LIBRARIAN,
+    VM_RESET_COMMAND,
+    MasterFault,
+    classify,
+    librarian_trouble,
+)
 from buildmaster.model import Builder, BuilderSnapshot, BuildQueue
+from buildmaster.ownership import OwnershipLost
 from buildmaster.policy import (
     BuilderAction,
     JobAction,
@@ -70,7 +79,6 @@ from buildmaster.protocol import (
     StatusReport,
     check_filemap,
 )
-from buildmaster.store.database import DatabaseError
 from buildmaster.store.jobs import Claimed, JobGone
 from buildmaster.vmreset import VMResetFailed, reset_vm, resume_argv
 
@@ -117,6 +125,8 @@ class BuilderWorker:
     def __init__(self, master: BuilddMaster, builder: Builder) -> None:
         self.master = master
         self.builder = builder
+        #: the session (:class:`~buildmaster.ownership.Ownership`) its scan began in
+        self.ownership_epoch = master.ownership.epoch
         self.client = self._new_client(builder)
         self.last_status: StatusReport | None = None
         self.consecutive_failures = 0
@@ -146,8 +156,24 @@ class BuilderWorker:
 
     def _new_client(self, builder: Builder) -> BuilderClient:
         return BuilderClient(
-            self.master.http, builder.url, self.master.config.timeout_for(builder.virtualized)
+            self.master.http,
+            builder.url,
+            self.master.config.timeout_for(builder.virtualized),
+            gate=self._check_owned,
         )
+
+    def _check_owned(self) -> None:
+        """Nothing reaches a builder this master no longer holds (:mod:`buildmaster.ownership`).
+
+        :raises OwnershipLost:
+        """
+        if not self.master.may_act(self):
+            raise OwnershipLost(f"this master no longer holds {self.builder.name}")
+
+    def _cut(self) -> bool:
+        """Whether the work with the builder must stop: the master stops, or no longer
+        holds the builder."""
+        return self.master.stopping or not self.master.may_act(self)
 
     def update(self, builder: Builder) -> None:
         """Take a fresher view of the builder's row."""
@@ -255,19 +281,31 @@ class BuilderWorker:
     async def _guarded_scan(self, snapshot: BuilderSnapshot | None) -> None:
         try:
             await self.scan(snapshot)
-        except DatabaseError as e:
-            self._log.warn(
-                "Scan of {builder} interrupted: {error}", builder=self.builder.name, error=e
+        except OwnershipLost as e:
+            self._log.info(
+                "Stopped working {builder}: {reason}", builder=self.builder.name, reason=e
             )
-        except Exception:
-            self._log.failure("Scan of {builder} failed unexpectedly", builder=self.builder.name)
+        except Exception as e:
+            # the master's own failures (database, librarian, file descriptors) blame
+            # nobody and are reported once per cause; anything else is a bug
+            fault = classify(e)
+            if fault is None:
+                self._log.failure(
+                    "Scan of {builder} failed unexpectedly", builder=self.builder.name
+                )
+            else:
+                self.master.faults.report(fault)
 
     async def scan(self, snapshot: BuilderSnapshot | None = None) -> None:
         """One scan of the builder (see the module docstring)."""
+        ownership = self.master.ownership
+        if not ownership.holds(self.builder.id):
+            return  # another master's (or nobody's, until the session is back)
+        self.ownership_epoch = ownership.epoch
         snap = snapshot or await self.master.store.jobs.snapshot(self.builder.id)
         self.update(snap.builder)
         builder = snap.builder
-        if not builder.active or self.master.stopping:
+        if not builder.active or self._cut():
             return
         if not builder.builderok and not (
             # a job leaving a builder the master just failed leaves once it is known not
@@ -322,7 +360,7 @@ class BuilderWorker:
         try:
             await self._act(snap, status)
         except BuilderError as e:
-            if not self.master.stopping:
+            if not self._cut():
                 # judge with what the builder has now: the job it had may have been requeued
                 fresh = await self.master.store.jobs.snapshot(builder)
                 await self._failed(fresh.builder, fresh.job, e)
@@ -624,9 +662,12 @@ class BuilderWorker:
         return claimed.job
 
     async def _claim_next(self) -> Claimed | None:
-        """Claim the best waiting job for this builder (``None``: nothing for it now)."""
+        """Claim the best waiting job for this builder (``None``: nothing for it now, or a
+        failure of the master's side holds dispatches back for a while)."""
         builder = self.builder
         if self.master.known_empty(self.keys):
+            return None
+        if self.master.faults.holds_back(builder.virtualized) is not None:
             return None
         keys = tuple(self.keys)
         if not await self.master.claims.wait_turn(keys):
@@ -687,6 +728,8 @@ class BuilderWorker:
             return False
         build_sent = False
         try:
+            if self.master.faults.active:
+                await self._check_librarian(ctx)
             if builder.virtualized:
                 await self._reset_vm(builder)
             await self._ensure_files(ctx)
@@ -703,8 +746,16 @@ class BuilderWorker:
                 raise BuilderProtocolError(
                     f"build() answered for {result.info!r}, not {ctx.build.cookie}"
                 )
+        except MasterFault as e:
+            # the master's side failed: nobody is to blame, the job waits
+            delay = self.master.faults.report(e)
+            if not build_sent:
+                resume = self._now() + datetime.timedelta(seconds=delay)
+                await jobs.suspend(job, builder, f"waiting: {e}", resume_after=resume)
+            # else build() may have gone out: the claim stays for the next scan to settle
+            return False
         except BuilderError as e:
-            if self.master.stopping:
+            if self._cut():
                 if not build_sent:
                     await jobs.release_claim(job, builder, "the master stopped during the dispatch")
                 # else build() was cut short and may have reached the builder: the claim stays,
@@ -773,6 +824,9 @@ class BuilderWorker:
             return False
         self.last_status = StatusReport(BuilderStatus.BUILDING, build_id=ctx.build.cookie)
         self._building = (ctx.build.cookie, self.master.clock.seconds())
+        faults = self.master.faults
+        if faults.active:  # a dispatch went through: what it needed works again
+            faults.over([FILE_DESCRIPTORS] + ([VM_RESET_COMMAND] if builder.virtualized else []))
         self._log.info(
             "Dispatched {build} to {builder}", build=ctx.build.cookie, builder=builder.name
         )
@@ -789,6 +843,7 @@ class BuilderWorker:
         command = self.master.config.vm_resume_command
         if not command:
             return
+        self._check_owned()
         argv = resume_argv(command, builder.vm_host, builder.name)
         try:
             await reset_vm(self.master.reactor, argv, self.master.config.vm_resume_timeout)
@@ -805,6 +860,7 @@ class BuilderWorker:
         assert ctx.chroot is not None
         librarian = self.master.librarian
         wanted = [ctx.chroot] + [f.file for f in ctx.files]
+        mark = librarian.serving_mark
         calls = []
         for file in wanted:
             password = librarian.token_for(file.id) if file.restricted else None
@@ -817,6 +873,16 @@ class BuilderWorker:
                 )
             )
         results = await defer.DeferredList(calls, consumeErrors=True)
+        failed = [
+            file
+            for file, (ok, value) in zip(wanted, results, strict=True)
+            if not ok or not value.present
+        ]
+        if failed:
+            # the builder could not fetch them: the librarian's fault if it cannot serve them
+            trouble = await librarian_trouble(librarian, failed, since=mark)
+            if trouble is not None:
+                raise trouble
         for file, (ok, value) in zip(wanted, results, strict=True):
             if not ok:
                 value.raiseException()  # type: ignore[attr-defined]
@@ -824,6 +890,23 @@ class BuilderWorker:
                 raise BuilderProtocolError(
                     f"ensurepresent of {file.filename} failed: {value.message}"
                 )
+
+    async def _check_librarian(self, ctx: BuildContext) -> None:
+        """Before a builder is sent to fetch files the librarian failed to serve lately,
+        look whether it can now (on the master's side: no builder is bothered).
+
+        :raises MasterFault: when it still cannot.
+        """
+        assert ctx.chroot is not None
+        faults = self.master.faults
+        files = [ctx.chroot] + [f.file for f in ctx.files]
+        doubtful = [f for f in files if f"librarian file {f.id}" in faults.causes]
+        if not doubtful:
+            return
+        trouble = await librarian_trouble(self.master.librarian, doubtful)
+        if trouble is not None:
+            raise trouble
+        faults.over(f"librarian file {f.id}" for f in doubtful)
 
     # -- building -----------------------------------------------------------------
 
@@ -874,6 +957,8 @@ class BuilderWorker:
         else:
             state = BuildStatus.CANCELLED if cancelling else RESULT_STATES[result]
             await self._store_results(snap, status, state)
+            if self.master.faults.active:  # the librarian stored what it had to
+                self.master.faults.over([LIBRARIAN])
         await self._clean_and_next()
 
     async def _clean_and_next(self) -> None:
@@ -997,7 +1082,7 @@ class BuilderWorker:
 
     async def _scan_failed(self, snap: BuilderSnapshot, error: BuilderError) -> None:
         """The builder could not be polled. A few of these in a row are shrugged off."""
-        if self.master.stopping:
+        if self._cut():
             return
         self.consecutive_failures += 1
         tolerated = self.master.config.failure_policy.tolerated_scan_failures

@@ -9,6 +9,9 @@ except the database: a librarian in a directory with its HTTP resource listening
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,43 @@ from buildmaster.model import LibraryFile
 from buildmaster.service import mount_librarian, web_root
 from buildmaster.store import Store
 
-__all__ = ["ClockedReactor", "FarmHarness", "wait_for"]
+__all__ = ["ClockedReactor", "FarmHarness", "master_process", "wait_for"]
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def master_process(dsn: str, state: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``twistd -n buildmaster`` in a process of its own (this source tree first on its
+    path), on the database ``dsn``, logging to ``log``, with a web server on any free
+    port, a 0.3 s scan interval and a 3 s call timeout, and ``args`` besides."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "--logfile",
+            str(log),
+            "buildmaster",
+            "--dsn",
+            dsn,
+            "--state-dir",
+            str(state),
+            "--port",
+            "0",
+            "--scan-interval",
+            "0.3",
+            "--socket-timeout",
+            "3",
+            *args,
+        ],  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 class ClockedReactor:

@@ -7,13 +7,15 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import psycopg2
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, task
 
 from buildmaster.config import MasterConfig
 from buildmaster.enums import BuildStatus, PackagePublishingPocket
-from buildmaster.master import BuilddMaster
+from buildmaster.master import OWNERSHIP_LOCK, BuilddMaster
+from buildmaster.masterfaults import MasterFault
 from buildmaster.store import Database, Store
 from buildmaster.testing import wait_for
 from slavesim import Outcome, OutcomeRule
@@ -134,7 +136,9 @@ async def test_a_second_master_takes_over_without_building_anything_twice(
     async with _two_masters(reactor, dsn, world, config) as (pools, first, second):
         first.startService()
         await first._started
-        await wait_for(reactor, lambda: len(first._owned) == 6, 10, "A to own the builders")
+        await wait_for(
+            reactor, lambda: len(first.ownership.owned) == 6, 10, "A to own the builders"
+        )
         second.startService()
         await second._started
 
@@ -146,11 +150,11 @@ async def test_a_second_master_takes_over_without_building_anything_twice(
             return int(rows[0][0])
 
         await wait_for(reactor, lambda: _at_least(built(), 8), 60, "A to build some")
-        assert not second._owned  # A holds every builder: B does nothing meanwhile
+        assert not second.ownership.owned  # A holds every builder: B does nothing meanwhile
         await first.stopService()
         await pools[0].close()  # A's session ends: its advisory locks are released
         await wait_for(reactor, lambda: _at_least(built(), len(builds)), 60, "B to finish")
-        assert len(second._owned) == 6
+        assert len(second.ownership.owned) == 6
         # no build was started twice
         started = collections.Counter(
             call.args[0] for sim in sims for call in sim.history if call.method == "build"
@@ -244,10 +248,12 @@ async def test_a_build_that_ends_while_no_master_looks_still_gets_its_dispatch_r
     outcome: Outcome,
     state: BuildStatus,
     private: bool,
+    captured_log: Any,
 ) -> None:
     """The master stops between build() and its record, and the build ends before the next
     master looks: the next one records the dispatch it discovers (builder, dates, a
     "dispatched" event saying so) before the end, as for any other build."""
+    captured_log.allow_errors(MasterFault)  # the first master's database goes first
     config = MasterConfig(socket_timeout=20.0, scan_interval=0.3, vm_resume_command="true")
     world = await make_world(config, build_time=0.2)
     sim, builder = await world.builder("quick", virtualized=private)
@@ -295,3 +301,91 @@ async def test_a_build_that_ends_while_no_master_looks_still_gets_its_dispatch_r
     assert dispatched[0].builder_id == builder.id
     assert kinds.index("dispatched") < kinds.index("finished")
     assert [call.args[0] for call in sim.history if call.method == "build"] == [build.cookie]
+
+
+STATEFUL = {"build", "abort", "clean", "ensurepresent"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_master_that_loses_its_session_stops_working_its_builders_at_once(
+    reactor: Any, store: Store, dsn: str, make_world: Any, captured_log: Any
+) -> None:
+    """The session holding the builders' locks is cut while builds run, and another
+    session takes the locks at once (as another master would). From the moment the master
+    finds its session lost, nothing it does reaches those builders (no build, abort, clean
+    or download; no more polls), finished builds stay uncollected, until its new session
+    holds the locks again: then it takes up the work where it was."""
+    captured_log.allow_errors(MasterFault)  # scans skipped while the session is away
+    config = MasterConfig(socket_timeout=2.0, scan_interval=0.2)
+    world = await make_world(config, build_time=0.3)
+    sims = [(await world.builder(f"o{i}"))[0] for i in range(4)]
+    builds = [await world.queue() for _ in range(24)]
+    master = world.harness.master
+    found_out: list[bool] = []
+    master.startService()
+    await master._started
+    store.db.on_session_dropped(lambda: found_out.append(True))  # after the master's own
+
+    async def built() -> int:
+        rows = await store.db.query(
+            "SELECT count(*) FROM build WHERE id = ANY(%s) AND buildstate = %s",
+            ([b.id for b in builds], int(BuildStatus.FULLYBUILT)),
+        )
+        return int(rows[0][0])
+
+    await wait_for(reactor, lambda: _at_least(built(), 4), 30, "the first builds")
+    assert len(master.ownership.owned) == 4
+    ids = sorted(master.ownership.owned)
+    [(pid,)] = await store.db.query(
+        "SELECT DISTINCT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s",
+        (OWNERSHIP_LOCK,),
+    )
+    database = psycopg2.extensions.parse_dsn(dsn)["dbname"]
+    admin = psycopg2.connect(dsn.replace(f"dbname={database}", "dbname=postgres"))
+    admin.autocommit = True
+    other = psycopg2.connect(dsn)  # another master's session
+    other.autocommit = True
+    try:
+        with admin.cursor() as cur:  # the master's session cannot come back for a while
+            cur.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        with other.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+            cur.execute(
+                "SELECT pg_advisory_lock(%s, id) FROM unnest(%s::integer[]) AS id",
+                (OWNERSHIP_LOCK, ids),
+            )
+        await wait_for(reactor, lambda: bool(found_out), 10, "the master to find it out")
+        assert master.ownership.owned == set()
+        # calls already on their way when it found out (sent before) arrive within a
+        # reactor turn or two; from then on, nothing may come
+        await task.deferLater(reactor, 0.05, lambda: None)
+        calls_at_loss = {sim.name: len(sim.history) for sim in sims}
+        await task.deferLater(reactor, 2.0, lambda: None)  # builds end meanwhile
+        after = [
+            (sim.name, call.method)
+            for sim in sims
+            for call in list(sim.history)[calls_at_loss[sim.name] :]
+        ]
+        assert [c for c in after if c[1] in STATEFUL] == []
+        assert after == []  # no polls either
+        waiting = [sim for sim in sims if sim.state.state == "BuilderStatus.WAITING"]
+        assert waiting, "the builds ended, and were not collected"
+        with admin.cursor() as cur:
+            cur.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        admin.close()
+        other.close()  # its session ends: the locks are free
+    await wait_for(
+        reactor, lambda: len(master.ownership.owned) == 4, 20, "the master to hold them again"
+    )
+    await wait_for(reactor, lambda: _at_least(built(), len(builds)), 60, "every build")
+    await master.stopService()
+    started = collections.Counter(
+        call.args[0] for sim in sims for call in sim.history if call.method == "build"
+    )
+    assert set(started) == {b.cookie for b in builds}
+    assert max(started.values()) == 1
+    for builder in await store.builders.all():
+        assert builder.builderok and builder.failure_count == 0

@@ -8,7 +8,8 @@
     404 for an unknown id, an expired file or a filename that does not match the id. A
     restricted file needs a download token for it as the basic-auth password (401 otherwise,
     with ``WWW-Authenticate``). 500 when the bytes on disk are missing or have the wrong size
-    (logged as an error: they are not served). 503 when the database is unavailable.
+    (logged as an error, once an hour per content: they are not served). 503 when the
+    database is unavailable, or the file cannot be opened now (out of file descriptors).
 
 ``POST /+upload/<filename>``
     Store the request body as a new file (operators and tools). Basic-auth password: an upload
@@ -45,7 +46,6 @@ from buildmaster.librarian.errors import (
 )
 from buildmaster.librarian.metadata import check_filename
 from buildmaster.librarian.ranges import RangeNotSatisfiable, not_modified, parse_range
-from buildmaster.librarian.reader import report_corrupt
 from buildmaster.librarian.sending import FileSender
 from buildmaster.librarian.storage import SizeMismatch
 from buildmaster.model import LibraryFile
@@ -177,7 +177,8 @@ class LibrarianResource(resource.Resource):
             return await self._librarian.get_for_download(alias_id)
         except FileNotFound:
             raise _Respond(http.NOT_FOUND, "No such file.") from None
-        except DatabaseUnavailable:
+        except DatabaseUnavailable as e:
+            self._librarian.note_serving_failure(alias_id, f"its database is unavailable ({e})")
             raise _Respond(
                 http.SERVICE_UNAVAILABLE, "The librarian is unavailable.", {b"retry-after": b"5"}
             ) from None
@@ -205,8 +206,23 @@ class LibrarianResource(resource.Resource):
             fd: int = await self._librarian.open_content(file)
         except (FileNotFoundError, SizeMismatch) as e:
             why = "it is missing" if isinstance(e, FileNotFoundError) else str(e)
-            report_corrupt(file, f"{why}; not served")
+            self._librarian.report_corrupt(file, f"{why}; not served")
+            self._librarian.note_serving_failure(
+                file.id,
+                "its bytes are missing" if isinstance(e, FileNotFoundError) else str(e),
+                damaged=True,
+            )
             raise _Respond(http.INTERNAL_SERVER_ERROR, "The file's bytes are damaged.") from e
+        except OSError as e:
+            # the master's own trouble (e.g. out of file descriptors): try again later
+            self._librarian.note_serving_failure(
+                file.id, f"it could not be opened: {e}", errno=e.errno
+            )
+            raise _Respond(
+                http.SERVICE_UNAVAILABLE,
+                "The librarian cannot open the file now.",
+                {b"retry-after": b"5"},
+            ) from None
         return fd
 
     async def _send(self, request: server.Request, file: LibraryFile, fd: int, head: bool) -> None:

@@ -374,6 +374,7 @@ class Database:
         self._listener: txpostgres.Connection | None = None
         self._channels: dict[str, list[Callable[[str], object]]] = {}
         self._session_lost: list[Callable[[], object]] = []
+        self._session_dropped: list[Callable[[], object]] = []
         self._closed = False
 
     @property
@@ -389,13 +390,23 @@ class Database:
             "application_name": "buildmaster",
         }
 
-    def _new_connection(self) -> _Connection:
-        detector = _Detector(self._reactor, on_dead=self._connection_died)
+    def _new_connection(self, on_dead: Callable[[], None] | None = None) -> _Connection:
+        detector = _Detector(self._reactor, on_dead=on_dead or self._connection_died)
         return _Connection(reactor=self._reactor, cooperator=self._cooperator, detector=detector)
 
     def _connection_died(self) -> None:
         if not self._closed:
             self._log.warn("Lost a database connection; reconnecting")
+
+    def _session_died(self) -> None:
+        self._connection_died()
+        if self._closed:
+            return
+        for dropped in list(self._session_dropped):
+            try:
+                dropped()
+            except Exception:
+                self._log.failure("A session-lost observer failed")
 
     async def connect(self) -> None:
         """Open the pool's connections.
@@ -516,7 +527,7 @@ class Database:
     async def _session(self) -> txpostgres.Connection:
         """The dedicated connection for LISTEN and session-level advisory locks."""
         if self._listener is None:
-            listener = self._new_connection()
+            listener = self._new_connection(on_dead=self._session_died)
             await listener.connect(self.dsn, **self._connect_kwargs())
             listener.addNotifyObserver(self._notified)
             listener.detector.addRecoveryHandler(self._relisten)
@@ -552,6 +563,11 @@ class Database:
     def on_session_lost(self, callback: Callable[[], object]) -> None:
         """Call ``callback()`` when the session connection was lost and came back."""
         self._session_lost.append(callback)
+
+    def on_session_dropped(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` as soon as the session connection is found lost (before it
+        is back): its LISTENs and session-level advisory locks are gone with it."""
+        self._session_dropped.append(callback)
 
     async def _relisten_async(self) -> None:
         assert self._listener is not None

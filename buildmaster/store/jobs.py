@@ -542,13 +542,30 @@ class JobQueries:
         )
         return bool(rows)
 
-    async def suspend(self, job: BuildQueue, builder: Builder | None, reason: str) -> None:
-        """Take a job out of the candidates (e.g. its architecture has no chroot yet)."""
+    async def suspend(
+        self,
+        job: BuildQueue,
+        builder: Builder | None,
+        reason: str,
+        resume_after: datetime.datetime | None = None,
+    ) -> bool:
+        """Take a job out of the candidates, with the reason (``buildqueue.suspended_reason``,
+        and a "suspended" event): its architecture has no chroot yet, or the master's side
+        failed while dispatching it. A job claimed by ``builder`` is suspended only if it
+        still is (not if it was cancelled or taken meanwhile).
 
-        async def suspend(tx: Transaction) -> None:
+        :param resume_after: when it goes back in the queue by itself (:meth:`resume_due`);
+            ``None``: when what it waits for arrives (:meth:`resume_suspended`).
+        :returns: whether it was suspended.
+        """
+
+        async def suspend(tx: Transaction) -> bool:
             count = await tx.execute(
-                "UPDATE buildqueue SET builder = NULL, status = 2, date_started = NULL WHERE id = %s",
-                (job.id,),
+                "UPDATE buildqueue SET builder = NULL, status = 2, date_started = NULL,"
+                " logtail = NULL, suspended_reason = %s, resume_after = %s"
+                " WHERE id = %s AND (builder = %s OR (builder IS NULL AND status = 0))"
+                " AND status IN (0, 1)",
+                (reason, resume_after, job.id, builder.id if builder else None),
             )
             if count:
                 await record_event(
@@ -558,17 +575,33 @@ class JobQueries:
                     build=job.build_id,
                     builder=builder.id if builder else None,
                 )
+            return bool(count)
 
-        await self._db.transaction(suspend)
+        return await self._db.transaction(suspend)
 
     async def resume_suspended(self, distroarchseries: HasId | int) -> int:
         """Put the suspended jobs of an architecture back in the queue (its chroot arrived)."""
         rows = await self._db.query(
-            "WITH q AS (UPDATE buildqueue SET status = 0 WHERE status = 2 AND build IN"
+            "WITH q AS (UPDATE buildqueue SET status = 0, suspended_reason = NULL,"
+            "  resume_after = NULL WHERE status = 2 AND build IN"
             "  (SELECT id FROM build WHERE distroarchseries = %s) RETURNING build),"
             " e AS (INSERT INTO event (build, kind, message) SELECT build, 'resumed', 'back in the queue' FROM q)"
             " SELECT count(*) FROM q",
             (id_of(distroarchseries),),
+        )
+        return int(rows[0][0])
+
+    async def resume_due(self, now: datetime.datetime) -> int:
+        """Put back in the queue the suspended jobs whose ``resume_after`` has come (what
+        held them up was the master's side: they are tried again). Returns how many."""
+        rows = await self._db.query(
+            "WITH q AS (UPDATE buildqueue SET status = 0, suspended_reason = NULL,"
+            "  resume_after = NULL WHERE status = 2 AND resume_after <= %s"
+            "  RETURNING build),"
+            " e AS (INSERT INTO event (build, kind, message)"
+            "  SELECT build, 'resumed', 'back in the queue: trying again' FROM q)"
+            " SELECT count(*) FROM q",
+            (now,),
         )
         return int(rows[0][0])
 
