@@ -1,8 +1,8 @@
 """The seam between the master and one builder: every protocol call, with its timeout.
 
-:class:`BuilderClient` makes the XML-RPC calls of PROTOCOL.md over :mod:`buildmaster.httpclient`
-(kept-alive connections, bounded answers, a deadline on the injected clock for every call)
-and fetches files from the builder's ``/filecache``. Whatever goes wrong is translated here,
+:class:`BuilderClient` makes the XML-RPC calls of the builder protocol (docs/protocol.md)
+over :mod:`buildmaster.httpclient` (kept-alive connections, bounded answers, a deadline on the
+injected clock for every call) and fetches files from the builder's ``/filecache``. Whatever goes wrong is translated here,
 once, into one of three exception types:
 
 * :class:`BuilderUnreachable`: the connection was refused, timed out, or dropped, or the

@@ -1,7 +1,7 @@
 """The simulated builder: the protocol's state machine, on an injected clock, no sockets.
 
 :class:`SimulatedBuilder` answers every call of the builder protocol with the values the
-real daemon gives (see PROTOCOL.md) and runs scripted builds:
+real daemon gives (see docs/protocol.md) and runs scripted builds:
 
     IDLE -build-> BUILDING -(finished)-> WAITING -clean-> IDLE
     BUILDING -abort-> ABORTING -(abort_time)-> WAITING (BuildStatus.ABORTED)

@@ -300,3 +300,34 @@ async def test_a_builder_that_keeps_forgetting_its_builds_is_taken_out_of_servic
     assert set(started.values()) == {1}
     for build in builds:
         assert await status_of(store, build) is BuildStatus.NEEDSBUILD
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_virtualized_builder_that_lost_a_build_is_reset_before_it_gets_it_back(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    """A virtualized builder is known clean once its VM is reset: the build it lost may go
+    back to it then, and is built there."""
+    clock, config = clocked(reactor)
+    world = await make_world(config, clock=clock)
+    master = world.harness.master
+    master.config = attrs.evolve(config, vm_resume_command=world.harness.farm.vm_reset_command())
+    vm, vm_builder = await world.builder("vm", virtualized=True)
+    vm.faults.like_the_real_daemon()
+    build = await world.queue(ppa=True)
+    await master.scan_all()
+    assert vm.state.build_id == build.cookie and vm.state.running
+    clock.advance(60)
+    vm.state.reset()  # the daemon restarts mid-build; its build directory stays
+    assert vm.state.build_dirs == {build.cookie}
+    await master.scan_all()
+    # lost: counted against the builder, and its VM reset (nothing else to do meanwhile)
+    assert "lost" in [e.kind for e in await store.events.for_build(build.id)]
+    assert (await store.builders.get(vm_builder)).failure_count == 1
+    assert vm.state.build_dirs == frozenset(), "a new machine"
+    assert builds_sent(vm, build.cookie) == 1
+    # clean: it may build it again, and does
+    await master.scan_all()
+    assert builds_sent(vm, build.cookie) == 2
+    assert vm.state.build_id == build.cookie and vm.state.running
+    assert await status_of(store, build) is BuildStatus.BUILDING
