@@ -30,6 +30,10 @@ BUILDING = "BuilderStatus.BUILDING"
 ABORTING = "BuilderStatus.ABORTING"
 IDLE = "BuilderStatus.IDLE"
 ARGS = {"distribution": "ubuntu", "series": "hoary", "suite": "hoary", "ogrecomponent": "main"}
+#: a master scanning often, that disables a builder after three failures
+LOSING = MasterConfig(
+    socket_timeout=2.0, scan_interval=0.2, failure_policy=FailurePolicy(builder_disable_threshold=3)
+)
 
 
 def clocked(reactor: Any, **kw: Any) -> tuple[task.Clock, MasterConfig]:
@@ -220,11 +224,7 @@ async def test_a_builder_that_keeps_losing_builds_is_blamed_and_never_runs_one_t
     """A builder that answers build() with another build id (it may be building our job
     under its own name) is charged for it, its job leaves it only once it is aborted and
     clean, and it is taken out of service after builder_disable_threshold such failures."""
-    config = MasterConfig(
-        socket_timeout=2.0,
-        scan_interval=0.2,
-        failure_policy=FailurePolicy(builder_disable_threshold=3),
-    )
+    config = LOSING
     world = await make_world(config, build_time=0.5)
     liar, liar_builder = await world.builder("liar")
     liar.faults.wrong_cookie = "PACKAGEBUILD-31337"
@@ -262,11 +262,7 @@ async def test_a_builder_that_keeps_forgetting_its_builds_is_taken_out_of_servic
 ) -> None:
     """Every build it is given it loses (IDLE while the database says building): each loss
     counts against it, although each dispatch succeeded, until it is disabled."""
-    config = MasterConfig(
-        socket_timeout=2.0,
-        scan_interval=0.2,
-        failure_policy=FailurePolicy(builder_disable_threshold=3),
-    )
+    config = LOSING
     world = await make_world(config, build_time=30)
     forgetful, forgetful_builder = await world.builder("forgetful")
 

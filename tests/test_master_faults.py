@@ -8,7 +8,6 @@ Real PostgreSQL, the real librarian over HTTP, slavesim builders over real socke
 
 from __future__ import annotations
 
-import io
 import os
 import resource
 import signal
@@ -26,10 +25,8 @@ from buildmaster.config import MasterConfig
 from buildmaster.enums import (
     BuildQueueStatus,
     BuildStatus,
-    PackagePublishingPocket,
-    SourcePackageFileType,
 )
-from buildmaster.librarian import CorruptFile, Librarian
+from buildmaster.librarian import CorruptFile
 from buildmaster.masterfaults import (
     DATABASE,
     FILE_DESCRIPTORS,
@@ -40,7 +37,6 @@ from buildmaster.masterfaults import (
     classify,
     shortage,
 )
-from buildmaster.sampledata import load_sample_data
 from buildmaster.store import Store
 from buildmaster.testing import master_process, wait_for
 
@@ -199,7 +195,12 @@ async def test_a_missing_vm_reset_command_fails_no_build_and_no_builder(
 
 @pytest_twisted.ensureDeferred
 async def test_a_database_outage_is_reported_once_and_blames_nobody(
-    reactor: Any, make_world: Any, store: Store, captured_log: Any, dsn: str
+    reactor: Any,
+    make_world: Any,
+    store: Store,
+    captured_log: Any,
+    dsn: str,
+    refuse_connections: Any,
 ) -> None:
     captured_log.allow_errors(MasterFault)
     world = await make_world(config())
@@ -209,26 +210,22 @@ async def test_a_database_outage_is_reported_once_and_blames_nobody(
     master = world.harness.master
     await master.scan_all()
     database = psycopg2.extensions.parse_dsn(dsn)["dbname"]
-    admin_dsn = dsn.replace(f"dbname={database}", "dbname=postgres")
-    admin = psycopg2.connect(admin_dsn)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-            cur.execute(
-                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = %s",
-                (database,),
-            )
+    with refuse_connections():
+        # every connection of the test's database is cut, and none comes back for now
+        other = psycopg2.connect(dsn.replace(f"dbname={database}", "dbname=postgres"))
+        try:
+            with other.cursor() as cur:
+                cur.execute(
+                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+                    " WHERE datname = %s",
+                    (database,),
+                )
+        finally:
+            other.close()
         for _ in range(5):
             await master._safe_scan(None)
         db_errors = [e for e in errors(captured_log) if "database" in e]
         assert len(db_errors) == 1, errors(captured_log)
-        with admin.cursor() as cur:
-            cur.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-        admin.close()
 
     async def scanned() -> bool:
         await master._safe_scan(None)
@@ -242,7 +239,7 @@ async def test_a_database_outage_is_reported_once_and_blames_nobody(
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_a_master_short_of_file_descriptors_fails_no_build_and_no_builder(
-    reactor: Any, store: Store, dsn: str, tmp_path: Path
+    reactor: Any, store: Store, dsn: str, tmp_path: Path, process_world: Any
 ) -> None:
     """A running master (its own process) loses its margin of file descriptors: its soft
     limit is lowered to what it has open (``prlimit``), for a few seconds, while builds
@@ -251,59 +248,21 @@ async def test_a_master_short_of_file_descriptors_fails_no_build_and_no_builder(
     the builds go on once the limit is back."""
     from slavesim import Farm
 
-    state = tmp_path / "state"
-    state.mkdir()
-    data = await load_sample_data(store)
-    await store.queue.destroySelf(data.lost_job_id)
-    await store.queue.destroySelf(data.waiting_job_id)
-    for name in ("bob", "frog"):
-        await store.builders.set_active(await store.builders.getByName(name), False)
-    librarian = Librarian(
-        reactor,
-        store.db,
-        state / "librarian",
-        "http://unused/",
-        Librarian.load_or_create_secret(state),
-    )
-
-    async def add(name: str, content: bytes) -> int:
-        return int(
-            await librarian.addFile(
-                name, len(content), io.BytesIO(content), "application/octet-stream"
-            )
-        )
-
-    await store.distributions.addOrUpdateChroot(
-        data.hoary_i386, await add("chroot.tar.gz", b"chroot" * 50)
-    )
+    world = process_world
     farm = Farm(reactor, tmp_path / "slavesim", build_time=0.3, history_size=100_000)
     for i in range(4):
         sim = await farm.start_builder(f"f{i}", ("i386",))
-        await store.builders.new(f"f{i}", sim.url, [data.processor_386])
-    builds = []
-    for i in range(40):
-        dsc = await add(f"pkg{i}_1.0.dsc", f"Source: pkg{i}\n".encode())
-        spr = await store.sources.new(
-            f"pkg{i}", "1.0", data.hoary, files=[(dsc, SourcePackageFileType.DSC)]
-        )
-        build = await store.builds.createBuild(
-            spr, data.hoary_i386, PackagePublishingPocket.RELEASE, data.primary
-        )
-        await store.queue.createBuildQueueEntry(build)
-        builds.append(build)
+        await store.builders.new(f"f{i}", sim.url, [world.data.processor_386])
+    builds = [await world.queue(f"pkg{i}") for i in range(40)]
 
     async def built() -> int:
-        rows = await store.db.query(
-            "SELECT count(*) FROM build WHERE id = ANY(%s) AND buildstate = %s",
-            ([b.id for b in builds], int(BuildStatus.FULLYBUILT)),
-        )
-        return int(rows[0][0])
+        return int(await world.count(builds, [BuildStatus.FULLYBUILT]))
 
     async def at_least(n: int) -> bool:
         return await built() >= n
 
     log = tmp_path / "master.log"
-    master = master_process(dsn, state, log, "--fault-retry", "1")
+    master = master_process(dsn, world.state, log, "--fault-retry", "1")
     try:
         await wait_for(
             reactor,

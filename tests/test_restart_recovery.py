@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import io
 import random
 import signal
 from functools import partial
@@ -16,9 +15,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import task
 
-from buildmaster.enums import BuildStatus, PackagePublishingPocket, SourcePackageFileType
-from buildmaster.librarian import Librarian
-from buildmaster.sampledata import load_sample_data
+from buildmaster.enums import BuildStatus
 from buildmaster.store import Store
 from buildmaster.testing import master_process, wait_for
 
@@ -34,44 +31,18 @@ EXPECTED = {
     "dep": BuildStatus.MANUALDEPWAIT,
     "ppa": BuildStatus.FULLYBUILT,
 }
-FINAL = sorted({int(s) for s in EXPECTED.values()})
 
 
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
 async def test_sigkill_at_random_points_loses_nothing(
-    reactor: Any, store: Store, dsn: str, tmp_path: Path
+    reactor: Any, store: Store, dsn: str, tmp_path: Path, process_world: Any
 ) -> None:
     from slavesim import Farm, Outcome, OutcomeRule
 
-    state = tmp_path / "state"
-    state.mkdir()
-    data = await load_sample_data(store)
-    await store.queue.destroySelf(data.lost_job_id)
-    await store.queue.destroySelf(data.waiting_job_id)
-    for name in ("bob", "frog"):
-        await store.builders.set_active(await store.builders.getByName(name), False)
-    await store.archives.set_private(data.cprov_ppa, True)
-    # files go into the librarian the master serves from (same directory, same database)
-    librarian = Librarian(
-        reactor,
-        store.db,
-        state / "librarian",
-        "http://unused/",
-        Librarian.load_or_create_secret(state),
-    )
-
-    async def add(name: str, content: bytes, restricted: bool = False) -> int:
-        return int(
-            await librarian.addFile(
-                name, len(content), io.BytesIO(content), "application/octet-stream", restricted
-            )
-        )
-
-    await store.distributions.addOrUpdateChroot(
-        data.hoary_i386, await add("chroot.tar.gz", b"chroot" * 50)
-    )
-
+    world = process_world
+    data, librarian, state = world.data, world.librarian, world.state
+    ppa = await store.archives.set_private(data.cprov_ppa, True)
     # the builders outlive the master: they run here, in the test's process; the
     # virtualized ones have their VMs reset for real (a new machine each time)
     rules = [
@@ -95,24 +66,14 @@ async def test_sigkill_at_random_points_loses_nothing(
     builds = []
     for i in range(132):
         kind = "ppa" if i >= 120 else "fail" if i % 10 == 3 else "dep" if i % 10 == 7 else "pkg"
-        name = f"{kind}{i}"
-        dsc = await add(f"{name}_1.0.dsc", f"Source: {name}\n".encode(), restricted=kind == "ppa")
-        spr = await store.sources.new(
-            name, "1.0", data.hoary, files=[(dsc, SourcePackageFileType.DSC)]
-        )
-        archive = data.cprov_ppa if kind == "ppa" else data.primary
-        build = await store.builds.createBuild(
-            spr, data.hoary_i386, PackagePublishingPocket.RELEASE, archive
-        )
-        await store.queue.createBuildQueueEntry(build)
+        if kind == "ppa":
+            build = await world.queue(f"{kind}{i}", ppa, restricted=True)
+        else:
+            build = await world.queue(f"{kind}{i}")
         builds.append((kind, build))
 
     async def ended() -> int:
-        rows = await store.db.query(
-            "SELECT count(*) FROM build WHERE id = ANY(%s) AND buildstate = ANY(%s)",
-            ([b.id for _, b in builds], FINAL),
-        )
-        return int(rows[0][0])
+        return int(await world.count([b for _, b in builds], list(EXPECTED.values())))
 
     async def finished() -> bool:
         return await ended() == len(builds)

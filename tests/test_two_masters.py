@@ -141,19 +141,13 @@ async def test_a_second_master_takes_over_without_building_anything_twice(
         )
         second.startService()
         await second._started
-
-        async def built() -> int:
-            rows = await store.db.query(
-                "SELECT count(*) FROM build WHERE id = ANY(%s) AND buildstate = %s",
-                ([b.id for b in builds], int(BuildStatus.FULLYBUILT)),
-            )
-            return int(rows[0][0])
-
-        await wait_for(reactor, lambda: _at_least(built(), 8), 60, "A to build some")
+        await wait_for(reactor, lambda: _at_least(_built(store, builds), 8), 60, "A to build some")
         assert not second.ownership.owned  # A holds every builder: B does nothing meanwhile
         await first.stopService()
         await pools[0].close()  # A's session ends: its advisory locks are released
-        await wait_for(reactor, lambda: _at_least(built(), len(builds)), 60, "B to finish")
+        await wait_for(
+            reactor, lambda: _at_least(_built(store, builds), len(builds)), 60, "B to finish"
+        )
         assert len(second.ownership.owned) == 6
         # no build was started twice
         started = collections.Counter(
@@ -188,6 +182,26 @@ async def _at_least(count: Any, n: int) -> bool:
     return bool(await count >= n)
 
 
+async def _built(store: Store, builds: list[Any]) -> int:
+    rows = await store.db.query(
+        "SELECT count(*) FROM build WHERE id = ANY(%s) AND buildstate = %s",
+        ([b.id for b in builds], int(BuildStatus.FULLYBUILT)),
+    )
+    return int(rows[0][0])
+
+
+async def _until_build_is_sent(reactor: Any, master: BuilddMaster, sim: Any) -> None:
+    """Start ``master``; return once its first build() call has reached ``sim``."""
+    master.startService()
+    await master._started
+    await wait_for(
+        reactor,
+        lambda: any(call.method == "build" for call in sim.history),
+        10,
+        "the build() call to reach the builder",
+    )
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_master_stopped_while_build_is_unanswered_leaves_the_claim_to_the_next(
     reactor: Any, store: Store, dsn: str, make_world: Any
@@ -201,14 +215,7 @@ async def test_a_master_stopped_while_build_is_unanswered_leaves_the_claim_to_th
     sim.faults.withhold_answer = {"build": 15.0}
     build = await world.queue()
     async with _two_masters(reactor, dsn, world, config) as (pools, first, second):
-        first.startService()
-        await first._started
-        await wait_for(
-            reactor,
-            lambda: any(call.method == "build" for call in sim.history),
-            10,
-            "the build() call to reach the builder",
-        )
+        await _until_build_is_sent(reactor, first, sim)
         await first.stopService()
         await pools[0].close()
         job = (await store.jobs.snapshot(builder.id)).job
@@ -263,14 +270,7 @@ async def test_a_build_that_ends_while_no_master_looks_still_gets_its_dispatch_r
     build = await world.queue(ppa=private)
     sim.faults.withhold_answer = {"build": 15.0}
     async with _two_masters(reactor, dsn, world, config) as (pools, first, second):
-        first.startService()
-        await first._started
-        await wait_for(
-            reactor,
-            lambda: any(call.method == "build" for call in sim.history),
-            10,
-            "the build() call to reach the builder",
-        )
+        await _until_build_is_sent(reactor, first, sim)
         # the master dies before it records the dispatch: its database goes first
         await pools[0].close()
         await first.stopService()
@@ -308,7 +308,12 @@ STATEFUL = {"build", "abort", "clean", "ensurepresent"}
 
 @pytest_twisted.ensureDeferred
 async def test_a_master_that_loses_its_session_stops_working_its_builders_at_once(
-    reactor: Any, store: Store, dsn: str, make_world: Any, captured_log: Any
+    reactor: Any,
+    store: Store,
+    dsn: str,
+    make_world: Any,
+    captured_log: Any,
+    refuse_connections: Any,
 ) -> None:
     """The session holding the builders' locks is cut while builds run, and another
     session takes the locks at once (as another master would). From the moment the master
@@ -325,62 +330,33 @@ async def test_a_master_that_loses_its_session_stops_working_its_builders_at_onc
     master.startService()
     await master._started
     store.db.on_session_dropped(lambda: found_out.append(True))  # after the master's own
-
-    async def built() -> int:
-        rows = await store.db.query(
-            "SELECT count(*) FROM build WHERE id = ANY(%s) AND buildstate = %s",
-            ([b.id for b in builds], int(BuildStatus.FULLYBUILT)),
-        )
-        return int(rows[0][0])
-
-    await wait_for(reactor, lambda: _at_least(built(), 4), 30, "the first builds")
+    await wait_for(reactor, lambda: _at_least(_built(store, builds), 4), 30, "the first builds")
     assert len(master.ownership.owned) == 4
     ids = sorted(master.ownership.owned)
     [(pid,)] = await store.db.query(
         "SELECT DISTINCT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = %s",
         (OWNERSHIP_LOCK,),
     )
-    database = psycopg2.extensions.parse_dsn(dsn)["dbname"]
-    admin = psycopg2.connect(dsn.replace(f"dbname={database}", "dbname=postgres"))
-    admin.autocommit = True
     other = psycopg2.connect(dsn)  # another master's session
     other.autocommit = True
     try:
-        with admin.cursor() as cur:  # the master's session cannot come back for a while
-            cur.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-        with other.cursor() as cur:
+        with refuse_connections(), other.cursor() as cur:
+            # the master's session is cut and cannot come back for a while; the other
+            # session takes the locks at once
             cur.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
             cur.execute(
                 "SELECT pg_advisory_lock(%s, id) FROM unnest(%s::integer[]) AS id",
                 (OWNERSHIP_LOCK, ids),
             )
-        await wait_for(reactor, lambda: bool(found_out), 10, "the master to find it out")
-        assert master.ownership.owned == set()
-        # calls already on their way when it found out (sent before) arrive within a
-        # reactor turn or two; from then on, nothing may come
-        await task.deferLater(reactor, 0.05, lambda: None)
-        calls_at_loss = {sim.name: len(sim.history) for sim in sims}
-        await task.deferLater(reactor, 2.0, lambda: None)  # builds end meanwhile
-        after = [
-            (sim.name, call.method)
-            for sim in sims
-            for call in list(sim.history)[calls_at_loss[sim.name] :]
-        ]
-        assert [c for c in after if c[1] in STATEFUL] == []
-        assert after == []  # no polls either
-        waiting = [sim for sim in sims if sim.state.state == "BuilderStatus.WAITING"]
-        assert waiting, "the builds ended, and were not collected"
-        with admin.cursor() as cur:
-            cur.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+            await _nothing_reaches(reactor, master, sims, found_out)
     finally:
-        with admin.cursor() as cur:
-            cur.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
-        admin.close()
         other.close()  # its session ends: the locks are free
     await wait_for(
         reactor, lambda: len(master.ownership.owned) == 4, 20, "the master to hold them again"
     )
-    await wait_for(reactor, lambda: _at_least(built(), len(builds)), 60, "every build")
+    await wait_for(
+        reactor, lambda: _at_least(_built(store, builds), len(builds)), 60, "every build"
+    )
     await master.stopService()
     started = collections.Counter(
         call.args[0] for sim in sims for call in sim.history if call.method == "build"
@@ -389,3 +365,25 @@ async def test_a_master_that_loses_its_session_stops_working_its_builders_at_onc
     assert max(started.values()) == 1
     for builder in await store.builders.all():
         assert builder.builderok and builder.failure_count == 0
+
+
+async def _nothing_reaches(
+    reactor: Any, master: Any, sims: list[Any], found_out: list[bool]
+) -> None:
+    """Once ``master`` has found its session lost, nothing of it reaches the builders."""
+    await wait_for(reactor, lambda: bool(found_out), 10, "the master to find it out")
+    assert master.ownership.owned == set()
+    # calls already on their way when it found out (sent before) arrive within a reactor
+    # turn or two; from then on, nothing may come
+    await task.deferLater(reactor, 0.05, lambda: None)
+    calls_at_loss = {sim.name: len(sim.history) for sim in sims}
+    await task.deferLater(reactor, 2.0, lambda: None)  # builds end meanwhile
+    after = [
+        (sim.name, call.method)
+        for sim in sims
+        for call in list(sim.history)[calls_at_loss[sim.name] :]
+    ]
+    assert [c for c in after if c[1] in STATEFUL] == []
+    assert after == []  # no polls either
+    waiting = [sim for sim in sims if sim.state.state == "BuilderStatus.WAITING"]
+    assert waiting, "the builds ended, and were not collected"
