@@ -41,7 +41,7 @@ from buildmaster.httpclient import HTTPClient
 from buildmaster.logtails import LogtailBuffer
 from buildmaster.masterfaults import DATABASE, FaultLog, MasterFault
 from buildmaster.model import Builder, BuilderSnapshot, BuildQueue, DistroArchSeries, HasId, id_of
-from buildmaster.ownership import OWNERSHIP_LOCK, Ownership
+from buildmaster.ownership import OWNERSHIP_LOCK, Ownership, OwnershipLost
 from buildmaster.protocol import BuilderError
 from buildmaster.scanner import BuilderWorker, failure_message
 from buildmaster.store import Store
@@ -461,6 +461,8 @@ class BuilddMaster(service.Service):
         except MasterFault as e:  # the master's side: the builder is not judged
             self.faults.report(e)
             return
+        except OwnershipLost:
+            return  # another master works it
         if reason is None:
             if not builder.builderok and builder.failed_by_master:
                 await self.store.jobs.restore_builder(builder, "answers correctly again")
@@ -478,7 +480,8 @@ class BuilddMaster(service.Service):
         worker.schedule_probe()
 
     def is_available(self, builder: Builder | HasId | int) -> defer.Deferred[bool]:
-        """Whether the builder is ok and says, right now, that it is IDLE."""
+        """Whether the builder is ok and says, right now, that it is IDLE (``False`` too
+        when another master works it)."""
 
         async def available() -> bool:
             fresh = await self.store.builders.get(id_of(builder))
@@ -487,7 +490,7 @@ class BuilddMaster(service.Service):
             worker = self._worker(fresh)
             try:
                 status = await worker.client.status()
-            except BuilderError:
+            except (BuilderError, OwnershipLost, MasterFault):
                 return False
             worker.last_status = status
             return status.builder_status is BuilderStatus.IDLE

@@ -52,8 +52,9 @@ __all__ = [
     "shortage",
 ]
 
-#: causes that hold back every dispatch while they last (the others concern some files)
+#: holds back every dispatch while it lasts (each would fail the same way)
 FILE_DESCRIPTORS = "file descriptors"
+#: holds nothing back (a claim is a statement: it fails by itself while the database is away)
 DATABASE = "database"
 #: holds back the dispatches to virtualized builders
 VM_RESET_COMMAND = "VM reset command"
@@ -81,7 +82,7 @@ class MasterFault(Exception):
     def holds_back(self) -> str | None:
         """Which dispatches wait while it lasts: ``"all"``, ``"virtualized"`` or ``None``
         (only the builds that need what failed)."""
-        if self.cause in (FILE_DESCRIPTORS, DATABASE):
+        if self.cause == FILE_DESCRIPTORS:
             return "all"
         if self.cause == VM_RESET_COMMAND:
             return "virtualized"
