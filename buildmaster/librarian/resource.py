@@ -29,7 +29,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -198,6 +198,12 @@ class LibrarianResource(resource.Resource):
         fd = await self._open(file)
         try:
             await self._send(request, file, fd, head)
+        except OSError as e:
+            if request.startedWriting:
+                raise
+            # the master's own trouble before a byte went out (e.g. no file descriptor to
+            # send it with): try again later
+            self._unavailable(file, f"it could not be sent: {e}", e)
         finally:
             os.close(fd)
 
@@ -215,15 +221,18 @@ class LibrarianResource(resource.Resource):
             raise _Respond(http.INTERNAL_SERVER_ERROR, "The file's bytes are damaged.") from e
         except OSError as e:
             # the master's own trouble (e.g. out of file descriptors): try again later
-            self._librarian.note_serving_failure(
-                file.id, f"it could not be opened: {e}", errno=e.errno
-            )
-            raise _Respond(
-                http.SERVICE_UNAVAILABLE,
-                "The librarian cannot open the file now.",
-                {b"retry-after": b"5"},
-            ) from None
+            self._unavailable(file, f"it could not be opened: {e}", e)
         return fd
+
+    def _unavailable(self, file: LibraryFile, why: str, error: OSError) -> NoReturn:
+        """The librarian cannot serve ``file`` now, for a reason of its own: note it (the
+        master looks, to know whom to blame), and answer 503."""
+        self._librarian.note_serving_failure(file.id, why, errno=error.errno)
+        raise _Respond(
+            http.SERVICE_UNAVAILABLE,
+            "The librarian cannot serve the file now.",
+            {b"retry-after": b"5"},
+        ) from None
 
     async def _send(self, request: server.Request, file: LibraryFile, fd: int, head: bool) -> None:
         if request.channel is None:
