@@ -369,8 +369,11 @@ class BuilderWorker:
         builder, job, build = snap.builder, snap.job, snap.build
         cookie = build.cookie if build is not None else None
         state = status.builder_status
-        eviction = self._evicting.get(job.id) if job is not None else None
-        self._evicting = {job.id: eviction} if job is not None and eviction is not None else {}
+        eviction = None
+        if self._evicting:  # (empty for nearly every poll: nothing to allocate then)
+            eviction = self._evicting.get(job.id) if job is not None else None
+            if eviction is None:
+                self._evicting.clear()  # its job went elsewhere meanwhile
         running_ours = job is not None and status.build_id == cookie and eviction is None
         if await self._stuck(snap, status, running_ours):
             return
