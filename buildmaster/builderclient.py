@@ -1,18 +1,21 @@
 """The seam between the master and one builder: every protocol call, with its timeout.
 
-:class:`BuilderClient` makes the XML-RPC calls of PROTOCOL.md over :mod:`buildmaster.httpclient`
-(kept-alive connections, bounded answers, a deadline on the injected clock for every call)
-and fetches files from the builder's ``/filecache``. Whatever goes wrong is translated here,
+:class:`BuilderClient` makes the XML-RPC calls of the builder protocol (docs/protocol.md)
+over :mod:`buildmaster.httpclient` (kept-alive connections, bounded answers, a deadline on the
+injected clock for every call) and fetches files from the builder's ``/filecache``. Whatever goes wrong is translated here,
 once, into one of three exception types:
 
-* :class:`BuilderUnreachable`: the connection was refused, timed out, or dropped. A refused
-  connection keeps the seed's wording, ``(111, 'Connection refused')``.
+* :class:`BuilderUnreachable`: the connection was refused, timed out, or dropped, or the
+  builder's host name does not resolve. A refused connection keeps the seed's wording,
+  ``(111, 'Connection refused')``.
 * :class:`BuilderFault`: the builder answered with an XML-RPC Fault (e.g. 8002 for a call in
   the wrong state).
 * :class:`BuilderProtocolError` (from :mod:`buildmaster.protocol`): the answer is not valid
   HTTP, not valid XML-RPC, too large, or not what the protocol says.
 
-All three derive from :class:`BuilderError`; its ``str()`` is the failnote.
+All three derive from :class:`BuilderError`; its ``str()`` is the failnote. A connection the
+master cannot open for want of file descriptors is the master's failure, not the builder's:
+:class:`~buildmaster.masterfaults.MasterFault`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from buildmaster.httpclient import (
     Sink,
     StaleConnection,
 )
+from buildmaster.masterfaults import shortage
 from buildmaster.protocol import (
     BuilderError,
     BuilderInfo,
@@ -127,8 +131,11 @@ def read_xmlrpc_answer(body: bytes) -> tuple[Any, ...]:
     return unmarshaller.close()
 
 
-def connect_failure_reason(exc: error.ConnectError) -> str:
-    """``(111, 'Connection refused')`` for ECONNREFUSED, as the seed's failnotes read."""
+def connect_failure_reason(exc: error.ConnectError | error.DNSLookupError) -> str:
+    """``(111, 'Connection refused')`` for ECONNREFUSED, as the seed's failnotes read; the
+    resolver's words for a host name that does not resolve."""
+    if isinstance(exc, error.DNSLookupError):
+        return str(exc).strip().rstrip(".") or "DNS lookup failed"
     errno = getattr(exc, "osError", None)
     if isinstance(errno, int):
         return str((errno, os.strerror(errno)))
@@ -141,15 +148,22 @@ class BuilderClient:
     :param http: the shared :class:`~buildmaster.httpclient.HTTPClient`.
     :param timeout: seconds for each call (status, echo, info, build, abort, clean);
         ``ensurepresent`` gets ``timeout * ENSUREPRESENT_FACTOR``.
+    :param gate: called before every request; it raises to stop the request (e.g. the
+        master no longer works the builder: nothing may reach it).
     """
 
     def __init__(
-        self, http: HTTPClient, url: str, timeout: float = DEFAULT_TRUSTED_TIMEOUT
+        self,
+        http: HTTPClient,
+        url: str,
+        timeout: float = DEFAULT_TRUSTED_TIMEOUT,
+        gate: Callable[[], None] | None = None,
     ) -> None:
         self.url = url if url.endswith("/") else url + "/"
         self._rpc_url = self.url + "rpc"
         self._http = http
         self.timeout = timeout
+        self._gate = gate
         self._last_status: tuple[bytes, StatusReport] = (b"", StatusReport(BuilderStatus.IDLE))
 
     def __repr__(self) -> str:
@@ -206,6 +220,8 @@ class BuilderClient:
     ) -> bytes:
         """POST an XML-RPC call; the answer's body (our errors for everything else)."""
         seconds = self.timeout if timeout is None else timeout
+        if self._gate is not None:
+            self._gate()
         try:
             response = await self._http.request(
                 b"POST",
@@ -219,8 +235,10 @@ class BuilderClient:
             )
         except StaleConnection:
             raise  # only with retry=False: for _call_once to judge
-        except error.ConnectError as e:
-            raise BuilderUnreachable(connect_failure_reason(e)) from None
+        except (error.ConnectError, error.DNSLookupError) as e:
+            raise shortage(e, f"connecting to {self.url}") or BuilderUnreachable(
+                connect_failure_reason(e)
+            ) from None
         except RequestTimeout as e:
             raise BuilderUnreachable(f"{method}() got no answer: {e}", request_sent=True) from None
         except ConnectionClosed as e:
@@ -347,12 +365,16 @@ class BuilderClient:
         :raises BuilderProtocolError: any other bad answer.
         """
         seconds = self.timeout * ENSUREPRESENT_FACTOR if timeout is None else timeout
+        if self._gate is not None:
+            self._gate()
         try:
             response = await self._http.request(
                 b"GET", self.file_url(name), timeout=seconds, max_body=max_size, sink=sink
             )
-        except error.ConnectError as e:
-            raise BuilderUnreachable(connect_failure_reason(e)) from None
+        except (error.ConnectError, error.DNSLookupError) as e:
+            raise shortage(e, f"connecting to {self.url}") or BuilderUnreachable(
+                connect_failure_reason(e)
+            ) from None
         except RequestTimeout as e:
             raise BuilderUnreachable(f"fetching {name}: {e}", request_sent=True) from None
         except ConnectionClosed as e:

@@ -36,6 +36,10 @@ class MasterConfig:
     vm_resume_timeout: float = attrs.field(default=300.0, validator=_positive)
     #: a cancelled build that has not aborted after this long is a builder failure
     cancel_timeout: float = attrs.field(default=180.0, validator=_positive)
+    #: a builder that stays ABORTING, or BUILDING what it was told to abort, this long is
+    #: stuck: a builder failure (a virtualized builder gets its VM reset instead). Longer
+    #: than the real daemon's own 120 s for killing an aborted build
+    stuck_timeout: float = attrs.field(default=300.0, validator=_positive)
     failure_policy: FailurePolicy = FailurePolicy()
     #: a job that failed on a builder is not given to that builder again for this long
     retry_elsewhere_for: float = attrs.field(default=600.0, validator=_positive)
@@ -53,6 +57,11 @@ class MasterConfig:
     max_collections: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     #: a collection or a poll counts against ``max_collections`` for at most this long
     collection_lease: float = attrs.field(default=2.0, validator=_positive)
+    #: a job held up by a failure of the master's own side (its librarian, its file
+    #: descriptors, its database, its VM reset command) waits this long before it is tried
+    #: again, twice as long each time while the cause lasts, up to the ceiling
+    fault_retry_initial: float = attrs.field(default=15.0, validator=_positive)
+    fault_retry_max: float = attrs.field(default=600.0, validator=_positive)
     #: re-probing of automatically failed builders: first delay and ceiling
     probe_initial_delay: float = attrs.field(default=15.0, validator=_positive)
     probe_max_delay: float = attrs.field(default=600.0, validator=_positive)

@@ -195,6 +195,23 @@ class Options(usage.Options):
         ],
         ["vm-resume-timeout", None, 300.0, "Seconds the VM reset command may take.", _seconds],
         [
+            "stuck-timeout",
+            None,
+            300.0,
+            "Seconds a builder may stay ABORTING (or BUILDING what it was told to abort)"
+            " before it is failed as stuck (a virtualized one gets its VM reset).",
+            _seconds,
+        ],
+        [
+            "fault-retry",
+            None,
+            15.0,
+            "Seconds a build held up by a failure of the master's own side (librarian, file"
+            " descriptors, database, VM reset command) waits before it is tried again;"
+            " doubled while the failure lasts, up to 600.",
+            _seconds,
+        ],
+        [
             "primary-archive-url",
             None,
             ArchiveURLs().primary,
@@ -259,6 +276,9 @@ class Options(usage.Options):
             virtualized_socket_timeout=self["virtualized-socket-timeout"],
             vm_resume_command=command,
             vm_resume_timeout=self["vm-resume-timeout"],
+            stuck_timeout=self["stuck-timeout"],
+            fault_retry_initial=self["fault-retry"],
+            fault_retry_max=max(600.0, self["fault-retry"]),
             archive_urls=ArchiveURLs(
                 primary=self["primary-archive-url"],
                 ppa=self["ppa-url"],

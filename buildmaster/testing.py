@@ -9,6 +9,9 @@ except the database: a librarian in a directory with its HTTP resource listening
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,69 @@ from buildmaster.model import LibraryFile
 from buildmaster.service import mount_librarian, web_root
 from buildmaster.store import Store
 
-__all__ = ["FarmHarness", "wait_for"]
+__all__ = ["ClockedReactor", "FarmHarness", "master_process", "wait_for"]
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def master_process(dsn: str, state: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``twistd -n buildmaster`` in a process of its own (this source tree first on its
+    path), on the database ``dsn``, logging to ``log``, with a web server on any free
+    port, a 0.3 s scan interval and a 3 s call timeout, and ``args`` besides."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "--logfile",
+            str(log),
+            "buildmaster",
+            "--dsn",
+            dsn,
+            "--state-dir",
+            str(state),
+            "--port",
+            "0",
+            "--scan-interval",
+            "0.3",
+            "--socket-timeout",
+            "3",
+            *args,
+        ],  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+class ClockedReactor:
+    """A reactor whose time is a :class:`~twisted.internet.task.Clock` the test advances:
+    connections, listening ports, processes and threads are the real reactor's, every
+    deadline and timer (``seconds``, ``callLater``) is the clock's.
+
+    A master given one polls real builders over real sockets while its timeouts (a call's
+    deadline, a stuck builder's) move only when the test says so.
+    """
+
+    def __init__(self, reactor: Any, clock: task.Clock) -> None:
+        self._reactor = reactor
+        self.clock = clock
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def callLater(self, delay: float, f: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return self.clock.callLater(delay, f, *args, **kw)
+
+    def getDelayedCalls(self) -> Any:
+        return self.clock.getDelayedCalls()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
 
 
 class FarmHarness:
@@ -47,8 +112,15 @@ class FarmHarness:
         config: MasterConfig | None = None,
         build_time: float = 1.0,
         farm_clock: Any = None,
+        master_clock: task.Clock | None = None,
     ) -> FarmHarness:
-        """Start the librarian's web server and an empty slavesim farm."""
+        """Start the librarian's web server and an empty slavesim farm.
+
+        :param farm_clock: the simulated builders' clock (default: the reactor).
+        :param master_clock: the master's clock (default: the reactor): with a
+            :class:`~twisted.internet.task.Clock`, the master runs on a
+            :class:`ClockedReactor`.
+        """
         from slavesim import Farm
 
         self = cls(reactor, store, directory)
@@ -70,7 +142,8 @@ class FarmHarness:
             clock=farm_clock,
             history_size=100_000,
         )
-        self.master = BuilddMaster(reactor, store, self.librarian, config or MasterConfig())
+        master_reactor = reactor if master_clock is None else ClockedReactor(reactor, master_clock)
+        self.master = BuilddMaster(master_reactor, store, self.librarian, config or MasterConfig())
         return self
 
     async def add_file(

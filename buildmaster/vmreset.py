@@ -4,17 +4,23 @@ blocking the reactor, with a deadline.
 The command template (``--vm-resume-command``) is split like a shell would split it, then
 ``%(vm_host)s`` and ``%(buildd_name)s`` are expanded inside each word, so a builder name can
 never inject arguments or shell syntax.
+
+A command that fails (exits non-zero, or is too slow) is the builder's failure: its VM did not
+reset. A command that is missing or not executable, or that cannot be started for want of
+file descriptors, is the master's (:class:`~buildmaster.masterfaults.MasterFault`).
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
 from typing import Any
 
 from twisted.internet import defer, error, protocol
 from twisted.python.failure import Failure
 
+from buildmaster.masterfaults import VM_RESET_COMMAND, MasterFault, shortage
 from buildmaster.protocol import BuilderError
 
 __all__ = ["VMResetFailed", "resume_argv", "reset_vm"]
@@ -66,14 +72,23 @@ class _Collector(protocol.ProcessProtocol):
 async def reset_vm(reactor: Any, argv: list[str], timeout: float) -> None:
     """Run the VM reset command and wait for it.
 
-    :raises VMResetFailed: when it cannot start, exits non-zero, or outlives ``timeout``
-        (then it is killed).
+    :raises VMResetFailed: when it exits non-zero, or outlives ``timeout`` (then it is
+        killed).
+    :raises MasterFault: when it is missing or not executable, or cannot be started.
     """
+    if shutil.which(argv[0]) is None:  # a stat or two: not worth a thread
+        raise MasterFault(
+            VM_RESET_COMMAND,
+            f"the VM reset command {argv[0]!r} is missing or not executable: virtualized"
+            " builders cannot be reset (fix --vm-resume-command)",
+        )
     done: defer.Deferred[tuple[int | None, bytes]] = defer.Deferred()
     try:
         process = reactor.spawnProcess(_Collector(done), argv[0], argv, env=dict(os.environ))
     except OSError as e:
-        raise VMResetFailed(f"VM reset command {argv[0]!r} could not start: {e}") from None
+        raise shortage(e, "starting the VM reset command") or MasterFault(
+            VM_RESET_COMMAND, f"the VM reset command {argv[0]!r} could not start: {e}"
+        ) from None
     timed_out = []
 
     def expire() -> None:

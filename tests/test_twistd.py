@@ -39,6 +39,8 @@ def test_options_defaults_and_validation() -> None:
     assert settings.master.virtualized_socket_timeout == 30.0
     assert settings.master.building_poll_max == 30.0
     assert settings.master.max_collections == 0  # no limit
+    assert settings.master.stuck_timeout == 300.0
+    assert (settings.master.fault_retry_initial, settings.master.fault_retry_max) == (15.0, 600.0)
 
     options = Options()
     options.parseOptions(
@@ -55,6 +57,10 @@ def test_options_defaults_and_validation() -> None:
             "60",
             "--max-collections",
             "16",
+            "--stuck-timeout",
+            "900",
+            "--fault-retry",
+            "2",
         ]
     )
     settings = options.settings()
@@ -66,6 +72,8 @@ def test_options_defaults_and_validation() -> None:
     assert settings.master.vm_resume_command == "/bin/reset %(vm_host)s"
     assert settings.master.building_poll_max == 60.0
     assert settings.master.max_collections == 16
+    assert settings.master.stuck_timeout == 900.0
+    assert settings.master.fault_retry_initial == 2.0
 
     for bad in (
         ["--scan-interval", "0"],

@@ -357,7 +357,9 @@ class Upload:
         self._store.publish(temp.path, sha256)
 
     def _storage_error(self, exc: BaseException) -> UploadFailed:
-        return UploadFailed(f"could not store {self.filename!r}: {exc}")
+        error = UploadFailed(f"could not store {self.filename!r}: {exc}")
+        error.__cause__ = exc  # what the disk said (e.g. EMFILE: the master's own limit)
+        return error
 
     async def _temp_file(self) -> TempWriter:
         if self._temp is None:

@@ -386,7 +386,9 @@ class _Detector(reconnection.DeadConnectionDetector):
     """A DeadConnectionDetector whose reconnection attempts can be stopped on shutdown, and
     which tells the pool's :class:`OutageLog` (once its connection was in service)."""
 
-    def __init__(self, reactor: Any, outage: OutageLog) -> None:
+    def __init__(
+        self, reactor: Any, outage: OutageLog, on_dead: Callable[[], None] | None = None
+    ) -> None:
         super().__init__(
             deathChecker=_connection_is_dead,
             reconnectionIterator=lambda: retrying.simpleBackoffIterator(
@@ -396,6 +398,7 @@ class _Detector(reconnection.DeadConnectionDetector):
         )
         self._reconnecting: defer.Deferred[Any] | None = None
         self._outage = outage
+        self._on_dead = on_dead
         #: set once the connection first connected: failing to connect at all is not an outage
         self.in_service = False
         self.stopped = False
@@ -412,6 +415,8 @@ class _Detector(reconnection.DeadConnectionDetector):
             return
         if self.in_service:
             self._outage.lost(self, _reason(f))
+        if self._on_dead is not None:
+            self._on_dead()
         call = retrying.RetryingCall(self._reconnect_once)
         call.reactor = self.reactor
         d = call.start(self.reconnectionIterator())
@@ -467,6 +472,7 @@ class Database:
         self._listener: txpostgres.Connection | None = None
         self._channels: dict[str, list[Callable[[str], object]]] = {}
         self._session_lost: list[Callable[[], object]] = []
+        self._session_dropped: list[Callable[[], object]] = []
         self._closed = False
         self.outage = OutageLog(reactor)
 
@@ -493,9 +499,18 @@ class Database:
         loop that hits it need not log it again."""
         return isinstance(error, DatabaseUnavailable) and (self.unavailable or self._closed)
 
-    def _new_connection(self) -> _Connection:
-        detector = _Detector(self._reactor, self.outage)
+    def _new_connection(self, on_dead: Callable[[], None] | None = None) -> _Connection:
+        detector = _Detector(self._reactor, self.outage, on_dead)
         return _Connection(reactor=self._reactor, cooperator=self._cooperator, detector=detector)
+
+    def _session_died(self) -> None:
+        if self._closed:
+            return
+        for dropped in list(self._session_dropped):
+            try:
+                dropped()
+            except Exception:
+                self._log.failure("A session-lost observer failed")
 
     async def connect(self) -> None:
         """Open the pool's connections.
@@ -618,7 +633,7 @@ class Database:
     async def _session(self) -> txpostgres.Connection:
         """The dedicated connection for LISTEN and session-level advisory locks."""
         if self._listener is None:
-            listener = self._new_connection()
+            listener = self._new_connection(on_dead=self._session_died)
             await listener.connect(self.dsn, **self._connect_kwargs())
             listener.detector.in_service = True
             listener.addNotifyObserver(self._notified)
@@ -655,6 +670,11 @@ class Database:
     def on_session_lost(self, callback: Callable[[], object]) -> None:
         """Call ``callback()`` when the session connection was lost and came back."""
         self._session_lost.append(callback)
+
+    def on_session_dropped(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` as soon as the session connection is found lost (before it
+        is back): its LISTENs and session-level advisory locks are gone with it."""
+        self._session_dropped.append(callback)
 
     async def _relisten_async(self) -> None:
         assert self._listener is not None
