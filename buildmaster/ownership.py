@@ -94,7 +94,8 @@ class Ownership:
         self.owned.clear()
         self.epoch += 1
         if held:
-            self._log.warn(
+            # an info: the database's own line (an outage, a WARNING) says what went wrong
+            self._log.info(
                 "Lost the database session holding {count} builders' locks: not working"
                 " them until it holds them again",
                 count=held,
