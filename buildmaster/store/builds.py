@@ -35,6 +35,8 @@ __all__ = [
     "get_queue_entry",
     "set_build_status",
     "score_inputs",
+    "insert_build",
+    "queue_build",
 ]
 
 
@@ -179,6 +181,43 @@ async def score_inputs(tx: Transaction, build_id: int) -> ScoreInputs:
     )
 
 
+async def insert_build(
+    tx: Transaction,
+    sourcepackagerelease: HasId | int,
+    distroarchseries: HasId | int,
+    pocket: PackagePublishingPocket,
+    archive: HasId | int,
+) -> Build:
+    """:meth:`BuildSet.createBuild` inside the caller's transaction."""
+    row = await tx.query_one(
+        "INSERT INTO build (sourcepackagerelease, distroarchseries, archive, pocket, processor,"
+        " virtualized)"
+        " SELECT %s, das.id, a.id, %s, das.processor, a.require_virtualized"
+        " FROM distroarchseries das, archive a WHERE das.id = %s AND a.id = %s RETURNING id",
+        (id_of(sourcepackagerelease), int(pocket), id_of(distroarchseries), id_of(archive)),
+    )
+    if row is None:
+        raise NotFound(f"no distroarchseries {id_of(distroarchseries)} or archive {id_of(archive)}")
+    await record_event(tx, "created", "build created", build=row[0])
+    return await get_build(tx, row[0])
+
+
+async def queue_build(tx: Transaction, build: HasId | int) -> BuildQueue:
+    """:meth:`BuildQueueSet.createBuildQueueEntry` inside the caller's transaction."""
+    b = await get_build(tx, id_of(build), lock=True)
+    if b.status is not BuildStatus.NEEDSBUILD:
+        raise ValueError(f"build {b.id} is {b.status.name}: only NEEDSBUILD builds are queued")
+    score = score_build(await score_inputs(tx, b.id))
+    row = await tx.query_one(
+        "INSERT INTO buildqueue (build, lastscore, processor, virtualized)"
+        " VALUES (%s, %s, %s, %s) RETURNING id",
+        (b.id, score, b.processor_id, b.virtualized),
+    )
+    assert row is not None
+    await record_event(tx, "queued", f"queued with score {score}", build=b.id)
+    return await get_queue_entry(tx, row[0])
+
+
 #: The id of the best waiting job for a builder's processors and virtualization, locking it
 #: (other transactions skip it). One index scan per processor of the builder
 #: (buildqueue_candidate_idx), merged by score then age.
@@ -216,23 +255,9 @@ class BuildSet:
 
         :raises ConstraintViolation: when the same build is already live.
         """
-
-        async def create(tx: Transaction) -> Build:
-            row = await tx.query_one(
-                "INSERT INTO build (sourcepackagerelease, distroarchseries, archive, pocket, processor,"
-                " virtualized)"
-                " SELECT %s, das.id, a.id, %s, das.processor, a.require_virtualized"
-                " FROM distroarchseries das, archive a WHERE das.id = %s AND a.id = %s RETURNING id",
-                (id_of(sourcepackagerelease), int(pocket), id_of(distroarchseries), id_of(archive)),
-            )
-            if row is None:
-                raise NotFound(
-                    f"no distroarchseries {id_of(distroarchseries)} or archive {id_of(archive)}"
-                )
-            await record_event(tx, "created", "build created", build=row[0])
-            return await get_build(tx, row[0])
-
-        return await self._db.transaction(create)
+        return await self._db.transaction(
+            insert_build, sourcepackagerelease, distroarchseries, pocket, archive
+        )
 
     async def get(self, build: HasId | int) -> Build:
         rows = await self._db.query(
@@ -273,24 +298,7 @@ class BuildQueueSet:
 
         :raises ConstraintViolation: when the build is already queued.
         """
-
-        async def create(tx: Transaction) -> BuildQueue:
-            b = await get_build(tx, id_of(build), lock=True)
-            if b.status is not BuildStatus.NEEDSBUILD:
-                raise ValueError(
-                    f"build {b.id} is {b.status.name}: only NEEDSBUILD builds are queued"
-                )
-            score = score_build(await score_inputs(tx, b.id))
-            row = await tx.query_one(
-                "INSERT INTO buildqueue (build, lastscore, processor, virtualized)"
-                " VALUES (%s, %s, %s, %s) RETURNING id",
-                (b.id, score, b.processor_id, b.virtualized),
-            )
-            assert row is not None
-            await record_event(tx, "queued", f"queued with score {score}", build=b.id)
-            return await get_queue_entry(tx, row[0])
-
-        return await self._db.transaction(create)
+        return await self._db.transaction(queue_build, build)
 
     async def get(self, job: HasId | int) -> BuildQueue:
         """The queue entry. :raises NotFound:"""
