@@ -36,6 +36,7 @@ from buildmaster.buildargs import (
 )
 from buildmaster.builderclient import BuilderClient, BuilderUnreachable
 from buildmaster.collect import CollectLimits, ResultCollector, log_filename
+from buildmaster.librarian import LibrarianError
 from buildmaster.enums import (
     BuilderCleanStatus,
     BuilderResult,
@@ -223,14 +224,19 @@ class BuilderWorker:
             self.master.note_idle(self)
 
     async def _guarded_scan(self, snapshot: BuilderSnapshot | None) -> None:
+        metrics, started = self.master.metrics, self.master.clock.seconds()
         try:
             await self.scan(snapshot)
         except DatabaseError as e:
+            metrics.database_error("scan")
             self._log.warn(
                 "Scan of {builder} interrupted: {error}", builder=self.builder.name, error=e
             )
-        except Exception:
+        except Exception as e:
+            if isinstance(e, LibrarianError):
+                metrics.librarian_error("scan")
             self._log.failure("Scan of {builder} failed unexpectedly", builder=self.builder.name)
+        metrics.scanned(self.master.clock.seconds() - started)
 
     async def scan(self, snapshot: BuilderSnapshot | None = None) -> None:
         """One scan of the builder (see the module docstring)."""
@@ -624,6 +630,7 @@ class BuilderWorker:
         builder, job, build = snap.builder, snap.job, snap.build
         assert job is not None and build is not None and status.build_status is not None
         jobs = self.master.store.jobs
+        seen = self.master.clock.seconds()
         result = status.build_status
         cancelling = job.status is BuildQueueStatus.CANCELLING
         self._abort_sent.pop(job.id, None)
@@ -648,6 +655,8 @@ class BuilderWorker:
             state = BuildStatus.CANCELLED if cancelling else RESULT_STATES[result]
             await self._store_results(snap, status, state)
         await self._clean_and_next()
+        if self._building is not None and self._building[1] >= seen:  # its next build
+            self.master.metrics.handed_over(self._building[1] - seen)
 
     async def _clean_and_next(self) -> None:
         """``clean()`` the builder and give it its next job. The job is claimed in the
@@ -693,7 +702,7 @@ class BuilderWorker:
         links it, so a master that dies half-way leaves nothing permanent behind."""
         builder, job, build = snap.builder, snap.job, snap.build
         assert job is not None and build is not None
-        config = self.master.config
+        config, started = self.master.config, self.master.clock.seconds()
         ctx = self._context(build.id) or await self.master.store.jobs.context(build.id)
         restricted = ctx.archive.private
         collector = ResultCollector(
@@ -758,6 +767,7 @@ class BuilderWorker:
             reason=reason,
         )
         self._contexts.pop(build.id, None)
+        self.master.metrics.collected(self.master.clock.seconds() - started, collector.stored)
         if finished:
             self._log.info(
                 "{build} on {builder}: {state}",
@@ -797,6 +807,7 @@ class BuilderWorker:
         ``must_leave``: the job cannot stay on the builder (it never started, or the builder
         gave up on it), so "leave it where it is" means "back to the queue".
         """
+        self.master.metrics.builder_failed(error)
         # a job is charged once per stay on a builder, however many scans fail meanwhile
         charge = job is not None and job.id != self._charged
         builder_count, job_count = await self.master.store.jobs.count_failure(

@@ -27,9 +27,13 @@ from buildmaster.config import MasterConfig
 from buildmaster.librarian import Librarian
 from buildmaster.librarian.guard import guarded_request_factory
 from buildmaster.master import BuilddMaster
+from buildmaster.metrics import Metrics
 from buildmaster.store import Database, Store
 from buildmaster.store.cluster import PostgresCluster
 from buildmaster.store.schema import migrate
+from buildmaster.web import bearer_verifier, mount_operator_web
+from buildmaster.web.api import ApiContext
+from buildmaster.web.metrics import FarmMetrics
 
 __all__ = ["ServiceSettings", "BuildmasterService", "web_root", "mount_librarian"]
 
@@ -53,6 +57,8 @@ class ServiceSettings:
     demo: bool = False
     demo_builders: int = 12
     demo_queue_interval: float = 2.0
+    #: seconds between readings of the farm's state for /metrics
+    metrics_interval: float = 15.0
 
 
 class BuildmasterService(service.Service):
@@ -83,6 +89,8 @@ class BuildmasterService(service.Service):
         self.web: Any = None
         self.demo: Any = None
         self._gc: service.Service | None = None
+        self.metrics = Metrics()
+        self._farm_metrics: FarmMetrics | None = None
         self._threads: ThreadPool | None = None
         self._started: defer.Deferred[None] = defer.succeed(None)
 
@@ -119,7 +127,9 @@ class BuildmasterService(service.Service):
         # bodies that nobody may upload
         site = server.Site(
             web_root(),
-            requestFactory=guarded_request_factory(lambda: self.librarian),
+            requestFactory=guarded_request_factory(
+                lambda: self.librarian, verify_bearer=bearer_verifier(lambda: self.store)
+            ),
             parsePOSTFormSubmission=False,
         )
         if not settings.access_log:
@@ -151,7 +161,21 @@ class BuildmasterService(service.Service):
         self._gc = self.librarian.garbage_collector(settings.gc_interval)
         self._gc.startService()
 
-        self.master = BuilddMaster(self.reactor, self.store, self.librarian, settings.master)
+        self.master = BuilddMaster(
+            self.reactor, self.store, self.librarian, settings.master, self.metrics
+        )
+        mount_operator_web(
+            site.resource,
+            ApiContext(
+                store=self.store,
+                librarian=self.librarian,
+                clock=self.reactor,
+                operations=self.master,
+                farm=self.master,
+                metrics=self.metrics,
+            ),
+            max_cycle_age=max(3 * settings.master.scan_interval, 30.0),
+        )
         if settings.demo:
             from buildmaster.demo import Demo
 
@@ -159,6 +183,10 @@ class BuildmasterService(service.Service):
             await self.demo.prepare()
         self.master.startService()
         await self.master._started
+        self._farm_metrics = FarmMetrics(
+            self.reactor, self.store, self.metrics, settings.metrics_interval
+        )
+        self._farm_metrics.startService()
         if self.demo is not None:
             self.demo.start_queueing()
         self._log.info("buildmaster is running")
@@ -174,6 +202,8 @@ class BuildmasterService(service.Service):
             pass  # already logged
         if self.demo is not None:
             await self.demo.stop_queueing()
+        if self._farm_metrics is not None and self._farm_metrics.running:
+            await self._farm_metrics.stopService()
         if self.master is not None and self.master.running:
             await self.master.stopService()
         if self.demo is not None:
@@ -205,7 +235,13 @@ class _Root(resource.Resource):
 
     def render_GET(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"buildmaster\n\n/librarian/<id>/<filename>: the librarian (files for builders, logs, results)\n"
+        return (
+            b"buildmaster\n\n"
+            b"/api/v1: the operator API (/api/v1/openapi.json describes it)\n"
+            b"/librarian/<id>/<filename>: the librarian (files for builders, logs, results)\n"
+            b"/metrics: Prometheus metrics\n"
+            b"/healthz, /readyz: health checks\n"
+        )
 
 
 def web_root(librarian: Librarian | None = None) -> resource.Resource:

@@ -1,0 +1,312 @@
+"""The queue as operators see it: per kind of build (processor x virtualization) its size,
+oldest job and estimated drain time; the waiting jobs in dispatch order; where a waiting
+build stands and why it is not running."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import attrs
+
+from buildmaster.access import Grant
+from buildmaster.enums import BuildQueueStatus
+from buildmaster.estimates import KindLoad, drain_seconds, start_in_seconds
+from buildmaster.store.database import Database
+from buildmaster.store.views.builds import (
+    SUMMARY_COLUMNS,
+    SUMMARY_FROM,
+    BuildSummary,
+    summary_from_row,
+    visibility_args,
+    visible_sql,
+)
+from buildmaster.waiting import KindBuilder, WaitInputs, WaitReason, why_waiting
+
+__all__ = ["QueueKind", "WaitingJob", "WaitingPage", "Standing", "QueueViews", "kind_name"]
+
+
+def kind_name(processor: str, virtualized: bool) -> str:
+    """``virtualized amd64`` / ``trusted 386``."""
+    return f"{'virtualized' if virtualized else 'trusted'} {processor}"
+
+
+@attrs.frozen
+class QueueKind:
+    """The queue of one kind of build."""
+
+    processor_id: int
+    processor: str
+    virtualized: bool
+    waiting: int
+    suspended: int
+    running: int
+    oldest_waiting: datetime.datetime | None
+    #: builders of this kind: all active ones, and those that take jobs now
+    builders: int
+    usable_builders: int
+    load: KindLoad
+    #: when the numbers were read (the database's clock)
+    as_of: datetime.datetime
+
+    @property
+    def name(self) -> str:
+        return kind_name(self.processor, self.virtualized)
+
+    @property
+    def drain_seconds(self) -> float | None:
+        """Seconds until the last waiting job starts (``None``: no builder takes them)."""
+        return drain_seconds(self.load)
+
+
+@attrs.frozen
+class WaitingJob:
+    """A waiting job in dispatch order; ``build`` is ``None`` for a private archive's job
+    the reader may not see (its place in the queue still counts)."""
+
+    job_id: int
+    score: int
+    manual: bool
+    processor: str
+    virtualized: bool
+    queued: datetime.datetime
+    estimated_seconds: float
+    build: BuildSummary | None
+    #: its place among the waiting jobs of its kind (1: next), when known
+    position: int | None
+
+
+@attrs.frozen
+class WaitingPage:
+    jobs: tuple[WaitingJob, ...]
+    #: ``(score, job id)`` of the last job, to ask for the next page; ``None`` at the end
+    next_after: tuple[int, int] | None
+
+
+@attrs.frozen
+class Standing:
+    """Where a waiting (or suspended) build stands, and why it is not running."""
+
+    position: int
+    ahead_seconds: float
+    #: seconds until it should start (``None``: no builder can take it now)
+    start_in_seconds: float | None
+    reason: WaitReason
+    as_of: datetime.datetime
+
+
+_KINDS_SQL = """
+WITH jobs AS (
+    SELECT q.processor, q.virtualized,
+        count(*) FILTER (WHERE q.status = 0 AND q.builder IS NULL) AS waiting,
+        count(*) FILTER (WHERE q.status = 2) AS suspended,
+        count(*) FILTER (WHERE q.builder IS NOT NULL) AS running,
+        min(q.datecreated) FILTER (WHERE q.status = 0 AND q.builder IS NULL) AS oldest,
+        coalesce(sum(extract(epoch FROM q.estimated_duration))
+            FILTER (WHERE q.status = 0 AND q.builder IS NULL), 0) AS waiting_seconds,
+        coalesce(sum(greatest(extract(epoch FROM q.estimated_duration
+            - coalesce(now() - q.date_started, interval '0')), 0))
+            FILTER (WHERE q.builder IS NOT NULL), 0) AS running_remaining
+    FROM buildqueue q GROUP BY 1, 2),
+builders AS (
+    SELECT bp.processor, b.virtualized, count(*) AS total,
+        count(*) FILTER (WHERE b.builderok AND NOT b.manual) AS usable
+    FROM builder b JOIN builderprocessor bp ON bp.builder = b.id
+    WHERE b.active GROUP BY 1, 2),
+kinds AS (
+    SELECT processor, virtualized FROM jobs UNION SELECT processor, virtualized FROM builders)
+SELECT k.processor, p.name, k.virtualized, coalesce(j.waiting, 0), coalesce(j.suspended, 0),
+    coalesce(j.running, 0), j.oldest, coalesce(j.waiting_seconds, 0),
+    coalesce(j.running_remaining, 0), coalesce(bu.total, 0), coalesce(bu.usable, 0),
+    coalesce((SELECT extract(epoch FROM l.estimated_duration) FROM buildqueue l
+        WHERE l.status = 0 AND l.builder IS NULL AND l.processor = k.processor
+            AND l.virtualized = k.virtualized
+        ORDER BY l.lastscore, l.id DESC LIMIT 1), 0),
+    now()
+FROM kinds k JOIN processor p ON p.id = k.processor
+LEFT JOIN jobs j ON j.processor = k.processor AND j.virtualized = k.virtualized
+LEFT JOIN builders bu ON bu.processor = k.processor AND bu.virtualized = k.virtualized
+ORDER BY p.name, k.virtualized
+"""
+
+_AHEAD_SQL = """
+SELECT count(*), coalesce(sum(extract(epoch FROM q.estimated_duration)), 0)
+FROM buildqueue q
+WHERE q.status = 0 AND q.builder IS NULL AND q.processor = %(processor)s
+    AND q.virtualized = %(virtualized)s
+    AND (q.lastscore > %(score)s OR (q.lastscore = %(score)s AND q.id < %(job)s))
+"""
+
+_RUNNING_SQL = """
+SELECT coalesce(sum(greatest(extract(epoch FROM q.estimated_duration
+    - coalesce(now() - q.date_started, interval '0')), 0)), 0), now()
+FROM buildqueue q
+WHERE q.builder IS NOT NULL AND q.processor = %(processor)s AND q.virtualized = %(virtualized)s
+"""
+
+_KIND_BUILDERS_SQL = """
+SELECT b.name, b.builderok, b.failed_by_master, b.failnotes,
+    CASE WHEN NOT b.builderok THEN (SELECT e.date FROM event e
+        WHERE e.builder = b.id AND e.kind IN ('failed', 'disabled') ORDER BY e.id DESC LIMIT 1)
+    END,
+    b.manual, EXISTS (SELECT 1 FROM buildqueue q WHERE q.builder = b.id)
+FROM builder b JOIN builderprocessor bp ON bp.builder = b.id
+WHERE b.active AND bp.processor = %(processor)s AND b.virtualized = %(virtualized)s
+ORDER BY b.builderok DESC, b.name
+"""
+
+
+class QueueViews:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def kinds(self) -> list[QueueKind]:
+        """Every kind of build that has jobs or builders."""
+        rows = await self._db.query(_KINDS_SQL)
+        return [
+            QueueKind(
+                processor_id=r[0],
+                processor=r[1],
+                virtualized=r[2],
+                waiting=int(r[3]),
+                suspended=int(r[4]),
+                running=int(r[5]),
+                oldest_waiting=r[6],
+                builders=int(r[9]),
+                usable_builders=int(r[10]),
+                load=KindLoad(
+                    waiting=int(r[3]),
+                    waiting_seconds=float(r[7]),
+                    last_seconds=float(r[11]),
+                    running_remaining_seconds=float(r[8]),
+                    builders=int(r[10]),
+                ),
+                as_of=r[12],
+            )
+            for r in rows
+        ]
+
+    async def waiting(
+        self,
+        grant: Grant,
+        processor_id: int | None = None,
+        virtualized: bool | None = None,
+        after: tuple[int, int] | None = None,
+        limit: int = 50,
+    ) -> WaitingPage:
+        """Waiting jobs in dispatch order (highest score, then oldest), of one kind or all,
+        after the job ``after`` = ``(score, job id)``. Positions are given when one kind is
+        asked for."""
+        conditions = ["q.status = 0", "q.builder IS NULL"]
+        args: dict[str, Any] = {"limit": limit, **visibility_args(grant)}
+        one_kind = processor_id is not None and virtualized is not None
+        if processor_id is not None:
+            conditions.append("q.processor = %(processor)s")
+            args["processor"] = processor_id
+        if virtualized is not None:
+            conditions.append("q.virtualized = %(virtualized)s")
+            args["virtualized"] = virtualized
+        if after is not None:
+            conditions.append(
+                "(q.lastscore < %(score)s OR (q.lastscore = %(score)s AND q.id > %(job)s))"
+            )
+            args["score"], args["job"] = after
+        rows = await self._db.query(
+            f"SELECT {SUMMARY_COLUMNS}, q.datecreated, {visible_sql()}"
+            f" FROM {SUMMARY_FROM.replace('LEFT JOIN buildqueue q', 'JOIN buildqueue q')}"
+            f" WHERE {' AND '.join(conditions)} ORDER BY q.lastscore DESC, q.id LIMIT %(limit)s",
+            args,
+        )
+        first = None
+        if one_kind and rows:
+            if after is None:
+                first = 1
+            else:
+                ahead = await self._db.query(
+                    _AHEAD_SQL,
+                    {
+                        "processor": processor_id,
+                        "virtualized": virtualized,
+                        "score": after[0],
+                        "job": after[1] + 1,
+                    },
+                )
+                first = int(ahead[0][0]) + 1
+        jobs = []
+        for i, row in enumerate(rows):
+            summary = summary_from_row(row[:-2])
+            assert summary.job is not None
+            jobs.append(
+                WaitingJob(
+                    job_id=summary.job.id,
+                    score=summary.job.lastscore,
+                    manual=summary.job.manual,
+                    processor=summary.processor,
+                    virtualized=summary.job.virtualized,
+                    queued=row[-2],
+                    estimated_seconds=summary.estimated_seconds or 0.0,
+                    build=summary if row[-1] else None,
+                    position=first + i if first is not None else None,
+                )
+            )
+        next_after = (jobs[-1].score, jobs[-1].job_id) if len(jobs) == limit and jobs else None
+        return WaitingPage(tuple(jobs), next_after)
+
+    async def standing(self, summary: BuildSummary) -> Standing | None:
+        """Where a waiting or suspended build stands and why it is not running; ``None``
+        for a build that is not waiting."""
+        job = summary.job
+        if job is None or job.status not in (BuildQueueStatus.WAITING, BuildQueueStatus.SUSPENDED):
+            return None
+        kind = {"processor": job.processor_id, "virtualized": job.virtualized}
+        ahead_rows = await self._db.query(
+            _AHEAD_SQL, {**kind, "score": job.lastscore, "job": job.id}
+        )
+        ahead, ahead_seconds = int(ahead_rows[0][0]), float(ahead_rows[0][1])
+        running_rows = await self._db.query(_RUNNING_SQL, kind)
+        running, as_of = float(running_rows[0][0]), running_rows[0][1]
+        builders = [
+            KindBuilder(
+                name=r[0],
+                builderok=r[1],
+                failed_by_master=r[2],
+                failnotes=r[3],
+                out_of_service_since=r[4],
+                manual=r[5],
+                busy=r[6],
+            )
+            for r in await self._db.query(_KIND_BUILDERS_SQL, kind)
+        ]
+        suspended = job.status is BuildQueueStatus.SUSPENDED
+        reason_rows = (
+            await self._db.query(
+                "SELECT message FROM event WHERE build = %s AND kind = 'suspended'"
+                " ORDER BY id DESC LIMIT 1",
+                (summary.id,),
+            )
+            if suspended
+            else []
+        )
+        chroot = await self._db.query(
+            "SELECT chroot IS NULL FROM distroarchseries WHERE id = %s",
+            (summary.build.distroarchseries_id,),
+        )
+        inputs = WaitInputs(
+            architecture=summary.architecture,
+            kind=kind_name(summary.processor, job.virtualized),
+            suspended=suspended,
+            suspended_reason=reason_rows[0][0] if reason_rows else None,
+            chroot_missing=bool(chroot and chroot[0][0]),
+            builders=tuple(builders),
+            ahead=ahead,
+        )
+        usable = sum(1 for b in builders if b.builderok and not b.manual)
+        return Standing(
+            position=ahead + 1,
+            ahead_seconds=ahead_seconds,
+            start_in_seconds=None
+            if suspended
+            else start_in_seconds(ahead_seconds, running, usable),
+            reason=why_waiting(inputs),
+            as_of=as_of,
+        )
