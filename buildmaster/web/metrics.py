@@ -92,14 +92,23 @@ class _Snapshot(Collector):
 
 class FarmMetrics(service.Service):
     """Reads the farm's state from the database every ``interval`` seconds into ``metrics``'s
-    registry. A refresh that fails is logged and tried again at the next interval."""
+    registry. A refresh that fails is logged and tried again at the next interval. Finished
+    builds and dispatches are counted ``lag`` behind the database's clock."""
 
     _log = Logger()
 
-    def __init__(self, clock: Any, store: Store, metrics: Metrics, interval: float = 15.0) -> None:
+    def __init__(
+        self,
+        clock: Any,
+        store: Store,
+        metrics: Metrics,
+        interval: float = 15.0,
+        lag: datetime.timedelta = LAG,
+    ) -> None:
         self.clock = clock
         self.store = store
         self.interval = interval
+        self.lag = lag
         self._snapshot = _Snapshot()
         registry = metrics.registry
         registry.register(self._snapshot)
@@ -175,7 +184,7 @@ class FarmMetrics(service.Service):
         self._snapshot.waiting, self._snapshot.oldest = waiting, oldest
 
     async def _count_finished(self) -> None:
-        rows = await self.store.db.query("SELECT now() - %s", (LAG,))
+        rows = await self.store.db.query("SELECT now() - %s", (self.lag,))
         until = rows[0][0]
         since, self._finished_since = self._finished_since, until
         if since is None:  # the first reading: count from here on
@@ -194,7 +203,7 @@ class FarmMetrics(service.Service):
             rows = await self.store.db.query("SELECT coalesce(max(id), 0) FROM event")
             self._last_event = int(rows[0][0])
             return
-        until = await self.store.db.query("SELECT now() - %s", (LAG,))
+        until = await self.store.db.query("SELECT now() - %s", (self.lag,))
         rows = await self.store.db.query(
             _DISPATCHES_SQL,
             {"queueing": list(QUEUEING), "after": self._last_event, "until": until[0][0]},

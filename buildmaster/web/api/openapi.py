@@ -117,6 +117,7 @@ SCHEMAS: dict[str, Any] = {
         },
         optional=("name", "displayname", "private"),
         additionalProperties=False,
+        examples=[{"owner": "cprov", "name": "tools", "distribution": "ubuntu"}],
     ),
     "BuildSummary": obj(
         {
@@ -264,6 +265,14 @@ SCHEMAS: dict[str, Any] = {
         },
         optional=("virtualized", "vm_host", "title", "manual"),
         additionalProperties=False,
+        examples=[
+            {
+                "name": "bob2",
+                "url": "http://bob2.example.com:8221/",
+                "processors": ["386"],
+                "virtualized": False,
+            }
+        ],
     ),
     "BuilderUpdate": {
         "type": "object",
@@ -316,7 +325,9 @@ SCHEMAS: dict[str, Any] = {
     ),
     "WaitingPage": obj({"jobs": array(ref("WaitingJob")), "next": nullable(PATH)}),
     "UploadCreate": obj(
-        {"archive": {"type": "string", "maxLength": 200}}, additionalProperties=False
+        {"archive": {"type": "string", "maxLength": 200}},
+        additionalProperties=False,
+        examples=[{"archive": "~cprov/ubuntu/ppa"}],
     ),
     "UploadSession": obj(
         {
@@ -473,9 +484,10 @@ def _op(
     if body is not None:
         content = _json(body) if isinstance(body, str) else body
         operation["requestBody"] = {"required": True, "content": content}
-    codes = set(errors) | {"400", "503"}
+    # any request may carry a token, and a bad one is refused whatever it asks
+    codes = set(errors) | {"400", "401", "503"}
     if auth:
-        codes |= {"401", "403"}
+        codes |= {"403"}
     if body is not None:
         codes |= {"413", "415"}
     operation["responses"].update({c: _ERRORS[c] for c in sorted(codes)})
