@@ -207,16 +207,12 @@ def check_files(dsc: SourceControl, stored: Mapping[str, StoredFile | None]) -> 
             problems.append(f"{listed.name} expired before the submit: upload it again")
             continue
         if have.size != listed.size:
-            problems.append(
-                f"{listed.name} has {have.size} bytes; the .dsc says {listed.size}"
-            )
+            problems.append(f"{listed.name} has {have.size} bytes; the .dsc says {listed.size}")
             continue
         for algorithm, digest in sorted(listed.checksums.items()):
             actual = getattr(have, algorithm)
             if actual != digest:
-                problems.append(
-                    f"{listed.name} has {algorithm} {actual}; the .dsc says {digest}"
-                )
+                problems.append(f"{listed.name} has {algorithm} {actual}; the .dsc says {digest}")
     return problems
 
 

@@ -203,7 +203,7 @@ class BuilddMaster(service.Service):
     @property
     def scanning(self) -> bool:
         """Whether the scan loop runs (what /readyz reports)."""
-        return self.running and not self.stopping and self._scan_loop.running
+        return bool(self.running) and not self.stopping and self._scan_loop.running
 
     def live_logtail(self, job_id: int) -> str | None:
         """The newest log tail of a running job, if not yet written to the database."""

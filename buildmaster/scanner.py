@@ -36,7 +36,6 @@ from buildmaster.buildargs import (
 )
 from buildmaster.builderclient import BuilderClient, BuilderUnreachable
 from buildmaster.collect import CollectLimits, ResultCollector, log_filename
-from buildmaster.librarian import LibrarianError
 from buildmaster.enums import (
     BuilderCleanStatus,
     BuilderResult,
@@ -44,6 +43,7 @@ from buildmaster.enums import (
     BuildQueueStatus,
     BuildStatus,
 )
+from buildmaster.librarian import LibrarianError
 from buildmaster.model import Builder, BuilderSnapshot, BuildQueue
 from buildmaster.policy import (
     BuilderAction,

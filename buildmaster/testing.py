@@ -66,7 +66,8 @@ class FarmHarness:
         site = server.Site(
             self._site_root,
             requestFactory=guarded_request_factory(
-                lambda: getattr(self, "librarian", None), verify_bearer=bearer_verifier(lambda: store)
+                lambda: getattr(self, "librarian", None),
+                verify_bearer=bearer_verifier(lambda: store),
             ),
             parsePOSTFormSubmission=False,
         )

@@ -129,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     options = _parser().parse_args(argv)
-    dsn = options.dsn or os.environ.get("BUILDMASTER_DSN")
+    dsn = options.dsn or os.environ.get("BUILDMASTER_DSN") or None
     cluster = None
     if dsn is None:
         if options.state_dir is None:
@@ -177,8 +177,6 @@ def main(argv: list[str] | None = None) -> int:
         if started and cluster is not None:
             cluster.stop()
     return result[0] if result else 1
-
-
 
 
 if __name__ == "__main__":

@@ -78,7 +78,9 @@ class ApiClient:
         return await self.call("GET", path, **kw)
 
     async def post(self, path: str, json_body: Any = None, **kw: Any) -> Answer:
-        return await self.call("POST", path, json_body=json_body if json_body is not None else {}, **kw)
+        return await self.call(
+            "POST", path, json_body=json_body if json_body is not None else {}, **kw
+        )
 
     async def patch(self, path: str, json_body: Any, **kw: Any) -> Answer:
         return await self.call("PATCH", path, json_body=json_body, **kw)
@@ -157,20 +159,23 @@ def make_source(
             out.append(f" {digest} {size} {filename}")
         return "\n".join(out)
 
-    text = "\n".join(
-        [
-            "Format: 3.0 (quilt)",
-            f"Source: {name}",
-            f"Binary: {name}",
-            f"Architecture: {architecture}",
-            f"Version: {version}",
-            "Maintainer: Sample Maintainer <sample@example.com>",
-            "Standards-Version: 4.6.0",
-            lines("sha1", "Checksums-Sha1"),
-            lines("sha256", "Checksums-Sha256"),
-            lines("md5", "Files"),
-        ]
-    ) + "\n"
+    text = (
+        "\n".join(
+            [
+                "Format: 3.0 (quilt)",
+                f"Source: {name}",
+                f"Binary: {name}",
+                f"Architecture: {architecture}",
+                f"Version: {version}",
+                "Maintainer: Sample Maintainer <sample@example.com>",
+                "Standards-Version: 4.6.0",
+                lines("sha1", "Checksums-Sha1"),
+                lines("sha256", "Checksums-Sha256"),
+                lines("md5", "Files"),
+            ]
+        )
+        + "\n"
+    )
     if sign:
         text = (
             "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\n"

@@ -41,9 +41,7 @@ async def test_errors_are_problem_documents_a_person_can_act_on(api_world: Any) 
     wrong = await anonymous.call("PUT", "/api/v1/builds")
     assert_problem(wrong, 405, "method-not-allowed", "GET")
     assert wrong.header("allow") == "GET"
-    assert_problem(
-        await anonymous.get("/api/v1/builds?limit=0"), 400, "invalid-parameter", "limit"
-    )
+    assert_problem(await anonymous.get("/api/v1/builds?limit=0"), 400, "invalid-parameter", "limit")
     assert_problem(
         await anonymous.get("/api/v1/builds?state=baked"), 400, "invalid-parameter", "fullybuilt"
     )
@@ -103,7 +101,9 @@ async def test_tokens_are_made_listed_and_revoked(api_world: Any) -> None:
     assert_problem(await uploader.delete("/api/v1/tokens/1"), 403, "forbidden", "itself")
     mixed = await admin.post("/api/v1/tokens", {"scope": "admin", "archives": ["ubuntu"]})
     assert_problem(mixed, 422, "unprocessable", "admin token names no archive")
-    unknown = await admin.post("/api/v1/tokens", {"scope": "uploader", "archives": ["~nobody/ubuntu/ppa"]})
+    unknown = await admin.post(
+        "/api/v1/tokens", {"scope": "uploader", "archives": ["~nobody/ubuntu/ppa"]}
+    )
     assert_problem(unknown, 422, "unprocessable", "~nobody/ubuntu/ppa")
     # revoked: refused at once
     assert (await admin.delete(f"/api/v1/tokens/{made.json['id']}")).status == 204

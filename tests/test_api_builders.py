@@ -39,7 +39,9 @@ async def test_builders_are_added_listed_filtered_and_shown(api_world: Any) -> N
         "t1 exists already",
     )
     assert_problem(
-        await admin.post("/api/v1/builders", {"name": "t2", "url": sim.url, "processors": ["sparc"]}),
+        await admin.post(
+            "/api/v1/builders", {"name": "t2", "url": sim.url, "processors": ["sparc"]}
+        ),
         422,
         "unprocessable",
         "no processor sparc",
@@ -112,7 +114,9 @@ async def test_a_builder_is_removed_only_when_it_has_no_job(api_world: Any) -> N
         "the build to start",
     )
     busy = await admin.delete("/api/v1/builders/t1")
-    assert_problem(busy, 409, "conflict", f"busy with build {build.id}", f"/api/v1/builds/{build.id}/cancel")
+    assert_problem(
+        busy, 409, "conflict", f"busy with build {build.id}", f"/api/v1/builds/{build.id}/cancel"
+    )
     cancelled = await admin.post(f"/api/v1/builds/{build.id}/cancel")
     assert cancelled.status == 200 and cancelled.json["state"] in ("CANCELLING", "CANCELLED")
     await wait_for(
@@ -134,7 +138,9 @@ async def test_a_builder_is_removed_only_when_it_has_no_job(api_world: Any) -> N
     )
     assert_problem(again, 409, "conflict", '{"active": true}')
     # a builder that never built anything is deleted for good
-    await admin.post("/api/v1/builders", {"name": "t9", "url": "http://127.0.0.1:1/", "processors": ["386"]})
+    await admin.post(
+        "/api/v1/builders", {"name": "t9", "url": "http://127.0.0.1:1/", "processors": ["386"]}
+    )
     assert (await admin.delete("/api/v1/builders/t9")).status == 204
     assert (await admin.get("/api/v1/builders/t9")).status == 404
 

@@ -33,14 +33,17 @@ async def test_builds_are_listed_newest_first_filtered_and_paged(api_world: Any)
     following = await anonymous.get(page.json["next"])
     assert ids(following) == [builds[3].id, builds[2].id]
     assert ids(await anonymous.get("/api/v1/builds?state=failedtobuild")) == [builds[0].id]
-    assert ids(
-        await anonymous.get("/api/v1/builds?state=failedtobuild,needsbuild&limit=100")
-    ) == ids(every)[:-1]
+    assert (
+        ids(await anonymous.get("/api/v1/builds?state=failedtobuild,needsbuild&limit=100"))
+        == ids(every)[:-1]
+    )
     assert ids(await anonymous.get("/api/v1/builds?archive=ppa:cprov/ppa")) == [ppa.id]
     assert ids(await anonymous.get("/api/v1/builds?archive=~cprov/ubuntu/ppa")) == [ppa.id]
     assert ids(await anonymous.get("/api/v1/builds?source=pkg2")) == [builds[2].id]
     assert ids(await anonymous.get("/api/v1/builds?arch=amd64")) == []
-    assert ids(await anonymous.get("/api/v1/builds?finished_after=2000-01-01T00:00:00Z")) == [builds[0].id]
+    assert ids(await anonymous.get("/api/v1/builds?finished_after=2000-01-01T00:00:00Z")) == [
+        builds[0].id
+    ]
     assert ids(await anonymous.get("/api/v1/builds?created_before=2000-01-01T00:00:00Z")) == []
     assert_problem(
         await anonymous.get("/api/v1/builds?archive=~nobody/ubuntu/ppa"),
@@ -90,14 +93,19 @@ async def test_a_waiting_build_says_where_it_stands_and_why(api_world: Any) -> N
     assert reason["code"] == "manual" and '"manual": false' in reason["text"]
     await admin.patch("/api/v1/builders/t1", {"manual": False})
     standing = (await anonymous.get(f"/api/v1/builds/{second.id}")).json["waiting"]
-    assert standing["reason"]["code"] == "busy" and "1 build of its kind before it" in standing["reason"]["text"]
+    assert (
+        standing["reason"]["code"] == "busy"
+        and "1 build of its kind before it" in standing["reason"]["text"]
+    )
     assert standing["estimated_start_in"] == 300.0  # the default estimate of the one before it
     nxt = (await anonymous.get(f"/api/v1/builds/{first.id}")).json["waiting"]
     assert nxt["reason"]["code"] == "next" and nxt["estimated_start_in"] == 0.0
     # no chroot: said so, and how to upload one
     await store.db.execute("UPDATE distroarchseries SET chroot = NULL")
     reason = (await anonymous.get(f"/api/v1/builds/{first.id}")).json["waiting"]["reason"]
-    assert reason["code"] == "no-chroot" and "PUT /api/v1/chroots/ubuntu/hoary/i386" in reason["text"]
+    assert (
+        reason["code"] == "no-chroot" and "PUT /api/v1/chroots/ubuntu/hoary/i386" in reason["text"]
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -205,7 +213,9 @@ async def test_a_building_build_shows_its_live_log_tail_and_streams_it(api_world
             block, _, rest = bytes(buffer).partition(b"\n\n")
             buffer[:] = rest
             lines = dict(
-                line.split(": ", 1) for line in block.decode().splitlines() if not line.startswith(":")
+                line.split(": ", 1)
+                for line in block.decode().splitlines()
+                if not line.startswith(":")
             )
             if lines:
                 events.append((lines["event"], json.loads(lines["data"])))

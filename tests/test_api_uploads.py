@@ -107,7 +107,9 @@ async def test_the_whole_story(api_world: Any) -> None:
         assert hashlib.sha256(deb).hexdigest() == debs[0]["sha256"]
         assert hashlib.md5(deb).hexdigest() == debs[0]["md5"]
         assert deb.startswith(b"!<arch>")
-    finished = await api_world.anonymous.get("/api/v1/builds?archive=~alice/ubuntu/tools&state=fullybuilt")
+    finished = await api_world.anonymous.get(
+        "/api/v1/builds?archive=~alice/ubuntu/tools&state=fullybuilt"
+    )
     assert len(finished.json["builds"]) == 2
 
 
@@ -203,7 +205,9 @@ async def test_architectures_chosen_from_the_dsc_and_the_series(api_world: Any) 
     uploader = await api_world.uploader(api_world.world.data.cprov_ppa)
 
     async def tags(architecture: str, **submit: Any) -> list[str]:
-        source = make_source(f"arch-{len(architecture)}{architecture[:3]}", architecture=architecture)
+        source = make_source(
+            f"arch-{len(architecture)}{architecture[:3]}", architecture=architecture
+        )
         answer = await upload(uploader, "~cprov/ubuntu/ppa", source, **submit)
         assert answer.status == 201, answer.body
         return sorted(b["architecture"]["tag"] for b in answer.json["builds"])
@@ -251,9 +255,11 @@ async def test_a_large_file_is_streamed_into_the_librarian_as_it_arrives(
     assert (await liar.answer).startswith(b"HTTP/1.1 401")
     # a client that goes away half-way leaves nothing behind
     quitter = await _connect(api_world.reactor, port)
-    quitter.send(_head("PUT", "/api/v1/chroots/ubuntu/hoary/i386", admin.token, len(body)) + body[:half])
+    quitter.send(
+        _head("PUT", "/api/v1/chroots/ubuntu/hoary/i386", admin.token, len(body)) + body[:half]
+    )
     await wait_for(api_world.reactor, lambda: on_disk() > 0, 20, "bytes on disk")
-    quitter.transport.loseConnection()
+    quitter.hang_up()
     await wait_for(api_world.reactor, lambda: on_disk() == 0, 20, "the temporary file to go")
     rows = await store.db.query("SELECT count(*) FROM libraryfilealias WHERE filename = 'upload'")
     assert rows[0][0] == 0
@@ -273,7 +279,12 @@ class _Raw(protocol.Protocol):
         self._data = bytearray()
 
     def send(self, data: bytes) -> None:
-        self.transport.write(data)
+        transport: Any = self.transport
+        transport.write(data)
+
+    def hang_up(self) -> None:
+        transport: Any = self.transport
+        transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         self._data.extend(data)
@@ -300,7 +311,10 @@ async def test_chroots_are_listed_replaced_and_resume_their_builds(api_world: An
     by_arch = {c["architecture"]: c for c in listed}
     assert by_arch["amd64"]["chroot"] is None
     old = by_arch["i386"]["chroot"]
-    assert old["size"] == len(b"chroot" * 100) and old["sha1"] == hashlib.sha1(b"chroot" * 100).hexdigest()
+    assert (
+        old["size"] == len(b"chroot" * 100)
+        and old["sha1"] == hashlib.sha1(b"chroot" * 100).hexdigest()
+    )
     # a build suspended for want of a chroot comes back when one arrives
     build = await world.queue("needs-chroot")
     job = await store.queue.get_for_build(build)
@@ -317,13 +331,21 @@ async def test_chroots_are_listed_replaced_and_resume_their_builds(api_world: An
     assert replaced.status == 200, replaced.body
     chroot = replaced.json["chroot"]
     assert chroot["filename"] == "chroot-hoary-i386.tar.xz" and chroot["size"] == len(new)
-    assert (await store.queue.get_for_build(build)).status.name == "WAITING"  # type: ignore[union-attr]
+    resumed = await store.queue.get_for_build(build)
+    assert resumed is not None and resumed.status.name == "WAITING"
     # the old one is left to expire (builders may be fetching it right now)
-    rows = await store.db.query("SELECT expires FROM libraryfilealias WHERE filename = %s", (old["filename"],))
+    rows = await store.db.query(
+        "SELECT expires FROM libraryfilealias WHERE filename = %s", (old["filename"],)
+    )
     assert rows[0][0] is not None
-    assert (await anonymous.get("/api/v1/chroots/ubuntu/hoary/i386")).json["chroot"]["sha256"] == chroot["sha256"]
+    assert (await anonymous.get("/api/v1/chroots/ubuntu/hoary/i386")).json["chroot"][
+        "sha256"
+    ] == chroot["sha256"]
     assert_problem(
-        await admin.put("/api/v1/chroots/ubuntu/hoary/sparc", b"x"), 404, "not-found", "GET /api/v1/series"
+        await admin.put("/api/v1/chroots/ubuntu/hoary/sparc", b"x"),
+        404,
+        "not-found",
+        "GET /api/v1/series",
     )
     series = (await anonymous.get("/api/v1/series")).json["series"]
     assert series[0]["name"] == "hoary"
@@ -331,7 +353,10 @@ async def test_chroots_are_listed_replaced_and_resume_their_builds(api_world: An
         "amd64": False,
         "i386": True,
     }
-    assert [p["name"] for p in (await anonymous.get("/api/v1/processors")).json["processors"]] == ["386", "amd64"]
+    assert [p["name"] for p in (await anonymous.get("/api/v1/processors")).json["processors"]] == [
+        "386",
+        "amd64",
+    ]
 
 
 @pytest_twisted.ensureDeferred
@@ -357,7 +382,9 @@ async def test_a_private_archive_is_read_only_with_the_right_token(api_world: An
         "no distribution debian",
     )
     insider = api_world.anonymous.with_token(
-        (await admin.post("/api/v1/tokens", {"scope": "uploader", "archives": [reference]})).json["secret"]
+        (await admin.post("/api/v1/tokens", {"scope": "uploader", "archives": [reference]})).json[
+            "secret"
+        ]
     )
     outsider = await api_world.uploader(world.data.cprov_ppa)
     submitted = await upload(insider, reference, make_source("secret", architecture="i386"))
@@ -377,17 +404,21 @@ async def test_a_private_archive_is_read_only_with_the_right_token(api_world: An
         assert_problem(await client.get(submitted.json["source"]["url"]), 404, "not-found")
         jobs = (await client.get("/api/v1/queue/jobs")).json["jobs"]
         assert any(j["hidden"] and j["build"] is None for j in jobs)
-        assert_problem(await client.post(f"{build['url']}/cancel"), 401 if client is anonymous else 404, "unauthenticated" if client is anonymous else "not-found")
+        assert_problem(
+            await client.post(f"{build['url']}/cancel"),
+            401 if client is anonymous else 404,
+            "unauthenticated" if client is anonymous else "not-found",
+        )
     for client in (insider, admin):
         assert (await client.get(build["url"])).json["id"] == build["id"]
-        assert reference in [a["reference"] for a in (await client.get("/api/v1/archives")).json["archives"]]
+        assert reference in [
+            a["reference"] for a in (await client.get("/api/v1/archives")).json["archives"]
+        ]
     # its files need the download token the API gives to those who may read them
     dsc = next(f for f in source_files if f["filename"].endswith(".dsc"))
     response = await anonymous.http.request(b"GET", dsc["url"])
     assert response.status == 401
-    assert await _download(api_world, dsc["url"], dsc["download_token"]) == make_source(
-        "secret", architecture="i386"
-    ).dsc
-
-
-
+    assert (
+        await _download(api_world, dsc["url"], dsc["download_token"])
+        == make_source("secret", architecture="i386").dsc
+    )

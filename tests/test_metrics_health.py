@@ -46,7 +46,9 @@ async def test_metrics_count_what_the_farm_did(api_world: Any) -> None:
     assert found[("buildmaster_builds_finished_total", (("state", "FAILEDTOBUILD"),))] == 0
     assert found[("buildmaster_dispatch_latency_seconds_count", ())] == 2
     assert found[("buildmaster_builders", (("processor", "386"), ("state", "idle")))] == 1
-    assert found[("buildmaster_queue_waiting", (("processor", "386"), ("virtualized", "false")))] == 0
+    assert (
+        found[("buildmaster_queue_waiting", (("processor", "386"), ("virtualized", "false")))] == 0
+    )
     assert found[("buildmaster_collection_seconds_count", ())] == 2
     assert found[("buildmaster_collection_bytes_sum", ())] > 0
     assert found[("buildmaster_handover_seconds_count", ())] == 1  # t1: the first to the second

@@ -10,7 +10,14 @@ from buildmaster.model import Builder, HasId, id_of
 from buildmaster.store.database import Database, NotFound, Transaction
 from buildmaster.store.events import record_event
 
-__all__ = ["BuilderSet", "BuilderBusy", "BUILDER_COLUMNS", "BUILDER_WIDTH", "builder_columns", "builder_from_row"]
+__all__ = [
+    "BuilderSet",
+    "BuilderBusy",
+    "BUILDER_COLUMNS",
+    "BUILDER_WIDTH",
+    "builder_columns",
+    "builder_from_row",
+]
 
 
 def builder_columns(alias: str = "b") -> str:
@@ -221,7 +228,9 @@ class BuilderSet:
             )
             if job is not None:
                 raise BuilderBusy(fresh.name, int(job[0]))
-            built = await tx.query_one("SELECT 1 FROM build WHERE builder = %s LIMIT 1", (fresh.id,))
+            built = await tx.query_one(
+                "SELECT 1 FROM build WHERE builder = %s LIMIT 1", (fresh.id,)
+            )
             if built is None:
                 await tx.execute("DELETE FROM builder WHERE id = %s", (fresh.id,))
                 return True

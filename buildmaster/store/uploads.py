@@ -10,6 +10,7 @@ with them, and the librarian's garbage collector takes them).
 from __future__ import annotations
 
 import datetime
+
 import attrs
 
 from buildmaster.enums import PackagePublishingPocket, SourcePackageFileType, SourcePackageUrgency
@@ -105,9 +106,7 @@ class UploadSessions:
         """Open a session (and delete the expired sessions nobody submitted)."""
 
         async def create(tx: Transaction) -> int:
-            await tx.execute(
-                "DELETE FROM upload WHERE date_submitted IS NULL AND expires < now()"
-            )
+            await tx.execute("DELETE FROM upload WHERE date_submitted IS NULL AND expires < now()")
             row = await tx.query_one(
                 "INSERT INTO upload (archive, token, expires) VALUES (%s, %s, now() + %s)"
                 " RETURNING id",
@@ -131,8 +130,15 @@ class UploadSessions:
             " WHERE uf.upload = %s ORDER BY uf.filename",
             (id_of(session),),
         )
+        row = rows[0]
         return UploadSession(
-            *rows[0],
+            id=row[0],
+            archive_id=row[1],
+            token_id=row[2],
+            datecreated=row[3],
+            expires=row[4],
+            sourcepackagerelease_id=row[5],
+            date_submitted=row[6],
             files=tuple(
                 UploadedFile(r[0], library_file_from_row(r[1:]) if r[1] is not None else None)
                 for r in files
@@ -211,7 +217,7 @@ async def _submit(tx: Transaction, session_id: int, source: SourceSubmission) ->
             f" {duplicate[0]}); upload a new version"
         )
     names = [name for name, _ in source.files]
-    aliases = dict(
+    aliases: dict[str, int] = dict(
         await tx.query(
             "SELECT filename, libraryfile FROM upload_file WHERE upload = %s"
             " AND filename = ANY(%s)",
@@ -264,4 +270,3 @@ async def _submit(tx: Transaction, session_id: int, source: SourceSubmission) ->
     spr = await tx.query_one(f"SELECT {SPR_COLUMNS} FROM {SPR_FROM} WHERE spr.id = %s", (spr_id,))
     assert spr is not None
     return Submitted(spr_from_row(spr), tuple(builds), tuple(jobs))
-

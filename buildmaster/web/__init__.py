@@ -10,7 +10,7 @@ the site's request factory uses to stream large API uploads only for valid token
 from __future__ import annotations
 
 from collections.abc import Callable
-
+from typing import cast
 
 from twisted.internet import defer
 from twisted.web import resource, server
@@ -42,12 +42,15 @@ def mount_operator_web(root: resource.Resource, ctx: ApiContext, max_cycle_age: 
 
     :param max_cycle_age: seconds after which a scan cycle is late (not ready).
     """
-    root.putChild(b"api", _ApiNamespace(ctx))
-    root.putChild(b"metrics", MetricsResource(ctx.metrics))
-    root.putChild(b"healthz", Healthz())
-    root.putChild(
-        b"readyz", Readyz(ctx.clock, ctx.store.db, ctx.farm, max_cycle_age=max_cycle_age)
-    )
+    readyz = Readyz(ctx.clock, ctx.store.db, ctx.farm, max_cycle_age=max_cycle_age)
+    children: list[tuple[bytes, object]] = [
+        (b"api", _ApiNamespace(ctx)),
+        (b"metrics", MetricsResource(ctx.metrics)),
+        (b"healthz", Healthz()),
+        (b"readyz", readyz),
+    ]
+    for name, child in children:
+        root.putChild(name, cast(resource.IResource, child))
 
 
 def bearer_verifier(store: Callable[[], Store | None]) -> Callable[[str], defer.Deferred[bool]]:

@@ -69,7 +69,9 @@ class _Snapshot(Collector):
 
     def collect(self) -> Iterable[Metric]:
         builders = GaugeMetricFamily(
-            "buildmaster_builders", "Builders by state and processor.", labels=["state", "processor"]
+            "buildmaster_builders",
+            "Builders by state and processor.",
+            labels=["state", "processor"],
         )
         for labels, value in sorted(self.builders.items()):
             builders.add_metric(list(labels), value)
@@ -139,7 +141,7 @@ class FarmMetrics(service.Service):
         if self._loop.running:
             self._loop.stop()
         running, self._running = self._running, None
-        return running if running is not None else defer.succeed(None)  # type: ignore[return-value]
+        return running if running is not None else defer.succeed(None)
 
     def _safe_refresh(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._refresh_logged())
@@ -166,9 +168,9 @@ class FarmMetrics(service.Service):
             for name in names.values():
                 counts[(state.value, name)] = 0
         for snap in await self.store.jobs.snapshots():
-            state = builder_state(snap.builder, snap.job).value
+            label = builder_state(snap.builder, snap.job).value
             for processor in snap.builder.processor_ids:
-                key = (state, names.get(processor, str(processor)))
+                key = (label, names.get(processor, str(processor)))
                 counts[key] = counts.get(key, 0) + 1
         self._snapshot.builders = counts
 

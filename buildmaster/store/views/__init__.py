@@ -5,7 +5,7 @@ grant (:class:`buildmaster.access.Grant`) that may not read it, so that a page b
 these can never show what the API would not::
 
     views = Views(db)
-    page = await views.builds.list(grant, BuildFilter(states=(BuildStatus.FAILEDTOBUILD,)))
+    page = await views.builds.page(grant, BuildFilter(states=(BuildStatus.FAILEDTOBUILD,)))
     kinds = await views.queue.kinds()
 """
 

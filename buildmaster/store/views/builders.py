@@ -92,7 +92,7 @@ class BuilderViews:
             for builder, job, names, since in parsed
         ]
 
-    async def list(self, grant: Grant, include_inactive: bool = False) -> list[BuilderOverview]:
+    async def all(self, grant: Grant, include_inactive: bool = False) -> list[BuilderOverview]:
         """Every (active) builder by name, with its state and current build."""
         where = "true" if include_inactive else "br.active"
         return await self._overviews(where, {}, grant)

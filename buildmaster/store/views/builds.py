@@ -67,9 +67,7 @@ SUMMARY_FROM = (
 
 def visible_sql(alias: str = "a") -> str:
     """A condition on the archive ``alias``: shown to the grant of :func:`visibility_args`."""
-    return (
-        f"(NOT {alias}.private OR %(see_all)s OR {alias}.id = ANY(%(see_archives)s::integer[]))"
-    )
+    return f"(NOT {alias}.private OR %(see_all)s OR {alias}.id = ANY(%(see_archives)s::integer[]))"
 
 
 def visibility_args(grant: Grant) -> dict[str, Any]:
@@ -203,8 +201,7 @@ class BuildViews:
     async def summary(self, build_id: int, grant: Grant) -> BuildSummary:
         """The build, if the grant may see it. :raises NotFound: otherwise too."""
         rows = await self._db.query(
-            f"SELECT {SUMMARY_COLUMNS} FROM {SUMMARY_FROM}"
-            f" WHERE b.id = %(id)s AND {visible_sql()}",
+            f"SELECT {SUMMARY_COLUMNS} FROM {SUMMARY_FROM} WHERE b.id = %(id)s AND {visible_sql()}",
             {"id": build_id, **visibility_args(grant)},
         )
         if not rows:
@@ -223,7 +220,7 @@ class BuildViews:
         found = (summary_from_row(r) for r in rows)
         return {s.id: s for s in found}
 
-    async def list(
+    async def page(
         self, grant: Grant, where: BuildFilter, before: int | None = None, limit: int = 50
     ) -> BuildPage:
         """Builds newest first, ``limit`` of them with ids below ``before``; private ones
@@ -309,4 +306,3 @@ class BuildViews:
         row = rows[0]
         job = queue_from_row(row[1:]) if row[1] is not None else None
         return BuildStatus(row[0]), job
-

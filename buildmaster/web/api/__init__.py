@@ -10,7 +10,7 @@ of the farm.
 
 from __future__ import annotations
 
-
+from typing import cast
 
 from twisted.web import resource
 
@@ -70,7 +70,4 @@ class ApiRoot(Endpoint):
 
 def api_resource(ctx: ApiContext) -> resource.IResource:
     """The resource to mount at ``/api/v1``."""
-    return ApiRoot(ctx)
-
-
-
+    return cast(resource.IResource, ApiRoot(ctx))

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.web import resource, server
 
@@ -23,14 +23,14 @@ class Archives(Endpoint):
     def getChild(self, path: bytes, request: server.Request) -> resource.IResource:
         # a reference may have slashes (~cprov/ubuntu/ppa): the rest of the path is it
         if path == b"" and not request.postpath:
-            return self
+            return cast(resource.IResource, self)
         segments = [path, *(request.postpath or [])]
         request.postpath = []
         try:
             reference = b"/".join(segments).decode("utf-8")
         except UnicodeDecodeError:
             reference = ""
-        return ArchiveByReference(self.ctx, reference)
+        return cast(resource.IResource, ArchiveByReference(self.ctx, reference))
 
     async def get(self, call: Call) -> Reply:
         grant = await call.grant()
@@ -118,6 +118,3 @@ class Processors(Endpoint):
     async def get(self, call: Call) -> Reply:
         every = await self.ctx.store.views.catalog.processors()
         return ok({"processors": [{"name": p.name, "title": p.title} for p in every]})
-
-
-

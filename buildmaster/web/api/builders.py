@@ -57,7 +57,7 @@ class Builders(Endpoint):
         processor = call.param("processor")
         virtualized = call.bool_param("virtualized")
         builder_ok = call.bool_param("ok")
-        every = await self.ctx.store.views.builders.list(
+        every = await self.ctx.store.views.builders.all(
             grant, include_inactive=BuilderState.INACTIVE in states
         )
         shown = [
@@ -143,12 +143,16 @@ class Builder(Endpoint):
             reason = body.get("reason") or "no reason given"
             if body["enabled"] and not builder.builderok:
                 builder = await store.builders.set_builderok(builder, True)
-                await store.events.record("enabled", f"enabled by an operator: {reason}", builder=builder.id)
+                await store.events.record(
+                    "enabled", f"enabled by an operator: {reason}", builder=builder.id
+                )
             elif not body["enabled"]:
                 builder = await store.builders.set_builderok(
                     builder, False, failnotes=f"disabled by an operator: {reason}"
                 )
-                await store.events.record("disabled", f"disabled by an operator: {reason}", builder=builder.id)
+                await store.events.record(
+                    "disabled", f"disabled by an operator: {reason}", builder=builder.id
+                )
         elif "reason" in body:
             raise invalid_parameter("reason", "goes with enabled")
         if "manual" in body:
@@ -186,4 +190,3 @@ class Builder(Endpoint):
                 build=e.build_id,
             ) from None
         return no_content()
-

@@ -79,7 +79,7 @@ class Builds(Endpoint):
         )
         limit = call.page_size()
         before = call.int_param("before", None, 1)
-        page = await views.builds.list(grant, where, before, limit)
+        page = await views.builds.page(grant, where, before, limit)
         now = self.ctx.now()
         next_url = None
         if page.next_before is not None:
@@ -273,7 +273,9 @@ class BuildAction(Endpoint):
         state = summary.status
         if self.action == "cancel":
             if state not in LIVE:
-                raise conflict(f"build {self.build_id} already ended {state.name}: there is nothing to cancel")
+                raise conflict(
+                    f"build {self.build_id} already ended {state.name}: there is nothing to cancel"
+                )
             await operations.cancel(self.build_id)
         elif self.action == "retry":
             if state not in RETRYABLE:
@@ -285,7 +287,10 @@ class BuildAction(Endpoint):
         else:
             body = call.json("Rescore")
             job = summary.job
-            if job is None or job.status not in (BuildQueueStatus.WAITING, BuildQueueStatus.SUSPENDED):
+            if job is None or job.status not in (
+                BuildQueueStatus.WAITING,
+                BuildQueueStatus.SUSPENDED,
+            ):
                 doing = job.status.name.lower() if job is not None else state.name
                 raise conflict(
                     f"build {self.build_id} is not waiting (it is {doing}): only waiting builds"
@@ -294,4 +299,3 @@ class BuildAction(Endpoint):
             await operations.rescore(self.build_id, int(body["score"]))
         fresh = await views.builds.summary(self.build_id, grant)
         return ok(build_summary_json(fresh, self.ctx.now()))
-

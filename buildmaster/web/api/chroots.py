@@ -114,7 +114,9 @@ class Chroot(Endpoint):
         await call.require_admin(f"uploading the chroot of {self.name}")
         series, arch = await self._find()
         sha256 = content_sha256(call)
-        filename = call.param("filename") or f"chroot-{self.distribution}-{self.series}-{self.arch}.tar.gz"
+        filename = (
+            call.param("filename") or f"chroot-{self.distribution}-{self.series}-{self.arch}.tar.gz"
+        )
         content_type = (call.request.getHeader(b"content-type") or b"application/x-gzip").decode(
             "latin-1"
         )

@@ -16,7 +16,7 @@ import enum
 import io
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 from twisted.internet import defer
@@ -298,9 +298,7 @@ class Call:
 
 
 def unavailable(detail: str) -> Problem:
-    return Problem(
-        http.SERVICE_UNAVAILABLE, "unavailable", detail, {b"retry-after": b"5"}
-    )
+    return Problem(http.SERVICE_UNAVAILABLE, "unavailable", detail, {b"retry-after": b"5"})
 
 
 def problem_for_librarian(error: LibrarianError) -> Problem:
@@ -332,13 +330,13 @@ class Endpoint(resource.Resource):
 
     def getChild(self, path: bytes, request: server.Request) -> resource.IResource:
         if path == b"" and not request.postpath:
-            return self  # a trailing slash
+            return cast(resource.IResource, self)  # a trailing slash
         try:
             segment = path.decode("utf-8")
         except UnicodeDecodeError:
             segment = None
         found = self.child(segment) if segment else None
-        return found if found is not None else Missing(self.ctx)
+        return cast(resource.IResource, found if found is not None else Missing(self.ctx))
 
     def handler(self, method: str) -> Handler | None:
         name = "get" if method == "HEAD" else method.lower()
@@ -349,7 +347,7 @@ class Endpoint(resource.Resource):
 
     def render(self, request: server.Request) -> int:
         d = defer.Deferred.fromCoroutine(self._answer(request))
-        d.addErrback(self._log.failure, "Answering {uri} failed", uri=request.uri)
+        d.addErrback(lambda f: self._log.failure("Answering {uri} failed", f, uri=request.uri))
         return server.NOT_DONE_YET
 
     async def _answer(self, request: server.Request) -> None:
@@ -411,7 +409,7 @@ class Missing(Endpoint):
     """Any path the API does not have."""
 
     def getChild(self, path: bytes, request: server.Request) -> resource.IResource:
-        return self
+        return cast(resource.IResource, self)
 
     def handler(self, method: str) -> Handler | None:
         return self.missing

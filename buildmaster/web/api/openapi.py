@@ -216,7 +216,10 @@ SCHEMAS: dict[str, Any] = {
             "log": nullable(ref("File")),
         }
     ),
-    "Rescore": obj({"score": {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}}, additionalProperties=False),
+    "Rescore": obj(
+        {"score": {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}},
+        additionalProperties=False,
+    ),
     "Builder": obj(
         {
             "name": STRING,
@@ -505,11 +508,23 @@ def _answer(code: str, description: str, schema: str | None = None) -> dict[str,
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
 
 
 def _path(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": schema,
+        "description": description,
+    }
 
 
 LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size (50)")
@@ -538,19 +553,33 @@ def _paths() -> dict[str, Any]:
         "/api/v1/openapi.json": {
             "get": _op(
                 "This document",
-                {"200": {"description": "the OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}},
+                {
+                    "200": {
+                        "description": "the OpenAPI document",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
             )
         },
         "/api/v1/builders": {
             "get": _op(
                 "List builders",
-                _answer("200", "active builders by name (inactive ones with state=inactive)", "BuilderList"),
+                _answer(
+                    "200",
+                    "active builders by name (inactive ones with state=inactive)",
+                    "BuilderList",
+                ),
                 params=(
                     _query("processor", {"type": "string"}, "only builders for this processor"),
-                    _query("virtualized", {"type": "boolean"}, "only virtualized (or trusted) builders"),
+                    _query(
+                        "virtualized", {"type": "boolean"}, "only virtualized (or trusted) builders"
+                    ),
                     _query(
                         "state",
-                        {"type": "array", "items": {"type": "string", "enum": [s.value for s in BuilderState]}},
+                        {
+                            "type": "array",
+                            "items": {"type": "string", "enum": [s.value for s in BuilderState]},
+                        },
                         "only builders in these states",
                     ),
                     _query("ok", {"type": "boolean"}, "only builders in (or out of) service"),
@@ -596,8 +625,14 @@ def _paths() -> dict[str, Any]:
                 _answer("200", "a page of waiting jobs", "WaitingPage"),
                 params=(
                     _query("processor", {"type": "string"}, "only this processor's"),
-                    _query("virtualized", {"type": "boolean"}, "only virtualized (or trusted) jobs"),
-                    _query("after", {"type": "string", "pattern": r"^-?\d+:\d+$"}, "SCORE:JOB of the last job seen"),
+                    _query(
+                        "virtualized", {"type": "boolean"}, "only virtualized (or trusted) jobs"
+                    ),
+                    _query(
+                        "after",
+                        {"type": "string", "pattern": r"^-?\d+:\d+$"},
+                        "SCORE:JOB of the last job seen",
+                    ),
                     LIMIT,
                 ),
             )
@@ -608,15 +643,39 @@ def _paths() -> dict[str, Any]:
                 _answer("200", "a page of builds", "BuildPage"),
                 params=(
                     state_param,
-                    _query("archive", {"type": "string"}, "an archive reference (ubuntu, ~cprov/ubuntu/ppa, ppa:cprov/ppa)"),
+                    _query(
+                        "archive",
+                        {"type": "string"},
+                        "an archive reference (ubuntu, ~cprov/ubuntu/ppa, ppa:cprov/ppa)",
+                    ),
                     _query("source", {"type": "string"}, "a source package name"),
                     _query("builder", {"type": "string"}, "a builder name"),
                     _query("arch", {"type": "string"}, "an architecture tag"),
-                    _query("created_after", {"type": "string", "format": "date-time"}, "created at or after"),
-                    _query("created_before", {"type": "string", "format": "date-time"}, "created before"),
-                    _query("finished_after", {"type": "string", "format": "date-time"}, "finished at or after"),
-                    _query("finished_before", {"type": "string", "format": "date-time"}, "finished before"),
-                    _query("before", {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}, "only builds with lower ids (the next page)"),
+                    _query(
+                        "created_after",
+                        {"type": "string", "format": "date-time"},
+                        "created at or after",
+                    ),
+                    _query(
+                        "created_before",
+                        {"type": "string", "format": "date-time"},
+                        "created before",
+                    ),
+                    _query(
+                        "finished_after",
+                        {"type": "string", "format": "date-time"},
+                        "finished at or after",
+                    ),
+                    _query(
+                        "finished_before",
+                        {"type": "string", "format": "date-time"},
+                        "finished before",
+                    ),
+                    _query(
+                        "before",
+                        {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+                        "only builds with lower ids (the next page)",
+                    ),
                     LIMIT,
                 ),
             )
@@ -675,11 +734,21 @@ def _paths() -> dict[str, Any]:
         },
         "/api/v1/uploads/{id}": {
             "parameters": [UPLOAD_ID],
-            "get": _op("Show an upload session", _answer("200", "the session", "UploadSession"), auth=True),
-            "delete": _op("Abandon an upload session", _answer("204", "abandoned"), errors=("404", "409"), auth=True),
+            "get": _op(
+                "Show an upload session", _answer("200", "the session", "UploadSession"), auth=True
+            ),
+            "delete": _op(
+                "Abandon an upload session",
+                _answer("204", "abandoned"),
+                errors=("404", "409"),
+                auth=True,
+            ),
         },
         "/api/v1/uploads/{id}/files/{filename}": {
-            "parameters": [UPLOAD_ID, _path("filename", {"type": "string", "pattern": r"^[^/]+$"}, "the file's name")],
+            "parameters": [
+                UPLOAD_ID,
+                _path("filename", {"type": "string", "pattern": r"^[^/]+$"}, "the file's name"),
+            ],
             "put": _op(
                 "Upload one file of the source (the body is its bytes, streamed)",
                 _answer("201", "the stored file", "UploadedFile"),
@@ -700,8 +769,13 @@ def _paths() -> dict[str, Any]:
             ),
         },
         "/api/v1/sources/{id}": {
-            "parameters": [_path("id", {"type": "integer", "minimum": 1, "maximum": 999_999_999}, "source id")],
-            "get": _op("Show a source package release: files and builds", _answer("200", "the source", "Source")),
+            "parameters": [
+                _path("id", {"type": "integer", "minimum": 1, "maximum": 999_999_999}, "source id")
+            ],
+            "get": _op(
+                "Show a source package release: files and builds",
+                _answer("200", "the source", "Source"),
+            ),
         },
         "/api/v1/chroots": {
             "get": _op(
@@ -722,7 +796,10 @@ def _paths() -> dict[str, Any]:
                 {**_answer("200", "replaced", "Chroot"), **_answer("201", "uploaded", "Chroot")},
                 errors=("404", "413"),
                 body=BINARY,
-                params=(DIGEST, _query("filename", {"type": "string", "pattern": r"^[^/]+$"}, "its file name")),
+                params=(
+                    DIGEST,
+                    _query("filename", {"type": "string", "pattern": r"^[^/]+$"}, "its file name"),
+                ),
                 auth=True,
             ),
         },
@@ -741,7 +818,13 @@ def _paths() -> dict[str, Any]:
             ),
         },
         "/api/v1/archives/{reference}": {
-            "parameters": [_path("reference", {"type": "string"}, "ubuntu, ubuntu/partner, ~cprov/ubuntu/ppa or ppa:cprov/ppa")],
+            "parameters": [
+                _path(
+                    "reference",
+                    {"type": "string"},
+                    "ubuntu, ubuntu/partner, ~cprov/ubuntu/ppa or ppa:cprov/ppa",
+                )
+            ],
             "get": _op("Show an archive", _answer("200", "the archive", "Archive")),
         },
         "/api/v1/series": {
@@ -773,7 +856,9 @@ def _paths() -> dict[str, Any]:
             "get": _op("The token of this request", _answer("200", "the token", "Token"), auth=True)
         },
         "/api/v1/tokens/{id}": {
-            "parameters": [_path("id", {"type": "integer", "minimum": 1, "maximum": 999_999_999}, "token id")],
+            "parameters": [
+                _path("id", {"type": "integer", "minimum": 1, "maximum": 999_999_999}, "token id")
+            ],
             "get": _op("Show a token (admin)", _answer("200", "the token", "Token"), auth=True),
             "delete": _op(
                 "Revoke a token (admin, or the token itself)",

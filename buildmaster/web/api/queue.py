@@ -59,7 +59,8 @@ class QueueJobs(Endpoint):
             known = {p.name: p.id for p in await self.ctx.store.views.catalog.processors()}
             if processor not in known:
                 raise invalid_parameter(
-                    "processor", f"no processor {processor!r} (there are {', '.join(sorted(known))})"
+                    "processor",
+                    f"no processor {processor!r} (there are {', '.join(sorted(known))})",
                 )
             processor_id = known[processor]
         virtualized = call.bool_param("virtualized")

@@ -77,9 +77,7 @@ class Uploads(Endpoint):
         session = await self.ctx.store.uploads.create(
             archive, grant.token_id, self.ctx.limits.upload_lifetime
         )
-        return created(
-            session_json(self.ctx, session, archive), f"/api/v1/uploads/{session.id}"
-        )
+        return created(session_json(self.ctx, session, archive), f"/api/v1/uploads/{session.id}")
 
 
 async def _archive(ctx: Any, reference: str, grant: Grant) -> Archive:
@@ -277,7 +275,9 @@ class Submit(Endpoint):
             if file_type(listed.name) is None:
                 problems.append(f"{listed.name} is not a file of a source package")
         if problems:
-            raise rejected(f"{dsc_name} and the uploaded files do not agree: {problems[0]}", problems)
+            raise rejected(
+                f"{dsc_name} and the uploaded files do not agree: {problems[0]}", problems
+            )
         enabled = [a for a in series.architectures if a.enabled]
         choice = choose_architectures(
             dsc.architecture, [a.tag for a in enabled], body.get("architectures")
@@ -324,7 +324,9 @@ async def source_json(ctx: Any, source_id: int, grant: Grant) -> Any:
     """
     store = ctx.store
     spr = await store.sources.get(source_id)
-    rows = await store.db.query("SELECT id FROM build WHERE sourcepackagerelease = %s ORDER BY id", (source_id,))
+    rows = await store.db.query(
+        "SELECT id FROM build WHERE sourcepackagerelease = %s ORDER BY id", (source_id,)
+    )
     summaries = await store.views.builds.summaries([r[0] for r in rows], grant)
     if rows and not summaries:
         raise NotFound(f"no source {source_id}")
@@ -342,9 +344,7 @@ async def source_json(ctx: Any, source_id: int, grant: Grant) -> Any:
         "section": spr.section,
         "urgency": spr.urgency.name.lower(),
         "series": f"{series.distribution_name}/{series.name}",
-        "files": [
-            file_json(ctx.librarian, f.file, tokens) for f in await store.sources.files(spr)
-        ],
+        "files": [file_json(ctx.librarian, f.file, tokens) for f in await store.sources.files(spr)],
         "builds": [build_summary_json(s, now) for s in summaries.values()],
     }
 
