@@ -17,7 +17,7 @@ from twisted.web import resource, server
 
 from buildmaster.store import Store
 from buildmaster.web.api import ApiContext, api_resource
-from buildmaster.web.api.endpoint import Endpoint
+from buildmaster.web.api.endpoint import Call, Endpoint, Reply, ok
 from buildmaster.web.health import Healthz, Readyz
 from buildmaster.web.metrics import MetricsResource
 
@@ -27,6 +27,8 @@ __all__ = ["mount_operator_web", "bearer_verifier"]
 class _ApiNamespace(Endpoint):
     """``/api``: the versions of the API (one so far)."""
 
+    methods = ("get",)
+
     def __init__(self, ctx: ApiContext) -> None:
         super().__init__(ctx)
         self._v1 = api_resource(ctx)
@@ -35,6 +37,9 @@ class _ApiNamespace(Endpoint):
         if path == b"v1":
             return self._v1
         return super().getChild(path, request)
+
+    async def get(self, call: Call) -> Reply:
+        return ok({"versions": ["/api/v1"]})
 
 
 def mount_operator_web(root: resource.Resource, ctx: ApiContext, max_cycle_age: float) -> None:

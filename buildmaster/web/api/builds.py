@@ -12,7 +12,7 @@ from twisted.web import http
 
 from buildmaster.access import Grant, may_operate, may_read
 from buildmaster.enums import BuildQueueStatus, BuildStatus
-from buildmaster.store.database import NotFound
+from buildmaster.store.database import DatabaseUnavailable, NotFound
 from buildmaster.store.views import BuildDetail, BuildFilter, BuildSummary, Standing
 from buildmaster.transitions import RETRYABLE
 from buildmaster.web.api.endpoint import STREAMED, Call, Endpoint, Reply, ok
@@ -194,7 +194,8 @@ class BuildLogStream(Endpoint):
     ``logtail`` events carry ``{state, logtail}`` whenever either changes; the stream ends
     with an ``end`` event carrying what ``/builds/<id>/log`` answers then (the collected
     log, if any), or after an hour (the client reconnects). A comment line every 15 s keeps
-    proxies from closing a quiet stream.
+    proxies from closing a quiet stream. When the database is unavailable the stream ends
+    with an ``error`` event (``{detail}``).
     """
 
     methods = ("get",)
@@ -236,6 +237,10 @@ class BuildLogStream(Endpoint):
                 if call.gone:
                     break
                 current = await log_json(self.ctx, self.build_id, grant)
+        except DatabaseUnavailable as e:
+            # the headers are sent: say it in the stream (the client reconnects later)
+            if not call.gone:
+                _event(request, "error", {"detail": f"{e}; follow again in a few seconds"})
         finally:
             if not call.gone:
                 request.finish()

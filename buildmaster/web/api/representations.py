@@ -27,7 +27,10 @@ def iso(when: datetime.datetime | None) -> str | None:
     """RFC 3339, in UTC, ``Z``-suffixed."""
     if when is None:
         return None
-    return when.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
+    text = when.isoformat()
+    if text.endswith("+00:00"):  # the database's sessions run in UTC: the usual case
+        return text[:-6] + "Z"
+    return when.astimezone(datetime.UTC).isoformat()[:-6] + "Z"
 
 
 def build_path(build_id: int) -> str:
