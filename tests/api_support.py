@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import io
 import json
@@ -117,13 +118,14 @@ class SourcePackage:
 
 
 def _tarball(member: str, content: bytes) -> bytes:
+    """A gzipped tarball of one file, the same bytes every time (no time stamps)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
         info = tarfile.TarInfo(member)
         info.size = len(content)
         info.mtime = 0
         tar.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()
+    return gzip.compress(buffer.getvalue(), mtime=0)
 
 
 def make_source(

@@ -387,7 +387,8 @@ async def test_a_private_archive_is_read_only_with_the_right_token(api_world: An
         ]
     )
     outsider = await api_world.uploader(world.data.cprov_ppa)
-    submitted = await upload(insider, reference, make_source("secret", architecture="i386"))
+    secret_source = make_source("secret", architecture="i386")
+    submitted = await upload(insider, reference, secret_source)
     assert submitted.status == 201, submitted.body
     build = submitted.json["builds"][0]
     assert build["archive"] == {"reference": reference, "private": True}
@@ -418,7 +419,4 @@ async def test_a_private_archive_is_read_only_with_the_right_token(api_world: An
     dsc = next(f for f in source_files if f["filename"].endswith(".dsc"))
     response = await anonymous.http.request(b"GET", dsc["url"])
     assert response.status == 401
-    assert (
-        await _download(api_world, dsc["url"], dsc["download_token"])
-        == make_source("secret", architecture="i386").dsc
-    )
+    assert await _download(api_world, dsc["url"], dsc["download_token"]) == secret_source.dsc

@@ -110,10 +110,20 @@ class BuildSummary:
         return f"{self.distribution}/{self.series}/{self.arch_tag}"
 
 
-def summary_from_row(row: tuple[Any, ...]) -> BuildSummary:
+def summary_from_row(
+    row: tuple[Any, ...], archives: dict[tuple[Any, ...], Archive] | None = None
+) -> BuildSummary:
+    """A summary from the columns of :data:`SUMMARY_COLUMNS`; ``archives`` caches the
+    archives of a page of them (most builds of a page share a few)."""
     build = build_from_row(row[:BUILD_WIDTH])
     rest = row[BUILD_WIDTH:]
-    archive = archive_from_row(rest[6 : 6 + _ARCHIVE_WIDTH])
+    archive_row = rest[6 : 6 + _ARCHIVE_WIDTH]
+    if archives is None:
+        archive = archive_from_row(archive_row)
+    else:
+        archive = archives.get(archive_row) or archives.setdefault(
+            archive_row, archive_from_row(archive_row)
+        )
     after = rest[6 + _ARCHIVE_WIDTH :]
     queue_row = after[1 : 1 + QUEUE_WIDTH]
     job = queue_from_row(queue_row) if queue_row[0] is not None else None
@@ -243,8 +253,11 @@ class BuildViews:
             conditions.append("b.builder = %(builder)s")
             args["builder"] = where.builder_id
         if where.source_name is not None:
+            # the releases first (an array), then their builds by index: never a walk
+            # through every build looking for them
             conditions.append(
-                "b.sourcepackagerelease IN (SELECT id FROM sourcepackagerelease WHERE name = %(name)s)"
+                "b.sourcepackagerelease = ANY(ARRAY(SELECT id FROM sourcepackagerelease"
+                " WHERE name = %(name)s))"
             )
             args["name"] = where.source_name
         if where.arch_tag is not None:
@@ -265,7 +278,8 @@ class BuildViews:
             " ORDER BY b.id DESC LIMIT %(limit)s",
             args,
         )
-        builds = tuple(summary_from_row(r) for r in rows)
+        archives: dict[tuple[Any, ...], Archive] = {}
+        builds = tuple(summary_from_row(r, archives) for r in rows)
         more = len(builds) == limit and limit > 0
         return BuildPage(builds, builds[-1].id if more else None)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 from typing import Any
 from urllib.parse import urlencode
 
@@ -15,7 +14,7 @@ from buildmaster.enums import BuildQueueStatus, BuildStatus
 from buildmaster.store.database import DatabaseUnavailable, NotFound
 from buildmaster.store.views import BuildDetail, BuildFilter, BuildSummary, Standing
 from buildmaster.transitions import RETRYABLE
-from buildmaster.web.api.endpoint import STREAMED, Call, Endpoint, Reply, ok
+from buildmaster.web.api.endpoint import STREAMED, Call, Endpoint, Reply, encode_json, ok
 from buildmaster.web.api.problems import conflict, forbidden, invalid_parameter
 from buildmaster.web.api.representations import (
     build_summary_json,
@@ -248,8 +247,7 @@ class BuildLogStream(Endpoint):
 
 
 def _event(request: Any, name: str, data: Any) -> None:
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    request.write(f"event: {name}\ndata: {payload}\n\n".encode())
+    request.write(b"event: %s\ndata: %s\n\n" % (name.encode(), encode_json(data)))
 
 
 class BuildAction(Endpoint):

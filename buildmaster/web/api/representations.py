@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 from typing import Any
 
 from buildmaster.access import Grant, may_read
@@ -57,6 +58,11 @@ def file_json(librarian: Librarian, file: LibraryFile, download_token: bool = Fa
 
 
 def archive_ref_json(archive: Archive) -> Any:
+    return _archive_refs(archive)
+
+
+@functools.lru_cache(maxsize=1024)
+def _archive_refs(archive: Archive) -> Any:
     return {"reference": archive.reference, "private": archive.private}
 
 
@@ -102,10 +108,10 @@ def build_summary_json(summary: BuildSummary, now: datetime.datetime) -> Any:
         "pocket": build.pocket.name.lower(),
         "virtualized": build.virtualized,
         "builder": summary.builder_name,
-        "created": iso(build.datecreated),
-        "started": iso(build.date_started),
-        "first_dispatched": iso(build.date_first_dispatched),
-        "finished": iso(build.date_finished),
+        "created": build.datecreated,
+        "started": build.date_started,
+        "first_dispatched": build.date_first_dispatched,
+        "finished": build.date_finished,
         "duration": duration,
         "failure_reason": build.failure_reason,
         "dependencies": build.dependencies,
@@ -120,7 +126,7 @@ def build_summary_json(summary: BuildSummary, now: datetime.datetime) -> Any:
 def event_json(event: EventView) -> Any:
     return {
         "id": event.id,
-        "date": iso(event.date),
+        "date": event.date,
         "kind": event.kind,
         "text": event.text,
         "message": event.message,
