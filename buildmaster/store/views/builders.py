@@ -9,6 +9,7 @@ import attrs
 
 from buildmaster.access import Grant
 from buildmaster.builderstate import BuilderState, builder_state
+from buildmaster.enums import BuildStatus
 from buildmaster.model import Builder, BuildQueue
 from buildmaster.store.builders import BUILDER_WIDTH, builder_columns, builder_from_row
 from buildmaster.store.builds import QUEUE_WIDTH, queue_columns, queue_from_row
@@ -19,7 +20,6 @@ from buildmaster.store.views.builds import (
     SUMMARY_COLUMNS,
     SUMMARY_FROM,
     BuildSummary,
-    BuildViews,
     EventView,
     event_from_row,
     summary_from_row,
@@ -27,7 +27,23 @@ from buildmaster.store.views.builds import (
     visible_sql,
 )
 
-__all__ = ["BuilderOverview", "BuilderDetail", "BuilderViews"]
+__all__ = ["BuilderOverview", "BuilderDetail", "BuilderViews", "CurrentBuild"]
+
+
+@attrs.frozen
+class CurrentBuild:
+    """What a builder is building, as a list of builders shows it."""
+
+    id: int
+    status: BuildStatus
+    source_name: str
+    source_version: str
+    arch_tag: str
+    started: datetime.datetime | None
+
+    @property
+    def title(self) -> str:
+        return f"{self.source_name} {self.source_version} on {self.arch_tag}"
 
 
 @attrs.frozen
@@ -38,7 +54,7 @@ class BuilderOverview:
     job: BuildQueue | None
     #: the build it runs (``None`` when idle, or when it is a private build the reader may
     #: not see: ``job`` still says it is busy)
-    current: BuildSummary | None
+    current: CurrentBuild | None
     #: when it was last taken out of service, while it is out of service
     out_of_service_since: datetime.datetime | None
 
@@ -56,41 +72,52 @@ _OVERVIEW_SQL = (
     " coalesce((SELECT array_agg(p.name ORDER BY p.name) FROM builderprocessor bp"
     "  JOIN processor p ON p.id = bp.processor WHERE bp.builder = br.id), '{}'),"
     " CASE WHEN NOT br.builderok THEN (SELECT e.date FROM event e WHERE e.builder = br.id"
-    "  AND e.kind IN ('failed', 'disabled') ORDER BY e.id DESC LIMIT 1) END"
+    "  AND e.kind IN ('failed', 'disabled') ORDER BY e.id DESC LIMIT 1) END,"
+    " b.id, b.buildstate, s.name, s.version, das.architecturetag, b.date_started,"
+    f" b.id IS NOT NULL AND {visible_sql()}"
     " FROM builder br LEFT JOIN buildqueue q ON q.builder = br.id"
+    " LEFT JOIN build b ON b.id = q.build"
+    " LEFT JOIN sourcepackagerelease s ON s.id = b.sourcepackagerelease"
+    " LEFT JOIN distroarchseries das ON das.id = b.distroarchseries"
+    " LEFT JOIN archive a ON a.id = b.archive"
 )
+_STATES = {int(s): s for s in BuildStatus}
 
 
 class BuilderViews:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._builds = BuildViews(db)
 
     async def _overviews(
         self, where: str, args: dict[str, Any], grant: Grant
     ) -> list[BuilderOverview]:
-        rows = await self._db.query(f"{_OVERVIEW_SQL} WHERE {where} ORDER BY br.name", args)
-        parsed = []
+        rows = await self._db.query(
+            f"{_OVERVIEW_SQL} WHERE {where} ORDER BY br.name", {**args, **visibility_args(grant)}
+        )
+        found = []
         for row in rows:
             builder = builder_from_row(row[:BUILDER_WIDTH])
             queue_row = row[BUILDER_WIDTH : BUILDER_WIDTH + QUEUE_WIDTH]
             job = queue_from_row(queue_row) if queue_row[0] is not None else None
-            names, since = row[BUILDER_WIDTH + QUEUE_WIDTH :]
-            parsed.append((builder, job, tuple(names), since))
-        current = await self._builds.summaries(
-            [job.build_id for _, job, _, _ in parsed if job is not None], grant
-        )
-        return [
-            BuilderOverview(
-                builder=builder,
-                processors=names,
-                state=builder_state(builder, job),
-                job=job,
-                current=current.get(job.build_id) if job is not None else None,
-                out_of_service_since=since,
+            names, since, build_id, state, name, version, tag, started, visible = row[
+                BUILDER_WIDTH + QUEUE_WIDTH :
+            ]
+            current = (
+                CurrentBuild(build_id, _STATES[state], name, version, tag, started)
+                if visible
+                else None
             )
-            for builder, job, names, since in parsed
-        ]
+            found.append(
+                BuilderOverview(
+                    builder=builder,
+                    processors=tuple(names),
+                    state=builder_state(builder, job),
+                    job=job,
+                    current=current,
+                    out_of_service_since=since,
+                )
+            )
+        return found
 
     async def all(self, grant: Grant, include_inactive: bool = False) -> list[BuilderOverview]:
         """Every (active) builder by name, with its state and current build."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -23,8 +23,12 @@ from buildmaster.store.builds import (
     queue_from_row,
     score_inputs,
 )
-from buildmaster.store.database import Database, NotFound
-from buildmaster.store.files import FileQueries
+from buildmaster.store.database import Database, NotFound, Transaction
+from buildmaster.store.files import (
+    LIBRARYFILE_COLUMNS,
+    LIBRARYFILE_WIDTH,
+    library_file_from_row,
+)
 
 __all__ = [
     "BuildSummary",
@@ -202,21 +206,51 @@ class BuildDetail:
     score_parts: tuple[ScorePart, ...]
 
 
+#: a build's summary and its log file (LEFT JOINed: NULLs when it has none)
+_WITH_LOG_SQL = (
+    f"SELECT {SUMMARY_COLUMNS}, {LIBRARYFILE_COLUMNS} FROM {SUMMARY_FROM}"
+    " LEFT JOIN libraryfilealias lfa ON lfa.id = b.log"
+    " LEFT JOIN libraryfilecontent lfc ON lfc.id = lfa.content"
+    f" WHERE b.id = %(id)s AND {visible_sql()}"
+)
+
+
+class _Statements:
+    """What a read of :func:`score_inputs` needs of a transaction, as one prepared
+    statement through the pool (no BEGIN and COMMIT around it)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def query_one(self, sql: str, args: Any = None) -> tuple[Any, ...] | None:
+        rows = await self._db.query(sql, args, prepared=True)
+        return tuple(rows[0]) if rows else None
+
+
 class BuildViews:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._builds = BuildSet(db)
-        self._files = FileQueries(db)
 
     async def summary(self, build_id: int, grant: Grant) -> BuildSummary:
         """The build, if the grant may see it. :raises NotFound: otherwise too."""
+        return (await self.with_log(build_id, grant))[0]
+
+    async def with_log(
+        self, build_id: int, grant: Grant
+    ) -> tuple[BuildSummary, LibraryFile | None]:
+        """The build (if the grant may see it) and its collected log, in one statement.
+
+        :raises NotFound: for an unknown build, or one the grant may not see.
+        """
         rows = await self._db.query(
-            f"SELECT {SUMMARY_COLUMNS} FROM {SUMMARY_FROM} WHERE b.id = %(id)s AND {visible_sql()}",
-            {"id": build_id, **visibility_args(grant)},
+            _WITH_LOG_SQL, {"id": build_id, **visibility_args(grant)}, prepared=True
         )
         if not rows:
             raise NotFound(f"no build {build_id}")
-        return summary_from_row(rows[0])
+        row = rows[0]
+        log = library_file_from_row(row[-LIBRARYFILE_WIDTH:]) if row[-LIBRARYFILE_WIDTH] else None
+        return summary_from_row(row[:-LIBRARYFILE_WIDTH]), log
 
     async def summaries(self, build_ids: list[int], grant: Grant) -> dict[int, BuildSummary]:
         """The builds of ``build_ids`` the grant may see, by id."""
@@ -273,6 +307,15 @@ class BuildViews:
             if value is not None:
                 conditions.append(f"{column} {op} %({name})s")
                 args[name] = value
+        if where.finished_after is not None:
+            # the builds finished in the window, found through their index first: walking
+            # the builds from the newest would pass every build finished after the window
+            window = "date_finished >= %(finished_after)s" + (
+                " AND date_finished < %(finished_before)s"
+                if where.finished_before is not None
+                else ""
+            )
+            conditions.append(f"b.id = ANY(ARRAY(SELECT id FROM build WHERE {window}))")
         rows = await self._db.query(
             f"SELECT {SUMMARY_COLUMNS} FROM {SUMMARY_FROM} WHERE {' AND '.join(conditions)}"
             " ORDER BY b.id DESC LIMIT %(limit)s",
@@ -288,6 +331,7 @@ class BuildViews:
         rows = await self._db.query(
             f"SELECT {EVENT_COLUMNS} FROM {EVENT_FROM} WHERE e.build = %s ORDER BY e.id",
             (build_id,),
+            prepared=True,
         )
         return [event_from_row(r) for r in rows]
 
@@ -296,16 +340,10 @@ class BuildViews:
 
         :raises NotFound: for an unknown build, or one the grant may not see.
         """
-        summary = await self.summary(build_id, grant)
+        summary, log = await self.with_log(build_id, grant)
         events = await self.events(build_id)
         files = await self._builds.files(build_id)
-        log = None
-        if summary.build.log_id is not None:
-            try:
-                log = await self._files.get(summary.build.log_id)
-            except NotFound:
-                log = None  # collected by the librarian's garbage collector meanwhile
-        inputs = await self._db.transaction(score_inputs, build_id)
+        inputs = await score_inputs(cast(Transaction, _Statements(self._db)), build_id)
         return BuildDetail(summary, tuple(events), tuple(files), log, score_parts(inputs))
 
     async def logtail(self, build_id: int) -> tuple[BuildStatus, BuildQueue | None]:

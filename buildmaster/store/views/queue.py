@@ -129,19 +129,26 @@ LEFT JOIN builders bu ON bu.processor = k.processor AND bu.virtualized = k.virtu
 ORDER BY p.name, k.virtualized
 """
 
+#: the waiting jobs of a kind before a job in dispatch order, and their estimates
 _AHEAD_SQL = """
-SELECT count(*), coalesce(sum(extract(epoch FROM q.estimated_duration)), 0)
+SELECT count(*) AS n, coalesce(sum(extract(epoch FROM q.estimated_duration)), 0) AS seconds
 FROM buildqueue q
 WHERE q.status = 0 AND q.builder IS NULL AND q.processor = %(processor)s
     AND q.virtualized = %(virtualized)s
     AND (q.lastscore > %(score)s OR (q.lastscore = %(score)s AND q.id < %(job)s))
 """
 
-_RUNNING_SQL = """
-SELECT coalesce(sum(greatest(extract(epoch FROM q.estimated_duration
-    - coalesce(now() - q.date_started, interval '0')), 0)), 0), now()
-FROM buildqueue q
-WHERE q.builder IS NOT NULL AND q.processor = %(processor)s AND q.virtualized = %(virtualized)s
+#: where a waiting job stands: the jobs before it and their estimates, what is left of the
+#: running jobs of its kind, whether its architecture lacks a chroot, and when this was read
+_STANDING_SQL = f"""
+SELECT ahead.n, ahead.seconds, running.seconds,
+    (SELECT chroot IS NULL FROM distroarchseries WHERE id = %(das)s), now()
+FROM ({_AHEAD_SQL}) ahead, (
+    SELECT coalesce(sum(greatest(extract(epoch FROM q.estimated_duration
+        - coalesce(now() - q.date_started, interval '0')), 0)), 0) AS seconds
+    FROM buildqueue q
+    WHERE q.builder IS NOT NULL AND q.processor = %(processor)s
+        AND q.virtualized = %(virtualized)s) running
 """
 
 _KIND_BUILDERS_SQL = """
@@ -259,12 +266,18 @@ class QueueViews:
         if job is None or job.status not in (BuildQueueStatus.WAITING, BuildQueueStatus.SUSPENDED):
             return None
         kind = {"processor": job.processor_id, "virtualized": job.virtualized}
-        ahead_rows = await self._db.query(
-            _AHEAD_SQL, {**kind, "score": job.lastscore, "job": job.id}
+        rows = await self._db.query(
+            _STANDING_SQL,
+            {
+                **kind,
+                "score": job.lastscore,
+                "job": job.id,
+                "das": summary.build.distroarchseries_id,
+            },
+            prepared=True,
         )
-        ahead, ahead_seconds = int(ahead_rows[0][0]), float(ahead_rows[0][1])
-        running_rows = await self._db.query(_RUNNING_SQL, kind)
-        running, as_of = float(running_rows[0][0]), running_rows[0][1]
+        ahead, ahead_seconds, running, no_chroot, as_of = rows[0]
+        ahead, ahead_seconds, running = int(ahead), float(ahead_seconds), float(running)
         builders = [
             KindBuilder(
                 name=r[0],
@@ -275,7 +288,7 @@ class QueueViews:
                 manual=r[5],
                 busy=r[6],
             )
-            for r in await self._db.query(_KIND_BUILDERS_SQL, kind)
+            for r in await self._db.query(_KIND_BUILDERS_SQL, kind, prepared=True)
         ]
         suspended = job.status is BuildQueueStatus.SUSPENDED
         reason_rows = (
@@ -287,16 +300,12 @@ class QueueViews:
             if suspended
             else []
         )
-        chroot = await self._db.query(
-            "SELECT chroot IS NULL FROM distroarchseries WHERE id = %s",
-            (summary.build.distroarchseries_id,),
-        )
         inputs = WaitInputs(
             architecture=summary.architecture,
             kind=kind_name(summary.processor, job.virtualized),
             suspended=suspended,
             suspended_reason=reason_rows[0][0] if reason_rows else None,
-            chroot_missing=bool(chroot and chroot[0][0]),
+            chroot_missing=bool(no_chroot),
             builders=tuple(builders),
             ahead=ahead,
         )

@@ -10,7 +10,8 @@ from buildmaster.model import Processor
 from buildmaster.store.builders import BuilderBusy
 from buildmaster.store.database import NotFound
 from buildmaster.store.views import BuilderOverview
-from buildmaster.web.api.builds import _logtail
+from buildmaster.store.views.builders import CurrentBuild
+from buildmaster.web.api.builds import _live_logtail
 from buildmaster.web.api.endpoint import Call, Endpoint, Reply, created, no_content, ok
 from buildmaster.web.api.problems import conflict, invalid_parameter, unprocessable
 from buildmaster.web.api.representations import build_summary_json, event_json, iso
@@ -39,9 +40,19 @@ def overview_json(ctx: Any, o: BuilderOverview) -> Any:
         "clean_status": b.clean_status.name.lower(),
         "version": b.version,
         "busy": o.job is not None,
-        "current_build": build_summary_json(o.current, ctx.now())
-        if o.current is not None
-        else None,
+        "current_build": current_json(ctx, o.current) if o.current is not None else None,
+    }
+
+
+def current_json(ctx: Any, current: CurrentBuild) -> Any:
+    started = current.started
+    return {
+        "id": current.id,
+        "url": f"/api/v1/builds/{current.id}",
+        "title": current.title,
+        "state": current.status.name,
+        "started": started,
+        "duration": (ctx.now() - started).total_seconds() if started is not None else None,
     }
 
 
@@ -122,9 +133,9 @@ class Builder(Endpoint):
         grant = await call.grant()
         detail = await self.ctx.store.views.builders.detail(self.name, grant)
         shown = overview_json(self.ctx, detail.overview)
-        current = detail.overview.current
+        job = detail.overview.job
         shown.update(
-            logtail=_logtail(self.ctx, current) if current is not None else None,
+            logtail=_live_logtail(self.ctx, job) if detail.overview.current is not None else None,
             recent_builds=[build_summary_json(b, self.ctx.now()) for b in detail.recent_builds],
             events=[event_json(e) for e in detail.events],
         )

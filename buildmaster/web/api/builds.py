@@ -11,6 +11,7 @@ from twisted.web import http
 
 from buildmaster.access import Grant, may_operate, may_read
 from buildmaster.enums import BuildQueueStatus, BuildStatus
+from buildmaster.model import BuildQueue
 from buildmaster.store.database import DatabaseUnavailable, NotFound
 from buildmaster.store.views import BuildDetail, BuildFilter, BuildSummary, Standing
 from buildmaster.transitions import RETRYABLE
@@ -142,11 +143,14 @@ def _standing_json(standing: Standing | None) -> Any:
 
 
 def _logtail(ctx: Any, summary: BuildSummary) -> str | None:
-    """The newest log tail of a running build: the master's, else the database's."""
-    job = summary.job
+    return _live_logtail(ctx, summary.job)
+
+
+def _live_logtail(ctx: Any, job: BuildQueue | None) -> str | None:
+    """The newest log tail of a running job: the master's, else the database's."""
     if job is None or job.builder_id is None:
         return None
-    live = ctx.farm.live_logtail(job.id)
+    live: str | None = ctx.farm.live_logtail(job.id)
     return live if live is not None else job.logtail
 
 
@@ -168,16 +172,11 @@ class BuildLog(Endpoint):
 
 
 async def log_json(ctx: Any, build_id: int, grant: Grant) -> Any:
-    summary = await ctx.store.views.builds.summary(build_id, grant)
+    summary, file = await ctx.store.views.builds.with_log(build_id, grant)
     log = None
-    if summary.build.log_id is not None:
-        try:
-            file = await ctx.store.files.get(summary.build.log_id)
-        except NotFound:
-            file = None
-        if file is not None:
-            tokens = summary.archive.private and may_read(grant, summary.archive)
-            log = file_json(ctx.librarian, file, tokens)
+    if file is not None:
+        tokens = summary.archive.private and may_read(grant, summary.archive)
+        log = file_json(ctx.librarian, file, tokens)
     return {
         "build": build_id,
         "state": summary.status.name,

@@ -240,10 +240,20 @@ SCHEMAS: dict[str, Any] = {
             "clean_status": {"type": "string", "enum": ["clean", "dirty", "cleaning"]},
             "version": N_STRING,
             "busy": BOOL,
-            "current_build": nullable(ref("BuildSummary")),
+            "current_build": nullable(ref("CurrentBuild")),
         }
     ),
     "BuilderList": obj({"builders": array(ref("Builder"))}),
+    "CurrentBuild": obj(
+        {
+            "id": INT,
+            "url": PATH,
+            "title": STRING,
+            "state": {"type": "string", "enum": STATES},
+            "started": N_TIME,
+            "duration": {**N_NUMBER, "description": "seconds so far"},
+        }
+    ),
     "BuilderDetail": {
         "allOf": [
             ref("Builder"),
