@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -15,13 +14,21 @@ from buildmaster.model import BuildQueue
 from buildmaster.store.database import DatabaseUnavailable, NotFound
 from buildmaster.store.views import BuildDetail, BuildFilter, BuildSummary, Standing
 from buildmaster.transitions import RETRYABLE
-from buildmaster.web.api.endpoint import STREAMED, Call, Endpoint, Reply, encode_json, ok
+from buildmaster.web.api.endpoint import (
+    STREAMED,
+    Call,
+    Endpoint,
+    Reply,
+    encode_json,
+    numeric_id,
+    ok,
+)
 from buildmaster.web.api.problems import conflict, forbidden, invalid_parameter
 from buildmaster.web.api.representations import (
     build_summary_json,
     event_json,
     file_json,
-    iso,
+    later,
 )
 
 __all__ = ["Builds"]
@@ -38,15 +45,11 @@ LIVE = frozenset(
 )
 
 
-def _id(segment: str) -> int | None:
-    return int(segment) if segment.isdigit() and len(segment) < 10 else None
-
-
 class Builds(Endpoint):
     methods = ("get",)
 
     def child(self, segment: str) -> Endpoint | None:
-        build_id = _id(segment)
+        build_id = numeric_id(segment)
         return Build(self.ctx, build_id) if build_id is not None else None
 
     async def get(self, call: Call) -> Reply:
@@ -135,9 +138,7 @@ def _standing_json(standing: Standing | None) -> Any:
         "position": standing.position,
         "ahead_seconds": standing.ahead_seconds,
         "estimated_start_in": start,
-        "estimated_start": iso(standing.as_of + datetime.timedelta(seconds=start))
-        if start is not None
-        else None,
+        "estimated_start": later(standing.as_of, start),
         "reason": {"code": standing.reason.code, "text": standing.reason.text},
     }
 

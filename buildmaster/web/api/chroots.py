@@ -4,50 +4,20 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime
 from typing import Any
 
 from twisted.web import http
 
-from buildmaster.librarian import ContentMismatch, LibrarianError
 from buildmaster.store.views import ArchitectureView, SeriesView
-from buildmaster.web.api.endpoint import Call, Endpoint, Reply, ok, problem_for_librarian
-from buildmaster.web.api.problems import Problem, not_found
+from buildmaster.web.api.endpoint import Call, Endpoint, Reply, ok
+from buildmaster.web.api.problems import not_found
 from buildmaster.web.api.representations import file_json
 
-__all__ = ["Chroots", "content_sha256"]
+__all__ = ["Chroots"]
 
 #: a replaced chroot stays this long for builders that are fetching it
 REPLACED_CHROOT_LIFETIME = datetime.timedelta(days=1)
-
-
-def content_sha256(call: Call) -> str | None:
-    """The SHA-256 a ``Content-Digest: sha-256=:<base64>:`` header (RFC 9530) declares.
-
-    :raises Problem: 400 for a malformed one.
-    """
-    header = call.request.getHeader(b"content-digest")
-    if header is None:
-        return None
-    for item in header.decode("latin-1").split(","):
-        algorithm, _, value = item.strip().partition("=")
-        if algorithm.strip().lower() != "sha-256":
-            continue
-        value = value.strip()
-        try:
-            digest = base64.b64decode(value.strip(":"), validate=True)
-        except (binascii.Error, ValueError):
-            digest = b""
-        if not (value.startswith(":") and value.endswith(":") and len(digest) == 32):
-            raise Problem(
-                http.BAD_REQUEST,
-                "bad-request",
-                "Content-Digest: give sha-256=:<base64 of the 32-byte digest>: (RFC 9530)",
-            )
-        return digest.hex()
-    return None
 
 
 def chroot_json(ctx: Any, series: SeriesView, arch: ArchitectureView) -> Any:
@@ -113,22 +83,13 @@ class Chroot(Endpoint):
     async def put(self, call: Call) -> Reply:
         await call.require_admin(f"uploading the chroot of {self.name}")
         series, arch = await self._find()
-        sha256 = content_sha256(call)
         filename = (
             call.param("filename") or f"chroot-{self.distribution}-{self.series}-{self.arch}.tar.gz"
         )
         content_type = (call.request.getHeader(b"content-type") or b"application/x-gzip").decode(
             "latin-1"
         )
-        upload = await call.body_upload()
-        try:
-            upload.rename(filename, content_type, False, None, expected_sha256=sha256)
-            alias = await upload.finish()
-        except ContentMismatch as e:
-            raise Problem(http.BAD_REQUEST, "bad-request", f"not stored: {e}") from None
-        except LibrarianError as e:
-            await upload.abort()
-            raise problem_for_librarian(e) from None
+        alias = await call.store_body(filename, content_type, restricted=False, expires=None)
         old = arch.chroot
         await self.ctx.operations.addOrUpdateChroot(arch.id, alias)
         if old is not None and old.id != alias:

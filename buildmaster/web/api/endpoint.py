@@ -11,6 +11,8 @@ and 5xx only for the master's.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import enum
 import io
@@ -42,7 +44,7 @@ from buildmaster.web.api import schemas
 from buildmaster.web.api.context import ApiContext
 from buildmaster.web.api.problems import CONTENT_TYPE, Problem, invalid_parameter
 
-__all__ = ["Endpoint", "Call", "Reply", "STREAMED", "E", "encode_json"]
+__all__ = ["Endpoint", "Call", "Reply", "STREAMED", "E", "encode_json", "numeric_id"]
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -265,6 +267,57 @@ class Call:
             )
         return value
 
+    def content_sha256(self) -> str | None:
+        """The SHA-256 a ``Content-Digest: sha-256=:<base64>:`` header (RFC 9530) declares.
+
+        :raises Problem: 400 for a malformed one.
+        """
+        header = self.request.getHeader(b"content-digest")
+        if header is None:
+            return None
+        for item in header.decode("latin-1").split(","):
+            algorithm, _, value = item.strip().partition("=")
+            if algorithm.strip().lower() != "sha-256":
+                continue
+            value = value.strip()
+            try:
+                digest = base64.b64decode(value.strip(":"), validate=True)
+            except (binascii.Error, ValueError):
+                digest = b""
+            if not (value.startswith(":") and value.endswith(":") and len(digest) == 32):
+                raise Problem(
+                    http.BAD_REQUEST,
+                    "bad-request",
+                    "Content-Digest: give sha-256=:<base64 of the 32-byte digest>: (RFC 9530)",
+                )
+            return digest.hex()
+        return None
+
+    async def store_body(
+        self,
+        filename: str,
+        content_type: str,
+        restricted: bool,
+        expires: datetime.datetime | None,
+    ) -> int:
+        """Store the request body in the librarian as ``filename``: the new alias's id.
+
+        Checked against a ``Content-Digest`` when the request has one.
+
+        :raises Problem: 400 for a bad name or digest, or bytes that are not what the digest
+            says (nothing is stored); 413, 401 as :meth:`body_upload`.
+        """
+        sha256 = self.content_sha256()
+        upload = await self.body_upload()
+        try:
+            upload.rename(filename, content_type, restricted, expires, expected_sha256=sha256)
+            return int(await upload.finish())
+        except ContentMismatch as e:
+            raise Problem(http.BAD_REQUEST, "bad-request", f"not stored: {e}") from None
+        except LibrarianError as e:
+            await upload.abort()
+            raise problem_for_librarian(e) from None
+
     async def body_upload(self) -> Upload:
         """The request body as a librarian upload, for the handler to ``rename`` and
         ``finish`` (or ``abort``): streamed already if it was large, else written now.
@@ -296,6 +349,11 @@ class Call:
             await upload.abort()
             raise
         return upload
+
+
+def numeric_id(segment: str) -> int | None:
+    """A path segment as an id (``None`` when it is not one)."""
+    return int(segment) if segment.isdigit() and len(segment) < 10 else None
 
 
 def unavailable(detail: str) -> Problem:

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 from buildmaster.store.views import QueueKind, WaitingJob
 from buildmaster.web.api.endpoint import Call, Endpoint, Reply, ok
 from buildmaster.web.api.problems import invalid_parameter
-from buildmaster.web.api.representations import build_summary_json, iso
+from buildmaster.web.api.representations import build_summary_json, iso, later
 
 __all__ = ["Queue"]
 
@@ -30,9 +30,7 @@ def kind_json(kind: QueueKind) -> Any:
         "builders": kind.builders,
         "usable_builders": kind.usable_builders,
         "estimated_drain_seconds": drain,
-        "estimated_drain": iso(kind.as_of + datetime.timedelta(seconds=drain))
-        if drain is not None
-        else None,
+        "estimated_drain": later(kind.as_of, drain),
     }
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "build_summary_json",
     "event_json",
     "build_path",
+    "later",
 ]
 
 API = "/api/v1"
@@ -32,6 +33,11 @@ def iso(when: datetime.datetime | None) -> str | None:
     if text.endswith("+00:00"):  # the database's sessions run in UTC: the usual case
         return text[:-6] + "Z"
     return when.astimezone(datetime.UTC).isoformat()[:-6] + "Z"
+
+
+def later(when: datetime.datetime, seconds: float | None) -> datetime.datetime | None:
+    """``seconds`` after ``when`` (``None`` for no estimate)."""
+    return when + datetime.timedelta(seconds=seconds) if seconds is not None else None
 
 
 def build_path(build_id: int) -> str:

@@ -13,13 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.web import http
-
 from buildmaster.access import Grant, may_read, may_upload
 from buildmaster.architectures import choose_architectures
 from buildmaster.dsc import DscError, StoredFile, check_files, file_type, parse_dsc
 from buildmaster.enums import PackagePublishingPocket, SourcePackageUrgency
-from buildmaster.librarian import ContentMismatch, LibrarianError
 from buildmaster.model import Archive
 from buildmaster.store.database import NotFound
 from buildmaster.store.uploads import (
@@ -29,15 +26,14 @@ from buildmaster.store.uploads import (
     UploadClosed,
     UploadSession,
 )
-from buildmaster.web.api.chroots import content_sha256
 from buildmaster.web.api.endpoint import (
     Call,
     Endpoint,
     Reply,
     created,
     no_content,
+    numeric_id,
     ok,
-    problem_for_librarian,
 )
 from buildmaster.web.api.problems import Problem, conflict, forbidden, not_found, unprocessable
 from buildmaster.web.api.representations import (
@@ -50,10 +46,6 @@ from buildmaster.web.api.representations import (
 __all__ = ["Uploads", "Sources"]
 
 
-def _id(segment: str) -> int | None:
-    return int(segment) if segment.isdigit() and len(segment) < 10 else None
-
-
 def rejected(detail: str, errors: list[str]) -> Problem:
     return Problem(422, "upload-rejected", detail, errors=errors)
 
@@ -62,7 +54,7 @@ class Uploads(Endpoint):
     methods = ("post",)
 
     def child(self, segment: str) -> Endpoint | None:
-        session_id = _id(segment)
+        session_id = numeric_id(segment)
         return UploadEndpoint(self.ctx, session_id) if session_id is not None else None
 
     async def post(self, call: Call) -> Reply:
@@ -186,22 +178,12 @@ class UploadFile(Endpoint):
                 f"{self.filename} is not a file of a source package (.dsc, .tar.*,"
                 " .diff.gz, .orig.tar.*.asc)"
             )
-        sha256 = content_sha256(call)
-        upload = await call.body_upload()
-        try:
-            upload.rename(
-                self.filename,
-                "text/plain" if self.filename.endswith(".dsc") else "application/octet-stream",
-                archive.private,
-                session.expires,
-                expected_sha256=sha256,
-            )
-            alias = await upload.finish()
-        except ContentMismatch as e:
-            raise Problem(http.BAD_REQUEST, "bad-request", f"not stored: {e}") from None
-        except LibrarianError as e:
-            await upload.abort()
-            raise problem_for_librarian(e) from None
+        alias = await call.store_body(
+            self.filename,
+            "text/plain" if self.filename.endswith(".dsc") else "application/octet-stream",
+            restricted=archive.private,
+            expires=session.expires,
+        )
         try:
             await self.ctx.store.uploads.add_file(session.id, self.filename, alias)
         except UploadClosed as e:
@@ -351,7 +333,7 @@ async def source_json(ctx: Any, source_id: int, grant: Grant) -> Any:
 
 class Sources(Endpoint):
     def child(self, segment: str) -> Endpoint | None:
-        source_id = _id(segment)
+        source_id = numeric_id(segment)
         return Source(self.ctx, source_id) if source_id is not None else None
 
 
