@@ -17,12 +17,11 @@ from buildmaster.store.database import Database, NotFound
 from buildmaster.store.views.builds import (
     EVENT_COLUMNS,
     EVENT_FROM,
-    SUMMARY_COLUMNS,
-    SUMMARY_FROM,
+    BuildFilter,
     BuildSummary,
+    BuildViews,
     EventView,
     event_from_row,
-    summary_from_row,
     visibility_args,
     visible_sql,
 )
@@ -87,12 +86,15 @@ _STATES = {int(s): s for s in BuildStatus}
 class BuilderViews:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._builds = BuildViews(db)
 
     async def _overviews(
         self, where: str, args: dict[str, Any], grant: Grant
     ) -> list[BuilderOverview]:
         rows = await self._db.query(
-            f"{_OVERVIEW_SQL} WHERE {where} ORDER BY br.name", {**args, **visibility_args(grant)}
+            f"{_OVERVIEW_SQL} WHERE {where} ORDER BY br.name",
+            {**args, **visibility_args(grant)},
+            prepared=True,
         )
         found = []
         for row in rows:
@@ -137,21 +139,17 @@ class BuilderViews:
         """The builder with its latest builds (those the grant may see) and events."""
         overview = await self.overview(name, grant)
         builder_id = overview.builder.id
-        build_rows = await self._db.query(
-            f"SELECT {SUMMARY_COLUMNS} FROM {SUMMARY_FROM}"
-            f" WHERE b.builder = %(builder)s AND {visible_sql()}"
-            " ORDER BY b.id DESC LIMIT %(limit)s",
-            {"builder": builder_id, "limit": recent, **visibility_args(grant)},
-        )
+        builds = await self._builds.page(grant, BuildFilter(builder_id=builder_id), limit=recent)
         event_rows = await self._db.query(
             f"SELECT {EVENT_COLUMNS}, e.build IS NULL OR EXISTS (SELECT 1 FROM build b"
             f"  JOIN archive a ON a.id = b.archive WHERE b.id = e.build AND {visible_sql()})"
             f" FROM {EVENT_FROM} WHERE e.builder = %(builder)s ORDER BY e.id DESC LIMIT %(limit)s",
             {"builder": builder_id, "limit": events, **visibility_args(grant)},
+            prepared=True,
         )
         return BuilderDetail(
             overview,
-            tuple(summary_from_row(r) for r in build_rows),
+            builds.builds,
             tuple(_event_for(r[:-1], visible=r[-1]) for r in event_rows),
         )
 

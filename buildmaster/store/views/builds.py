@@ -260,6 +260,7 @@ class BuildViews:
             f"SELECT {SUMMARY_COLUMNS} FROM {SUMMARY_FROM}"
             f" WHERE b.id = ANY(%(ids)s::integer[]) AND {visible_sql()}",
             {"ids": build_ids, **visibility_args(grant)},
+            prepared=True,
         )
         found = (summary_from_row(r) for r in rows)
         return {s.id: s for s in found}
@@ -316,10 +317,22 @@ class BuildViews:
                 else ""
             )
             conditions.append(f"b.id = ANY(ARRAY(SELECT id FROM build WHERE {window}))")
+        # The page's ids first, from the build table alone (an index in id order), then
+        # what the page shows of those ids: the plan of the ids does not depend on the
+        # joins, nor the joins' on how many builds match. Prepared: planning the joins costs
+        # PostgreSQL more than running them, and the texts are few (one per combination of
+        # the filters a client uses).
+        joined = (
+            " JOIN distroarchseries das ON das.id = b.distroarchseries" if where.arch_tag else ""
+        )
         rows = await self._db.query(
-            f"SELECT {SUMMARY_COLUMNS} FROM {SUMMARY_FROM} WHERE {' AND '.join(conditions)}"
-            " ORDER BY b.id DESC LIMIT %(limit)s",
+            f"SELECT {SUMMARY_COLUMNS} FROM {SUMMARY_FROM}"
+            " WHERE b.id = ANY(ARRAY("
+            f"  SELECT b.id FROM build b JOIN archive a ON a.id = b.archive{joined}"
+            f"  WHERE {' AND '.join(conditions)} ORDER BY b.id DESC LIMIT %(limit)s))"
+            " ORDER BY b.id DESC",
             args,
+            prepared=True,
         )
         archives: dict[tuple[Any, ...], Archive] = {}
         builds = tuple(summary_from_row(r, archives) for r in rows)
@@ -345,16 +358,3 @@ class BuildViews:
         files = await self._builds.files(build_id)
         inputs = await score_inputs(cast(Transaction, _Statements(self._db)), build_id)
         return BuildDetail(summary, tuple(events), tuple(files), log, score_parts(inputs))
-
-    async def logtail(self, build_id: int) -> tuple[BuildStatus, BuildQueue | None]:
-        """The build's state and its queue entry (with the log tail last written)."""
-        rows = await self._db.query(
-            f"SELECT b.buildstate, {queue_columns('q')} FROM build b"
-            " LEFT JOIN buildqueue q ON q.build = b.id WHERE b.id = %s",
-            (build_id,),
-        )
-        if not rows:
-            raise NotFound(f"no build {build_id}")
-        row = rows[0]
-        job = queue_from_row(row[1:]) if row[1] is not None else None
-        return BuildStatus(row[0]), job

@@ -103,6 +103,7 @@ class CatalogViews:
             f"SELECT {ARCHIVE_COLUMNS} FROM {ARCHIVE_FROM} WHERE {where}"
             " ORDER BY d.name, a.purpose, p.name, a.name",
             args,
+            prepared=True,
         )
         return [archive_from_row(r) for r in rows]
 
@@ -127,6 +128,7 @@ class CatalogViews:
             f"SELECT {ARCHIVE_COLUMNS} FROM {ARCHIVE_FROM} WHERE {' AND '.join(conditions)}"
             " ORDER BY a.id LIMIT 2",
             args,
+            prepared=True,
         )
         if not rows:
             raise NotFound(f"no archive {reference}")

@@ -169,7 +169,7 @@ class QueueViews:
 
     async def kinds(self) -> list[QueueKind]:
         """Every kind of build that has jobs or builders."""
-        rows = await self._db.query(_KINDS_SQL)
+        rows = await self._db.query(_KINDS_SQL, prepared=True)
         return [
             QueueKind(
                 processor_id=r[0],
@@ -218,11 +218,17 @@ class QueueViews:
                 "(q.lastscore < %(score)s OR (q.lastscore = %(score)s AND q.id > %(job)s))"
             )
             args["score"], args["job"] = after
+        # the page's jobs first, from the queue alone (its candidate index is in this very
+        # order for one kind), then what the page shows of them
         rows = await self._db.query(
             f"SELECT {SUMMARY_COLUMNS}, q.datecreated, {visible_sql()}"
             f" FROM {SUMMARY_FROM.replace('LEFT JOIN buildqueue q', 'JOIN buildqueue q')}"
-            f" WHERE {' AND '.join(conditions)} ORDER BY q.lastscore DESC, q.id LIMIT %(limit)s",
+            " WHERE q.id = ANY(ARRAY("
+            f"  SELECT q.id FROM buildqueue q WHERE {' AND '.join(conditions)}"
+            "  ORDER BY q.lastscore DESC, q.id LIMIT %(limit)s))"
+            " ORDER BY q.lastscore DESC, q.id",
             args,
+            prepared=True,
         )
         first = None
         if one_kind and rows:
