@@ -5,13 +5,13 @@ master. Every ``1/RATE`` seconds it sends one request (open loop: a slow answer 
 slow the readers down; at most ``--max-in-flight`` at once, the rest are counted as
 skipped), over kept-alive connections, drawn from a mix of what people and scripts read:
 
-* 35 % ``/api/v1/builds/<id>/log``: followers of a build's log (``build log --follow``);
-* 20 % ``/api/v1/builds/<id>``: one build in full;
+* 40 % ``/api/v1/builds/<id>/log``: followers of a build's log (``build log --follow``);
+* 25 % ``/api/v1/builds/<id>``: one build in full;
 * 15 % ``/api/v1/builds?limit=20``: the latest builds;
-* 10 % ``/api/v1/queue``;
 * 10 % ``/api/v1/builders/<name>``;
-* 5 % ``/api/v1/builders`` (every builder, with its current build);
-* 5 % ``/api/v1/builds?state=fullybuilt&limit=20&before=<id>``: paging back.
+* 5 % ``/api/v1/queue``;
+* 3 % ``/api/v1/builds?state=fullybuilt&limit=20&before=<id>``: paging back;
+* 2 % ``/api/v1/builders`` (every builder, with what it builds: 500 of them here).
 
 The builds and builders asked for are the latest ones (the list is read again every two
 seconds, which counts as a read). At the end it writes what it did to ``--out`` (JSON):
@@ -37,13 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common
 
 MIX = [
-    ("build log", 35),
-    ("build", 20),
+    ("build log", 40),
+    ("build", 25),
     ("latest builds", 15),
-    ("queue", 10),
     ("builder", 10),
-    ("builders", 5),
-    ("paging back", 5),
+    ("queue", 5),
+    ("paging back", 3),
+    ("builders", 2),
 ]
 
 
