@@ -51,6 +51,9 @@ class ServiceSettings:
     librarian_url: str | None = None
     master: MasterConfig = MasterConfig()
     pool_size: int = 8
+    #: database connections of the operator API's own (its reads never wait in front of
+    #: the master's statements, and at most this many run in PostgreSQL at once)
+    api_pool_size: int = 2
     gc_interval: float = 3600.0
     #: log every request to the web server (builders fetch a file or two per build)
     access_log: bool = False
@@ -83,6 +86,9 @@ class BuildmasterService(service.Service):
         self.on_fatal = on_fatal
         self.cluster: PostgresCluster | None = None
         self.db: Database | None = None
+        self.api_db: Database | None = None
+        #: the operator API's store: its own connections
+        self.api_store: Store | None = None
         self.store: Store | None = None
         self.librarian: Librarian | None = None
         self.master: BuilddMaster | None = None
@@ -122,13 +128,16 @@ class BuildmasterService(service.Service):
         if applied:
             self._log.info("Applied schema migrations {applied}", applied=applied)
         self.store = Store(self.db)
+        self.api_db = Database(self.reactor, dsn, size=settings.api_pool_size)
+        await self.api_db.connect()
+        self.api_store = Store(self.api_db)
 
         # uploads are raw bodies: twisted.web must neither parse them as forms nor keep
         # bodies that nobody may upload
         site = server.Site(
             web_root(),
             requestFactory=guarded_request_factory(
-                lambda: self.librarian, verify_bearer=bearer_verifier(lambda: self.store)
+                lambda: self.librarian, verify_bearer=bearer_verifier(lambda: self.api_store)
             ),
             parsePOSTFormSubmission=False,
         )
@@ -167,7 +176,7 @@ class BuildmasterService(service.Service):
         mount_operator_web(
             site.resource,
             ApiContext(
-                store=self.store,
+                store=self.api_store,
                 librarian=self.librarian,
                 clock=self.reactor,
                 operations=self.master,
@@ -219,6 +228,8 @@ class BuildmasterService(service.Service):
             )
         if self.db is not None:
             await self.db.close()
+        if self.api_db is not None:
+            await self.api_db.close()
         if self.cluster is not None and self.cluster.port is not None:
             self._log.info("Stopping the private PostgreSQL cluster")
             await self.cluster.stop_async(self.reactor)

@@ -12,21 +12,36 @@ import datetime
 
 import attrs
 
-__all__ = ["KindBuilder", "WaitInputs", "WaitReason", "why_waiting"]
+__all__ = ["KindBuilder", "KindBuilders", "WaitInputs", "WaitReason", "why_waiting"]
 
 
 @attrs.frozen
 class KindBuilder:
-    """A builder of the build's kind, as far as the explanation needs it."""
+    """A builder of the build's kind that is out of service, to be named."""
 
     name: str
-    builderok: bool
     failed_by_master: bool
     failnotes: str | None
     #: when it was last taken out of service (its latest "failed"/"disabled" event)
     out_of_service_since: datetime.datetime | None
-    manual: bool
-    busy: bool
+
+
+@attrs.frozen
+class KindBuilders:
+    """The builders of the build's kind (its processor and virtualization), counted."""
+
+    total: int = 0
+    #: in service (ok)
+    working: int = 0
+    #: in service and not in manual mode: those that take jobs
+    automatic: int = 0
+    #: of those, without a job
+    free: int = 0
+    #: a few of those out of service, to be named
+    out_of_service: tuple[KindBuilder, ...] = ()
+    #: a few of those in manual mode, and one free one
+    manual: tuple[str, ...] = ()
+    a_free_one: str | None = None
 
 
 @attrs.frozen
@@ -39,9 +54,11 @@ class WaitInputs:
     #: the reason recorded when it was suspended
     suspended_reason: str | None
     chroot_missing: bool
-    builders: tuple[KindBuilder, ...]
-    #: waiting builds of its kind before it in dispatch order
+    builders: KindBuilders
+    #: waiting builds of its kind before it in dispatch order (at least this many when
+    #: ``ahead_counted_to`` was reached)
     ahead: int
+    ahead_counted_to: int | None = None
 
 
 @attrs.frozen
@@ -62,6 +79,10 @@ def _out_of_service(b: KindBuilder) -> str:
     return f"{b.name} is {how}{why}{_since(b.out_of_service_since)}"
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'s' if count != 1 else ''}"
+
+
 def _chroot_hint(architecture: str) -> str:
     return f"upload one with PUT /api/v1/chroots/{architecture}"
 
@@ -78,39 +99,50 @@ def why_waiting(inputs: WaitInputs) -> WaitReason:
             f"{inputs.architecture} has no chroot: the build will be suspended when a builder"
             f" tries it; {_chroot_hint(inputs.architecture)}",
         )
-    if not inputs.builders:
+    builders = inputs.builders
+    if builders.total == 0:
         return WaitReason(
             "no-builder",
             f"no builder takes {inputs.kind} builds; add one with POST /api/v1/builders",
         )
-    working = [b for b in inputs.builders if b.builderok]
-    if not working:
-        details = "; ".join(_out_of_service(b) for b in inputs.builders)
-        first = inputs.builders[0].name
+    if builders.working == 0:
+        named = builders.out_of_service
+        details = "; ".join(_out_of_service(b) for b in named)
+        more = builders.total - len(named)
+        if more > 0:
+            details += f"; and {more} more"
+        first = named[0].name if named else "it"
         return WaitReason(
             "no-working-builder",
             f"no builder of its kind ({inputs.kind}) is working: {details}; enable one with"
             f' PATCH /api/v1/builders/{first} {{"enabled": true}}',
         )
-    automatic = [b for b in working if not b.manual]
-    if not automatic:
-        names = ", ".join(b.name for b in working)
+    if builders.automatic == 0:
+        names = ", ".join(builders.manual)
+        more = builders.working - len(builders.manual)
+        if more > 0:
+            names += f" and {more} more"
+        first = builders.manual[0] if builders.manual else "it"
         return WaitReason(
             "manual",
             f"every working builder of its kind ({inputs.kind}) is in manual mode: {names};"
-            f' take one out with PATCH /api/v1/builders/{working[0].name} {{"manual": false}}',
+            f' take one out with PATCH /api/v1/builders/{first} {{"manual": false}}',
         )
-    free = [b for b in automatic if not b.busy]
-    if inputs.ahead > 0 or not free:
-        busy = len(automatic) - len(free)
-        ahead = f"{inputs.ahead} build{'s' if inputs.ahead != 1 else ''} of its kind before it"
+    if inputs.ahead > 0 or builders.free == 0:
+        busy = builders.automatic - builders.free
+        counted = inputs.ahead_counted_to
+        ahead = (
+            f"more than {counted:,} builds"
+            if counted is not None and inputs.ahead >= counted
+            else _plural(inputs.ahead, "build")
+        )
         return WaitReason(
             "busy",
-            f"{busy} of {len(automatic)} builder{'s' if len(automatic) != 1 else ''} of its kind"
-            f" ({inputs.kind}) busy, {ahead}",
+            f"{busy} of {_plural(builders.automatic, 'builder')} of its kind ({inputs.kind})"
+            f" busy, {ahead} of its kind before it",
         )
     return WaitReason(
         "next",
-        f"next in line: {free[0].name} or another idle builder of its kind takes it at its"
-        " next scan",
+        f"next in line: {builders.a_free_one or 'an idle builder'} or another idle builder of"
+        " its kind takes it at its next scan",
     )

@@ -9,6 +9,7 @@ from typing import Any
 import pytest_twisted
 from test_api_basics import assert_problem
 from test_api_builders import _state
+from twisted.internet import defer
 
 from buildmaster.enums import BuildStatus
 from buildmaster.testing import wait_for
@@ -239,3 +240,23 @@ async def test_a_building_build_shows_its_live_log_tail_and_streams_it(api_world
     assert log["state"] == "FULLYBUILT" and log["logtail"] is None
     assert log["log"]["sha256"] == end["log"]["sha256"]
     assert_problem(await anonymous.get("/api/v1/builds/99999/log/stream"), 404, "not-found")
+
+
+@pytest_twisted.ensureDeferred
+async def test_readers_of_the_queue_share_a_recent_reading(api_world: Any) -> None:
+    """A reading of the queue is a walk through all of it: readers within max_age share
+    one (it says when it was made); a reader asking for a fresh one gets it."""
+    world, queue = api_world.world, api_world.store.views.queue
+    await world.queue("first")
+    first, second = await defer.gatherResults(
+        [
+            defer.Deferred.fromCoroutine(queue.kinds(max_age=60)),
+            defer.Deferred.fromCoroutine(queue.kinds(max_age=60)),
+        ]
+    )
+    assert first is second  # one statement for both
+    await world.queue("second")
+    assert await queue.kinds(max_age=60) is first
+    fresh = await queue.kinds()
+    assert [k.waiting for k in fresh if k.name == "trusted 386"] == [2]
+    assert fresh[0].as_of >= first[0].as_of

@@ -26,7 +26,7 @@ from buildmaster.estimates import KindLoad, drain_seconds, start_in_seconds
 from buildmaster.eventtext import describe_event
 from buildmaster.model import Archive, Builder, BuildQueue
 from buildmaster.scoring import ScoreInputs, score_build, score_parts
-from buildmaster.waiting import KindBuilder, WaitInputs, why_waiting
+from buildmaster.waiting import KindBuilder, KindBuilders, WaitInputs, why_waiting
 
 # -- .dsc ----------------------------------------------------------------------------------
 
@@ -143,59 +143,58 @@ def test_architectures_from_the_dsc_and_the_series() -> None:
 # -- why a build waits, and when it starts -----------------------------------------------------
 
 
-def _builder(name: str, **kw: Any) -> KindBuilder:
+ONE_IDLE = KindBuilders(total=1, working=1, automatic=1, free=1, a_free_one="bob")
+
+
+def _inputs(**kw: Any) -> WaitInputs:
     values: dict[str, Any] = dict(
-        builderok=True,
-        failed_by_master=False,
-        failnotes=None,
-        out_of_service_since=None,
-        manual=False,
-        busy=False,
-    )
-    values.update(kw)
-    return KindBuilder(name, **values)
-
-
-def _inputs(**kw: object) -> WaitInputs:
-    values: dict[str, object] = dict(
         architecture="ubuntu/hoary/i386",
         kind="trusted 386",
         suspended=False,
         suspended_reason=None,
         chroot_missing=False,
-        builders=(_builder("bob"),),
+        builders=ONE_IDLE,
         ahead=0,
+        ahead_counted_to=1000,
     )
     values.update(kw)
-    return WaitInputs(**values)  # type: ignore[arg-type]
+    return WaitInputs(**values)
 
 
 def test_why_a_build_waits() -> None:
     since = datetime.datetime(2025, 1, 2, 12, 3, tzinfo=datetime.UTC)
-    down = _builder(
-        "bob",
-        builderok=False,
-        failed_by_master=True,
-        failnotes="(111, 'Connection refused')",
-        out_of_service_since=since,
-    )
-    reason = why_waiting(_inputs(builders=(down,)))
+    down = KindBuilder("bob", True, "(111, 'Connection refused')", since)
+    reason = why_waiting(_inputs(builders=KindBuilders(total=3, out_of_service=(down,))))
     assert reason.code == "no-working-builder"
-    assert (
-        "bob is failed: (111, 'Connection refused') since 2025-01-02 12:03 UTC; enable one with"
+    assert reason.text == (
+        "no builder of its kind (trusted 386) is working: bob is failed: (111, 'Connection"
+        " refused') since 2025-01-02 12:03 UTC; and 2 more; enable one with"
         ' PATCH /api/v1/builders/bob {"enabled": true}'
-    ) in reason.text
+    )
     assert why_waiting(
         _inputs(suspended=True, suspended_reason="no chroot", chroot_missing=True)
     ).text == ("suspended (no chroot); upload one with PUT /api/v1/chroots/ubuntu/hoary/i386")
     assert why_waiting(_inputs(chroot_missing=True)).code == "no-chroot"
-    assert why_waiting(_inputs(builders=())).code == "no-builder"
-    assert why_waiting(_inputs(builders=(_builder("bob", manual=True),))).code == "manual"
-    busy = why_waiting(_inputs(builders=(_builder("bob", busy=True),), ahead=3))
+    assert why_waiting(_inputs(builders=KindBuilders())).code == "no-builder"
+    manual = KindBuilders(total=2, working=2, manual=("bob",))
+    assert why_waiting(_inputs(builders=manual)).text == (
+        "every working builder of its kind (trusted 386) is in manual mode: bob and 1 more;"
+        ' take one out with PATCH /api/v1/builders/bob {"manual": false}'
+    )
+    busy = why_waiting(
+        _inputs(builders=KindBuilders(total=1, working=1, automatic=1, free=0), ahead=3)
+    )
     assert busy.code == "busy" and busy.text == (
         "1 of 1 builder of its kind (trusted 386) busy, 3 builds of its kind before it"
     )
-    assert why_waiting(_inputs()).code == "next"
+    far = why_waiting(_inputs(builders=KindBuilders(total=4, working=4, automatic=4), ahead=1000))
+    assert far.text == (
+        "4 of 4 builders of its kind (trusted 386) busy, more than 1,000 builds of its kind"
+        " before it"
+    )
+    assert why_waiting(_inputs()).text == (
+        "next in line: bob or another idle builder of its kind takes it at its next scan"
+    )
 
 
 def test_estimates_share_the_work_ahead_among_the_builders() -> None:

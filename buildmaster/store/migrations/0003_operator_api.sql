@@ -60,6 +60,11 @@ CREATE INDEX build_date_finished_idx ON build (date_finished) WHERE date_finishe
 CREATE INDEX build_fullybuilt_idx ON build (sourcepackagerelease, processor, date_finished)
     WHERE buildstate = 1;
 
+-- since when a builder is out of service: its latest "failed" or "disabled" event (a few
+-- among the many events of a busy builder)
+CREATE INDEX event_builder_out_of_service_idx ON event (builder, id)
+    WHERE kind IN ('failed', 'disabled');
+
 -- A queued build's estimated duration: how long the last successful build of the same
 -- source (any version) on the same processor took; else the column's default.
 CREATE FUNCTION buildqueue_estimate_duration() RETURNS trigger LANGUAGE plpgsql AS $$

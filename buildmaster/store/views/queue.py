@@ -8,6 +8,8 @@ import datetime
 from typing import Any
 
 import attrs
+from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from buildmaster.access import Grant
 from buildmaster.enums import BuildQueueStatus
@@ -21,7 +23,7 @@ from buildmaster.store.views.builds import (
     visibility_args,
     visible_sql,
 )
-from buildmaster.waiting import KindBuilder, WaitInputs, WaitReason, why_waiting
+from buildmaster.waiting import KindBuilder, KindBuilders, WaitInputs, WaitReason, why_waiting
 
 __all__ = ["QueueKind", "WaitingJob", "WaitingPage", "Standing", "QueueViews", "kind_name"]
 
@@ -87,7 +89,10 @@ class WaitingPage:
 class Standing:
     """Where a waiting (or suspended) build stands, and why it is not running."""
 
+    #: its place among the waiting builds of its kind (at least this, if not exact: only so
+    #: many builds ahead are counted)
     position: int
+    position_exact: bool
     ahead_seconds: float
     #: seconds until it should start (``None``: no builder can take it now)
     start_in_seconds: float | None
@@ -129,13 +134,21 @@ LEFT JOIN builders bu ON bu.processor = k.processor AND bu.virtualized = k.virtu
 ORDER BY p.name, k.virtualized
 """
 
-#: the waiting jobs of a kind before a job in dispatch order, and their estimates
-_AHEAD_SQL = """
-SELECT count(*) AS n, coalesce(sum(extract(epoch FROM q.estimated_duration)), 0) AS seconds
-FROM buildqueue q
-WHERE q.status = 0 AND q.builder IS NULL AND q.processor = %(processor)s
-    AND q.virtualized = %(virtualized)s
-    AND (q.lastscore > %(score)s OR (q.lastscore = %(score)s AND q.id < %(job)s))
+#: at most this many waiting jobs ahead of a build are counted (and their estimates added up):
+#: counting is a walk through them, and a position further back is "more than" this
+AHEAD_COUNTED = 1000
+
+#: the waiting jobs of a kind before a job in dispatch order, and their estimates (the
+#: candidate index is in that order: the walk stops after AHEAD_COUNTED of them)
+_AHEAD_SQL = f"""
+SELECT count(*) AS n, coalesce(sum(ahead.seconds), 0) AS seconds FROM (
+    SELECT extract(epoch FROM q.estimated_duration) AS seconds
+    FROM buildqueue q
+    WHERE q.status = 0 AND q.builder IS NULL AND q.processor = %(processor)s
+        AND q.virtualized = %(virtualized)s
+        AND (q.lastscore > %(score)s OR (q.lastscore = %(score)s AND q.id < %(job)s))
+    ORDER BY q.lastscore DESC, q.id
+    LIMIT {AHEAD_COUNTED}) ahead
 """
 
 #: where a waiting job stands: the jobs before it and their estimates, what is left of the
@@ -151,24 +164,71 @@ FROM ({_AHEAD_SQL}) ahead, (
         AND q.virtualized = %(virtualized)s) running
 """
 
+#: the builders of a kind, counted; a few of those out of service (since when: the partial
+#: index on "failed"/"disabled" events) and in manual mode, to be named
 _KIND_BUILDERS_SQL = """
-SELECT b.name, b.builderok, b.failed_by_master, b.failnotes,
-    CASE WHEN NOT b.builderok THEN (SELECT e.date FROM event e
-        WHERE e.builder = b.id AND e.kind IN ('failed', 'disabled') ORDER BY e.id DESC LIMIT 1)
-    END,
-    b.manual, EXISTS (SELECT 1 FROM buildqueue q WHERE q.builder = b.id)
-FROM builder b JOIN builderprocessor bp ON bp.builder = b.id
-WHERE b.active AND bp.processor = %(processor)s AND b.virtualized = %(virtualized)s
-ORDER BY b.builderok DESC, b.name
+WITH kb AS MATERIALIZED (
+    SELECT b.id, b.name, b.builderok, b.failed_by_master, b.failnotes, b.manual,
+        q.id IS NOT NULL AS busy
+    FROM builder b JOIN builderprocessor bp ON bp.builder = b.id
+    LEFT JOIN buildqueue q ON q.builder = b.id
+    WHERE b.active AND bp.processor = %(processor)s AND b.virtualized = %(virtualized)s),
+down AS (
+    SELECT kb.name, kb.failed_by_master, kb.failnotes,
+        (SELECT e.date FROM event e WHERE e.builder = kb.id AND e.kind IN ('failed', 'disabled')
+         ORDER BY e.id DESC LIMIT 1) AS since
+    FROM kb WHERE NOT kb.builderok ORDER BY kb.name LIMIT 5)
+SELECT (SELECT count(*) FROM kb),
+    (SELECT count(*) FROM kb WHERE builderok),
+    (SELECT count(*) FROM kb WHERE builderok AND NOT manual),
+    (SELECT count(*) FROM kb WHERE builderok AND NOT manual AND NOT busy),
+    (SELECT array_agg(name ORDER BY name) FROM down),
+    (SELECT array_agg(failed_by_master ORDER BY name) FROM down),
+    (SELECT array_agg(failnotes ORDER BY name) FROM down),
+    (SELECT array_agg(since ORDER BY name) FROM down),
+    (SELECT array_agg(name ORDER BY name) FROM (
+        SELECT name FROM kb WHERE builderok AND manual ORDER BY name LIMIT 5) m),
+    (SELECT min(name) FROM kb WHERE builderok AND NOT manual AND NOT busy)
 """
 
 
 class QueueViews:
     def __init__(self, db: Database) -> None:
         self._db = db
+        #: the last reading of :meth:`kinds` (when, what), and a reading in flight
+        self._kinds: tuple[float, list[QueueKind]] | None = None
+        self._waiting_for_kinds: list[defer.Deferred[list[QueueKind]]] | None = None
 
-    async def kinds(self) -> list[QueueKind]:
-        """Every kind of build that has jobs or builders."""
+    async def kinds(self, max_age: float = 0.0) -> list[QueueKind]:
+        """Every kind of build that has jobs or builders.
+
+        :param max_age: seconds a reading may be old (each is a walk through the whole
+            queue: readers asking at about the same moment share one; ``as_of`` says when
+            it was made).
+        """
+        clock = self._db.clock
+        if max_age > 0 and self._kinds is not None:
+            read_at, kinds = self._kinds
+            if clock.seconds() - read_at <= max_age:
+                return kinds
+        waiter: defer.Deferred[list[QueueKind]] = defer.Deferred()
+        if self._waiting_for_kinds is None:
+            self._waiting_for_kinds = []
+            defer.Deferred.fromCoroutine(self._read_kinds()).addBoth(self._deliver_kinds)
+        self._waiting_for_kinds.append(waiter)
+        return await waiter
+
+    def _deliver_kinds(self, result: list[QueueKind] | Failure) -> None:
+        waiters, self._waiting_for_kinds = self._waiting_for_kinds or [], None
+        if isinstance(result, Failure):
+            for waiter in waiters:
+                waiter.errback(result)
+            return
+        self._kinds = (self._db.clock.seconds(), result)
+        for waiter in waiters:
+            waiter.callback(result)
+
+    async def _read_kinds(self) -> list[QueueKind]:
         rows = await self._db.query(_KINDS_SQL, prepared=True)
         return [
             QueueKind(
@@ -243,8 +303,10 @@ class QueueViews:
                         "score": after[0],
                         "job": after[1] + 1,
                     },
+                    prepared=True,
                 )
-                first = int(ahead[0][0]) + 1
+                counted = int(ahead[0][0])
+                first = counted + 1 if counted < AHEAD_COUNTED else None
         jobs = []
         for i, row in enumerate(rows):
             summary = summary_from_row(row[:-2])
@@ -284,18 +346,19 @@ class QueueViews:
         )
         ahead, ahead_seconds, running, no_chroot, as_of = rows[0]
         ahead, ahead_seconds, running = int(ahead), float(ahead_seconds), float(running)
-        builders = [
-            KindBuilder(
-                name=r[0],
-                builderok=r[1],
-                failed_by_master=r[2],
-                failnotes=r[3],
-                out_of_service_since=r[4],
-                manual=r[5],
-                busy=r[6],
-            )
-            for r in await self._db.query(_KIND_BUILDERS_SQL, kind, prepared=True)
-        ]
+        counts = (await self._db.query(_KIND_BUILDERS_SQL, kind, prepared=True))[0]
+        names, by_master, notes, since = (list(v or ()) for v in counts[4:8])
+        builders = KindBuilders(
+            total=int(counts[0]),
+            working=int(counts[1]),
+            automatic=int(counts[2]),
+            free=int(counts[3]),
+            out_of_service=tuple(
+                KindBuilder(*values) for values in zip(names, by_master, notes, since, strict=True)
+            ),
+            manual=tuple(counts[8] or ()),
+            a_free_one=counts[9],
+        )
         suspended = job.status is BuildQueueStatus.SUSPENDED
         reason_rows = (
             await self._db.query(
@@ -312,12 +375,14 @@ class QueueViews:
             suspended=suspended,
             suspended_reason=reason_rows[0][0] if reason_rows else None,
             chroot_missing=bool(no_chroot),
-            builders=tuple(builders),
+            builders=builders,
             ahead=ahead,
+            ahead_counted_to=AHEAD_COUNTED,
         )
-        usable = sum(1 for b in builders if b.builderok and not b.manual)
+        usable = builders.automatic
         return Standing(
             position=ahead + 1,
+            position_exact=ahead < AHEAD_COUNTED,
             ahead_seconds=ahead_seconds,
             start_in_seconds=None
             if suspended

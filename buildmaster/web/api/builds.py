@@ -136,6 +136,7 @@ def _standing_json(standing: Standing | None) -> Any:
     start = standing.start_in_seconds
     return {
         "position": standing.position,
+        "position_exact": standing.position_exact,
         "ahead_seconds": standing.ahead_seconds,
         "estimated_start_in": start,
         "estimated_start": later(standing.as_of, start),

@@ -64,6 +64,8 @@ class ApiLimits:
     follow_interval: float = 1.0
     #: seconds a followed build's stream stays open at most (the client reconnects)
     follow_max: float = 3600.0
+    #: seconds a reading of the queue's kinds may be old (a walk through the whole queue)
+    queue_max_age: float = 2.0
 
 
 @attrs.frozen

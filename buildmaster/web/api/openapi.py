@@ -169,6 +169,11 @@ SCHEMAS: dict[str, Any] = {
     "Standing": obj(
         {
             "position": {"type": "integer", "minimum": 1},
+            "position_exact": {
+                **BOOL,
+                "description": "false: at least this far back (only the first 1000 builds"
+                " ahead are counted)",
+            },
             "ahead_seconds": NUMBER,
             "estimated_start_in": N_NUMBER,
             "estimated_start": N_TIME,

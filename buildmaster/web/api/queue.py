@@ -41,7 +41,7 @@ class Queue(Endpoint):
         return QueueJobs(self.ctx) if segment == "jobs" else None
 
     async def get(self, call: Call) -> Reply:
-        kinds = await self.ctx.store.views.queue.kinds()
+        kinds = await self.ctx.store.views.queue.kinds(max_age=self.ctx.limits.queue_max_age)
         as_of = kinds[0].as_of if kinds else self.ctx.now()
         return ok({"as_of": iso(as_of), "kinds": [kind_json(k) for k in kinds]})
 
