@@ -182,7 +182,12 @@ async def measure(
     results: dict[str, dict[str, Any]] = {name: {"latency": [], "bytes": []} for name, _ in kinds}
     statements: dict[str, list[float]] = {"keyset": [], "offset": []}
     top = 1000000 + world["builds"]
-    page = f"SELECT {SUMMARY_COLUMNS} FROM {SUMMARY_FROM} WHERE {visible_sql()}"
+    # the API's statement (a page's ids first), and the same with OFFSET for the ids
+    page = (
+        f"SELECT {SUMMARY_COLUMNS} FROM {SUMMARY_FROM} WHERE b.id = ANY(ARRAY("
+        f"  SELECT b.id FROM build b JOIN archive a ON a.id = b.archive WHERE {visible_sql()}"
+        " {page} LIMIT %(limit)s)) ORDER BY b.id DESC"
+    )
     cpu0 = 0.0
     try:
         for i in range(warmup + requests):
@@ -203,8 +208,8 @@ async def measure(
             args = {"before": before, "skip": top - before, "limit": 100}
             args.update(visibility_args(ANONYMOUS))
             for label, sql in (
-                ("keyset", page + " AND b.id < %(before)s ORDER BY b.id DESC LIMIT %(limit)s"),
-                ("offset", page + " ORDER BY b.id DESC OFFSET %(skip)s LIMIT %(limit)s"),
+                ("keyset", page.replace("{page}", "AND b.id < %(before)s ORDER BY b.id DESC")),
+                ("offset", page.replace("{page}", "ORDER BY b.id DESC OFFSET %(skip)s")),
             ):
                 t0 = time.perf_counter()
                 await db.query(sql, args, prepared=True)
