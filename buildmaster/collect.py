@@ -98,6 +98,8 @@ class ResultCollector:
         self._client = client
         self._limits = limits
         self._expires = now + PROVISIONAL
+        #: bytes stored so far (the compressed log and the result files)
+        self.stored = 0
 
     async def store_log(self, filename: str, restricted: bool) -> tuple[int | None, str | None]:
         """Fetch ``/filecache/buildlog`` into the librarian (compressed).
@@ -122,7 +124,9 @@ class ResultCollector:
             except FileTooLarge:
                 note = f"build log larger than {self._limits.max_log_size} bytes: truncated"
             await sink.finish(f"\n[buildmaster: {note}]\n".encode() if note else b"")
-            return await upload.finish(), note
+            alias = await upload.finish()
+            self.stored += upload.received
+            return alias, note
         except BaseException:
             await upload.abort()
             raise
@@ -145,7 +149,9 @@ class ResultCollector:
         too_large = f"result file {filename!r} is larger than {self._limits.max_file_size} bytes"
         try:
             await self._client.fetch_file(sha1, upload.write, self._limits.max_file_size)
-            return int(await upload.finish())
+            alias = int(await upload.finish())
+            self.stored += upload.received
+            return alias
         except (FileTooLarge, LibrarianFileTooLarge):
             await upload.abort()
             raise ResultRefused(too_large) from None

@@ -40,6 +40,7 @@ from buildmaster.enums import BuilderStatus, BuildStatus
 from buildmaster.httpclient import HTTPClient
 from buildmaster.logtails import LogtailBuffer
 from buildmaster.masterfaults import DATABASE, FaultLog, MasterFault
+from buildmaster.metrics import Metrics
 from buildmaster.model import Builder, BuilderSnapshot, BuildQueue, DistroArchSeries, HasId, id_of
 from buildmaster.ownership import OWNERSHIP_LOCK, Ownership, OwnershipLost
 from buildmaster.protocol import BuilderError
@@ -116,7 +117,12 @@ class BuilddMaster(service.Service):
     name = "buildd-master"
 
     def __init__(
-        self, reactor: Any, store: Store, librarian: Any, config: MasterConfig | None = None
+        self,
+        reactor: Any,
+        store: Store,
+        librarian: Any,
+        config: MasterConfig | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.reactor = reactor
         self.clock = reactor
@@ -125,6 +131,10 @@ class BuilddMaster(service.Service):
         self.config = config or MasterConfig()
         self.http = HTTPClient(reactor)
         self.logtails = LogtailBuffer(store)
+        #: what the master measures (/metrics)
+        self.metrics = metrics if metrics is not None else Metrics()
+        #: when the last scan cycle read the database (the master's clock; /readyz)
+        self.last_scan_cycle: float | None = None
         self.workers: dict[int, BuilderWorker] = {}
         self.stopping = False
         self._distroarchseries: dict[int, DistroArchSeries] = {}
@@ -206,6 +216,15 @@ class BuilddMaster(service.Service):
         await self._flush_logtails()
         self.http.close_idle()
 
+    @property
+    def scanning(self) -> bool:
+        """Whether the scan loop runs (what /readyz reports)."""
+        return bool(self.running) and not self.stopping and self._scan_loop.running
+
+    def live_logtail(self, job_id: int) -> str | None:
+        """The newest log tail of a running job, if not yet written to the database."""
+        return self.logtails.pending(job_id)
+
     # -- scanning ----------------------------------------------------------------------
 
     def _tick(self, count: int) -> defer.Deferred[None]:
@@ -218,8 +237,10 @@ class BuilddMaster(service.Service):
     async def _safe_scan(self, parts: list[int] | None) -> None:
         try:
             await self.scan_all(wait=False, parts=parts, only_due=True)
+            self.last_scan_cycle = self.clock.seconds()
         except DatabaseError as e:
             if not self.store.db.explains(e):  # an outage is logged once, by the pool
+                self.metrics.database_error("scan")
                 self.faults.report(MasterFault(DATABASE, f"scans skipped: database error: {e}"))
         except Exception:
             self._log.failure("Scan cycle failed")

@@ -59,6 +59,7 @@ from buildmaster.masterfaults import (
     classify,
     librarian_trouble,
 )
+from buildmaster.librarian import LibrarianError
 from buildmaster.model import Builder, BuilderSnapshot, BuildQueue
 from buildmaster.ownership import OwnershipLost
 from buildmaster.policy import (
@@ -280,6 +281,7 @@ class BuilderWorker:
             self.master.note_idle(self)
 
     async def _guarded_scan(self, snapshot: BuilderSnapshot | None) -> None:
+        metrics, started = self.master.metrics, self.master.clock.seconds()
         try:
             await self.scan(snapshot)
         except OwnershipLost as e:
@@ -287,17 +289,21 @@ class BuilderWorker:
                 "Stopped working {builder}: {reason}", builder=self.builder.name, reason=e
             )
         except Exception as e:
-            if isinstance(e, DatabaseError) and self.master.store.db.explains(e):
-                return  # the outage going on: the pool logs it, once
+            if isinstance(e, DatabaseError):
+                metrics.database_error("scan")
+            elif isinstance(e, LibrarianError):
+                metrics.librarian_error("scan")
             # the master's own failures (database, librarian, file descriptors) blame
-            # nobody and are reported once per cause; anything else is a bug
+            # nobody and are reported once per cause (an outage going on: by the pool,
+            # once); anything else is a bug
             fault = classify(e)
             if fault is None:
                 self._log.failure(
                     "Scan of {builder} failed unexpectedly", builder=self.builder.name
                 )
-            else:
+            elif not self.master.store.db.explains(e):
                 self.master.faults.report(fault)
+        metrics.scanned(self.master.clock.seconds() - started)
 
     async def scan(self, snapshot: BuilderSnapshot | None = None) -> None:
         """One scan of the builder (see the module docstring)."""
@@ -940,6 +946,7 @@ class BuilderWorker:
         builder, job, build = snap.builder, snap.job, snap.build
         assert job is not None and build is not None and status.build_status is not None
         jobs = self.master.store.jobs
+        seen = self.master.clock.seconds()
         result = status.build_status
         cancelling = job.status is BuildQueueStatus.CANCELLING
         self._abort_sent.pop(job.id, None)
@@ -966,6 +973,8 @@ class BuilderWorker:
             if self.master.faults.active:  # the librarian stored what it had to
                 self.master.faults.over([LIBRARIAN])
         await self._clean_and_next()
+        if self._building is not None and self._building[1] >= seen:  # its next build
+            self.master.metrics.handed_over(self._building[1] - seen)
 
     async def _clean_and_next(self) -> None:
         """``clean()`` the builder and give it its next job. The job is claimed in the
@@ -1011,7 +1020,7 @@ class BuilderWorker:
         links it, so a master that dies half-way leaves nothing permanent behind."""
         builder, job, build = snap.builder, snap.job, snap.build
         assert job is not None and build is not None
-        config = self.master.config
+        config, started = self.master.config, self.master.clock.seconds()
         ctx = self._context(build.id) or await self.master.store.jobs.context(build.id)
         restricted = ctx.archive.private
         collector = ResultCollector(
@@ -1076,6 +1085,7 @@ class BuilderWorker:
             reason=reason,
         )
         self._contexts.pop(build.id, None)
+        self.master.metrics.collected(self.master.clock.seconds() - started, collector.stored)
         if finished:
             self._log.info(
                 "{build} on {builder}: {state}",
@@ -1118,6 +1128,7 @@ class BuilderWorker:
         ``evict``: the builder may still run the job: it goes back to the queue only once
         the builder is known not to (see :meth:`_evict`).
         """
+        self.master.metrics.builder_failed(error)
         # a job is charged once per stay on a builder, however many scans fail meanwhile
         charge = job is not None and job.id != self._charged
         builder_count, job_count = await self.master.store.jobs.count_failure(

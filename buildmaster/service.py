@@ -53,6 +53,10 @@ from buildmaster.store.cluster import (
 )
 from buildmaster.store.embedded import WORK_ROLE, embedded_cluster, prepare_database
 from buildmaster.store.schema import LATEST, SchemaTooNew, current_version, migrate
+from buildmaster.metrics import Metrics
+from buildmaster.web import bearer_verifier, mount_operator_web
+from buildmaster.web.api import ApiContext
+from buildmaster.web.metrics import FarmMetrics
 
 __all__ = [
     "ServiceSettings",
@@ -78,6 +82,9 @@ class ServiceSettings:
     librarian_url: str | None = None
     master: MasterConfig = MasterConfig()
     pool_size: int = 8
+    #: database connections of the operator API's own (its reads never wait in front of
+    #: the master's statements, and at most this many run in PostgreSQL at once)
+    api_pool_size: int = 2
     gc_interval: float = 3600.0
     #: log every request to the web server (builders fetch a file or two per build)
     access_log: bool = False
@@ -86,6 +93,8 @@ class ServiceSettings:
     demo: bool = False
     demo_builders: int = 12
     demo_queue_interval: float = 2.0
+    #: seconds between readings of the farm's state for /metrics
+    metrics_interval: float = 15.0
 
 
 class BuildmasterService(service.Service):
@@ -111,12 +120,17 @@ class BuildmasterService(service.Service):
         self.on_fatal = on_fatal
         self.cluster: PostgresCluster | None = None
         self.db: Database | None = None
+        self.api_db: Database | None = None
+        #: the operator API's store: its own connections
+        self.api_store: Store | None = None
         self.store: Store | None = None
         self.librarian: Librarian | None = None
         self.master: BuilddMaster | None = None
         self.web: Any = None
         self.demo: Any = None
         self._gc: service.Service | None = None
+        self.metrics = Metrics()
+        self._farm_metrics: FarmMetrics | None = None
         self._threads: ThreadPool | None = None
         self._started: defer.Deferred[None] = defer.succeed(None)
 
@@ -146,12 +160,17 @@ class BuildmasterService(service.Service):
         if settings.dsn is not None:
             await self._migrate(dsn)
         self.store = Store(self.db)
+        self.api_db = Database(self.reactor, dsn, size=settings.api_pool_size)
+        await self.api_db.connect()
+        self.api_store = Store(self.api_db)
 
         # uploads are raw bodies: twisted.web must neither parse them as forms nor keep
         # bodies that nobody may upload
         site = server.Site(
             web_root(),
-            requestFactory=guarded_request_factory(lambda: self.librarian),
+            requestFactory=guarded_request_factory(
+                lambda: self.librarian, verify_bearer=bearer_verifier(lambda: self.api_store)
+            ),
             parsePOSTFormSubmission=False,
         )
         if not settings.access_log:
@@ -186,7 +205,21 @@ class BuildmasterService(service.Service):
         self._gc = self.librarian.garbage_collector(settings.gc_interval)
         self._gc.startService()
 
-        self.master = BuilddMaster(self.reactor, self.store, self.librarian, settings.master)
+        self.master = BuilddMaster(
+            self.reactor, self.store, self.librarian, settings.master, self.metrics
+        )
+        mount_operator_web(
+            site.resource,
+            ApiContext(
+                store=self.api_store,
+                librarian=self.librarian,
+                clock=self.reactor,
+                operations=self.master,
+                farm=self.master,
+                metrics=self.metrics,
+            ),
+            max_cycle_age=max(3 * settings.master.scan_interval, 30.0),
+        )
         if settings.demo:
             from buildmaster.demo import Demo
 
@@ -196,6 +229,10 @@ class BuildmasterService(service.Service):
         _check_open_files(await self.store.builders.count(), settings.pool_size + 1)
         self.master.startService()
         await self.master._started
+        self._farm_metrics = FarmMetrics(
+            self.reactor, self.store, self.metrics, settings.metrics_interval
+        )
+        self._farm_metrics.startService()
         if self.demo is not None:
             self.demo.start_queueing()
         self._log.info("buildmaster is running")
@@ -259,6 +296,8 @@ class BuildmasterService(service.Service):
             pass  # already logged
         if self.demo is not None:
             await self.demo.stop_queueing()
+        if self._farm_metrics is not None and self._farm_metrics.running:
+            await self._farm_metrics.stopService()
         if self.master is not None and self.master.running:
             await self.master.stopService()
         if self.demo is not None:
@@ -274,6 +313,8 @@ class BuildmasterService(service.Service):
             )
         if self.db is not None:
             await self.db.close()
+        if self.api_db is not None:
+            await self.api_db.close()
         if self.cluster is not None and self.cluster.port is not None:
             self._log.info("Stopping the private PostgreSQL cluster")
             await self.cluster.stop_async(self.reactor)
@@ -290,7 +331,13 @@ class _Root(resource.Resource):
 
     def render_GET(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"buildmaster\n\n/librarian/<id>/<filename>: the librarian (files for builders, logs, results)\n"
+        return (
+            b"buildmaster\n\n"
+            b"/api/v1: the operator API (/api/v1/openapi.json describes it)\n"
+            b"/librarian/<id>/<filename>: the librarian (files for builders, logs, results)\n"
+            b"/metrics: Prometheus metrics\n"
+            b"/healthz, /readyz: health checks\n"
+        )
 
 
 def web_root(librarian: Librarian | None = None) -> resource.Resource:

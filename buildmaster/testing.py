@@ -23,9 +23,12 @@ from buildmaster.config import MasterConfig
 from buildmaster.librarian import Librarian
 from buildmaster.librarian.guard import guarded_request_factory
 from buildmaster.master import BuilddMaster
+from buildmaster.metrics import Metrics
 from buildmaster.model import LibraryFile
 from buildmaster.service import mount_librarian, web_root
 from buildmaster.store import Store
+from buildmaster.web import bearer_verifier, mount_operator_web
+from buildmaster.web.api import ApiContext, ApiLimits
 
 __all__ = ["ClockedReactor", "FarmHarness", "master_process", "wait_for"]
 
@@ -93,6 +96,9 @@ class ClockedReactor:
 
 
 class FarmHarness:
+    """See the module docstring. The master's web server also serves the operator API
+    (``base_url + "/api/v1"``), ``/metrics`` and the health checks."""
+
     def __init__(self, reactor: Any, store: Store, directory: Path) -> None:
         self.reactor = reactor
         self.store = store
@@ -102,6 +108,8 @@ class FarmHarness:
         self.farm: Any
         self._port: Any = None
         self._site_root = web_root()
+        self.base_url = ""
+        self.metrics = Metrics()
 
     @classmethod
     async def start(
@@ -113,6 +121,7 @@ class FarmHarness:
         build_time: float = 1.0,
         farm_clock: Any = None,
         master_clock: task.Clock | None = None,
+        api_limits: ApiLimits | None = None,
     ) -> FarmHarness:
         """Start the librarian's web server and an empty slavesim farm.
 
@@ -128,11 +137,15 @@ class FarmHarness:
         # the public URL is only known once listening: bind first, then build the librarian
         site = server.Site(
             self._site_root,
-            requestFactory=guarded_request_factory(lambda: getattr(self, "librarian", None)),
+            requestFactory=guarded_request_factory(
+                lambda: getattr(self, "librarian", None),
+                verify_bearer=bearer_verifier(lambda: store),
+            ),
             parsePOSTFormSubmission=False,
         )
         self._port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        public_url = f"http://127.0.0.1:{self._port.getHost().port}/librarian/"
+        self.base_url = f"http://127.0.0.1:{self._port.getHost().port}"
+        public_url = f"{self.base_url}/librarian/"
         self.librarian = Librarian(reactor, store.db, directory / "librarian", public_url, secret)
         mount_librarian(self._site_root, self.librarian)
         self.farm = Farm(
@@ -142,8 +155,22 @@ class FarmHarness:
             clock=farm_clock,
             history_size=100_000,
         )
+        config = config or MasterConfig()
         master_reactor = reactor if master_clock is None else ClockedReactor(reactor, master_clock)
-        self.master = BuilddMaster(master_reactor, store, self.librarian, config or MasterConfig())
+        self.master = BuilddMaster(master_reactor, store, self.librarian, config, self.metrics)
+        mount_operator_web(
+            self._site_root,
+            ApiContext(
+                store=store,
+                librarian=self.librarian,
+                clock=master_reactor,
+                operations=self.master,
+                farm=self.master,
+                metrics=self.metrics,
+                limits=api_limits or ApiLimits(),
+            ),
+            max_cycle_age=max(3 * config.scan_interval, 30.0),
+        )
         return self
 
     async def add_file(

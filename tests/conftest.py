@@ -393,3 +393,36 @@ async def process_world(reactor: Any, store: Store, tmp_path: Path) -> AsyncIter
     chroot = await world.add("chroot.tar.gz", b"chroot" * 50)
     await store.distributions.addOrUpdateChroot(data.hoary_i386, chroot)
     yield world
+# -- the operator API ---------------------------------------------------------------------
+
+
+class ApiWorld:
+    """A :class:`World` whose master serves the operator API, with clients for it."""
+
+    def __init__(self, world: World, admin_token: str) -> None:
+        from api_support import ApiClient
+
+        self.world = world
+        self.store = world.store
+        self.harness = world.harness
+        self.reactor = world.harness.reactor
+        self.anonymous = ApiClient(self.reactor, world.harness.base_url)
+        self.admin = self.anonymous.with_token(admin_token)
+
+    async def uploader(self, *archives: Any) -> Any:
+        """A client with an uploader token to these archives."""
+        new = await self.store.tokens.create(archives=list(archives), description="a test uploader")
+        return self.anonymous.with_token(new.secret)
+
+    def close(self) -> None:
+        self.anonymous.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def api_world(make_world: Callable[..., Any]) -> AsyncIterator[ApiWorld]:
+    """Sample data, a master (not started) serving the API, an admin token's client."""
+    world = await make_world(MasterConfig(scan_interval=0.2, vm_resume_command="true"), 0.3)
+    token = await world.store.tokens.create(admin=True, description="the test admin")
+    api = ApiWorld(world, token.secret)
+    yield api
+    api.close()

@@ -129,6 +129,11 @@ class Librarian:
 
     load_or_create_secret = staticmethod(tokens.load_or_create_secret)
 
+    @property
+    def clock(self) -> Any:
+        """The clock expiry and tokens are judged by (IReactorTime)."""
+        return self._reactor
+
     def run_in_thread(self, f: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
         """Call the blocking ``f(*args, **kwargs)`` in the librarian's thread pool.
 
