@@ -51,6 +51,7 @@ from buildmaster.enums import (
     BuildQueueStatus,
     BuildStatus,
 )
+from buildmaster.librarian import LibrarianError
 from buildmaster.masterfaults import (
     FILE_DESCRIPTORS,
     LIBRARIAN,
@@ -59,7 +60,6 @@ from buildmaster.masterfaults import (
     classify,
     librarian_trouble,
 )
-from buildmaster.librarian import LibrarianError
 from buildmaster.model import Builder, BuilderSnapshot, BuildQueue
 from buildmaster.ownership import OwnershipLost
 from buildmaster.policy import (

@@ -42,6 +42,7 @@ from buildmaster.librarian import Librarian
 from buildmaster.librarian.errors import LibrarianError
 from buildmaster.librarian.guard import guarded_request_factory
 from buildmaster.master import BuilddMaster
+from buildmaster.metrics import Metrics
 from buildmaster.store import Database, DatabaseUnavailable, Store
 from buildmaster.store.cluster import (
     SERVER_USER_WHEN_ROOT,
@@ -53,7 +54,6 @@ from buildmaster.store.cluster import (
 )
 from buildmaster.store.embedded import WORK_ROLE, embedded_cluster, prepare_database
 from buildmaster.store.schema import LATEST, SchemaTooNew, current_version, migrate
-from buildmaster.metrics import Metrics
 from buildmaster.web import bearer_verifier, mount_operator_web
 from buildmaster.web.api import ApiContext
 from buildmaster.web.metrics import FarmMetrics

@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from buildmaster.access import Grant
+from buildmaster.store.embedded import DATABASE as EMBEDDED_DATABASE
 from buildmaster.store.tokens import ApiToken
 
 __all__ = ["main"]
-
-EMBEDDED_DATABASE = "buildmaster"
 
 
 def _running_port(state_dir: Path) -> int | None:
@@ -139,10 +138,11 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        from buildmaster.store.cluster import PostgresCluster
+        from buildmaster.store.cluster import SOCKET_PORT
+        from buildmaster.store.embedded import embedded_cluster
 
         port = _running_port(options.state_dir.absolute())
-        cluster = PostgresCluster(directory=options.state_dir.absolute() / "postgres")
+        cluster = embedded_cluster(options.state_dir.absolute())
         if port is None:
             if not cluster.datadir.exists():
                 print(
@@ -153,10 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             cluster.start()
         else:
-            cluster = PostgresCluster(
-                directory=options.state_dir.absolute() / "postgres", port=port
-            )
-        dsn = cluster.dsn(EMBEDDED_DATABASE)
+            cluster.port = SOCKET_PORT  # the master's server runs: use its socket
+        dsn = cluster.dsn(EMBEDDED_DATABASE)  # its owner: the command may migrate
         started = port is None
     else:
         started = False

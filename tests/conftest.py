@@ -393,6 +393,8 @@ async def process_world(reactor: Any, store: Store, tmp_path: Path) -> AsyncIter
     chroot = await world.add("chroot.tar.gz", b"chroot" * 50)
     await store.distributions.addOrUpdateChroot(data.hoary_i386, chroot)
     yield world
+
+
 # -- the operator API ---------------------------------------------------------------------
 
 

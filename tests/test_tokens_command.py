@@ -60,25 +60,23 @@ async def test_without_a_database_it_says_where_to_find_one(tmp_path: Path) -> N
 
 @pytest.mark.slow
 @pytest_twisted.ensureDeferred
-async def test_the_embedded_database_of_a_state_directory(tmp_path: Path) -> None:
-    """With --state-dir: the running embedded cluster's port is found; a stopped one is
+async def test_the_embedded_database_of_a_state_directory(
+    reactor: Any, reachable_tmp: Path
+) -> None:
+    """With --state-dir: the running embedded cluster's socket is used; a stopped one is
     started for the command and stopped again."""
-    import psycopg2
+    from buildmaster.store.embedded import embedded_cluster, prepare_database
 
-    from buildmaster.store.cluster import PostgresCluster
-
-    cluster = PostgresCluster(directory=tmp_path / "postgres", fsync=False)
-    cluster.start()
+    tmp_path = reachable_tmp
+    cluster = embedded_cluster(tmp_path)
+    await cluster.start_async(reactor)
     try:
-        conn = psycopg2.connect(cluster.dsn("postgres"))
-        conn.autocommit = True
-        conn.cursor().execute('CREATE DATABASE "buildmaster"')
-        conn.close()
+        await prepare_database(reactor, cluster)
         out, err, code = await tokens("create", "--admin", "--state-dir", str(tmp_path))
         assert code == 0, err
         assert out.strip().startswith("bm_")
     finally:
-        cluster.stop()
+        await cluster.stop_async(reactor)
     listing, err, code = await tokens("list", "--state-dir", str(tmp_path))
     assert code == 0, err
     assert "\tadmin" in listing
