@@ -421,15 +421,16 @@ def _target(url: str) -> tuple[str, int, bytes, bytes]:
 class HTTPClient:
     """Requests over kept-alive connections, with deadlines and size limits.
 
-    :param reactor: provides IReactorTCP and IReactorTime (the deadlines use its clock).
+    :param reactor: provides IReactorTCP (and IReactorTime, unless ``clock`` is given).
     :param max_idle_per_host: connections kept open per (host, port) between requests.
+    :param clock: the IReactorTime the deadlines run on (default: ``reactor``).
     """
 
     _log = Logger()
 
-    def __init__(self, reactor: Any, max_idle_per_host: int = 4) -> None:
-        self._reactor = reactor  # IReactorTCP and IReactorTime
-        self._clock = reactor
+    def __init__(self, reactor: Any, max_idle_per_host: int = 4, clock: Any = None) -> None:
+        self._reactor = reactor  # IReactorTCP
+        self.clock = reactor if clock is None else clock
         self._max_idle = max_idle_per_host
         self._idle: dict[tuple[str, int], list[_HTTPClientProtocol]] = {}
         self._all: set[_HTTPClientProtocol] = set()
@@ -489,7 +490,7 @@ class HTTPClient:
         ]
         lines.extend(name + b": " + value for name, value in headers.items())
         head = b"\r\n".join(lines) + b"\r\n\r\n"
-        deadline = self._clock.seconds() + timeout
+        deadline = self.clock.seconds() + timeout
 
         attempts = 2 if reuse and retry and sink is None else 1
         for attempt in range(attempts):
@@ -498,7 +499,7 @@ class HTTPClient:
             try:
                 if conn is None:
                     conn = await self._connect(
-                        host, port, max(deadline - self._clock.seconds(), 0.001), timeout
+                        host, port, max(deadline - self.clock.seconds(), 0.001), timeout
                     )
                 return await self._exchange(
                     conn, method, head, body, max_body, sink, deadline, timeout, (host, port), reuse
@@ -539,7 +540,7 @@ class HTTPClient:
             if connector.state == "connecting":
                 connector.stopConnecting()
 
-        timer = self._clock.callLater(remaining, expire)
+        timer = self.clock.callLater(remaining, expire)
         try:
             conn = await connected
         finally:
@@ -570,8 +571,8 @@ class HTTPClient:
             timed_out.append(True)
             conn.abort()
 
-        remaining = max(deadline - self._clock.seconds(), 0.0)
-        timer = self._clock.callLater(remaining, expire)
+        remaining = max(deadline - self.clock.seconds(), 0.0)
+        timer = self.clock.callLater(remaining, expire)
 
         def idle(c: _HTTPClientProtocol) -> None:
             if reuse:
