@@ -9,6 +9,17 @@ poll about three times cheaper than a new connection per call, as
 A body is either collected in memory (bounded by ``max_body``) or streamed to a ``sink``
 callable as it arrives; when the sink returns a Deferred, reading from the socket pauses
 until it fires (so a slow disk never makes the master buffer a 10 GB log).
+
+Framing is strict, so that a cut or ambiguous answer is an error and never a short body
+taken for a whole one: a body is framed by one ``Content-Length``, or by chunked transfer
+coding, or (neither) by the peer closing the connection cleanly; a reset, or a deadline,
+before that clean close is an error. Refused: ``Content-Length`` together with
+``Transfer-Encoding``, more than one ``Content-Length``, any transfer coding but
+``chunked`` (and chunked in an HTTP/1.0 answer), a line ending that is not CRLF, control
+characters in the head, anything but hex digits and well-formed extensions on a chunk-size
+line (at most :data:`MAX_CHUNK_LINE` bytes), a trailer section over :data:`MAX_TRAILER`
+bytes, interim answers other than ``100 Continue`` (``101 Switching Protocols``
+included), and a status line that is not ``HTTP/1.0`` or ``HTTP/1.1``.
 """
 
 from __future__ import annotations
@@ -37,10 +48,30 @@ __all__ = [
 
 Sink = Callable[[bytes], "defer.Deferred[None] | None"]
 
+#: the largest response head (status line and header fields) accepted
 MAX_HEAD = 64 * 1024
-_STATUS_LINE = re.compile(rb"^HTTP/1\.([01]) (\d{3})(?: (.*))?$")
-_CHUNK_SIZE = re.compile(rb"^([0-9A-Fa-f]{1,15})(?:;.*)?$")
-_TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+#: the longest chunk-size line (the size and its extensions) accepted
+MAX_CHUNK_LINE = 1024
+#: the largest trailer section of a chunked body (all its lines together)
+MAX_TRAILER = 8 * 1024
+#: ``100 Continue`` answers accepted before the real one
+MAX_INTERIM = 4
+
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: (.*))?", re.DOTALL)
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_FIELD_NAME = re.compile(_TOKEN)
+#: a chunk size in hex and its extensions (RFC 9112 7.1.1: ``;name`` or ``;name=value``,
+#: the value a token or a quoted string, optional whitespace around ``;`` and ``=``)
+_CHUNK_SIZE = re.compile(
+    rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|"
+    rb'"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"))?)*)'
+    % (_TOKEN, _TOKEN)
+)
+#: what a head may not hold: control characters (but HTAB), a CR not before an LF, an LF
+#: not after a CR (a head's lines end with CRLF, nothing else)
+_BAD_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+#: the same, in a head not complete yet (it may end between the CR and the LF)
+_BAD_HEAD_SO_FAR = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?=[^\n])|(?<!\r)\n")
 
 
 class HTTPError(Exception):
@@ -129,6 +160,12 @@ class _HTTPClientProtocol(protocol.Protocol):
         self._body = bytearray()
         self._waiting_sink = False
         self._connected = False
+        self._aborted = False
+        self._any_data = False  # some of the answer came
+        self._eof = False  # the peer closed cleanly while a sink was still writing
+        self._scanned = 0  # bytes of an incomplete head already looked at
+        self._interim = 0  # 100 Continue answers so far
+        self._trailer = 0  # bytes of trailer section so far
         self.key: tuple[str, int] = ("", 0)  # (host, port), set by the client
         self.on_connected: Callable[[_HTTPClientProtocol], None] | None = None
         self.on_idle: Callable[[_HTTPClientProtocol], None] | None = None
@@ -153,10 +190,13 @@ class _HTTPClientProtocol(protocol.Protocol):
         self._headers = {}
         self._received = 0
         self._body = bytearray()
+        self._any_data = self._eof = False
+        self._scanned = self._interim = self._trailer = 0
         self.transport.write(request.head + request.body)
 
     def abort(self) -> None:
         if self.transport is not None:
+            self._aborted = True
             self.transport.abortConnection()
 
     # -- parsing ---------------------------------------------------------------------
@@ -166,6 +206,7 @@ class _HTTPClientProtocol(protocol.Protocol):
             # bytes nobody asked for: a broken or hostile peer; never reuse this connection
             self.transport.abortConnection()
             return
+        self._any_data = True
         self._buffer += data
         self._parse_or_fail()
 
@@ -181,10 +222,11 @@ class _HTTPClientProtocol(protocol.Protocol):
 
     def _parse(self) -> None:
         while self._request is not None and not self._waiting_sink:
-            if self._state in ("status", "headers"):
+            state = self._state
+            if state == "status":
                 if not self._parse_head():
                     return
-            elif self._state == "length":
+            elif state == "length" or state == "chunk_data":
                 if not self._buffer:
                     return
                 piece = bytes(self._buffer[: self._remaining])
@@ -192,39 +234,45 @@ class _HTTPClientProtocol(protocol.Protocol):
                 self._remaining -= len(piece)
                 self._deliver(piece)
                 if self._remaining == 0:
-                    self._finish()
-            elif self._state == "chunk_size":
-                line = self._take_line(1024)
+                    if state == "length":
+                        self._finish()
+                    else:
+                        self._state = "chunk_end"
+            elif state == "chunk_size":
+                line = self._take_line(MAX_CHUNK_LINE, "chunk-size line")
                 if line is None:
                     return
-                match = _CHUNK_SIZE.match(line.strip())
+                match = _CHUNK_SIZE.fullmatch(line)
                 if match is None:
                     raise MalformedResponse(f"bad chunk size line {line[:40]!r}")
                 self._remaining = int(match.group(1), 16)
+                if self._received + self._remaining > self._request.max_body:
+                    raise ResponseTooLarge(
+                        f"response body exceeds the limit of {self._request.max_body} bytes"
+                    )
                 self._state = "chunk_data" if self._remaining else "trailer"
-            elif self._state == "chunk_data":
-                if not self._buffer:
+            elif state == "chunk_end":
+                if len(self._buffer) < 2:
+                    if self._buffer and self._buffer[0] != 13:
+                        raise MalformedResponse("chunk data not followed by CRLF")
                     return
-                piece = bytes(self._buffer[: self._remaining])
-                del self._buffer[: len(piece)]
-                self._remaining -= len(piece)
-                self._deliver(piece)
-                if self._remaining == 0:
-                    self._state = "chunk_end"
-            elif self._state == "chunk_end":
-                line = self._take_line(2)
-                if line is None:
-                    return
-                if line:
-                    raise MalformedResponse("chunk not followed by CRLF")
+                if self._buffer[:2] != b"\r\n":
+                    raise MalformedResponse("chunk data not followed by CRLF")
+                del self._buffer[:2]
                 self._state = "chunk_size"
-            elif self._state == "trailer":
-                line = self._take_line(MAX_HEAD)
+            elif state == "trailer":
+                left = MAX_TRAILER - self._trailer
+                line = self._take_line(left, "trailer section", ResponseTooLarge)
                 if line is None:
                     return
                 if not line:
                     self._finish()
-            elif self._state == "until_close":
+                    return
+                self._trailer += len(line) + 2
+                name, colon, _ = line.partition(b":")
+                if not colon or not _FIELD_NAME.fullmatch(name) or _BAD_HEAD.search(line):
+                    raise MalformedResponse(f"bad trailer line {line[:80]!r}")
+            elif state == "until_close":
                 if not self._buffer:
                     return
                 piece = bytes(self._buffer)
@@ -233,28 +281,47 @@ class _HTTPClientProtocol(protocol.Protocol):
             else:  # pragma: no cover - no other states
                 raise AssertionError(self._state)
 
-    def _take_line(self, limit: int) -> bytes | None:
-        end = self._buffer.find(b"\n")
+    def _take_line(
+        self, limit: int, what: str, too_long: type[HTTPError] = MalformedResponse
+    ) -> bytes | None:
+        """The next line (without its CRLF), ``None`` while incomplete. A line ends with
+        CRLF and nothing else, and holds at most ``limit`` bytes."""
+        buffer = self._buffer
+        end = buffer.find(b"\n", 0, limit + 2)
         if end < 0:
-            if len(self._buffer) > limit:
-                raise MalformedResponse("line too long")
+            if len(buffer) > limit + 1:
+                raise too_long(f"{what} too long (more than {limit} bytes)")
             return None
-        line = bytes(self._buffer[:end])
-        del self._buffer[: end + 1]
-        return line.rstrip(b"\r")
+        if end == 0 or buffer[end - 1] != 13:
+            raise MalformedResponse(f"bare LF line ending in the {what}")
+        line = bytes(buffer[: end - 1])
+        del buffer[: end + 1]
+        if b"\r" in line:
+            raise MalformedResponse(f"bare CR in the {what}")
+        return line
 
     def _parse_head(self) -> bool:
-        end = self._buffer.find(b"\r\n\r\n")
+        """Parse the response head once it is complete; whether it was."""
+        buffer = self._buffer
+        end = buffer.find(b"\r\n\r\n", max(self._scanned - 3, 0))
         if end < 0:
-            if len(self._buffer) > MAX_HEAD:
+            bad = _BAD_HEAD_SO_FAR.search(buffer, max(self._scanned - 1, 0))
+            if bad is not None:
+                raise MalformedResponse(_bad_head_reason(bad.group()))
+            if len(buffer) > MAX_HEAD:
                 raise ResponseTooLarge("response head larger than 64 KiB")
+            self._scanned = len(buffer)
             return False
         if end > MAX_HEAD:
             raise ResponseTooLarge("response head larger than 64 KiB")
-        head = bytes(self._buffer[:end])
-        del self._buffer[: end + 4]
+        head = bytes(buffer[:end])
+        del buffer[: end + 4]
+        self._scanned = 0
+        bad = _BAD_HEAD.search(head)
+        if bad is not None:
+            raise MalformedResponse(_bad_head_reason(bad.group()))
         lines = head.split(b"\r\n")
-        match = _STATUS_LINE.match(lines[0])
+        match = _STATUS_LINE.fullmatch(lines[0])
         if match is None:
             raise MalformedResponse(f"bad status line {lines[0][:80]!r}")
         minor, status, reason = match.groups()
@@ -263,38 +330,57 @@ class _HTTPClientProtocol(protocol.Protocol):
         headers: dict[bytes, bytes] = {}
         for line in lines[1:]:
             name, colon, value = line.partition(b":")
-            if not colon or not _TOKEN.match(name):
+            if not colon or not _FIELD_NAME.fullmatch(name):
                 raise MalformedResponse(f"bad header line {line[:80]!r}")
             key = name.lower()
-            value = value.strip()
-            headers[key] = headers[key] + b", " + value if key in headers else value
+            value = value.strip(b" \t")
+            if key in headers:
+                if key == b"content-length":
+                    raise MalformedResponse("more than one Content-Length")
+                headers[key] += b", " + value
+            else:
+                headers[key] = value
         self._headers = headers
-        if 100 <= self._status < 200:  # an interim response: the real one follows
+        if self._status < 200:  # an interim answer: the real one follows
+            if self._status != 100:
+                raise MalformedResponse(f"interim answer {self._status} refused")
+            self._interim += 1
+            if self._interim > MAX_INTERIM:
+                raise MalformedResponse(f"more than {MAX_INTERIM} interim answers")
             return True
-        connection = headers.get(b"connection", b"").lower()
-        self._keep_alive = minor == b"1" and b"close" not in connection
-        assert self._request is not None
-        if self._request.method == b"HEAD" or self._status in (204, 304):
+        connection = headers.get(b"connection")
+        self._keep_alive = minor == b"1" and not (
+            connection is not None
+            and b"close" in (token.strip(b" \t").lower() for token in connection.split(b","))
+        )
+        request = self._request
+        assert request is not None
+        if request.method == b"HEAD" or self._status in (204, 304):
             self._finish()
             return True
-        encoding = headers.get(b"transfer-encoding", b"").lower()
-        if encoding:
-            if encoding != b"chunked":
-                raise MalformedResponse(f"unsupported transfer encoding {encoding[:40]!r}")
+        encoding = headers.get(b"transfer-encoding")
+        length = headers.get(b"content-length")
+        if encoding is not None:
+            if length is not None:
+                raise MalformedResponse("both Content-Length and Transfer-Encoding")
+            if minor == b"0":
+                raise MalformedResponse("Transfer-Encoding in an HTTP/1.0 answer")
+            if encoding.lower() != b"chunked":
+                raise MalformedResponse(f"unsupported Transfer-Encoding {encoding[:40]!r}")
             self._state = "chunk_size"
-        elif b"content-length" in headers:
-            raw = headers[b"content-length"]
-            if not raw.isdigit() or len(raw) > 18:
-                raise MalformedResponse(f"bad Content-Length {raw[:40]!r}")
-            self._remaining = int(raw)
-            if self._remaining > self._request.max_body:
+        elif length is not None:
+            if not length.isdigit() or len(length) > 18:
+                raise MalformedResponse(f"bad Content-Length {length[:40]!r}")
+            self._remaining = int(length)
+            if self._remaining > request.max_body:
                 raise ResponseTooLarge(
-                    f"response body of {self._remaining} bytes exceeds the limit of {self._request.max_body}"
+                    f"response body of {self._remaining} bytes exceeds the limit of"
+                    f" {request.max_body}"
                 )
             self._state = "length"
             if self._remaining == 0:
                 self._finish()
-        else:
+        else:  # the body ends when the peer closes the connection, cleanly
             self._keep_alive = False
             self._state = "until_close"
         return True
@@ -309,7 +395,10 @@ class _HTTPClientProtocol(protocol.Protocol):
         if self._request.sink is None:
             self._body += piece
             return
-        result = self._request.sink(piece)
+        try:
+            result = self._request.sink(piece)
+        except Exception:  # the sink refused the piece: that ends the request
+            raise _SinkFailed(Failure()) from None
         if isinstance(result, defer.Deferred):
             if result.called:
                 # ready already: carry on here (waiting on it would recurse, piece by piece)
@@ -328,6 +417,8 @@ class _HTTPClientProtocol(protocol.Protocol):
             return
         self.transport.resumeProducing()
         self._parse_or_fail()
+        if self._eof and self._request is not None and not self._waiting_sink:
+            self._finish()  # the peer had closed cleanly: the body is complete
 
     def _sink_failed(self, failure: Failure) -> None:
         self._waiting_sink = False
@@ -364,12 +455,18 @@ class _HTTPClientProtocol(protocol.Protocol):
             self.on_lost(self)
         if self._request is None:
             return
-        if self._state == "until_close" and reason.check(
-            error.ConnectionDone, error.ConnectionLost
+        if (
+            self._state == "until_close"
+            and not self._aborted
+            and reason.check(error.ConnectionDone) is not None
         ):
-            self._finish()
+            # a clean close ends such a body; a reset, or our own abort (a deadline), cuts it
+            if self._waiting_sink:
+                self._eof = True
+            else:
+                self._finish()
             return
-        got_nothing = self._state == "status" and not self._buffer
+        got_nothing = not self._any_data
         self._fail(
             Failure(
                 ConnectionClosed(
@@ -379,6 +476,12 @@ class _HTTPClientProtocol(protocol.Protocol):
                 )
             )
         )
+
+
+def _bad_head_reason(found: bytes) -> str:
+    if found in (b"\r", b"\n"):
+        return "a bare CR or LF line ending in the response head"
+    return f"control character {found!r} in the response head"
 
 
 class _Factory(protocol.ClientFactory):
