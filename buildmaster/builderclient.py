@@ -10,7 +10,8 @@ once, into one of three exception types:
 * :class:`BuilderFault`: the builder answered with an XML-RPC Fault (e.g. 8002 for a call in
   the wrong state).
 * :class:`BuilderProtocolError` (from :mod:`buildmaster.protocol`): the answer is not valid
-  HTTP, not valid XML-RPC, too large, or not what the protocol says.
+  HTTP, not valid XML-RPC, beyond its budget (:mod:`buildmaster.rpcanswer`: its size, its
+  XML elements, how deep it nests), or not what the protocol says.
 
 All three derive from :class:`BuilderError`; its ``str()`` is the failnote.
 """
@@ -21,7 +22,6 @@ import os
 import xmlrpc.client
 from collections.abc import Callable, Mapping
 from typing import Any
-from xml.parsers import expat
 from xml.parsers.expat import ExpatError
 
 from twisted.internet import error
@@ -43,6 +43,7 @@ from buildmaster.protocol import (
     BuilderProtocolError,
     BuildStartResult,
     EnsurePresentResult,
+    FilemapLimits,
     StatusReport,
     parse_build,
     parse_ensurepresent,
@@ -50,6 +51,7 @@ from buildmaster.protocol import (
     parse_state_reply,
     parse_status,
 )
+from buildmaster.rpcanswer import SLICE, AnswerBudget, AnswerReader, AnswerRefused, answer_budgets
 
 __all__ = [
     "BuilderClient",
@@ -68,8 +70,6 @@ DEFAULT_TRUSTED_TIMEOUT = 40.0
 DEFAULT_VIRTUALIZED_TIMEOUT = 30.0
 #: The real daemon downloads synchronously inside ensurepresent: give it much longer.
 ENSUREPRESENT_FACTOR = 20
-#: The largest XML-RPC answer we read (a status with a big filemap fits easily).
-MAX_RPC_RESPONSE = 32 * 1024 * 1024
 
 
 _STATUS_CALL = xmlrpc.client.dumps((), "status").encode("utf-8")
@@ -110,23 +110,6 @@ class FileTooLarge(BuilderProtocolError):
     """The file is larger than we accept from a builder."""
 
 
-def read_xmlrpc_answer(body: bytes) -> tuple[Any, ...]:
-    """The values of an XML-RPC answer, as :func:`xmlrpc.client.loads` gives them (same
-    parser, same handlers, same errors), with one difference in how: expat hands over each
-    run of text in one piece (``buffer_text``), where ``loads`` takes it line by line. A
-    building builder's status carries its log tail in base64, dozens of lines: read this way
-    it costs half as much."""
-    unmarshaller = xmlrpc.client.Unmarshaller()
-    parser = expat.ParserCreate(None, None)
-    parser.buffer_text = True
-    parser.StartElementHandler = unmarshaller.start
-    parser.EndElementHandler = unmarshaller.end
-    parser.CharacterDataHandler = unmarshaller.data
-    unmarshaller.xml(None, None)  # type: ignore[arg-type]  # as xmlrpc.client.ExpatParser does
-    parser.Parse(body, True)
-    return unmarshaller.close()
-
-
 def connect_failure_reason(exc: error.ConnectError) -> str:
     """``(111, 'Connection refused')`` for ECONNREFUSED, as the seed's failnotes read."""
     errno = getattr(exc, "osError", None)
@@ -141,15 +124,22 @@ class BuilderClient:
     :param http: the shared :class:`~buildmaster.httpclient.HTTPClient`.
     :param timeout: seconds for each call (status, echo, info, build, abort, clean);
         ``ensurepresent`` gets ``timeout * ENSUREPRESENT_FACTOR``.
+    :param max_result_files: the most result files a build may hand back (a status
+        answer's budget allows for a filemap of twice that, :func:`answer_budgets`).
     """
 
     def __init__(
-        self, http: HTTPClient, url: str, timeout: float = DEFAULT_TRUSTED_TIMEOUT
+        self,
+        http: HTTPClient,
+        url: str,
+        timeout: float = DEFAULT_TRUSTED_TIMEOUT,
+        max_result_files: int = FilemapLimits().max_files,
     ) -> None:
         self.url = url if url.endswith("/") else url + "/"
         self._rpc_url = self.url + "rpc"
         self._http = http
         self.timeout = timeout
+        self._status_budget, self._call_budget = answer_budgets(max_result_files)
         self._last_status: tuple[bytes, StatusReport] = (b"", StatusReport(BuilderStatus.IDLE))
 
     def __repr__(self) -> str:
@@ -164,7 +154,9 @@ class BuilderClient:
         retry: bool = True,
     ) -> Any:
         payload = xmlrpc.client.dumps(args, method, allow_none=True).encode("utf-8")
-        return self._decode(method, await self._post(method, payload, timeout, reuse, retry))
+        budget = self._call_budget
+        body = await self._post(method, payload, budget, timeout, reuse, retry)
+        return await self._decode(method, body, budget)
 
     async def _call_once(
         self, method: str, *args: Any, judge: Callable[[StatusReport], Any]
@@ -200,11 +192,13 @@ class BuilderClient:
         self,
         method: str,
         payload: bytes,
+        budget: AnswerBudget,
         timeout: float | None,
         reuse: bool = True,
         retry: bool = True,
     ) -> bytes:
-        """POST an XML-RPC call; the answer's body (our errors for everything else)."""
+        """POST an XML-RPC call; the answer's body, of at most ``budget.max_bytes`` (our
+        errors for everything else)."""
         seconds = self.timeout if timeout is None else timeout
         try:
             response = await self._http.request(
@@ -213,7 +207,7 @@ class BuilderClient:
                 payload,
                 _XML_HEADERS,
                 timeout=seconds,
-                max_body=MAX_RPC_RESPONSE,
+                max_body=budget.max_bytes,
                 reuse=reuse,
                 retry=retry,
             )
@@ -234,10 +228,18 @@ class BuilderClient:
         assert response.body is not None
         return response.body
 
-    @staticmethod
-    def _decode(method: str, body: bytes) -> Any:
+    async def _decode(self, method: str, body: bytes, budget: AnswerBudget) -> Any:
+        """The one value of an answer, read within ``budget`` (a slice per turn of the
+        reactor when it is big, :mod:`buildmaster.rpcanswer`)."""
+        reader = AnswerReader(budget)
         try:
-            values = read_xmlrpc_answer(body)
+            if len(body) <= SLICE:
+                reader.feed(body)
+                values = reader.close()
+            else:
+                values = await reader.read(body, self._http.clock)
+        except AnswerRefused as e:
+            raise BuilderProtocolError(f"{method}(): answer refused: {e}") from None
         except xmlrpc.client.Fault as fault:
             raise BuilderFault(method, int(fault.faultCode), str(fault.faultString)) from None
         except (
@@ -268,10 +270,11 @@ class BuilderClient:
     async def status(self) -> StatusReport:
         """The builder's state. An answer identical to the previous one (an idle or waiting
         builder says the same thing every time) is not parsed again."""
-        body = await self._post("status", _STATUS_CALL, None)
+        budget = self._status_budget
+        body = await self._post("status", _STATUS_CALL, budget, None)
         if body == self._last_status[0]:
             return self._last_status[1]
-        report = parse_status(self._decode("status", body))
+        report = parse_status(await self._decode("status", body, budget))
         self._last_status = (body, report)
         return report
 

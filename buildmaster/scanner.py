@@ -115,8 +115,12 @@ class BuilderWorker:
         self._building: tuple[str, float] | None = None
 
     def _new_client(self, builder: Builder) -> BuilderClient:
+        config = self.master.config
         return BuilderClient(
-            self.master.http, builder.url, self.master.config.timeout_for(builder.virtualized)
+            self.master.http,
+            builder.url,
+            config.timeout_for(builder.virtualized),
+            max_result_files=config.max_result_files,
         )
 
     def update(self, builder: Builder) -> None:
