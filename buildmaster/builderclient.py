@@ -63,6 +63,8 @@ __all__ = [
     "FileTooLarge",
     "DEFAULT_TRUSTED_TIMEOUT",
     "DEFAULT_VIRTUALIZED_TIMEOUT",
+    "DEFAULT_DOWNLOAD_IDLE_TIMEOUT",
+    "DEFAULT_DOWNLOAD_MIN_RATE",
     "ENSUREPRESENT_FACTOR",
 ]
 
@@ -70,6 +72,10 @@ DEFAULT_TRUSTED_TIMEOUT = 40.0
 DEFAULT_VIRTUALIZED_TIMEOUT = 30.0
 #: The real daemon downloads synchronously inside ensurepresent: give it much longer.
 ENSUREPRESENT_FACTOR = 20
+#: A download from a builder that brings no byte for this many seconds has stalled.
+DEFAULT_DOWNLOAD_IDLE_TIMEOUT = 60.0
+#: The slowest pace, in bytes a second, a download from a builder may keep on average.
+DEFAULT_DOWNLOAD_MIN_RATE = 64 * 1024.0
 
 
 _STATUS_CALL = xmlrpc.client.dumps((), "status").encode("utf-8")
@@ -340,19 +346,36 @@ class BuilderClient:
         return f"{self.url}filecache/{name}"
 
     async def fetch_file(
-        self, name: str, sink: Sink, max_size: int, timeout: float | None = None
+        self,
+        name: str,
+        sink: Sink,
+        max_size: int,
+        idle_timeout: float = DEFAULT_DOWNLOAD_IDLE_TIMEOUT,
+        min_rate: float = DEFAULT_DOWNLOAD_MIN_RATE,
     ) -> int:
         """Stream ``/filecache/<name>`` into ``sink``; returns the number of bytes.
 
-        :raises BuilderUnreachable: connection problems or the deadline passed.
+        The builder has the call timeout to start answering; then the download fails when
+        no byte comes for ``idle_timeout`` seconds, or when it falls behind ``min_rate``
+        bytes a second (each byte moves its deadline ``1 / min_rate`` seconds later, so a
+        file of any size may take as long as it needs at that pace). Waiting for ``sink``
+        (a disk) counts against neither.
+
+        :raises BuilderUnreachable: connection problems, or the download stalled or
+            crawled.
         :raises FileMissing: not in the cache (HTTP 404).
         :raises FileTooLarge: larger than ``max_size``.
         :raises BuilderProtocolError: any other bad answer.
         """
-        seconds = self.timeout * ENSUREPRESENT_FACTOR if timeout is None else timeout
         try:
             response = await self._http.request(
-                b"GET", self.file_url(name), timeout=seconds, max_body=max_size, sink=sink
+                b"GET",
+                self.file_url(name),
+                timeout=self.timeout,
+                max_body=max_size,
+                sink=sink,
+                idle_timeout=idle_timeout,
+                min_rate=min_rate,
             )
         except error.ConnectError as e:
             raise BuilderUnreachable(connect_failure_reason(e)) from None

@@ -4,33 +4,101 @@ Files are streamed from the builder's ``/filecache`` straight into librarian upl
 to disk as they arrive, never held in memory whole, size-capped, and SHA-1 verified by the
 upload before anything is recorded. The log is gzip-compressed on the way (in the librarian's
 thread pool, a megabyte at a time, so compressing a big log never stalls the reactor).
+
+A build's downloads run a few at a time (:attr:`CollectLimits.max_downloads`, the log
+first), and its result files share one budget of bytes (:attr:`CollectLimits.max_total_size`):
+the first piece that would go beyond it is refused unwritten, the other downloads in flight
+are stopped and the rest are not started, and the build's results are refused. Each download
+is paced, not timed as a whole: see :meth:`BuilderClient.fetch_file`.
 """
 
 from __future__ import annotations
 
 import datetime
 import zlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
-from buildmaster.builderclient import BuilderClient, FileMissing, FileTooLarge
+from buildmaster.builderclient import (
+    DEFAULT_DOWNLOAD_IDLE_TIMEOUT,
+    DEFAULT_DOWNLOAD_MIN_RATE,
+    BuilderClient,
+    FileMissing,
+    FileTooLarge,
+)
+from buildmaster.config import MasterConfig
 from buildmaster.librarian import ContentMismatch
 from buildmaster.librarian import FileTooLarge as LibrarianFileTooLarge
 from buildmaster.protocol import ResultRefused
 
-__all__ = ["ResultCollector", "CollectLimits", "log_filename"]
+__all__ = ["Collected", "CollectLimits", "ResultCollector", "collect_limits", "log_filename"]
 
 _COMPRESS_BATCH = 1024 * 1024
 #: Less than this is compressed on the reactor thread (cheaper than a thread hop).
 _INLINE_COMPRESS = 64 * 1024
+GiB = 1024 * 1024 * 1024
 
 
 @attrs.frozen
 class CollectLimits:
-    max_log_size: int = 1024 * 1024 * 1024
-    max_file_size: int = 8 * 1024 * 1024 * 1024
+    """What one build may hand back, and how it is fetched."""
+
+    #: the build log (larger: cut there, and kept with a note)
+    max_log_size: int = 1 * GiB
+    #: one result file (larger: the build's results are refused)
+    max_file_size: int = 8 * GiB
+    #: the result files together (more: the build's results are refused)
+    max_total_size: int = 8 * GiB
+    #: downloads from the builder at once, the log's included
+    max_downloads: int = 4
+    #: seconds without a byte after which a download has stalled (the builder is blamed)
+    idle_timeout: float = DEFAULT_DOWNLOAD_IDLE_TIMEOUT
+    #: bytes a second a download must keep up on average (after the call timeout)
+    min_rate: float = DEFAULT_DOWNLOAD_MIN_RATE
+
+
+@attrs.frozen
+class Collected:
+    """What :meth:`ResultCollector.collect` stored."""
+
+    #: the log's alias (``None``: not asked for, or the builder has none)
+    log: int | None
+    #: why the log is not whole (it was cut at the limit)
+    log_note: str | None
+    #: (file name, alias) of every result file, in the order given; empty when refused
+    files: tuple[tuple[str, int], ...]
+    #: why the results were refused (what was stored of them expires)
+    refused: str | None
+
+
+def collect_limits(config: MasterConfig) -> CollectLimits:
+    """The limits a master's configuration sets."""
+    return CollectLimits(
+        max_log_size=config.max_log_size,
+        max_file_size=config.max_result_file_size,
+        max_total_size=config.max_result_bytes,
+        max_downloads=config.result_downloads,
+        idle_timeout=config.download_idle_timeout,
+        min_rate=config.download_min_rate,
+    )
+
+
+class _Budget:
+    """The bytes the result files of one build may still take."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.left = total
+
+    def take(self, size: int) -> None:
+        if size > self.left:
+            self.left = 0
+            raise ResultRefused(f"the result files are larger than {self.total} bytes together")
+        self.left -= size
 
 
 def log_filename(
@@ -98,6 +166,73 @@ class ResultCollector:
         self._client = client
         self._limits = limits
         self._expires = now + PROVISIONAL
+        self._budget = _Budget(limits.max_total_size)
+        #: result downloads in flight (stopped when the results are refused)
+        self._fetches: set[defer.Deferred[int]] = set()
+
+    async def collect(
+        self, files: Mapping[str, str], log_name: str | None, restricted: bool
+    ) -> Collected:
+        """Fetch the log (when ``log_name`` is given) and the result files (name: SHA-1),
+        at most ``max_downloads`` at once, the log first.
+
+        :returns: what was stored; results refused for the build's fault (too large, too
+            many bytes together, not the promised bytes, missing) say so in ``refused``.
+        :raises BuilderError: the builder could not be read (collect again later).
+        """
+        jobs: list[tuple[str, str | None]] = list(files.items())
+        if log_name is not None:
+            jobs.insert(0, (log_name, None))
+        pending = iter(jobs)
+        outcomes: dict[str, Any] = {}
+        refused: list[ResultRefused] = []
+        workers = [
+            defer.Deferred.fromCoroutine(self._work(pending, restricted, outcomes, refused))
+            for _ in range(min(self._limits.max_downloads, len(jobs)))
+        ]
+        await defer.gatherResults(workers, consumeErrors=True)
+        log, log_note = None, None
+        if log_name is not None:
+            result = outcomes[log_name]
+            if isinstance(result, Failure):
+                result.raiseException()  # e.g. the builder went away: collect again later
+            log, log_note = result
+        if refused:
+            return Collected(log, log_note, (), f"{refused[0]}")
+        stored = []
+        for name in files:
+            result = outcomes[name]
+            if isinstance(result, Failure):
+                result.raiseException()
+            stored.append((name, int(result)))
+        return Collected(log, log_note, tuple(stored), None)
+
+    async def _work(
+        self,
+        pending: Iterator[tuple[str, str | None]],
+        restricted: bool,
+        outcomes: dict[str, Any],
+        refused: list[ResultRefused],
+    ) -> None:
+        """Take the next download until none is left (one of ``max_downloads`` workers)."""
+        for name, sha1 in pending:
+            fetch: defer.Deferred[Any]
+            if sha1 is None:
+                fetch = defer.Deferred.fromCoroutine(self.store_log(name, restricted))
+            elif refused:
+                continue  # the results are refused already: fetch no more of them
+            else:
+                fetch = defer.Deferred.fromCoroutine(self.store_file(name, sha1, restricted))
+            try:
+                outcomes[name] = await fetch
+            except ResultRefused as e:
+                if not refused:
+                    refused.append(e)
+                    for other in list(self._fetches):
+                        other.cancel()  # the others' bytes are of no use now
+                outcomes[name] = Failure()
+            except Exception:
+                outcomes[name] = Failure()
 
     async def store_log(self, filename: str, restricted: bool) -> tuple[int | None, str | None]:
         """Fetch ``/filecache/buildlog`` into the librarian (compressed).
@@ -115,7 +250,13 @@ class ResultCollector:
         note = None
         try:
             try:
-                await self._client.fetch_file("buildlog", sink, self._limits.max_log_size)
+                await self._client.fetch_file(
+                    "buildlog",
+                    sink,
+                    self._limits.max_log_size,
+                    self._limits.idle_timeout,
+                    self._limits.min_rate,
+                )
             except FileMissing:
                 await upload.abort()
                 return None, None
@@ -143,8 +284,27 @@ class ResultCollector:
             max_size=self._limits.max_file_size,
         )
         too_large = f"result file {filename!r} is larger than {self._limits.max_file_size} bytes"
+        budget = self._budget
+
+        def write(data: bytes) -> Any:
+            budget.take(len(data))  # beyond the build's budget: refused before it is written
+            return upload.write(data)
+
+        fetch = defer.Deferred.fromCoroutine(
+            self._client.fetch_file(
+                sha1,
+                write,
+                self._limits.max_file_size,
+                self._limits.idle_timeout,
+                self._limits.min_rate,
+            )
+        )
+        self._fetches.add(fetch)
         try:
-            await self._client.fetch_file(sha1, upload.write, self._limits.max_file_size)
+            try:
+                await fetch
+            finally:
+                self._fetches.discard(fetch)
             return int(await upload.finish())
         except (FileTooLarge, LibrarianFileTooLarge):
             await upload.abort()

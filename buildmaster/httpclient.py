@@ -87,10 +87,11 @@ class ResponseTooLarge(HTTPError):
 
 
 class RequestTimeout(HTTPError):
-    """No complete answer before the deadline."""
+    """No complete answer in time: before the deadline, or (with an ``idle_timeout`` or a
+    ``min_rate``) the peer went quiet or was too slow; the message says which."""
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"timeout after {seconds:g} seconds")
+    def __init__(self, seconds: float, message: str | None = None) -> None:
+        super().__init__(message or f"timeout after {seconds:g} seconds")
         self.seconds = seconds
 
 
@@ -140,6 +141,101 @@ class _Request:
     max_body: int
     sink: Sink | None
     deferred: defer.Deferred[Response]
+    #: told of every byte and every wait for the sink (requests with a pace only)
+    watch: _Watchdog | None = None
+
+
+class _Watchdog:
+    """When an exchange has taken too long.
+
+    Without a pace: ``timeout`` seconds after ``start``. With ``min_rate`` (bytes a second),
+    the deadline moves ``1 / min_rate`` seconds later with every byte that arrives: the
+    exchange may take ``timeout`` plus its bytes at ``min_rate``, and a peer that trickles
+    is cut after ``timeout`` whatever size it announced. With ``idle_timeout``, no byte for
+    that long ends it too. Time spent waiting for the sink (our side, not the peer's) counts
+    for neither. ``expired`` says why it ended the exchange (by calling ``abort``).
+    """
+
+    _SLACK = 1e-6  # seconds of float rounding between a call's time and its deadline
+
+    def __init__(
+        self,
+        clock: Any,
+        start: float,
+        timeout: float,
+        idle_timeout: float | None,
+        min_rate: float | None,
+        abort: Callable[[], None],
+    ) -> None:
+        self._clock = clock
+        self._start = self._last = start
+        self._timeout = timeout
+        self._idle = idle_timeout
+        self._rate = min_rate
+        self._abort = abort
+        self._paused_since: float | None = None
+        self._paused = 0.0
+        self.received = 0
+        self.expired: RequestTimeout | None = None
+        self.tracking = idle_timeout is not None or min_rate is not None
+        self._call = clock.callLater(max(self._due() - clock.seconds(), 0.0), self._check)
+
+    def _deadline(self) -> float:
+        deadline = self._start + self._timeout + self._paused
+        if self._rate:
+            deadline += self.received / self._rate
+        return deadline
+
+    def _due(self) -> float:
+        due = self._deadline()
+        if self._idle is not None:
+            due = min(due, self._last + self._idle)
+        return due
+
+    def _check(self) -> None:
+        now = self._clock.seconds()
+        if self._paused_since is not None:  # our sink is busy: look again later
+            self._call = self._clock.callLater(self._idle or self._timeout, self._check)
+            return
+        elapsed = now - self._start - self._paused
+        if self._idle is not None and now - self._last >= self._idle - self._SLACK:
+            self._expire(RequestTimeout(elapsed, f"no data for {self._idle:g} seconds"))
+        elif now >= self._deadline() - self._SLACK:
+            if self._rate:
+                message = (
+                    f"slower than {self._rate:g} bytes a second"
+                    f" ({self.received} bytes in {elapsed:.0f} seconds)"
+                )
+                self._expire(RequestTimeout(elapsed, message))
+            else:
+                self._expire(RequestTimeout(self._timeout))
+        else:
+            self._call = self._clock.callLater(max(self._due() - now, 0.0), self._check)
+
+    def _expire(self, reason: RequestTimeout) -> None:
+        self.expired = reason
+        self._abort()
+
+    def progress(self, size: int) -> None:
+        """``size`` bytes arrived."""
+        self.received += size
+        self._last = self._clock.seconds()
+
+    def pause(self) -> None:
+        """Reading waits for the sink."""
+        self._paused_since = self._clock.seconds()
+
+    def resume(self) -> None:
+        """The sink is ready for more."""
+        if self._paused_since is not None:
+            now = self._clock.seconds()
+            self._paused += now - self._paused_since
+            self._paused_since = None
+            self._last = now
+
+    def cancel(self) -> None:
+        if self._call.active():
+            self._call.cancel()
 
 
 class _HTTPClientProtocol(protocol.Protocol):
@@ -207,6 +303,8 @@ class _HTTPClientProtocol(protocol.Protocol):
             self.transport.abortConnection()
             return
         self._any_data = True
+        if self._request.watch is not None:
+            self._request.watch.progress(len(data))
         self._buffer += data
         self._parse_or_fail()
 
@@ -409,12 +507,16 @@ class _HTTPClientProtocol(protocol.Protocol):
                 return
             self._waiting_sink = True
             self.transport.pauseProducing()
+            if self._request.watch is not None:
+                self._request.watch.pause()
             result.addCallbacks(self._sink_ready, self._sink_failed)
 
     def _sink_ready(self, _: object) -> None:
         self._waiting_sink = False
         if self._request is None:
             return
+        if self._request.watch is not None:
+            self._request.watch.resume()
         self.transport.resumeProducing()
         self._parse_or_fail()
         if self._eof and self._request is not None and not self._waiting_sink:
@@ -549,11 +651,18 @@ class HTTPClient:
         sink: Sink | None = None,
         reuse: bool = True,
         retry: bool = True,
+        idle_timeout: float | None = None,
+        min_rate: float | None = None,
     ) -> Response:
         """Send one request and return its response.
 
         :param timeout: seconds (on the injected clock) for the whole exchange, connecting
-            included.
+            included; with ``min_rate``, the time it may take beyond what its bytes earn.
+        :param idle_timeout: fail the exchange when no byte comes for this many seconds.
+        :param min_rate: bytes a second: every byte that arrives moves the deadline
+            ``1 / min_rate`` seconds later (for long downloads: a transfer of any size
+            that keeps this pace is never cut, one that trickles is). Time spent waiting
+            for ``sink`` counts against neither.
         :param max_body: the largest response body accepted (:class:`ResponseTooLarge`).
         :param sink: receives the body in pieces instead of collecting it in memory.
         :param reuse: whether a kept-alive connection may carry this request (``False``:
@@ -570,7 +679,16 @@ class HTTPClient:
             subclasses (e.g. ``ConnectionRefusedError``), or :class:`RequestTimeout`.
         """
         return await self._request(
-            method, url, body, headers or {}, timeout, max_body, sink, reuse, retry
+            method,
+            url,
+            body,
+            headers or {},
+            timeout,
+            max_body,
+            sink,
+            reuse,
+            retry,
+            (idle_timeout, min_rate),
         )
 
     async def _request(
@@ -584,6 +702,7 @@ class HTTPClient:
         sink: Sink | None,
         reuse: bool,
         retry: bool,
+        pace: tuple[float | None, float | None],
     ) -> Response:
         host, port, path, host_header = _target(url)
         lines = [
@@ -593,7 +712,8 @@ class HTTPClient:
         ]
         lines.extend(name + b": " + value for name, value in headers.items())
         head = b"\r\n".join(lines) + b"\r\n\r\n"
-        deadline = self.clock.seconds() + timeout
+        start = self.clock.seconds()
+        deadline = start + timeout
 
         attempts = 2 if reuse and retry and sink is None else 1
         for attempt in range(attempts):
@@ -604,8 +724,9 @@ class HTTPClient:
                     conn = await self._connect(
                         host, port, max(deadline - self.clock.seconds(), 0.001), timeout
                     )
+                watch = _Watchdog(self.clock, start, timeout, *pace, conn.abort)
                 return await self._exchange(
-                    conn, method, head, body, max_body, sink, deadline, timeout, (host, port), reuse
+                    conn, method, head, body, max_body, sink, watch, (host, port), reuse
                 )
             except ConnectionClosed as e:
                 if not reused:
@@ -631,17 +752,23 @@ class HTTPClient:
     async def _connect(
         self, host: str, port: int, remaining: float, timeout: float
     ) -> _HTTPClientProtocol:
-        connected: defer.Deferred[_HTTPClientProtocol] = defer.Deferred()
+        connecting: list[Any] = []
+
+        def stop() -> None:
+            if connecting and connecting[0].state == "connecting":
+                connecting[0].stopConnecting()
+
+        # cancelling the request stops the connection attempt
+        connected: defer.Deferred[_HTTPClientProtocol] = defer.Deferred(lambda d: stop())
         factory = _Factory(connected)
-        connector = self._reactor.connectTCP(
-            host, port, factory, timeout=max(int(remaining + 0.999), 1)
+        connecting.append(
+            self._reactor.connectTCP(host, port, factory, timeout=max(int(remaining + 0.999), 1))
         )
 
         def expire() -> None:
             if not connected.called:
                 connected.errback(RequestTimeout(timeout))
-            if connector.state == "connecting":
-                connector.stopConnecting()
+            stop()
 
         timer = self.clock.callLater(remaining, expire)
         try:
@@ -662,20 +789,12 @@ class HTTPClient:
         body: bytes,
         max_body: int,
         sink: Sink | None,
-        deadline: float,
-        timeout: float,
+        watch: _Watchdog,
         key: tuple[str, int],
         reuse: bool,
     ) -> Response:
-        done: defer.Deferred[Response] = defer.Deferred()
-        timed_out = []
-
-        def expire() -> None:
-            timed_out.append(True)
-            conn.abort()
-
-        remaining = max(deadline - self.clock.seconds(), 0.0)
-        timer = self.clock.callLater(remaining, expire)
+        # cancelling the request aborts its connection
+        done: defer.Deferred[Response] = defer.Deferred(lambda d: conn.abort())
 
         def idle(c: _HTTPClientProtocol) -> None:
             if reuse:
@@ -686,16 +805,18 @@ class HTTPClient:
         conn.key = key
         conn.on_idle = idle
         conn.on_lost = self._forget
-        conn.send(_Request(method, head, body, max_body, sink, done))
+        request = _Request(method, head, body, max_body, sink, done)
+        if watch.tracking:
+            request.watch = watch
+        conn.send(request)
         try:
             return await done
         except ConnectionClosed:
-            if timed_out:
-                raise RequestTimeout(timeout) from None
+            if watch.expired is not None:
+                raise watch.expired from None
             raise
         finally:
-            if timer.active():
-                timer.cancel()
+            watch.cancel()
 
     def _keep(self, key: tuple[str, int], conn: _HTTPClientProtocol) -> None:
         idle = self._idle.setdefault(key, [])

@@ -458,3 +458,21 @@ async def test_answers_on_the_wire(
         assert body is None, f"{case.name}: returned {body!r} instead of an error"
         assert isinstance(error, case.expected), f"{case.name}: {error!r}"
         assert case.says.lower() in str(error).lower()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelling_a_request_drops_its_connection(reactor: Any, server: RawServer) -> None:
+    client = HTTPClient(reactor, clock=Clock())
+    pieces: list[bytes] = []
+    d = defer.Deferred.fromCoroutine(
+        client.request(b"GET", server.url + "file", sink=pieces.append, reuse=False)
+    )
+    outcome: list[Any] = []
+    d.addBoth(outcome.append)
+    await wait_for(reactor, lambda: server.connections and server.connections[-1].requests)
+    connection = server.connections[-1]
+    connection.send(OK + b"Content-Length: 10\r\n\r\nhalf")
+    await wait_for(reactor, lambda: pieces)
+    d.cancel()
+    assert outcome and isinstance(outcome[0].value, defer.CancelledError)
+    await wait_for(reactor, lambda: connection.closed, 5, "the connection to be dropped")
