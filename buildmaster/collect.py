@@ -31,6 +31,7 @@ from buildmaster.builderclient import (
     FileTooLarge,
 )
 from buildmaster.config import MasterConfig
+from buildmaster.httpclient import Sink
 from buildmaster.librarian import ContentMismatch
 from buildmaster.librarian import FileTooLarge as LibrarianFileTooLarge
 from buildmaster.protocol import ResultRefused
@@ -167,14 +168,22 @@ class ResultCollector:
         self._limits = limits
         self._expires = now + PROVISIONAL
         self._budget = _Budget(limits.max_total_size)
-        #: result downloads in flight (stopped when the results are refused)
-        self._fetches: set[defer.Deferred[int]] = set()
+        #: downloads in flight: whether each is the log's
+        self._fetches: dict[defer.Deferred[int], bool] = {}
+        #: why the results are refused (the log is still fetched)
+        self._refused: ResultRefused | None = None
+        #: the first other failure: the collection is over (it will be made again)
+        self._failed: Failure | None = None
 
     async def collect(
         self, files: Mapping[str, str], log_name: str | None, restricted: bool
     ) -> Collected:
         """Fetch the log (when ``log_name`` is given) and the result files (name: SHA-1),
         at most ``max_downloads`` at once, the log first.
+
+        Once the results are refused, the other result downloads are stopped and no more
+        are started (the log is still fetched); once a download fails otherwise, all of
+        them are stopped.
 
         :returns: what was stored; results refused for the build's fault (too large, too
             many bytes together, not the promised bytes, missing) say so in ``refused``.
@@ -183,56 +192,64 @@ class ResultCollector:
         jobs: list[tuple[str, str | None]] = list(files.items())
         if log_name is not None:
             jobs.insert(0, (log_name, None))
-        pending = iter(jobs)
-        outcomes: dict[str, Any] = {}
-        refused: list[ResultRefused] = []
+        outcomes: list[Any] = [None] * len(jobs)
+        pending = iter(enumerate(jobs))
         workers = [
-            defer.Deferred.fromCoroutine(self._work(pending, restricted, outcomes, refused))
+            defer.Deferred.fromCoroutine(self._work(pending, restricted, outcomes))
             for _ in range(min(self._limits.max_downloads, len(jobs)))
         ]
         await defer.gatherResults(workers, consumeErrors=True)
-        log, log_note = None, None
-        if log_name is not None:
-            result = outcomes[log_name]
-            if isinstance(result, Failure):
-                result.raiseException()  # e.g. the builder went away: collect again later
-            log, log_note = result
-        if refused:
-            return Collected(log, log_note, (), f"{refused[0]}")
-        stored = []
-        for name in files:
-            result = outcomes[name]
-            if isinstance(result, Failure):
-                result.raiseException()
-            stored.append((name, int(result)))
-        return Collected(log, log_note, tuple(stored), None)
+        if self._failed is not None:
+            self._failed.raiseException()  # e.g. the builder went away: collect again later
+        log, log_note = outcomes.pop(0) if log_name is not None else (None, None)
+        if self._refused is not None:
+            return Collected(log, log_note, (), str(self._refused))
+        stored = tuple((name, int(alias)) for name, alias in zip(files, outcomes, strict=True))
+        return Collected(log, log_note, stored, None)
 
     async def _work(
         self,
-        pending: Iterator[tuple[str, str | None]],
+        pending: Iterator[tuple[int, tuple[str, str | None]]],
         restricted: bool,
-        outcomes: dict[str, Any],
-        refused: list[ResultRefused],
+        outcomes: list[Any],
     ) -> None:
         """Take the next download until none is left (one of ``max_downloads`` workers)."""
-        for name, sha1 in pending:
-            fetch: defer.Deferred[Any]
-            if sha1 is None:
-                fetch = defer.Deferred.fromCoroutine(self.store_log(name, restricted))
-            elif refused:
-                continue  # the results are refused already: fetch no more of them
-            else:
-                fetch = defer.Deferred.fromCoroutine(self.store_file(name, sha1, restricted))
+        for index, (name, sha1) in pending:
+            if self._failed is not None or (sha1 is not None and self._refused is not None):
+                continue
             try:
-                outcomes[name] = await fetch
+                if sha1 is None:
+                    outcomes[index] = await self.store_log(name, restricted)
+                else:
+                    outcomes[index] = await self.store_file(name, sha1, restricted)
             except ResultRefused as e:
-                if not refused:
-                    refused.append(e)
-                    for other in list(self._fetches):
-                        other.cancel()  # the others' bytes are of no use now
-                outcomes[name] = Failure()
-            except Exception:
-                outcomes[name] = Failure()
+                if self._refused is None:
+                    self._refused = e
+                    self._stop(the_log_too=False)  # their bytes are of no use now
+            except Exception:  # (CancelledError included: stopped by _stop)
+                if sha1 is not None and self._refused is not None:
+                    continue  # the results are refused, whatever else befell them
+                if self._failed is None:
+                    self._failed = Failure()
+                    self._stop(the_log_too=True)
+
+    def _stop(self, the_log_too: bool) -> None:
+        for fetch, is_log in list(self._fetches.items()):
+            if the_log_too or not is_log:
+                fetch.cancel()
+
+    async def _fetch(self, name: str, sink: Sink, max_size: int, is_log: bool) -> int:
+        """``BuilderClient.fetch_file``, paced, and stopped by :meth:`_stop`."""
+        fetch = defer.Deferred.fromCoroutine(
+            self._client.fetch_file(
+                name, sink, max_size, self._limits.idle_timeout, self._limits.min_rate
+            )
+        )
+        self._fetches[fetch] = is_log
+        try:
+            return await fetch
+        finally:
+            del self._fetches[fetch]
 
     async def store_log(self, filename: str, restricted: bool) -> tuple[int | None, str | None]:
         """Fetch ``/filecache/buildlog`` into the librarian (compressed).
@@ -250,13 +267,7 @@ class ResultCollector:
         note = None
         try:
             try:
-                await self._client.fetch_file(
-                    "buildlog",
-                    sink,
-                    self._limits.max_log_size,
-                    self._limits.idle_timeout,
-                    self._limits.min_rate,
-                )
+                await self._fetch("buildlog", sink, self._limits.max_log_size, is_log=True)
             except FileMissing:
                 await upload.abort()
                 return None, None
@@ -290,21 +301,8 @@ class ResultCollector:
             budget.take(len(data))  # beyond the build's budget: refused before it is written
             return upload.write(data)
 
-        fetch = defer.Deferred.fromCoroutine(
-            self._client.fetch_file(
-                sha1,
-                write,
-                self._limits.max_file_size,
-                self._limits.idle_timeout,
-                self._limits.min_rate,
-            )
-        )
-        self._fetches.add(fetch)
         try:
-            try:
-                await fetch
-            finally:
-                self._fetches.discard(fetch)
+            await self._fetch(sha1, write, self._limits.max_file_size, is_log=False)
             return int(await upload.finish())
         except (FileTooLarge, LibrarianFileTooLarge):
             await upload.abort()

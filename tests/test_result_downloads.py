@@ -273,3 +273,41 @@ async def test_once_the_budget_is_spent_the_other_downloads_stop(
     assert len(held) == 1 and second in held[0].requests[0].decode()
     await wait_for(reactor, lambda: held[0].closed, 5, "the second download to be dropped")
     http.abort_all()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_download_ends_the_collection_and_stops_the_others(
+    reactor: Any, server: RawServer, librarian: Any
+) -> None:
+    """The builder's failure ends the collection (it is made again at a later scan): the
+    download still on its way is dropped rather than waited for."""
+    content = files(2)
+    first, second = (hashlib.sha1(data).hexdigest() for data in content.values())
+    held: list[RawConnection] = []
+
+    def respond(connection: RawConnection, request: bytes) -> None:
+        if first in request.decode():
+            connection.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nstart")
+        else:
+            held.append(connection)
+
+    server.respond = respond
+    clock = Clock()
+    http = HTTPClient(reactor, clock=clock)
+    client = BuilderClient(http, server.url, timeout=TIMEOUT)
+    collector = ResultCollector(
+        librarian, client, CollectLimits(), datetime.datetime.now(datetime.UTC)
+    )
+    wanted = {name: hashlib.sha1(data).hexdigest() for name, data in content.items()}
+    outcome: list[Any] = []
+    d = defer.Deferred.fromCoroutine(collector.collect(wanted, None, restricted=False))
+    d.addBoth(outcome.append)
+    await wait_for(reactor, lambda: len(server.requests()) == 2 and held)
+    await turn(reactor)
+    clock.advance(TIMEOUT + 1)  # "start" and nothing more: behind the pace
+    await wait_for(reactor, lambda: outcome, 10, "the collection to end")
+    error = outcome[0].value
+    assert isinstance(error, BuilderUnreachable)
+    assert str(error).startswith(f"fetching {first}: slower than 65536 bytes a second")
+    await wait_for(reactor, lambda: held[0].closed, 5, "the other download to be dropped")
+    http.abort_all()
