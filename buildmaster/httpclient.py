@@ -16,8 +16,8 @@ coding, or (neither) by the peer closing the connection cleanly; a reset, or a d
 before that clean close is an error. Refused: ``Content-Length`` together with
 ``Transfer-Encoding``, more than one ``Content-Length``, any transfer coding but
 ``chunked`` (and chunked in an HTTP/1.0 answer), a line ending that is not CRLF, control
-characters in the head, anything but hex digits and well-formed extensions on a chunk-size
-line (at most :data:`MAX_CHUNK_LINE` bytes), a trailer section over :data:`MAX_TRAILER`
+characters in the status line, anything but hex digits and well-formed extensions on a
+chunk-size line (at most :data:`MAX_CHUNK_LINE` bytes), a trailer section over :data:`MAX_TRAILER`
 bytes, interim answers other than ``100 Continue`` (``101 Switching Protocols``
 included), and a status line that is not ``HTTP/1.0`` or ``HTTP/1.1``.
 """
@@ -57,7 +57,7 @@ MAX_TRAILER = 8 * 1024
 #: ``100 Continue`` answers accepted before the real one
 MAX_INTERIM = 4
 
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: (.*))?", re.DOTALL)
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _FIELD_NAME = re.compile(_TOKEN)
 #: a chunk size in hex and its extensions (RFC 9112 7.1.1: ``;name`` or ``;name=value``,
@@ -67,11 +67,10 @@ _CHUNK_SIZE = re.compile(
     rb'"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t\x20-\x7e\x80-\xff])*"))?)*)'
     % (_TOKEN, _TOKEN)
 )
-#: what a head may not hold: control characters (but HTAB), a CR not before an LF, an LF
-#: not after a CR (a head's lines end with CRLF, nothing else)
-_BAD_HEAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+#: a CR not before an LF, an LF not after a CR (a head's lines end with CRLF, nothing else)
+_BARE_EOL = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 #: the same, in a head not complete yet (it may end between the CR and the LF)
-_BAD_HEAD_SO_FAR = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?=[^\n])|(?<!\r)\n")
+_BARE_EOL_SO_FAR = re.compile(rb"\r(?=[^\n])|(?<!\r)\n")
 
 
 class HTTPError(Exception):
@@ -157,6 +156,20 @@ class _Watchdog:
     """
 
     _SLACK = 1e-6  # seconds of float rounding between a call's time and its deadline
+    __slots__ = (
+        "_abort",
+        "_call",
+        "_clock",
+        "_idle",
+        "_last",
+        "_paused",
+        "_paused_since",
+        "_rate",
+        "_start",
+        "_timeout",
+        "expired",
+        "received",
+    )
 
     def __init__(
         self,
@@ -177,7 +190,6 @@ class _Watchdog:
         self._paused = 0.0
         self.received = 0
         self.expired: RequestTimeout | None = None
-        self.tracking = idle_timeout is not None or min_rate is not None
         self._call = clock.callLater(max(self._due() - clock.seconds(), 0.0), self._check)
 
     def _deadline(self) -> float:
@@ -286,8 +298,7 @@ class _HTTPClientProtocol(protocol.Protocol):
         self._headers = {}
         self._received = 0
         self._body = bytearray()
-        self._any_data = self._eof = False
-        self._scanned = self._interim = self._trailer = 0
+        self._any_data = False  # (the rest of the state is clean after a complete answer)
         self.transport.write(request.head + request.body)
 
     def abort(self) -> None:
@@ -348,7 +359,10 @@ class _HTTPClientProtocol(protocol.Protocol):
                     raise ResponseTooLarge(
                         f"response body exceeds the limit of {self._request.max_body} bytes"
                     )
-                self._state = "chunk_data" if self._remaining else "trailer"
+                if self._remaining:
+                    self._state = "chunk_data"
+                else:
+                    self._state, self._trailer = "trailer", 0
             elif state == "chunk_end":
                 if len(self._buffer) < 2:
                     if self._buffer and self._buffer[0] != 13:
@@ -359,7 +373,7 @@ class _HTTPClientProtocol(protocol.Protocol):
                 del self._buffer[:2]
                 self._state = "chunk_size"
             elif state == "trailer":
-                left = MAX_TRAILER - self._trailer
+                left = max(MAX_TRAILER - self._trailer - 2, 0)  # (each line ends with CRLF)
                 line = self._take_line(left, "trailer section", ResponseTooLarge)
                 if line is None:
                     return
@@ -368,7 +382,7 @@ class _HTTPClientProtocol(protocol.Protocol):
                     return
                 self._trailer += len(line) + 2
                 name, colon, _ = line.partition(b":")
-                if not colon or not _FIELD_NAME.fullmatch(name) or _BAD_HEAD.search(line):
+                if not colon or not _FIELD_NAME.fullmatch(name):
                     raise MalformedResponse(f"bad trailer line {line[:80]!r}")
             elif state == "until_close":
                 if not self._buffer:
@@ -401,11 +415,11 @@ class _HTTPClientProtocol(protocol.Protocol):
     def _parse_head(self) -> bool:
         """Parse the response head once it is complete; whether it was."""
         buffer = self._buffer
-        end = buffer.find(b"\r\n\r\n", max(self._scanned - 3, 0))
+        scanned = self._scanned
+        end = buffer.find(b"\r\n\r\n", scanned - 3 if scanned > 3 else 0)
         if end < 0:
-            bad = _BAD_HEAD_SO_FAR.search(buffer, max(self._scanned - 1, 0))
-            if bad is not None:
-                raise MalformedResponse(_bad_head_reason(bad.group()))
+            if _BARE_EOL_SO_FAR.search(buffer, scanned - 1 if scanned > 1 else 0):
+                raise MalformedResponse("a bare CR or LF line ending in the response head")
             if len(buffer) > MAX_HEAD:
                 raise ResponseTooLarge("response head larger than 64 KiB")
             self._scanned = len(buffer)
@@ -415,10 +429,11 @@ class _HTTPClientProtocol(protocol.Protocol):
         head = bytes(buffer[:end])
         del buffer[: end + 4]
         self._scanned = 0
-        bad = _BAD_HEAD.search(head)
-        if bad is not None:
-            raise MalformedResponse(_bad_head_reason(bad.group()))
         lines = head.split(b"\r\n")
+        # every CR and LF is one of the CRLFs between lines (counting them is cheap)
+        breaks = len(lines) - 1
+        if head.count(b"\n") != breaks or head.count(b"\r") != breaks:
+            raise MalformedResponse("a bare CR or LF line ending in the response head")
         match = _STATUS_LINE.fullmatch(lines[0])
         if match is None:
             raise MalformedResponse(f"bad status line {lines[0][:80]!r}")
@@ -446,6 +461,7 @@ class _HTTPClientProtocol(protocol.Protocol):
             if self._interim > MAX_INTERIM:
                 raise MalformedResponse(f"more than {MAX_INTERIM} interim answers")
             return True
+        self._interim = 0
         connection = headers.get(b"connection")
         self._keep_alive = minor == b"1" and not (
             connection is not None
@@ -578,12 +594,6 @@ class _HTTPClientProtocol(protocol.Protocol):
                 )
             )
         )
-
-
-def _bad_head_reason(found: bytes) -> str:
-    if found in (b"\r", b"\n"):
-        return "a bare CR or LF line ending in the response head"
-    return f"control character {found!r} in the response head"
 
 
 class _Factory(protocol.ClientFactory):
@@ -724,9 +734,18 @@ class HTTPClient:
                     conn = await self._connect(
                         host, port, max(deadline - self.clock.seconds(), 0.001), timeout
                     )
-                watch = _Watchdog(self.clock, start, timeout, *pace, conn.abort)
                 return await self._exchange(
-                    conn, method, head, body, max_body, sink, watch, (host, port), reuse
+                    conn,
+                    method,
+                    head,
+                    body,
+                    max_body,
+                    sink,
+                    start,
+                    timeout,
+                    pace,
+                    (host, port),
+                    reuse,
                 )
             except ConnectionClosed as e:
                 if not reused:
@@ -789,12 +808,26 @@ class HTTPClient:
         body: bytes,
         max_body: int,
         sink: Sink | None,
-        watch: _Watchdog,
+        start: float,
+        timeout: float,
+        pace: tuple[float | None, float | None],
         key: tuple[str, int],
         reuse: bool,
     ) -> Response:
         # cancelling the request aborts its connection
         done: defer.Deferred[Response] = defer.Deferred(lambda d: conn.abort())
+        request = _Request(method, head, body, max_body, sink, done)
+        timed_out = []
+        timer: Any = None
+        if pace == (None, None):  # a plain deadline (every XML-RPC call): the cheap timer
+
+            def expire() -> None:
+                timed_out.append(True)
+                conn.abort()
+
+            timer = self.clock.callLater(max(start + timeout - self.clock.seconds(), 0.0), expire)
+        else:
+            request.watch = _Watchdog(self.clock, start, timeout, *pace, conn.abort)
 
         def idle(c: _HTTPClientProtocol) -> None:
             if reuse:
@@ -805,18 +838,21 @@ class HTTPClient:
         conn.key = key
         conn.on_idle = idle
         conn.on_lost = self._forget
-        request = _Request(method, head, body, max_body, sink, done)
-        if watch.tracking:
-            request.watch = watch
         conn.send(request)
         try:
             return await done
         except ConnectionClosed:
-            if watch.expired is not None:
-                raise watch.expired from None
+            if timed_out:
+                raise RequestTimeout(timeout) from None
+            if request.watch is not None and request.watch.expired is not None:
+                raise request.watch.expired from None
             raise
         finally:
-            watch.cancel()
+            if timer is not None:
+                if timer.active():
+                    timer.cancel()
+            elif request.watch is not None:
+                request.watch.cancel()
 
     def _keep(self, key: tuple[str, int], conn: _HTTPClientProtocol) -> None:
         idle = self._idle.setdefault(key, [])
