@@ -280,7 +280,7 @@ async def test_a_stalled_download_ends_the_collection_and_stops_the_others(
     reactor: Any, server: RawServer, librarian: Any
 ) -> None:
     """The builder's failure ends the collection (it is made again at a later scan): the
-    download still on its way is dropped rather than waited for."""
+    other download, well ahead of its pace, is dropped rather than waited for."""
     content = files(2)
     first, second = (hashlib.sha1(data).hexdigest() for data in content.values())
     held: list[RawConnection] = []
@@ -288,7 +288,9 @@ async def test_a_stalled_download_ends_the_collection_and_stops_the_others(
     def respond(connection: RawConnection, request: bytes) -> None:
         if first in request.decode():
             connection.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nstart")
-        else:
+        else:  # a minute of the pace's worth at once (4 MiB), then nothing for now
+            connection.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+            connection.send(b"x" * 4 * 1024 * 1024)
             held.append(connection)
 
     server.respond = respond
