@@ -185,6 +185,28 @@ async def librarian(make_world: Any) -> AsyncIterator[Any]:
     yield world.harness.librarian
 
 
+class Collection:
+    """``ResultCollector.collect`` of ``content`` (name: bytes) from the raw server, with
+    the deadlines on ``clock``; ``outcome`` gets its result (or failure)."""
+
+    def __init__(
+        self,
+        server: RawServer,
+        librarian: Any,
+        content: dict[str, bytes],
+        limits: CollectLimits,
+        clock: Clock,
+        reactor: Any,
+    ) -> None:
+        self.http = HTTPClient(reactor, clock=clock)
+        client = BuilderClient(self.http, server.url, timeout=TIMEOUT)
+        collector = ResultCollector(librarian, client, limits, datetime.datetime.now(datetime.UTC))
+        wanted = {name: hashlib.sha1(data).hexdigest() for name, data in content.items()}
+        self.outcome: list[Any] = []
+        d = defer.Deferred.fromCoroutine(collector.collect(wanted, None, restricted=False))
+        d.addBoth(self.outcome.append)
+
+
 @pytest.mark.parametrize("downloads", [1, 3])
 @pytest_twisted.ensureDeferred
 async def test_a_builds_files_come_a_few_at_a_time(
@@ -203,18 +225,9 @@ async def test_a_builds_files_come_a_few_at_a_time(
         most = max(most, len(waiting))
 
     server.respond = respond
-    http = HTTPClient(reactor, clock=Clock())
-    client = BuilderClient(http, server.url, timeout=TIMEOUT)
-    collector = ResultCollector(
-        librarian,
-        client,
-        CollectLimits(max_downloads=downloads),
-        datetime.datetime.now(datetime.UTC),
-    )
-    wanted = {name: hashlib.sha1(data).hexdigest() for name, data in content.items()}
-    outcome: list[Any] = []
-    d = defer.Deferred.fromCoroutine(collector.collect(wanted, None, restricted=False))
-    d.addBoth(outcome.append)
+    limits = CollectLimits(max_downloads=downloads)
+    collection = Collection(server, librarian, content, limits, Clock(), reactor)
+    outcome = collection.outcome
     answered = 0
     while answered < len(content):
         expected = min(downloads, len(content) - answered)
@@ -229,7 +242,7 @@ async def test_a_builds_files_come_a_few_at_a_time(
     assert collected.refused is None and [name for name, _ in collected.files] == list(content)
     for name, alias in collected.files:
         assert await librarian.read_bytes(alias) == content[name]
-    http.abort_all()
+    collection.http.abort_all()
 
 
 @pytest_twisted.ensureDeferred
@@ -253,26 +266,17 @@ async def test_once_the_budget_is_spent_the_other_downloads_stop(
             held.append(connection)
 
     server.respond = respond
-    http = HTTPClient(reactor, clock=Clock())
-    client = BuilderClient(http, server.url, timeout=TIMEOUT)
     budget = len(by_sha1[first]) - 1
-    collector = ResultCollector(
-        librarian,
-        client,
-        CollectLimits(max_total_size=budget),
-        datetime.datetime.now(datetime.UTC),
-    )
-    wanted = {name: hashlib.sha1(data).hexdigest() for name, data in content.items()}
-    outcome: list[Any] = []
-    d = defer.Deferred.fromCoroutine(collector.collect(wanted, None, restricted=False))
-    d.addBoth(outcome.append)
+    limits = CollectLimits(max_total_size=budget)
+    collection = Collection(server, librarian, content, limits, Clock(), reactor)
+    outcome = collection.outcome
     await wait_for(reactor, lambda: outcome, 10, "the collection to end")
     (collected,) = outcome
     assert collected.refused == f"the result files are larger than {budget} bytes together"
     assert collected.files == ()
     assert len(held) == 1 and second in held[0].requests[0].decode()
     await wait_for(reactor, lambda: held[0].closed, 5, "the second download to be dropped")
-    http.abort_all()
+    collection.http.abort_all()
 
 
 @pytest_twisted.ensureDeferred
@@ -295,15 +299,8 @@ async def test_a_stalled_download_ends_the_collection_and_stops_the_others(
 
     server.respond = respond
     clock = Clock()
-    http = HTTPClient(reactor, clock=clock)
-    client = BuilderClient(http, server.url, timeout=TIMEOUT)
-    collector = ResultCollector(
-        librarian, client, CollectLimits(), datetime.datetime.now(datetime.UTC)
-    )
-    wanted = {name: hashlib.sha1(data).hexdigest() for name, data in content.items()}
-    outcome: list[Any] = []
-    d = defer.Deferred.fromCoroutine(collector.collect(wanted, None, restricted=False))
-    d.addBoth(outcome.append)
+    collection = Collection(server, librarian, content, CollectLimits(), clock, reactor)
+    outcome = collection.outcome
     await wait_for(reactor, lambda: len(server.requests()) == 2 and held)
     await turn(reactor)
     clock.advance(TIMEOUT + 1)  # "start" and nothing more: behind the pace
@@ -312,4 +309,4 @@ async def test_a_stalled_download_ends_the_collection_and_stops_the_others(
     assert isinstance(error, BuilderUnreachable)
     assert str(error).startswith(f"fetching {first}: slower than 65536 bytes a second")
     await wait_for(reactor, lambda: held[0].closed, 5, "the other download to be dropped")
-    http.abort_all()
+    collection.http.abort_all()
