@@ -28,12 +28,11 @@ failure with a reason an operator can act on, or a VM reset.
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from buildmaster.buildargs import (
     BUILDER_TYPE,
@@ -43,7 +42,7 @@ from buildmaster.buildargs import (
     source_filemap,
 )
 from buildmaster.builderclient import BuilderClient, BuilderUnreachable
-from buildmaster.collect import CollectLimits, ResultCollector, log_filename
+from buildmaster.collect import ResultCollector, collect_limits, log_filename
 from buildmaster.enums import (
     BuilderCleanStatus,
     BuilderResult,
@@ -157,11 +156,13 @@ class BuilderWorker:
         self._lost_here: dict[int, None] = {}
 
     def _new_client(self, builder: Builder) -> BuilderClient:
+        config = self.master.config
         return BuilderClient(
             self.master.http,
             builder.url,
-            self.master.config.timeout_for(builder.virtualized),
+            config.timeout_for(builder.virtualized),
             gate=self._check_owned,
+            max_result_files=config.max_result_files,
         )
 
     def _check_owned(self) -> None:
@@ -1015,19 +1016,17 @@ class BuilderWorker:
     async def _store_results(
         self, snap: BuilderSnapshot, status: StatusReport, state: BuildStatus
     ) -> None:
-        """Fetch the log and every result file at once into the librarian, then record the
-        end of the build. What is stored stays provisional (it expires) until ``finish``
-        links it, so a master that dies half-way leaves nothing permanent behind."""
+        """Fetch the log and the result files into the librarian (a few at a time, within
+        the build's budget: :meth:`ResultCollector.collect`), then record the end of the
+        build. What is stored stays provisional (it expires) until ``finish`` links it, so a
+        master that dies half-way leaves nothing permanent behind."""
         builder, job, build = snap.builder, snap.job, snap.build
         assert job is not None and build is not None
         config, started = self.master.config, self.master.clock.seconds()
         ctx = self._context(build.id) or await self.master.store.jobs.context(build.id)
         restricted = ctx.archive.private
         collector = ResultCollector(
-            self.master.librarian,
-            self.client,
-            CollectLimits(config.max_log_size, config.max_result_file_size),
-            self._now(),
+            self.master.librarian, self.client, collect_limits(config), self._now()
         )
         reason = None
         accepted: dict[str, str] = {}
@@ -1038,13 +1037,10 @@ class BuilderWorker:
                 )
             except ResultRefused as e:
                 state, reason = BuildStatus.FAILEDTOUPLOAD, f"results refused: {e}"
-        fetches: list[defer.Deferred[Any]] = [
-            defer.Deferred.fromCoroutine(collector.store_file(name, sha1, restricted))
-            for name, sha1 in accepted.items()
-        ]
+        log_name = None
         if build.log_id is None:
             das, spr = ctx.distroarchseries, ctx.sourcepackagerelease
-            name = log_filename(
+            log_name = log_filename(
                 das.distribution_name,
                 das.series_name,
                 das.architecturetag,
@@ -1052,28 +1048,14 @@ class BuilderWorker:
                 spr.version,
                 state.name,
             )
-            fetches.append(defer.Deferred.fromCoroutine(collector.store_log(name, restricted)))
-        results: list[tuple[bool, Any]] = await defer.DeferredList(fetches, consumeErrors=True)
-        failures: list[Failure] = [value for ok, value in results if not ok]
-        refused = [f for f in failures if f.check(ResultRefused)]
-        others = [f for f in failures if not f.check(ResultRefused)]
-        if others:
-            others[0].raiseException()  # e.g. the builder went away: collect again later
-        files = [
-            (name, int(value))
-            for name, (ok, value) in zip(accepted, results[: len(accepted)], strict=True)
-            if ok
-        ]
-        log = build.log_id
-        if build.log_id is None:
-            ok, value = results[len(accepted)]
-            if ok:
-                log, note = value
-                if note:
-                    reason = f"{reason}; {note}" if reason else note
-        if refused:
-            state, reason = BuildStatus.FAILEDTOUPLOAD, f"results refused: {refused[0].value}"
-            files = []  # what was stored of them expires: the garbage collector takes it
+        collected = await collector.collect(accepted, log_name, restricted)
+        files = list(collected.files)
+        log = build.log_id if log_name is None else collected.log
+        if collected.log_note:
+            reason = f"{reason}; {collected.log_note}" if reason else collected.log_note
+        if collected.refused is not None:
+            # what was stored of them expires: the garbage collector takes it
+            state, reason = BuildStatus.FAILEDTOUPLOAD, f"results refused: {collected.refused}"
         finished = await self.master.store.jobs.finish(
             job,
             builder,

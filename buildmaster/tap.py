@@ -111,6 +111,26 @@ def _count(value: str) -> int:
     return count
 
 
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _size(value: str) -> int:
+    """Bytes: a whole number, optionally with K, M, G or T (powers of 1024; ``8G``)."""
+    text = value.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = text[-1:] if text[-1:] in _UNITS else ""
+    size = int(text.removesuffix(unit)) * _UNITS[unit]
+    if size <= 0:
+        raise ValueError(f"{value!r} is not a positive size")
+    return size
+
+
+def _positive_count(value: str) -> int:
+    count = int(value)
+    if count < 1:
+        raise ValueError(f"{value!r} is not at least 1")
+    return count
+
+
 def _port(value: str) -> str:
     """A plain port number means TCP on 127.0.0.1; otherwise a strports description."""
     if value.isdigit():
@@ -184,6 +204,43 @@ class Options(usage.Options):
             None,
             30.0,
             "Seconds for a call to a virtualized builder.",
+            _seconds,
+        ],
+        [
+            "max-result-bytes",
+            None,
+            8 * 1024**3,
+            "The result files of one build together may take this many bytes (K, M, G"
+            " allowed); beyond it the download stops and the build is FAILEDTOUPLOAD.",
+            _size,
+        ],
+        [
+            "max-result-files",
+            None,
+            1000,
+            "A build may hand back this many result files; more: FAILEDTOUPLOAD.",
+            _positive_count,
+        ],
+        [
+            "result-downloads",
+            None,
+            4,
+            "Downloads from one builder at once (its log and result files).",
+            _positive_count,
+        ],
+        [
+            "download-idle-timeout",
+            None,
+            60.0,
+            "A download from a builder that brings no byte for this many seconds has stalled.",
+            _seconds,
+        ],
+        [
+            "download-min-rate",
+            None,
+            64 * 1024.0,
+            "Bytes a second a download from a builder must keep up on average (each byte"
+            " moves its deadline 1/rate seconds later, beyond the socket timeout).",
             _seconds,
         ],
         [
@@ -274,6 +331,11 @@ class Options(usage.Options):
             max_collections=self["max-collections"],
             socket_timeout=self["socket-timeout"],
             virtualized_socket_timeout=self["virtualized-socket-timeout"],
+            max_result_bytes=self["max-result-bytes"],
+            max_result_files=self["max-result-files"],
+            result_downloads=self["result-downloads"],
+            download_idle_timeout=self["download-idle-timeout"],
+            download_min_rate=self["download-min-rate"],
             vm_resume_command=command,
             vm_resume_timeout=self["vm-resume-timeout"],
             stuck_timeout=self["stuck-timeout"],

@@ -38,7 +38,7 @@ class Hostile(enum.StrEnum):
     TRAVERSAL = "traversal"
     #: the filemap lists a file whose bytes do not hash to the SHA-1 it gives
     BAD_SHA1 = "bad_sha1"
-    #: the filemap lists 100,000 files
+    #: the filemap lists 1,500 files (the master accepts 1,000 by default)
     MANY_FILES = "many_files"
     #: a result file never ends
     ENDLESS_FILE = "endless_file"
@@ -112,7 +112,7 @@ class Faults:
     - ``overwrite_build_id_on_rejected_build``: the real daemon's quirk, on by default: a
       ``build`` refused because the builder is busy still replaces the build id it reports.
     - ``hostile_results``: a finished build hands back hostile results (:class:`Hostile`):
-      a path-traversal name, a SHA-1 that does not match the bytes, 100,000 files, a result
+      a path-traversal name, a SHA-1 that does not match the bytes, 1,500 files, a result
       file that never ends, or a build log that never ends.
 
     The real daemon's behaviours that recovery must survive, off by default (switch them

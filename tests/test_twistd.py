@@ -255,6 +255,51 @@ def test_twistd_demo_dispatches_and_stops_cleanly_on_ctrl_c(reachable_tmp: Path)
     assert not (state / "postgres" / "data" / "postmaster.pid").exists()
 
 
+def test_result_download_options() -> None:
+    options = Options()
+    options.parseOptions([])
+    master = options.settings().master
+    assert master.max_result_bytes == 8 * 1024**3
+    assert master.max_result_files == 1000
+    assert master.result_downloads == 4
+    assert (master.download_idle_timeout, master.download_min_rate) == (60.0, 65536.0)
+
+    options = Options()
+    options.parseOptions(
+        [
+            "--max-result-bytes",
+            "20G",
+            "--max-result-files",
+            "5000",
+            "--result-downloads",
+            "2",
+            "--download-idle-timeout",
+            "300",
+            "--download-min-rate",
+            "1024",
+        ]
+    )
+    master = options.settings().master
+    assert master.max_result_bytes == 20 * 1024**3
+    assert master.max_result_files == 5000
+    assert master.result_downloads == 2
+    assert (master.download_idle_timeout, master.download_min_rate) == (300.0, 1024.0)
+    options = Options()
+    options.parseOptions(["--max-result-bytes", "512MiB"])
+    assert options.settings().master.max_result_bytes == 512 * 1024**2
+
+    for bad in (
+        ["--max-result-bytes", "0"],
+        ["--max-result-bytes", "lots"],
+        ["--max-result-files", "0"],
+        ["--result-downloads", "0"],
+        ["--download-idle-timeout", "0"],
+        ["--download-min-rate", "-5"],
+    ):
+        with pytest.raises(usage.UsageError):
+            Options().parseOptions(bad)
+
+
 # -- start-up failures ------------------------------------------------------------------------
 
 
