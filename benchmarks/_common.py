@@ -204,7 +204,10 @@ def fmt_ms(values: Sequence[float]) -> str:
 #: cProfile functions by where they live: (category, substring of "file:function")
 CATEGORIES = [
     ("database (txpostgres, psycopg2, store)", ("txpostgres", "psycopg2", "buildmaster/store/")),
-    ("XML-RPC marshalling (xmlrpc.client, expat)", ("xmlrpc/client.py", "pyexpat", "expat")),
+    (
+        "XML-RPC marshalling (xmlrpc.client, expat, rpcanswer)",
+        ("xmlrpc/client.py", "pyexpat", "expat", "buildmaster/rpcanswer.py"),
+    ),
     (
         "HTTP client to builders (httpclient, builderclient)",
         ("buildmaster/httpclient.py", "buildmaster/builderclient.py"),

@@ -38,6 +38,13 @@ For every scan interval of ``--intervals``: warm-up, then a ``--window`` s measu
 * CPU: this process (main thread = the reactor, other threads = the librarian's thread
   pool), PostgreSQL, the builders; the master's RSS.
 
+With ``--api-readers RATE``, every scan interval is measured twice, in windows of the same
+length one after the other, once with ``benchmarks/api_readers.py`` reading the operator
+API at RATE requests per second (a process of its own, on the builders' CPU) and once
+without; which comes first alternates from one interval to the next (so give the same
+interval several times: ``--intervals 0.5,0.5,0.5,0.5``). The summary then compares the
+builds per second of each pair.
+
 Then, with a profiler on the reactor thread (``--profiler cprofile`` or ``pyinstrument``), a
 ``--profile`` s window: where the master's CPU goes per completed build.
 
@@ -48,6 +55,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import statistics
 import sys
 import tempfile
 import time
@@ -458,7 +467,8 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
     results: dict[str, Any] = {"windows": [], "trace": trace, "no_trace": args.no_trace}
     queued = 0
     # builds for each interval in proportion to the time it runs (the last one also profiles)
-    weights = [args.warmup + args.window for _ in intervals]
+    windows = 2 if args.api_readers else 1
+    weights = [args.warmup + windows * args.window for _ in intervals]
     weights[-1] += max(args.profile, 0)
     shares = [int(len(builds) * w / sum(weights)) for w in weights]
     try:
@@ -514,52 +524,9 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
                     flush=True,
                 )
                 await common.sleep(reactor, args.warmup)
-                window = await measure_window(reactor, ctx, args.window, f"interval {interval:g} s")
-                window["interval"] = interval
-                results["windows"].append(window)
-                rate = window["rate"]
-
-                def share(key: str, w: dict[str, Any] = window) -> str:
-                    return f"{w[key] / args.window:.0%}"
-
-                print(
-                    f"  {window['completed']} builds in {window['end'] - window['start']:.0f} s:"
-                    f" {rate:.1f}/s; master CPU: reactor thread {share('main_cpu')}, other"
-                    f" threads {share('thread_cpu')}; PostgreSQL {share('pg_cpu')};"
-                    f" builders {share('farm_cpu')};"
-                    f" RSS {window['rss'][0]:.0f} -> {window['rss'][1]:.0f} MiB;"
-                    f" load {window['load']}"
-                    + (
-                        f"; QUEUE RAN DRY after {window['dry_at'] - window['start']:.0f} s"
-                        " (rate counted until then; use more --builds)"
-                        if window["dry_at"]
-                        else ""
-                    ),
-                    flush=True,
-                )
-                done = max(window["completed"], 1)
-                calls = ", ".join(f"{v / done:.1f} {k}" for k, v in window["calls"].items())
-                print(
-                    f"  per completed build: {calls}\n  database pool"
-                    f" ({len(service.db._connections)} connections): on average"
-                    f" {window['db_busy']:.1f} busy, {window['db_waiting']:.1f} queries waiting"
-                    " (max"
-                    f" {window['db_waiting_max']}); while a connection was free,"
-                    f" {window['stuck']:.1f} queries"
-                    " waited for a busy one on average"
-                    f" ({window['stuck_share']:.0%} of the samples);"
-                    f" librarian's thread pool: {window['threads_busy']:.1f} busy,"
-                    f" {window['threads_backlog']:.1f} tasks waiting"
-                    f" (max {window['threads_backlog_max']})\n"
-                    f"  master's {common.describe_gc_pauses(window['gc'])}",
-                    flush=True,
-                )
-                if args.pg_stats:
-                    print_pg_stats(window)
-                if args.sql_stats:
-                    print("  statements per completed build, by kind, and their latency:")
-                    for line in ctx["sql"].report(done):
-                        print(f"    {line}")
+                readers_first = n % 2 == 1
+                for with_readers in [readers_first, not readers_first][:windows]:
+                    await measure_and_print(reactor, args, ctx, results, interval, with_readers)
                 if n + 1 == len(intervals) and args.profile > 0:
                     profiler = common.Profile(args.profiler)
                     profiler.start()
@@ -579,6 +546,100 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
         gc_pauses.uninstall()
         sql_stats.restore()
     return results
+
+
+async def measure_and_print(
+    reactor: Any,
+    args: argparse.Namespace,
+    ctx: dict[str, Any],
+    results: dict[str, Any],
+    interval: float,
+    with_readers: bool,
+) -> None:
+    """One window (with the API's readers running, or not), printed as it ends."""
+    service = ctx["service"]
+    readers = None
+    label = f"interval {interval:g} s" + (" with API readers" if with_readers else "")
+    if with_readers:
+        out = ctx["dir"] / f"readers-{len(results['windows'])}.json"
+        readers = ctx["children"].start(
+            [
+                common.PYTHON,
+                str(Path(__file__).resolve().parent / "api_readers.py"),
+                "--url",
+                f"http://127.0.0.1:{service.web.getHost().port}",
+                "--rate",
+                str(args.api_readers),
+                "--seconds",
+                str(args.window),
+                "--out",
+                str(out),
+            ],
+            cpus=args.builders_cpu,
+        )
+    window = await measure_window(reactor, ctx, args.window, label)
+    window["interval"] = interval
+    window["readers"] = None
+    if readers is not None:
+        while readers.poll() is None:
+            await common.sleep(reactor, 0.2)
+        window["readers"] = json.loads(out.read_text()) if out.exists() else {"failed": "no output"}
+    results["windows"].append(window)
+    rate = window["rate"]
+
+    def share(key: str, w: dict[str, Any] = window) -> str:
+        return f"{w[key] / args.window:.0%}"
+
+    print(
+        f"  {window['completed']} builds in {window['end'] - window['start']:.0f} s:"
+        f" {rate:.1f}/s; master CPU: reactor thread {share('main_cpu')}, other"
+        f" threads {share('thread_cpu')}; PostgreSQL {share('pg_cpu')};"
+        f" builders {share('farm_cpu')};"
+        f" RSS {window['rss'][0]:.0f} -> {window['rss'][1]:.0f} MiB;"
+        f" load {window['load']}"
+        + (
+            f"; QUEUE RAN DRY after {window['dry_at'] - window['start']:.0f} s"
+            " (rate counted until then; use more --builds)"
+            if window["dry_at"]
+            else ""
+        ),
+        flush=True,
+    )
+    done = max(window["completed"], 1)
+    calls = ", ".join(f"{v / done:.1f} {k}" for k, v in window["calls"].items())
+    print(
+        f"  per completed build: {calls}\n  database pool"
+        f" ({len(service.db._connections)} connections): on average"
+        f" {window['db_busy']:.1f} busy, {window['db_waiting']:.1f} queries waiting"
+        " (max"
+        f" {window['db_waiting_max']}); while a connection was free,"
+        f" {window['stuck']:.1f} queries"
+        " waited for a busy one on average"
+        f" ({window['stuck_share']:.0%} of the samples);"
+        f" librarian's thread pool: {window['threads_busy']:.1f} busy,"
+        f" {window['threads_backlog']:.1f} tasks waiting"
+        f" (max {window['threads_backlog_max']})\n"
+        f"  master's {common.describe_gc_pauses(window['gc'])}",
+        flush=True,
+    )
+    if args.pg_stats:
+        print_pg_stats(window)
+    if args.sql_stats:
+        print("  statements per completed build, by kind, and their latency:")
+        for line in ctx["sql"].report(done):
+            print(f"    {line}")
+    if window["readers"] is not None:
+        r = window["readers"]
+        latency = ", ".join(
+            f"{kind} p50 {v['p50'] * 1000:.0f} / p99 {v['p99'] * 1000:.0f} ms"
+            for kind, v in r.get("latency", {}).items()
+        )
+        print(
+            f"  API readers: {r.get('answered')} answered of {r.get('sent')} sent"
+            f" ({r.get('rate', 0):.0f}/s), {r.get('skipped')} skipped, failed"
+            f" {r.get('failed')}; readers' CPU {r.get('cpu', 0):.1f} s; {latency}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -669,6 +730,13 @@ def main() -> None:
         help="start the librarian's content store empty (by default its directories exist,"
         " as in a store of millions of files)",
     )
+    parser.add_argument(
+        "--api-readers",
+        type=float,
+        default=0.0,
+        help="measure each interval with and without this many operator API reads per second"
+        " (benchmarks/api_readers.py, on the builders' CPU)",
+    )
     parser.add_argument("--log", help="write the master's log to this file")
     parser.add_argument("--master-cpu", default="0", help="CPU(s) for this process ('' = any)")
     parser.add_argument("--builders-cpu", default="1", help="CPU(s) for the builders ('' = any)")
@@ -727,6 +795,7 @@ def main() -> None:
                 "cluster": cluster,
                 "farm_pid": farm.pid,
                 "pg_stats": args.pg_stats,
+                "children": children,
             }
             results = common.run_async(lambda reactor: run(reactor, args, ctx))
             calls = common.read_build_calls(record)
@@ -755,6 +824,31 @@ def main() -> None:
             f" {w['thread_cpu'] / seconds:.0%} |"
             f" {cpu / max(w['completed'], 1) * 1000:.1f} | {w['pg_cpu'] / seconds:.0%} |"
             f" {w['farm_cpu'] / seconds:.0%} | {w['rss'][1]:.0f} MiB |"
+        )
+    pairs = [
+        (results["windows"][i], results["windows"][i + 1])
+        for i in range(0, len(results["windows"]) - 1, 2)
+        if args.api_readers
+    ]
+    if pairs:
+        ratios = []
+        print(
+            "\n| pair | without readers builds/s | with readers builds/s | ratio | readers' answers/s |"
+        )
+        print("|---|---|---|---|---|")
+        for i, (a, b) in enumerate(pairs):
+            without, with_ = (a, b) if a["readers"] is None else (b, a)
+            ratio = with_["rate"] / without["rate"] if without["rate"] else float("nan")
+            ratios.append(ratio)
+            print(
+                f"| {i + 1} | {without['rate']:.1f} | {with_['rate']:.1f} | {ratio:.3f} |"
+                f" {(with_['readers'] or {}).get('rate', 0):.0f} |"
+            )
+        median = statistics.median(ratios)
+        print(
+            f"target: {args.api_readers:g} API reads/s cost at most 10 % of the builds per second:"
+            f" median ratio {median:.3f} over {len(ratios)} pairs:"
+            f" {'met' if median >= 0.9 else 'missed'}"
         )
     for w in results["windows"]:
         print(f"\nbreakdown, scan interval {w['interval']:g} s (ms):")

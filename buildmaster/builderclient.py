@@ -1,18 +1,22 @@
 """The seam between the master and one builder: every protocol call, with its timeout.
 
-:class:`BuilderClient` makes the XML-RPC calls of PROTOCOL.md over :mod:`buildmaster.httpclient`
-(kept-alive connections, bounded answers, a deadline on the injected clock for every call)
-and fetches files from the builder's ``/filecache``. Whatever goes wrong is translated here,
+:class:`BuilderClient` makes the XML-RPC calls of the builder protocol (docs/protocol.md)
+over :mod:`buildmaster.httpclient` (kept-alive connections, bounded answers, a deadline on the
+injected clock for every call) and fetches files from the builder's ``/filecache``. Whatever goes wrong is translated here,
 once, into one of three exception types:
 
-* :class:`BuilderUnreachable`: the connection was refused, timed out, or dropped. A refused
-  connection keeps the seed's wording, ``(111, 'Connection refused')``.
+* :class:`BuilderUnreachable`: the connection was refused, timed out, or dropped, or the
+  builder's host name does not resolve. A refused connection keeps the seed's wording,
+  ``(111, 'Connection refused')``.
 * :class:`BuilderFault`: the builder answered with an XML-RPC Fault (e.g. 8002 for a call in
   the wrong state).
 * :class:`BuilderProtocolError` (from :mod:`buildmaster.protocol`): the answer is not valid
-  HTTP, not valid XML-RPC, too large, or not what the protocol says.
+  HTTP, not valid XML-RPC, beyond its budget (:mod:`buildmaster.rpcanswer`: its size, its
+  XML elements, how deep it nests), or not what the protocol says.
 
-All three derive from :class:`BuilderError`; its ``str()`` is the failnote.
+All three derive from :class:`BuilderError`; its ``str()`` is the failnote. A connection the
+master cannot open for want of file descriptors is the master's failure, not the builder's:
+:class:`~buildmaster.masterfaults.MasterFault`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ import os
 import xmlrpc.client
 from collections.abc import Callable, Mapping
 from typing import Any
-from xml.parsers import expat
 from xml.parsers.expat import ExpatError
 
 from twisted.internet import error
@@ -37,12 +40,14 @@ from buildmaster.httpclient import (
     Sink,
     StaleConnection,
 )
+from buildmaster.masterfaults import shortage
 from buildmaster.protocol import (
     BuilderError,
     BuilderInfo,
     BuilderProtocolError,
     BuildStartResult,
     EnsurePresentResult,
+    FilemapLimits,
     StatusReport,
     parse_build,
     parse_ensurepresent,
@@ -50,6 +55,7 @@ from buildmaster.protocol import (
     parse_state_reply,
     parse_status,
 )
+from buildmaster.rpcanswer import SLICE, AnswerBudget, AnswerReader, AnswerRefused, answer_budgets
 
 __all__ = [
     "BuilderClient",
@@ -61,6 +67,8 @@ __all__ = [
     "FileTooLarge",
     "DEFAULT_TRUSTED_TIMEOUT",
     "DEFAULT_VIRTUALIZED_TIMEOUT",
+    "DEFAULT_DOWNLOAD_IDLE_TIMEOUT",
+    "DEFAULT_DOWNLOAD_MIN_RATE",
     "ENSUREPRESENT_FACTOR",
 ]
 
@@ -68,8 +76,10 @@ DEFAULT_TRUSTED_TIMEOUT = 40.0
 DEFAULT_VIRTUALIZED_TIMEOUT = 30.0
 #: The real daemon downloads synchronously inside ensurepresent: give it much longer.
 ENSUREPRESENT_FACTOR = 20
-#: The largest XML-RPC answer we read (a status with a big filemap fits easily).
-MAX_RPC_RESPONSE = 32 * 1024 * 1024
+#: A download from a builder that brings no byte for this many seconds has stalled.
+DEFAULT_DOWNLOAD_IDLE_TIMEOUT = 60.0
+#: The slowest pace, in bytes a second, a download from a builder may keep on average.
+DEFAULT_DOWNLOAD_MIN_RATE = 64 * 1024.0
 
 
 _STATUS_CALL = xmlrpc.client.dumps((), "status").encode("utf-8")
@@ -110,25 +120,11 @@ class FileTooLarge(BuilderProtocolError):
     """The file is larger than we accept from a builder."""
 
 
-def read_xmlrpc_answer(body: bytes) -> tuple[Any, ...]:
-    """The values of an XML-RPC answer, as :func:`xmlrpc.client.loads` gives them (same
-    parser, same handlers, same errors), with one difference in how: expat hands over each
-    run of text in one piece (``buffer_text``), where ``loads`` takes it line by line. A
-    building builder's status carries its log tail in base64, dozens of lines: read this way
-    it costs half as much."""
-    unmarshaller = xmlrpc.client.Unmarshaller()
-    parser = expat.ParserCreate(None, None)
-    parser.buffer_text = True
-    parser.StartElementHandler = unmarshaller.start
-    parser.EndElementHandler = unmarshaller.end
-    parser.CharacterDataHandler = unmarshaller.data
-    unmarshaller.xml(None, None)  # type: ignore[arg-type]  # as xmlrpc.client.ExpatParser does
-    parser.Parse(body, True)
-    return unmarshaller.close()
-
-
-def connect_failure_reason(exc: error.ConnectError) -> str:
-    """``(111, 'Connection refused')`` for ECONNREFUSED, as the seed's failnotes read."""
+def connect_failure_reason(exc: error.ConnectError | error.DNSLookupError) -> str:
+    """``(111, 'Connection refused')`` for ECONNREFUSED, as the seed's failnotes read; the
+    resolver's words for a host name that does not resolve."""
+    if isinstance(exc, error.DNSLookupError):
+        return str(exc).strip().rstrip(".") or "DNS lookup failed"
     errno = getattr(exc, "osError", None)
     if isinstance(errno, int):
         return str((errno, os.strerror(errno)))
@@ -141,15 +137,26 @@ class BuilderClient:
     :param http: the shared :class:`~buildmaster.httpclient.HTTPClient`.
     :param timeout: seconds for each call (status, echo, info, build, abort, clean);
         ``ensurepresent`` gets ``timeout * ENSUREPRESENT_FACTOR``.
+    :param gate: called before every request; it raises to stop the request (e.g. the
+        master no longer works the builder: nothing may reach it).
+    :param max_result_files: the most result files a build may hand back (a status
+        answer's budget allows for a filemap of twice that, :func:`answer_budgets`).
     """
 
     def __init__(
-        self, http: HTTPClient, url: str, timeout: float = DEFAULT_TRUSTED_TIMEOUT
+        self,
+        http: HTTPClient,
+        url: str,
+        timeout: float = DEFAULT_TRUSTED_TIMEOUT,
+        gate: Callable[[], None] | None = None,
+        max_result_files: int = FilemapLimits().max_files,
     ) -> None:
         self.url = url if url.endswith("/") else url + "/"
         self._rpc_url = self.url + "rpc"
         self._http = http
         self.timeout = timeout
+        self._gate = gate
+        self._status_budget, self._call_budget = answer_budgets(max_result_files)
         self._last_status: tuple[bytes, StatusReport] = (b"", StatusReport(BuilderStatus.IDLE))
 
     def __repr__(self) -> str:
@@ -164,7 +171,9 @@ class BuilderClient:
         retry: bool = True,
     ) -> Any:
         payload = xmlrpc.client.dumps(args, method, allow_none=True).encode("utf-8")
-        return self._decode(method, await self._post(method, payload, timeout, reuse, retry))
+        budget = self._call_budget
+        body = await self._post(method, payload, budget, timeout, reuse, retry)
+        return await self._decode(method, body, budget)
 
     async def _call_once(
         self, method: str, *args: Any, judge: Callable[[StatusReport], Any]
@@ -200,12 +209,16 @@ class BuilderClient:
         self,
         method: str,
         payload: bytes,
+        budget: AnswerBudget,
         timeout: float | None,
         reuse: bool = True,
         retry: bool = True,
     ) -> bytes:
-        """POST an XML-RPC call; the answer's body (our errors for everything else)."""
+        """POST an XML-RPC call; the answer's body, of at most ``budget.max_bytes`` (our
+        errors for everything else)."""
         seconds = self.timeout if timeout is None else timeout
+        if self._gate is not None:
+            self._gate()
         try:
             response = await self._http.request(
                 b"POST",
@@ -213,14 +226,16 @@ class BuilderClient:
                 payload,
                 _XML_HEADERS,
                 timeout=seconds,
-                max_body=MAX_RPC_RESPONSE,
+                max_body=budget.max_bytes,
                 reuse=reuse,
                 retry=retry,
             )
         except StaleConnection:
             raise  # only with retry=False: for _call_once to judge
-        except error.ConnectError as e:
-            raise BuilderUnreachable(connect_failure_reason(e)) from None
+        except (error.ConnectError, error.DNSLookupError) as e:
+            raise shortage(e, f"connecting to {self.url}") or BuilderUnreachable(
+                connect_failure_reason(e)
+            ) from None
         except RequestTimeout as e:
             raise BuilderUnreachable(f"{method}() got no answer: {e}", request_sent=True) from None
         except ConnectionClosed as e:
@@ -234,10 +249,18 @@ class BuilderClient:
         assert response.body is not None
         return response.body
 
-    @staticmethod
-    def _decode(method: str, body: bytes) -> Any:
+    async def _decode(self, method: str, body: bytes, budget: AnswerBudget) -> Any:
+        """The one value of an answer, read within ``budget`` (a slice per turn of the
+        reactor when it is big, :mod:`buildmaster.rpcanswer`)."""
+        reader = AnswerReader(budget)
         try:
-            values = read_xmlrpc_answer(body)
+            if len(body) <= SLICE:
+                reader.feed(body)
+                values = reader.close()
+            else:
+                values = await reader.read(body, self._http.clock)
+        except AnswerRefused as e:
+            raise BuilderProtocolError(f"{method}(): answer refused: {e}") from None
         except xmlrpc.client.Fault as fault:
             raise BuilderFault(method, int(fault.faultCode), str(fault.faultString)) from None
         except (
@@ -268,10 +291,11 @@ class BuilderClient:
     async def status(self) -> StatusReport:
         """The builder's state. An answer identical to the previous one (an idle or waiting
         builder says the same thing every time) is not parsed again."""
-        body = await self._post("status", _STATUS_CALL, None)
+        budget = self._status_budget
+        body = await self._post("status", _STATUS_CALL, budget, None)
         if body == self._last_status[0]:
             return self._last_status[1]
-        report = parse_status(self._decode("status", body))
+        report = parse_status(await self._decode("status", body, budget))
         self._last_status = (body, report)
         return report
 
@@ -337,28 +361,48 @@ class BuilderClient:
         return f"{self.url}filecache/{name}"
 
     async def fetch_file(
-        self, name: str, sink: Sink, max_size: int, timeout: float | None = None
+        self,
+        name: str,
+        sink: Sink,
+        max_size: int,
+        idle_timeout: float = DEFAULT_DOWNLOAD_IDLE_TIMEOUT,
+        min_rate: float = DEFAULT_DOWNLOAD_MIN_RATE,
     ) -> int:
         """Stream ``/filecache/<name>`` into ``sink``; returns the number of bytes.
+
+        The builder has the call timeout to start answering; then the download fails when
+        no byte comes for ``idle_timeout`` seconds, or when it falls behind ``min_rate``
+        bytes a second (each byte moves its deadline ``1 / min_rate`` seconds later, so a
+        file of any size may take as long as it needs at that pace). Waiting for ``sink``
+        (a disk) counts against neither.
 
         The answer must say where the file ends (``Content-Length``, or chunked): a file sent
         until the connection closes could be cut short without anybody noticing (the build
         log has no checksum to tell), so it is refused once it arrived (the caller drops
         what it stored).
 
-        :raises BuilderUnreachable: connection problems (a file cut short among them) or
-            the deadline passed.
+        :raises BuilderUnreachable: connection problems (a file cut short among them), or
+            the download stalled or crawled.
         :raises FileMissing: not in the cache (HTTP 404).
         :raises FileTooLarge: larger than ``max_size``.
         :raises BuilderProtocolError: any other bad answer, one without its length included.
         """
-        seconds = self.timeout * ENSUREPRESENT_FACTOR if timeout is None else timeout
+        if self._gate is not None:
+            self._gate()
         try:
             response = await self._http.request(
-                b"GET", self.file_url(name), timeout=seconds, max_body=max_size, sink=sink
+                b"GET",
+                self.file_url(name),
+                timeout=self.timeout,
+                max_body=max_size,
+                sink=sink,
+                idle_timeout=idle_timeout,
+                min_rate=min_rate,
             )
-        except error.ConnectError as e:
-            raise BuilderUnreachable(connect_failure_reason(e)) from None
+        except (error.ConnectError, error.DNSLookupError) as e:
+            raise shortage(e, f"connecting to {self.url}") or BuilderUnreachable(
+                connect_failure_reason(e)
+            ) from None
         except RequestTimeout as e:
             raise BuilderUnreachable(f"fetching {name}: {e}", request_sent=True) from None
         except ConnectionClosed as e:

@@ -9,33 +9,102 @@ all of it received, see :meth:`BuilderClient.fetch_file`), and the librarian rec
 hashes of what it stored, as for every file. The log is gzip-compressed on the way (in the
 librarian's thread pool, a megabyte at a time, so compressing a big log never stalls the
 reactor).
+
+A build's downloads run a few at a time (:attr:`CollectLimits.max_downloads`, the log
+first), and its result files share one budget of bytes (:attr:`CollectLimits.max_total_size`):
+the first piece that would go beyond it is refused unwritten, the other downloads in flight
+are stopped and the rest are not started, and the build's results are refused. Each download
+is paced, not timed as a whole: see :meth:`BuilderClient.fetch_file`.
 """
 
 from __future__ import annotations
 
 import datetime
 import zlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
-from buildmaster.builderclient import BuilderClient, FileMissing, FileTooLarge
+from buildmaster.builderclient import (
+    DEFAULT_DOWNLOAD_IDLE_TIMEOUT,
+    DEFAULT_DOWNLOAD_MIN_RATE,
+    BuilderClient,
+    FileMissing,
+    FileTooLarge,
+)
+from buildmaster.config import MasterConfig
+from buildmaster.httpclient import Sink
 from buildmaster.librarian import ContentMismatch
 from buildmaster.librarian import FileTooLarge as LibrarianFileTooLarge
 from buildmaster.protocol import ResultRefused
 
-__all__ = ["ResultCollector", "CollectLimits", "log_filename"]
+__all__ = ["Collected", "CollectLimits", "ResultCollector", "collect_limits", "log_filename"]
 
 _COMPRESS_BATCH = 1024 * 1024
 #: Less than this is compressed on the reactor thread (cheaper than a thread hop).
 _INLINE_COMPRESS = 64 * 1024
+GiB = 1024 * 1024 * 1024
 
 
 @attrs.frozen
 class CollectLimits:
-    max_log_size: int = 1024 * 1024 * 1024
-    max_file_size: int = 8 * 1024 * 1024 * 1024
+    """What one build may hand back, and how it is fetched."""
+
+    #: the build log (larger: cut there, and kept with a note)
+    max_log_size: int = 1 * GiB
+    #: one result file (larger: the build's results are refused)
+    max_file_size: int = 8 * GiB
+    #: the result files together (more: the build's results are refused)
+    max_total_size: int = 8 * GiB
+    #: downloads from the builder at once, the log's included
+    max_downloads: int = 4
+    #: seconds without a byte after which a download has stalled (the builder is blamed)
+    idle_timeout: float = DEFAULT_DOWNLOAD_IDLE_TIMEOUT
+    #: bytes a second a download must keep up on average (after the call timeout)
+    min_rate: float = DEFAULT_DOWNLOAD_MIN_RATE
+
+
+@attrs.frozen
+class Collected:
+    """What :meth:`ResultCollector.collect` stored."""
+
+    #: the log's alias (``None``: not asked for, or the builder has none)
+    log: int | None
+    #: why the log is not whole (it was cut at the limit)
+    log_note: str | None
+    #: (file name, alias) of every result file, in the order given; empty when refused
+    files: tuple[tuple[str, int], ...]
+    #: why the results were refused (what was stored of them expires)
+    refused: str | None
+
+
+def collect_limits(config: MasterConfig) -> CollectLimits:
+    """The limits a master's configuration sets."""
+    return CollectLimits(
+        max_log_size=config.max_log_size,
+        max_file_size=config.max_result_file_size,
+        max_total_size=config.max_result_bytes,
+        max_downloads=config.result_downloads,
+        idle_timeout=config.download_idle_timeout,
+        min_rate=config.download_min_rate,
+    )
+
+
+class _Budget:
+    """The bytes the result files of one build may still take."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.left = total
+
+    def take(self, size: int) -> None:
+        if size > self.left:
+            self.left = 0
+            raise ResultRefused(f"the result files are larger than {self.total} bytes together")
+        self.left -= size
 
 
 def log_filename(
@@ -103,6 +172,91 @@ class ResultCollector:
         self._client = client
         self._limits = limits
         self._expires = now + PROVISIONAL
+        #: bytes stored so far (the compressed log and the result files)
+        self.stored = 0
+        self._budget = _Budget(limits.max_total_size)
+        #: downloads in flight: whether each is the log's
+        self._fetches: dict[defer.Deferred[int], bool] = {}
+        #: why the results are refused (the log is still fetched)
+        self._refused: ResultRefused | None = None
+        #: the first other failure: the collection is over (it will be made again)
+        self._failed: Failure | None = None
+
+    async def collect(
+        self, files: Mapping[str, str], log_name: str | None, restricted: bool
+    ) -> Collected:
+        """Fetch the log (when ``log_name`` is given) and the result files (name: SHA-1),
+        at most ``max_downloads`` at once, the log first.
+
+        Once the results are refused, the other result downloads are stopped and no more
+        are started (the log is still fetched); once a download fails otherwise, all of
+        them are stopped.
+
+        :returns: what was stored; results refused for the build's fault (too large, too
+            many bytes together, not the promised bytes, missing) say so in ``refused``.
+        :raises BuilderError: the builder could not be read (collect again later).
+        """
+        jobs: list[tuple[str, str | None]] = list(files.items())
+        if log_name is not None:
+            jobs.insert(0, (log_name, None))
+        outcomes: list[Any] = [None] * len(jobs)
+        pending = iter(enumerate(jobs))
+        workers = [
+            defer.Deferred.fromCoroutine(self._work(pending, restricted, outcomes))
+            for _ in range(min(self._limits.max_downloads, len(jobs)))
+        ]
+        await defer.gatherResults(workers, consumeErrors=True)
+        if self._failed is not None:
+            self._failed.raiseException()  # e.g. the builder went away: collect again later
+        log, log_note = outcomes.pop(0) if log_name is not None else (None, None)
+        if self._refused is not None:
+            return Collected(log, log_note, (), str(self._refused))
+        stored = tuple((name, int(alias)) for name, alias in zip(files, outcomes, strict=True))
+        return Collected(log, log_note, stored, None)
+
+    async def _work(
+        self,
+        pending: Iterator[tuple[int, tuple[str, str | None]]],
+        restricted: bool,
+        outcomes: list[Any],
+    ) -> None:
+        """Take the next download until none is left (one of ``max_downloads`` workers)."""
+        for index, (name, sha1) in pending:
+            if self._failed is not None or (sha1 is not None and self._refused is not None):
+                continue
+            try:
+                if sha1 is None:
+                    outcomes[index] = await self.store_log(name, restricted)
+                else:
+                    outcomes[index] = await self.store_file(name, sha1, restricted)
+            except ResultRefused as e:
+                if self._refused is None:
+                    self._refused = e
+                    self._stop(the_log_too=False)  # their bytes are of no use now
+            except Exception:  # (CancelledError included: stopped by _stop)
+                if sha1 is not None and self._refused is not None:
+                    continue  # the results are refused, whatever else befell them
+                if self._failed is None:
+                    self._failed = Failure()
+                    self._stop(the_log_too=True)
+
+    def _stop(self, the_log_too: bool) -> None:
+        for fetch, is_log in list(self._fetches.items()):
+            if the_log_too or not is_log:
+                fetch.cancel()
+
+    async def _fetch(self, name: str, sink: Sink, max_size: int, is_log: bool) -> int:
+        """``BuilderClient.fetch_file``, paced, and stopped by :meth:`_stop`."""
+        fetch = defer.Deferred.fromCoroutine(
+            self._client.fetch_file(
+                name, sink, max_size, self._limits.idle_timeout, self._limits.min_rate
+            )
+        )
+        self._fetches[fetch] = is_log
+        try:
+            return await fetch
+        finally:
+            del self._fetches[fetch]
 
     async def store_log(self, filename: str, restricted: bool) -> tuple[int | None, str | None]:
         """Fetch ``/filecache/buildlog`` into the librarian (compressed).
@@ -121,14 +275,16 @@ class ResultCollector:
         note = None
         try:
             try:
-                await self._client.fetch_file("buildlog", sink, self._limits.max_log_size)
+                await self._fetch("buildlog", sink, self._limits.max_log_size, is_log=True)
             except FileMissing:
                 await upload.abort()
                 return None, None
             except FileTooLarge:
                 note = f"build log larger than {self._limits.max_log_size} bytes: truncated"
             await sink.finish(f"\n[buildmaster: {note}]\n".encode() if note else b"")
-            return await upload.finish(), note
+            alias = await upload.finish()
+            self.stored += upload.received
+            return alias, note
         except BaseException:
             await upload.abort()
             raise
@@ -149,9 +305,17 @@ class ResultCollector:
             max_size=self._limits.max_file_size,
         )
         too_large = f"result file {filename!r} is larger than {self._limits.max_file_size} bytes"
+        budget = self._budget
+
+        def write(data: bytes) -> Any:
+            budget.take(len(data))  # beyond the build's budget: refused before it is written
+            return upload.write(data)
+
         try:
-            await self._client.fetch_file(sha1, upload.write, self._limits.max_file_size)
-            return int(await upload.finish())
+            await self._fetch(sha1, write, self._limits.max_file_size, is_log=False)
+            alias = int(await upload.finish())
+            self.stored += upload.received
+            return alias
         except (FileTooLarge, LibrarianFileTooLarge):
             await upload.abort()
             raise ResultRefused(too_large) from None

@@ -5,11 +5,18 @@ from __future__ import annotations
 import attrs
 
 from buildmaster.buildargs import ArchiveURLs
-from buildmaster.builderclient import DEFAULT_TRUSTED_TIMEOUT, DEFAULT_VIRTUALIZED_TIMEOUT
+from buildmaster.builderclient import (
+    DEFAULT_DOWNLOAD_IDLE_TIMEOUT,
+    DEFAULT_DOWNLOAD_MIN_RATE,
+    DEFAULT_TRUSTED_TIMEOUT,
+    DEFAULT_VIRTUALIZED_TIMEOUT,
+)
 from buildmaster.policy import FailurePolicy
 from buildmaster.vmreset import check_template
 
 __all__ = ["MasterConfig"]
+
+GiB = 1024 * 1024 * 1024
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -45,6 +52,10 @@ class MasterConfig:
     vm_resume_timeout: float = attrs.field(default=300.0, validator=_positive)
     #: a cancelled build that has not aborted after this long is a builder failure
     cancel_timeout: float = attrs.field(default=180.0, validator=_positive)
+    #: a builder that stays ABORTING, or BUILDING what it was told to abort, this long is
+    #: stuck: a builder failure (a virtualized builder gets its VM reset instead). Longer
+    #: than the real daemon's own 120 s for killing an aborted build
+    stuck_timeout: float = attrs.field(default=300.0, validator=_positive)
     failure_policy: FailurePolicy = FailurePolicy()
     #: a job that failed on a builder is not given to that builder again for this long
     retry_elsewhere_for: float = attrs.field(default=600.0, validator=_positive)
@@ -62,13 +73,29 @@ class MasterConfig:
     max_collections: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     #: a collection or a poll counts against ``max_collections`` for at most this long
     collection_lease: float = attrs.field(default=2.0, validator=_positive)
+    #: a job held up by a failure of the master's own side (its librarian, its file
+    #: descriptors, its database, its VM reset command) waits this long before it is tried
+    #: again, twice as long each time while the cause lasts, up to the ceiling
+    fault_retry_initial: float = attrs.field(default=15.0, validator=_positive)
+    fault_retry_max: float = attrs.field(default=600.0, validator=_positive)
     #: re-probing of automatically failed builders: first delay and ceiling
     probe_initial_delay: float = attrs.field(default=15.0, validator=_positive)
     probe_max_delay: float = attrs.field(default=600.0, validator=_positive)
-    #: limits on what a builder may hand back
-    max_log_size: int = 1024 * 1024 * 1024
-    max_result_file_size: int = 8 * 1024 * 1024 * 1024
-    max_result_files: int = 1000
+    #: limits on what a builder may hand back: the log (cut there), one result file, the
+    #: result files of one build together and their number (beyond: FAILEDTOUPLOAD)
+    max_log_size: int = attrs.field(default=GiB, validator=attrs.validators.gt(0))
+    max_result_file_size: int = attrs.field(default=8 * GiB, validator=attrs.validators.gt(0))
+    max_result_bytes: int = attrs.field(default=8 * GiB, validator=attrs.validators.gt(0))
+    max_result_files: int = attrs.field(default=1000, validator=attrs.validators.gt(0))
+    #: downloads from one builder at once when its build is collected (the log's included)
+    result_downloads: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    #: a download from a builder with no byte for this many seconds has stalled
+    download_idle_timeout: float = attrs.field(
+        default=DEFAULT_DOWNLOAD_IDLE_TIMEOUT, validator=_positive
+    )
+    #: bytes a second a download from a builder must keep up on average: each byte moves its
+    #: deadline 1/rate seconds later (the first socket timeout is free)
+    download_min_rate: float = attrs.field(default=DEFAULT_DOWNLOAD_MIN_RATE, validator=_positive)
     #: public URL of a build, with {build_id} (sent to builders as build_url)
     build_url_template: str | None = None
     #: each builder is worked by one master at a time (PostgreSQL advisory locks)

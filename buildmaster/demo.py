@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from buildmaster.enums import PackagePublishingPocket, SourcePackageFileType, SourcePackageUrgency
 from buildmaster.master import BuilddMaster
 from buildmaster.sampledata import load_sample_data
-from buildmaster.store import NotFound, Store
+from buildmaster.store import DatabaseUnavailable, NotFound, Store
 from buildmaster.store.cluster import free_port
 
 __all__ = ["Demo"]
@@ -170,6 +170,9 @@ class Demo:
     async def _safe_queue_one(self) -> None:
         try:
             await self._queue()
+        except DatabaseUnavailable as e:
+            if not self.store.db.explains(e):  # an outage is logged once, by the pool
+                self._log.warn("The demo could not queue a build: {error}", error=e)
         except Exception:
             self._log.failure("The demo could not queue a build")
 
@@ -238,5 +241,8 @@ class Demo:
                     builder=builder,
                     line=lines[-1][-100:] if lines else "",
                 )
+        except DatabaseUnavailable as e:
+            if not self.store.db.explains(e):
+                self._log.warn("The demo summary failed: {error}", error=e)
         except Exception:
             self._log.failure("The demo summary failed")

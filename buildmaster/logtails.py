@@ -32,6 +32,15 @@ class LogtailBuffer:
         if tail is not None:
             self._pending[job_id] = (builder_id, tail)
 
+    def pending(self, job_id: int) -> str | None:
+        """The job's newest tail not yet written (as the database will have it), or ``None``."""
+        entry = self._pending.get(job_id)
+        if entry is None or entry[1] is None:
+            return None
+        tail = entry[1]
+        text = tail.decode("utf-8", "replace") if isinstance(tail, bytes) else tail
+        return text.replace("\x00", "")
+
     def __len__(self) -> int:
         return len(self._pending)
 

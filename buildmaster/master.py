@@ -13,7 +13,11 @@ It holds one :class:`~buildmaster.scanner.BuilderWorker` per builder and
   not ask the database again until a notification says otherwise;
 * writes log tails in batches;
 * with several masters on one database, works only the builders it holds a session-level
-  advisory lock for (a master that dies frees its builders).
+  advisory lock for (a master that dies frees its builders), and stops working them the
+  moment its session is lost (:mod:`buildmaster.ownership`);
+* reports its own failures (database, librarian, file descriptors, VM reset command) once
+  per cause (:mod:`buildmaster.masterfaults`), and puts the jobs they held up back in the
+  queue when their wait is over.
 
 It also offers the seed's API (``addDistroArchSeries``, ``setupBuilders``,
 ``findBuildCandidate``, ``dispatchBuildCandidate``, ``is_available``) and the operations on
@@ -24,6 +28,7 @@ program or trial test, with or without coroutines.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -36,14 +41,17 @@ from buildmaster.config import MasterConfig
 from buildmaster.enums import BuilderStatus, BuildStatus
 from buildmaster.httpclient import HTTPClient
 from buildmaster.logtails import LogtailBuffer
+from buildmaster.masterfaults import DATABASE, FaultLog, MasterFault
+from buildmaster.metrics import Metrics
 from buildmaster.model import Builder, BuilderSnapshot, BuildQueue, DistroArchSeries, HasId, id_of
+from buildmaster.ownership import OWNERSHIP_LOCK, Ownership, OwnershipLost
 from buildmaster.protocol import BuilderError
 from buildmaster.readiness import Readiness
 from buildmaster.scanner import BuilderWorker, failure_message
 from buildmaster.store import Store
 from buildmaster.store.database import DatabaseError
 
-__all__ = ["BuilddMaster"]
+__all__ = ["BuilddMaster", "OWNERSHIP_LOCK"]
 
 Key = tuple[int, bool]
 #: seconds a "no waiting job of this kind" verdict is trusted without a notification
@@ -53,8 +61,6 @@ EMPTY_CACHE_LIFETIME = 60.0
 #: instead of in one burst: at most this many slices, each at least SCAN_SLICE seconds.
 MAX_SCAN_SLICES = 20
 SCAN_SLICE = 0.05
-#: pg_advisory_lock namespace for builder ownership ("bm" "bldr")
-OWNERSHIP_LOCK = 0x626D_626C
 
 
 class ClaimGate:
@@ -106,9 +112,10 @@ class BuilddMaster(service.Service):
     """The scanning and dispatching service.
 
     :param reactor: IReactorTime + IReactorTCP + IReactorProcess (never the global one):
-        connections, remote calls' deadlines, the VM reset command.
+        connections, the VM reset command.
     :param store: the database.
     :param librarian: where files are served from and results are stored.
+    :param metrics: what the master measures (/metrics); a new one by default.
     :param clock: what schedules the scans and decides what is due (scan ticks, building
         builders' polls, re-probes, cancel and retry windows, log tail writes, collection
         leases) and the deadlines of the calls to builders; ``reactor`` by default. Tests
@@ -124,6 +131,7 @@ class BuilddMaster(service.Service):
         store: Store,
         librarian: Any,
         config: MasterConfig | None = None,
+        metrics: Metrics | None = None,
         clock: Any = None,
     ) -> None:
         self.reactor = reactor
@@ -133,6 +141,10 @@ class BuilddMaster(service.Service):
         self.config = config or MasterConfig()
         self.http = HTTPClient(reactor, clock=self.clock)
         self.logtails = LogtailBuffer(store)
+        #: what the master measures (/metrics)
+        self.metrics = metrics if metrics is not None else Metrics()
+        #: when the last scan cycle read the database (the master's clock; /readyz)
+        self.last_scan_cycle: float | None = None
         self.workers: dict[int, BuilderWorker] = {}
         self.stopping = False
         self._distroarchseries: dict[int, DistroArchSeries] = {}
@@ -142,13 +154,22 @@ class BuilddMaster(service.Service):
         self._empty_since = self.clock.seconds()
         self._listening = False
         self._generation: dict[Key, int] = {}
-        self._owned: set[int] = set()
+        #: the builders this master works (advisory locks held by its database session)
+        self.ownership = Ownership(store.db, self.config.exclusive_builders, self._session_lost)
         self._slices = max(1, min(MAX_SCAN_SLICES, int(self.config.scan_interval / SCAN_SLICE)))
         self._next_slice = 0
         self._scan_loop = task.LoopingCall.withCount(self._tick)
         self._scan_loop.clock = self.clock
         self._logtail_loop = task.LoopingCall(self._flush_logtails)
         self._logtail_loop.clock = self.clock
+        #: the master's own failures, reported once per cause
+        self.faults = FaultLog(
+            self.clock,
+            retry_initial=self.config.fault_retry_initial,
+            retry_max=self.config.fault_retry_max,
+        )
+        self._resume_loop = task.LoopingCall(self._resume_due)
+        self._resume_loop.clock = self.clock
         self._loops: list[defer.Deferred[Any]] = []
         self._started: defer.Deferred[None] = defer.succeed(None)
         self._readiness = Readiness()
@@ -191,8 +212,7 @@ class BuilddMaster(service.Service):
     async def _start(self) -> None:
         await self.store.db.listen("buildqueue_waiting", self._queue_changed)
         self._listening = True
-        if self.config.exclusive_builders:
-            self.store.db.on_session_lost(self._owned.clear)
+        self.store.db.on_session_lost(self._session_back)
         for das in await self.store.distributions.all_arch_series():
             self._distroarchseries[das.id] = das
         await self._safe_scan(None)  # everything once at start, then a slice at a time
@@ -200,6 +220,9 @@ class BuilddMaster(service.Service):
         self._loops = [
             self._scan_loop.start(self.config.scan_interval / self._slices, now=False),
             self._logtail_loop.start(self.config.logtail_interval, now=False),
+            self._resume_loop.start(
+                min(self.config.scan_interval, self.config.fault_retry_initial), now=False
+            ),
         ]
 
     def stopService(self) -> defer.Deferred[None]:
@@ -215,7 +238,7 @@ class BuilddMaster(service.Service):
             await self._started
         except Exception:
             self._log.failure("The master had not started properly")
-        for loop in (self._scan_loop, self._logtail_loop):
+        for loop in (self._scan_loop, self._logtail_loop, self._resume_loop):
             if loop.running:
                 loop.stop()
         self._turns.clear()
@@ -227,16 +250,25 @@ class BuilddMaster(service.Service):
         await self._flush_logtails()
         self.http.close_idle()
 
+    @property
+    def scanning(self) -> bool:
+        """Whether the scan loop runs (what /readyz reports)."""
+        return bool(self.running) and not self.stopping and self._scan_loop.running
+
+    def live_logtail(self, job_id: int) -> str | None:
+        """The newest log tail of a running job, if not yet written to the database."""
+        return self.logtails.pending(job_id)
+
     # -- scanning ----------------------------------------------------------------------
 
     @property
     def ticking(self) -> bool:
         """Whether a periodic tick is still reading the database (its scans are then
-        started; :attr:`scanning` says whether they are over)."""
+        started; :attr:`scans_under_way` says whether they are over)."""
         return self._scan_loop.running and self._scan_loop.call is None
 
     @property
-    def scanning(self) -> bool:
+    def scans_under_way(self) -> bool:
         """Whether a scan is under way: a periodic tick still reading the database, or a
         builder being scanned (a test that drives the master's clock waits for it to end)."""
         return self.ticking or any(w.busy for w in self.workers.values())
@@ -251,10 +283,35 @@ class BuilddMaster(service.Service):
     async def _safe_scan(self, parts: list[int] | None) -> None:
         try:
             await self.scan_all(wait=False, parts=parts, only_due=True)
+            self.last_scan_cycle = self.clock.seconds()
         except DatabaseError as e:
-            self._log.warn("Scan cycle skipped: {error}", error=e)
+            if not self.store.db.explains(e):  # an outage is logged once, by the pool
+                self.metrics.database_error("scan")
+                self.faults.report(MasterFault(DATABASE, f"scans skipped: database error: {e}"))
         except Exception:
             self._log.failure("Scan cycle failed")
+        else:
+            if self.faults.active and DATABASE in self.faults.causes:
+                self.faults.over([DATABASE])
+
+    async def _resume_due(self) -> None:
+        """Put back in the queue the jobs a failure of the master's side held up, whose
+        wait is over (their dispatch tells whether the cause is gone)."""
+        try:
+            await self.resume_waiting()
+        except DatabaseError as e:
+            if not self.store.db.explains(e):
+                self.faults.report(MasterFault(DATABASE, f"waiting jobs not resumed: {e}"))
+        except Exception:
+            self._log.failure("Resuming waiting jobs failed")
+
+    async def resume_waiting(self) -> int:
+        """Put back in the queue the suspended jobs whose wait is over; how many."""
+        now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)
+        resumed = await self.store.jobs.resume_due(now)
+        if resumed:
+            self._log.info("{count} waiting jobs back in the queue", count=resumed)
+        return resumed
 
     def scan_all(
         self, wait: bool = True, parts: list[int] | None = None, only_due: bool = False
@@ -339,16 +396,25 @@ class BuilddMaster(service.Service):
         return result
 
     async def _own(self, builder_ids: list[int]) -> set[int]:
-        if not self.config.exclusive_builders:
-            return set(builder_ids)
-        wanted = [b for b in builder_ids if b not in self._owned]
-        if wanted:
-            rows = await self.store.db.session_query(
-                "SELECT id FROM unnest(%s::integer[]) AS id WHERE pg_try_advisory_lock(%s, id)",
-                (wanted, OWNERSHIP_LOCK),
-            )
-            self._owned.update(r[0] for r in rows)
-        return self._owned
+        return await self.ownership.acquire(builder_ids)
+
+    def _session_lost(self) -> None:
+        """The database session is gone: with it the builders' locks (another master may
+        take them now) and the notifications. Nothing more reaches those builders: the
+        calls in flight are cut, the polls waiting their turn forgotten."""
+        self._listening = False
+        self._turns.clear()
+        self.http.abort_all()
+
+    def _session_back(self) -> None:
+        if not self.stopping:
+            self._listening = True
+
+    def may_act(self, worker: BuilderWorker) -> bool:
+        """Whether ``worker`` may still talk to its builder: the master runs, and holds the
+        builder as it did when the worker's scan began (a master not started, driven
+        through its API, holds whatever it is given)."""
+        return not self.running or self.ownership.still(worker.builder.id, worker.ownership_epoch)
 
     def _worker(self, builder: Builder) -> BuilderWorker:
         worker = self.workers.get(builder.id)
@@ -362,7 +428,8 @@ class BuilddMaster(service.Service):
         try:
             await self.logtails.flush()
         except DatabaseError as e:
-            self._log.warn("Log tails not written: {error}", error=e)
+            if not self.store.db.explains(e):
+                self._log.warn("Log tails not written: {error}", error=e)
         except Exception:
             self._log.failure("Writing log tails failed")
 
@@ -431,7 +498,7 @@ class BuilddMaster(service.Service):
 
     def _works(self, builder_id: int) -> bool:
         """Whether this master works the builder (holds its lock, when that matters)."""
-        return not self.config.exclusive_builders or builder_id in self._owned
+        return self.ownership.holds(builder_id)
 
     def arch_tag_for(self, builder: Builder) -> defer.Deferred[str | None]:
         """Fires with the architecture tag a builder should report (from the registered
@@ -466,7 +533,13 @@ class BuilddMaster(service.Service):
 
     async def _probe(self, builder: Builder, arch_tag: str) -> None:
         worker = self._worker(builder)
-        reason = await worker.probe(arch_tag)
+        try:
+            reason = await worker.probe(arch_tag)
+        except MasterFault as e:  # the master's side: the builder is not judged
+            self.faults.report(e)
+            return
+        except OwnershipLost:
+            return  # another master works it
         if reason is None:
             if not builder.builderok and builder.failed_by_master:
                 await self.store.jobs.restore_builder(builder, "answers correctly again")
@@ -484,7 +557,8 @@ class BuilddMaster(service.Service):
         worker.schedule_probe()
 
     def is_available(self, builder: Builder | HasId | int) -> defer.Deferred[bool]:
-        """Whether the builder is ok and says, right now, that it is IDLE."""
+        """Whether the builder is ok and says, right now, that it is IDLE (``False`` too
+        when another master works it)."""
 
         async def available() -> bool:
             fresh = await self.store.builders.get(id_of(builder))
@@ -493,7 +567,7 @@ class BuilddMaster(service.Service):
             worker = self._worker(fresh)
             try:
                 status = await worker.client.status()
-            except BuilderError:
+            except (BuilderError, OwnershipLost, MasterFault):
                 return False
             worker.last_status = status
             return status.builder_status is BuilderStatus.IDLE

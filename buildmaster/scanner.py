@@ -10,22 +10,29 @@ One scan, by what the builder says (``status()``) and what the database says:
 * IDLE: a job the database gives it was lost (requeued) or never started (claim released);
   a trusted builder is clean again; then the best waiting job is claimed and dispatched.
 * BUILDING our cookie: the log tail is kept (batched); a cancelled job is aborted.
-  Another cookie: our job is lost (requeued) and the builder aborted. No job at all on a
-  builder the database thinks is clean: an isolation failure.
+  Another cookie: our job is lost, and the builder aborted. No job at all on a builder the
+  database thinks is clean: an isolation failure.
 * ABORTING: wait (a cancel that takes longer than ``cancel_timeout`` is a builder failure).
 * WAITING our cookie: collect the log and results, set the final state, ``clean()``, and
   dispatch the next job at once. Anything else: requeue/clean.
+
+A lost build counts against the builder (and is not given back to it until it is known
+clean: a VM reset for a virtualized builder; a trusted builder's leftovers may make the
+same build fail there). A job leaves a builder that may still run it (a lost build it is
+still BUILDING or ABORTING, a ``build()`` that failed but left the builder busy) only once
+the builder is known not to: aborted and back to WAITING or IDLE, or its VM reset. A state
+that should end by itself and does not (:mod:`buildmaster.progress`) ends in a builder
+failure with a reason an operator can act on, or a VM reset.
 """
 
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from buildmaster.buildargs import (
     BUILDER_TYPE,
@@ -35,7 +42,7 @@ from buildmaster.buildargs import (
     source_filemap,
 )
 from buildmaster.builderclient import BuilderClient, BuilderUnreachable
-from buildmaster.collect import CollectLimits, ResultCollector, log_filename
+from buildmaster.collect import ResultCollector, collect_limits, log_filename
 from buildmaster.enums import (
     BuilderCleanStatus,
     BuilderResult,
@@ -43,7 +50,17 @@ from buildmaster.enums import (
     BuildQueueStatus,
     BuildStatus,
 )
+from buildmaster.librarian import LibrarianError
+from buildmaster.masterfaults import (
+    FILE_DESCRIPTORS,
+    LIBRARIAN,
+    VM_RESET_COMMAND,
+    MasterFault,
+    classify,
+    librarian_trouble,
+)
 from buildmaster.model import Builder, BuilderSnapshot, BuildQueue
+from buildmaster.ownership import OwnershipLost
 from buildmaster.policy import (
     BuilderAction,
     JobAction,
@@ -52,6 +69,7 @@ from buildmaster.policy import (
     judge_failure,
     probe_delay,
 )
+from buildmaster.progress import Watch, observe
 from buildmaster.protocol import (
     PROTOCOL_VERSION,
     BuilderError,
@@ -80,9 +98,24 @@ RESULT_STATES = {
 }
 
 
+#: at most this many builds lost by a builder are remembered (not given back to it)
+MAX_REMEMBERED_LOST = 1000
+
+
 def failure_message(builder: Builder, reason: str) -> str:
     """The seed's WARNING: ``frog (http://localhost:9221/) marked as failed due to: ...``."""
     return f"{builder.name} ({builder.url}) marked as failed due to: {reason}"
+
+
+@attrs.frozen
+class Eviction:
+    """A job that must leave its builder, once the builder is known not to run it."""
+
+    reason: str
+    #: the kind of the event that records its return to the queue
+    kind: str = "requeued"
+    #: the builder was to blame: the job's failure count is reset
+    forgive: bool = False
 
 
 class BuilderWorker:
@@ -93,6 +126,8 @@ class BuilderWorker:
     def __init__(self, master: BuilddMaster, builder: Builder) -> None:
         self.master = master
         self.builder = builder
+        #: the session (:class:`~buildmaster.ownership.Ownership`) its scan began in
+        self.ownership_epoch = master.ownership.epoch
         self.client = self._new_client(builder)
         self.last_status: StatusReport | None = None
         self.consecutive_failures = 0
@@ -113,11 +148,35 @@ class BuilderWorker:
         self._polled_at = 0.0
         #: the build it was last seen building, and since when
         self._building: tuple[str, float] | None = None
+        #: the state it was first seen in that should end by itself (buildmaster.progress)
+        self._watch: Watch | None = None
+        #: the job on it that must leave it once it is known not to run it
+        self._evicting: dict[int, Eviction] = {}
+        #: jobs it lost: not given back to it until it is known clean (oldest first)
+        self._lost_here: dict[int, None] = {}
 
     def _new_client(self, builder: Builder) -> BuilderClient:
+        config = self.master.config
         return BuilderClient(
-            self.master.http, builder.url, self.master.config.timeout_for(builder.virtualized)
+            self.master.http,
+            builder.url,
+            config.timeout_for(builder.virtualized),
+            gate=self._check_owned,
+            max_result_files=config.max_result_files,
         )
+
+    def _check_owned(self) -> None:
+        """Nothing reaches a builder this master no longer holds (:mod:`buildmaster.ownership`).
+
+        :raises OwnershipLost:
+        """
+        if not self.master.may_act(self):
+            raise OwnershipLost(f"this master no longer holds {self.builder.name}")
+
+    def _cut(self) -> bool:
+        """Whether the work with the builder must stop: the master stops, or no longer
+        holds the builder."""
+        return self.master.stopping or not self.master.may_act(self)
 
     def update(self, builder: Builder) -> None:
         """Take a fresher view of the builder's row."""
@@ -223,24 +282,51 @@ class BuilderWorker:
             self.master.note_idle(self)
 
     async def _guarded_scan(self, snapshot: BuilderSnapshot | None) -> None:
+        metrics, started = self.master.metrics, self.master.clock.seconds()
         try:
             await self.scan(snapshot)
-        except DatabaseError as e:
-            self._log.warn(
-                "Scan of {builder} interrupted: {error}", builder=self.builder.name, error=e
+        except OwnershipLost as e:
+            self._log.info(
+                "Stopped working {builder}: {reason}", builder=self.builder.name, reason=e
             )
-        except Exception:
-            self._log.failure("Scan of {builder} failed unexpectedly", builder=self.builder.name)
+        except Exception as e:
+            if isinstance(e, DatabaseError):
+                metrics.database_error("scan")
+            elif isinstance(e, LibrarianError):
+                metrics.librarian_error("scan")
+            # the master's own failures (database, librarian, file descriptors) blame
+            # nobody and are reported once per cause (an outage going on: by the pool,
+            # once); anything else is a bug
+            fault = classify(e)
+            if fault is None:
+                self._log.failure(
+                    "Scan of {builder} failed unexpectedly", builder=self.builder.name
+                )
+            elif not self.master.store.db.explains(e):
+                self.master.faults.report(fault)
+        metrics.scanned(self.master.clock.seconds() - started)
 
     async def scan(self, snapshot: BuilderSnapshot | None = None) -> None:
         """One scan of the builder (see the module docstring)."""
+        ownership = self.master.ownership
+        if not ownership.holds(self.builder.id):
+            return  # another master's (or nobody's, until the session is back)
+        self.ownership_epoch = ownership.epoch
         snap = snapshot or await self.master.store.jobs.snapshot(self.builder.id)
         self.update(snap.builder)
         builder = snap.builder
-        if not builder.active or self.master.stopping:
+        if not builder.active or self._cut():
             return
-        if not builder.builderok:
+        if not builder.builderok and not (
+            # a job leaving a builder the master just failed leaves once it is known not
+            # to run there (or the builder cannot be reached: then it is requeued)
+            snap.job is not None and snap.job.id in self._evicting and builder.failed_by_master
+        ):
             self.last_status = None
+            self._watch = None
+            if not builder.failed_by_master:
+                # an operator's: it comes back when they say it is fit, leftovers gone
+                self._lost_here.clear()
             if snap.job is not None:
                 reason = (
                     f"{builder.name} is out of service: {builder.failnotes or 'no reason given'}"
@@ -284,7 +370,7 @@ class BuilderWorker:
         try:
             await self._act(snap, status)
         except BuilderError as e:
-            if not self.master.stopping:
+            if not self._cut():
                 # judge with what the builder has now: the job it had may have been requeued
                 fresh = await self.master.store.jobs.snapshot(builder)
                 await self._failed(fresh.builder, fresh.job, e)
@@ -293,50 +379,87 @@ class BuilderWorker:
         builder, job, build = snap.builder, snap.job, snap.build
         cookie = build.cookie if build is not None else None
         state = status.builder_status
+        eviction = None
+        if self._evicting:  # (empty for nearly every poll: nothing to allocate then)
+            eviction = self._evicting.get(job.id) if job is not None else None
+            if eviction is None:
+                self._evicting.clear()  # its job went elsewhere meanwhile
+        running_ours = job is not None and status.build_id == cookie and eviction is None
+        if await self._stuck(snap, status, running_ours):
+            return
+        if eviction is not None:
+            assert job is not None
+            await self._evict(builder, job, status, eviction)
+            return
         if state is BuilderStatus.IDLE:
             if job is not None:
                 await self._idle_with_job(builder, job, build.status if build else None)
             await self._next_job()
         elif state is BuilderStatus.BUILDING:
             if job is not None and status.build_id == cookie:
-                assert build is not None
-                if build.status is BuildStatus.NEEDSBUILD:
-                    # dispatched, but the master stopped before recording it
-                    await self.master.store.jobs.mark_building(job, builder, self._now())
+                await self._discovered(snap)
                 if job.status is BuildQueueStatus.CANCELLING:
                     await self._cancel_running(builder, job)
                 else:
                     self.master.logtails.add(job.id, builder.id, status.logtail)
             elif job is not None:
                 await self._lost(
-                    builder, job, f"the builder is building {status.build_id!r}, not {cookie}"
+                    builder,
+                    job,
+                    status,
+                    f"the builder is building {status.build_id!r}, not {cookie}",
                 )
-                await self.client.abort()
             else:
                 await self._unexpected_work(builder, status)
         elif state is BuilderStatus.ABORTING:
             if job is not None and status.build_id == cookie:
+                await self._discovered(snap)
                 if job.status is BuildQueueStatus.CANCELLING:
                     await self._check_cancel_timeout(builder, job)
             elif job is not None:
                 await self._lost(
-                    builder, job, f"the builder is aborting {status.build_id!r}, not {cookie}"
+                    builder,
+                    job,
+                    status,
+                    f"the builder is aborting {status.build_id!r}, not {cookie}",
                 )
             elif builder.clean_status is BuilderCleanStatus.CLEAN:
                 await self._isolation_failure(builder, status)
         else:  # WAITING
             if job is not None and status.build_id == cookie:
+                await self._discovered(snap)
                 await self._collect(snap, status)
                 return
             if job is not None:
                 await self._lost(
-                    builder, job, f"the builder finished {status.build_id!r}, not {cookie}"
+                    builder,
+                    job,
+                    status,
+                    f"the builder finished {status.build_id!r}, not {cookie}",
                 )
             elif builder.clean_status is BuilderCleanStatus.CLEAN:
                 await self._isolation_failure(builder, status)
                 return
+            elif status.build_status is BuilderResult.BUILDERFAIL:
+                # leftovers it was told to abort, and could not kill: it says it failed
+                await self._failed(
+                    builder,
+                    None,
+                    BuilderProtocolError(
+                        f"the builder reported BUILDERFAIL for {status.build_id!r}"
+                        " (a build it could not stop)"
+                    ),
+                )
             await self._clean()
             await self._next_job()
+
+    async def _discovered(self, snap: BuilderSnapshot) -> None:
+        """The builder has our build, which the database does not show dispatched: the
+        master stopped between ``build()`` and its record. Record the dispatch now (the
+        build may have ended since), so that it has its builder, dates and event."""
+        if snap.job is not None and snap.build is not None:
+            if snap.build.status is BuildStatus.NEEDSBUILD:
+                await self.master.store.jobs.mark_building(snap.job, snap.builder, self._now())
 
     # -- the builder and its job disagree ------------------------------------------------
 
@@ -355,14 +478,137 @@ class BuilderWorker:
                 job, builder, "the builder is idle: the dispatch never reached it"
             )
         else:
-            await self._lost(builder, job, "the builder is idle: it lost the build")
+            await self._lost(
+                builder,
+                job,
+                StatusReport(BuilderStatus.IDLE),
+                "the builder is idle: it lost the build",
+            )
 
-    async def _lost(self, builder: Builder, job: BuildQueue, reason: str) -> None:
+    async def _lost(
+        self, builder: Builder, job: BuildQueue, status: StatusReport, reason: str
+    ) -> None:
+        """The builder is not doing the build the database gives it: the build is lost,
+        and the builder is to blame (counted, judged; disabled when it keeps losing them).
+        The job goes back to the queue at once if the builder is IDLE or WAITING, once it is
+        known not to run it otherwise (it may be building it under another name), and it is
+        not given back to this builder until the builder is known clean."""
         self._log.warn(
             "{builder} lost job {job}: {reason}", builder=builder.name, job=job.id, reason=reason
         )
-        await self.master.store.jobs.requeue(job, builder, reason, kind="lost")
+        jobs = self.master.store.jobs
+        builder_count, _ = await jobs.count_failure(builder, None)
+        judgement = judge_failure(builder_count, None, policy=self.master.config.failure_policy)
+        await self.master.store.events.record(
+            "failure", f"{reason} ({judgement.reason})", build=job.build_id, builder=builder.id
+        )
+        self._remember_lost(job)
         await self._set_clean_status(BuilderCleanStatus.DIRTY)
+        if status.builder_status in (BuilderStatus.BUILDING, BuilderStatus.ABORTING):
+            eviction = Eviction(reason, kind="lost")
+            self._evicting = {job.id: eviction}
+            await self._evict(builder, job, status, eviction, then_next=False)
+        else:
+            await jobs.requeue(job, builder, reason, kind="lost")
+        if judgement.builder is BuilderAction.DISABLE:
+            await self._apply(
+                builder, None, BuilderAction.DISABLE, JobAction.NONE, f"lost builds: {reason}"
+            )
+
+    def _remember_lost(self, job: BuildQueue) -> None:
+        self._lost_here.pop(job.id, None)
+        self._lost_here[job.id] = None
+        while len(self._lost_here) > MAX_REMEMBERED_LOST:
+            del self._lost_here[next(iter(self._lost_here))]
+
+    async def _evict(
+        self,
+        builder: Builder,
+        job: BuildQueue,
+        status: StatusReport | None,
+        eviction: Eviction,
+        then_next: bool = True,
+    ) -> None:
+        """Move ``job`` off the builder, which may still run it, once it is known not to: a
+        virtualized builder has its VM reset; a trusted one is aborted, cleaned once it is
+        WAITING, and then the job goes back to the queue. An abort that does not end is
+        the stuck watch's (:mod:`buildmaster.progress`).
+
+        :param status: what the builder said last (``None``: nothing known; wait).
+        :param then_next: give the builder its next job once it is free.
+        """
+        state = status.builder_status if status is not None else None
+        if builder.virtualized and self.master.config.vm_resume_command:
+            await self._reset_vm(builder)
+            self.last_status = StatusReport(BuilderStatus.IDLE)
+            await self._release(builder, job, eviction)
+            await self._set_clean_status(BuilderCleanStatus.CLEAN)
+        elif state is BuilderStatus.BUILDING:
+            await self._abort(status)
+            return
+        elif state is BuilderStatus.WAITING:
+            await self._clean()
+            await self._release(builder, job, eviction)
+        elif state is BuilderStatus.IDLE:
+            await self._release(builder, job, eviction)
+        else:
+            return  # ABORTING, or not known: wait
+        if then_next:
+            await self._next_job()
+
+    async def _release(self, builder: Builder, job: BuildQueue, eviction: Eviction) -> None:
+        """The builder is known not to run ``job`` any more: back to the queue with it."""
+        self._evicting.pop(job.id, None)
+        self._log.info(
+            "{builder} no longer runs job {job}: back to the queue",
+            builder=builder.name,
+            job=job.id,
+        )
+        await self.master.store.jobs.requeue(
+            job, builder, eviction.reason, kind=eviction.kind, forgive=eviction.forgive
+        )
+
+    async def _stuck(self, snap: BuilderSnapshot, status: StatusReport, running_ours: bool) -> bool:
+        """Watch the states that should end by themselves; a builder stuck in one is failed
+        with the reason (a virtualized one gets its VM reset instead). Whether it was."""
+        job = snap.job
+        self._watch, stuck = observe(
+            self._watch,
+            status.builder_status,
+            status.build_id,
+            running_ours=running_ours,
+            cancelling=job is not None and job.status is BuildQueueStatus.CANCELLING,
+            now=self.master.clock.seconds(),
+            timeout=self.master.config.stuck_timeout,
+        )
+        if stuck is None:
+            return False
+        self._watch = None
+        builder = snap.builder
+        jobs = self.master.store.jobs
+        if builder.virtualized and self.master.config.vm_resume_command:
+            reason = stuck.reason(virtualized=True)
+            self._log.warn(
+                "{builder} ({url}) is {reason}",
+                builder=builder.name,
+                url=builder.url,
+                reason=reason,
+            )
+            await self.master.store.events.record(
+                "reset", reason, build=job.build_id if job else None, builder=builder.id
+            )
+            await self._reset_vm(builder)
+            self.last_status = StatusReport(BuilderStatus.IDLE)
+            if job is not None:
+                await self._release(builder, job, self._evicting.get(job.id, Eviction(reason)))
+            await self._set_clean_status(BuilderCleanStatus.CLEAN)
+            return True
+        reason = stuck.reason(virtualized=False)
+        await self._apply(builder, None, BuilderAction.DISABLE, JobAction.NONE, reason)
+        if job is not None:
+            self._evicting.pop(job.id, None)
+            await jobs.requeue(job, builder, f"{builder.name} failed: {reason}")
+        return True
 
     async def _unexpected_work(self, builder: Builder, status: StatusReport) -> None:
         if builder.clean_status is BuilderCleanStatus.CLEAN:
@@ -374,7 +620,16 @@ class BuilderWorker:
                 cookie=status.build_id,
                 builder=builder.name,
             )
-            await self.client.abort()
+            await self._abort(status)
+
+    async def _abort(self, status: StatusReport | None) -> None:
+        """``abort()`` what the builder is doing (``status``); the abort should end by
+        itself, and the stuck watch starts now."""
+        await self.client.abort()
+        build_id = status.build_id if status is not None else None
+        watch = self._watch
+        if watch is None or (watch.state, watch.build_id) != (BuilderStatus.ABORTING, build_id):
+            self._watch = Watch(BuilderStatus.ABORTING, build_id, self.master.clock.seconds())
 
     async def _isolation_failure(self, builder: Builder, status: StatusReport) -> None:
         reason = (
@@ -420,9 +675,12 @@ class BuilderWorker:
         return claimed.job
 
     async def _claim_next(self) -> Claimed | None:
-        """Claim the best waiting job for this builder (``None``: nothing for it now)."""
+        """Claim the best waiting job for this builder (``None``: nothing for it now, or a
+        failure of the master's side holds dispatches back for a while)."""
         builder = self.builder
         if self.master.known_empty(self.keys):
+            return None
+        if self.master.faults.holds_back(builder.virtualized) is not None:
             return None
         keys = tuple(self.keys)
         if not await self.master.claims.wait_turn(keys):
@@ -430,16 +688,15 @@ class BuilderWorker:
         generations = self.master.generations(keys)
         now = self.master.clock.seconds()
         self._avoid = {job_id: until for job_id, until in self._avoid.items() if until > now}
+        avoid = list(self._avoid) + [j for j in self._lost_here if j not in self._avoid]
         done = self.master.claims.begin(keys)
         claimed = None
         try:
-            claimed = await self.master.store.jobs.claim_next_for_dispatch(
-                builder, avoid=list(self._avoid)
-            )
+            claimed = await self.master.store.jobs.claim_next_for_dispatch(builder, avoid=avoid)
         finally:
-            self.master.claims.end(keys, done, found=claimed is not None or bool(self._avoid))
+            self.master.claims.end(keys, done, found=claimed is not None or bool(avoid))
         if claimed is None:
-            if not self._avoid:  # the avoided jobs may suit other builders
+            if not avoid:  # the avoided jobs may suit other builders
                 self.master.mark_empty(keys, generations)
             return None
         self.builder = attrs.evolve(self.builder, clean_status=BuilderCleanStatus.DIRTY)
@@ -484,6 +741,8 @@ class BuilderWorker:
             return False
         build_sent = False
         try:
+            if self.master.faults.active:
+                await self._check_librarian(ctx)
             if builder.virtualized:
                 await self._reset_vm(builder)
             await self._ensure_files(ctx)
@@ -500,14 +759,29 @@ class BuilderWorker:
                 raise BuilderProtocolError(
                     f"build() answered for {result.info!r}, not {ctx.build.cookie}"
                 )
+        except MasterFault as e:
+            # the master's side failed: nobody is to blame, the job waits
+            delay = self.master.faults.report(e)
+            if not build_sent:
+                resume = self._now() + datetime.timedelta(seconds=delay)
+                await jobs.suspend(job, builder, f"waiting: {e}", resume_after=resume)
+            # else build() may have gone out: the claim stays for the next scan to settle
+            return False
         except BuilderError as e:
-            if self.master.stopping:
+            if self._cut():
                 if not build_sent:
                     await jobs.release_claim(job, builder, "the master stopped during the dispatch")
                 # else build() was cut short and may have reached the builder: the claim stays,
                 # and the next scan (of whichever master) sees whether the builder took it
                 return False
-            if build_sent and await self._took_it_after_all(e, ctx.build.cookie):
+            status = await self._status_after_build() if build_sent else None
+            if (
+                status is not None
+                and isinstance(e, BuilderUnreachable)
+                and e.request_sent
+                and status.builder_status is BuilderStatus.BUILDING
+                and status.build_id == ctx.build.cookie
+            ):
                 self._log.warn(
                     "{builder} started {build} but its answer to build() was lost: {error}",
                     builder=builder.name,
@@ -521,21 +795,35 @@ class BuilderWorker:
                 builder=builder.name,
                 error=e,
             )
-            await self._failed(builder, job, e, must_leave=True)
+            # after build(), unless the builder is IDLE it may be running the job (under
+            # another name, or BUILDING with nothing running after a fault): the job leaves
+            # it only once it is known not to
+            may_run = build_sent and (
+                status is None or status.builder_status is not BuilderStatus.IDLE
+            )
+            await self._failed(builder, job, e, must_leave=True, evict=may_run)
+            eviction = self._evicting.get(job.id)
+            if eviction is not None and status is not None:
+                try:
+                    await self._evict(self.builder, job, status, eviction, then_next=False)
+                except BuilderError as again:
+                    self._log.info(
+                        "{builder}: the job stays until it is known not to run it ({error})",
+                        builder=builder.name,
+                        error=again,
+                    )
             return False
         return await self._record_dispatch(job, builder, ctx)
 
-    async def _took_it_after_all(self, error: BuilderError, cookie: str) -> bool:
-        """``build()`` reached the builder but no answer came back (a timeout, a dropped
-        connection): ask the builder whether it is building ``cookie`` before the job is
-        sent anywhere else, which would have it built twice."""
-        if not isinstance(error, BuilderUnreachable) or not error.request_sent:
-            return False
+    async def _status_after_build(self) -> StatusReport | None:
+        """``build()`` failed after it was sent: what the builder is doing now. Its answer
+        may have been lost (a timeout, a dropped connection) while it started the build, or
+        it may have started something and faulted: the job must not be sent anywhere else
+        while the builder may run it, which would have it built twice."""
         try:
-            status = await self.client.status()
+            return await self.client.status()
         except BuilderError:
-            return False
-        return status.builder_status is BuilderStatus.BUILDING and status.build_id == cookie
+            return None
 
     async def _record_dispatch(self, job: BuildQueue, builder: Builder, ctx: BuildContext) -> bool:
         # the builder has its next build: a collection that led here is over and stops
@@ -549,6 +837,9 @@ class BuilderWorker:
             return False
         self.last_status = StatusReport(BuilderStatus.BUILDING, build_id=ctx.build.cookie)
         self._building = (ctx.build.cookie, self.master.clock.seconds())
+        faults = self.master.faults
+        if faults.active:  # a dispatch went through: what it needed works again
+            faults.over([FILE_DESCRIPTORS] + ([VM_RESET_COMMAND] if builder.virtualized else []))
         self._log.info(
             "Dispatched {build} to {builder}", build=ctx.build.cookie, builder=builder.name
         )
@@ -565,6 +856,7 @@ class BuilderWorker:
         command = self.master.config.vm_resume_command
         if not command:
             return
+        self._check_owned()
         argv = resume_argv(command, builder.vm_host, builder.name)
         try:
             await reset_vm(self.master.reactor, argv, self.master.config.vm_resume_timeout)
@@ -572,12 +864,16 @@ class BuilderWorker:
             # connections kept alive to the machine before its reset lead nowhere (at best
             # to a reset, at worst to silence until a call's deadline)
             self.client.close_idle()
+        # a new machine: nothing of what it lost is left on it
+        self._lost_here.clear()
+        self._watch = None
 
     async def _ensure_files(self, ctx: BuildContext) -> None:
         """``ensurepresent`` of the chroot and every source file, all at once."""
         assert ctx.chroot is not None
         librarian = self.master.librarian
         wanted = [ctx.chroot] + [f.file for f in ctx.files]
+        mark = librarian.serving_mark
         calls = []
         for file in wanted:
             password = librarian.token_for(file.id) if file.restricted else None
@@ -590,6 +886,16 @@ class BuilderWorker:
                 )
             )
         results = await defer.DeferredList(calls, consumeErrors=True)
+        failed = [
+            file
+            for file, (ok, value) in zip(wanted, results, strict=True)
+            if not ok or not value.present
+        ]
+        if failed:
+            # the builder could not fetch them: the librarian's fault if it cannot serve them
+            trouble = await librarian_trouble(librarian, failed, since=mark)
+            if trouble is not None:
+                raise trouble
         for file, (ok, value) in zip(wanted, results, strict=True):
             if not ok:
                 value.raiseException()  # type: ignore[attr-defined]
@@ -597,6 +903,23 @@ class BuilderWorker:
                 raise BuilderProtocolError(
                     f"ensurepresent of {file.filename} failed: {value.message}"
                 )
+
+    async def _check_librarian(self, ctx: BuildContext) -> None:
+        """Before a builder is sent to fetch files the librarian failed to serve lately,
+        look whether it can now (on the master's side: no builder is bothered).
+
+        :raises MasterFault: when it still cannot.
+        """
+        assert ctx.chroot is not None
+        faults = self.master.faults
+        files = [ctx.chroot] + [f.file for f in ctx.files]
+        doubtful = [f for f in files if f"librarian file {f.id}" in faults.causes]
+        if not doubtful:
+            return
+        trouble = await librarian_trouble(self.master.librarian, doubtful)
+        if trouble is not None:
+            raise trouble
+        faults.over(f"librarian file {f.id}" for f in doubtful)
 
     # -- building -----------------------------------------------------------------
 
@@ -624,6 +947,7 @@ class BuilderWorker:
         builder, job, build = snap.builder, snap.job, snap.build
         assert job is not None and build is not None and status.build_status is not None
         jobs = self.master.store.jobs
+        seen = self.master.clock.seconds()
         result = status.build_status
         cancelling = job.status is BuildQueueStatus.CANCELLING
         self._abort_sent.pop(job.id, None)
@@ -647,7 +971,11 @@ class BuilderWorker:
         else:
             state = BuildStatus.CANCELLED if cancelling else RESULT_STATES[result]
             await self._store_results(snap, status, state)
+            if self.master.faults.active:  # the librarian stored what it had to
+                self.master.faults.over([LIBRARIAN])
         await self._clean_and_next()
+        if self._building is not None and self._building[1] >= seen:  # its next build
+            self.master.metrics.handed_over(self._building[1] - seen)
 
     async def _clean_and_next(self) -> None:
         """``clean()`` the builder and give it its next job. The job is claimed in the
@@ -688,19 +1016,17 @@ class BuilderWorker:
     async def _store_results(
         self, snap: BuilderSnapshot, status: StatusReport, state: BuildStatus
     ) -> None:
-        """Fetch the log and every result file at once into the librarian, then record the
-        end of the build. What is stored stays provisional (it expires) until ``finish``
-        links it, so a master that dies half-way leaves nothing permanent behind."""
+        """Fetch the log and the result files into the librarian (a few at a time, within
+        the build's budget: :meth:`ResultCollector.collect`), then record the end of the
+        build. What is stored stays provisional (it expires) until ``finish`` links it, so a
+        master that dies half-way leaves nothing permanent behind."""
         builder, job, build = snap.builder, snap.job, snap.build
         assert job is not None and build is not None
-        config = self.master.config
+        config, started = self.master.config, self.master.clock.seconds()
         ctx = self._context(build.id) or await self.master.store.jobs.context(build.id)
         restricted = ctx.archive.private
         collector = ResultCollector(
-            self.master.librarian,
-            self.client,
-            CollectLimits(config.max_log_size, config.max_result_file_size),
-            self._now(),
+            self.master.librarian, self.client, collect_limits(config), self._now()
         )
         reason = None
         accepted: dict[str, str] = {}
@@ -711,13 +1037,10 @@ class BuilderWorker:
                 )
             except ResultRefused as e:
                 state, reason = BuildStatus.FAILEDTOUPLOAD, f"results refused: {e}"
-        fetches: list[defer.Deferred[Any]] = [
-            defer.Deferred.fromCoroutine(collector.store_file(name, sha1, restricted))
-            for name, sha1 in accepted.items()
-        ]
+        log_name = None
         if build.log_id is None:
             das, spr = ctx.distroarchseries, ctx.sourcepackagerelease
-            name = log_filename(
+            log_name = log_filename(
                 das.distribution_name,
                 das.series_name,
                 das.architecturetag,
@@ -725,28 +1048,14 @@ class BuilderWorker:
                 spr.version,
                 state.name,
             )
-            fetches.append(defer.Deferred.fromCoroutine(collector.store_log(name, restricted)))
-        results: list[tuple[bool, Any]] = await defer.DeferredList(fetches, consumeErrors=True)
-        failures: list[Failure] = [value for ok, value in results if not ok]
-        refused = [f for f in failures if f.check(ResultRefused)]
-        others = [f for f in failures if not f.check(ResultRefused)]
-        if others:
-            others[0].raiseException()  # e.g. the builder went away: collect again later
-        files = [
-            (name, int(value))
-            for name, (ok, value) in zip(accepted, results[: len(accepted)], strict=True)
-            if ok
-        ]
-        log = build.log_id
-        if build.log_id is None:
-            ok, value = results[len(accepted)]
-            if ok:
-                log, note = value
-                if note:
-                    reason = f"{reason}; {note}" if reason else note
-        if refused:
-            state, reason = BuildStatus.FAILEDTOUPLOAD, f"results refused: {refused[0].value}"
-            files = []  # what was stored of them expires: the garbage collector takes it
+        collected = await collector.collect(accepted, log_name, restricted)
+        files = list(collected.files)
+        log = build.log_id if log_name is None else collected.log
+        if collected.log_note:
+            reason = f"{reason}; {collected.log_note}" if reason else collected.log_note
+        if collected.refused is not None:
+            # what was stored of them expires: the garbage collector takes it
+            state, reason = BuildStatus.FAILEDTOUPLOAD, f"results refused: {collected.refused}"
         finished = await self.master.store.jobs.finish(
             job,
             builder,
@@ -758,6 +1067,7 @@ class BuilderWorker:
             reason=reason,
         )
         self._contexts.pop(build.id, None)
+        self.master.metrics.collected(self.master.clock.seconds() - started, collector.stored)
         if finished:
             self._log.info(
                 "{build} on {builder}: {state}",
@@ -770,7 +1080,7 @@ class BuilderWorker:
 
     async def _scan_failed(self, snap: BuilderSnapshot, error: BuilderError) -> None:
         """The builder could not be polled. A few of these in a row are shrugged off."""
-        if self.master.stopping:
+        if self._cut():
             return
         self.consecutive_failures += 1
         tolerated = self.master.config.failure_policy.tolerated_scan_failures
@@ -791,12 +1101,16 @@ class BuilderWorker:
         job: BuildQueue | None,
         error: BuilderError,
         must_leave: bool = False,
+        evict: bool = False,
     ) -> None:
         """Count the failure against builder and job, judge, and act on the judgement.
 
         ``must_leave``: the job cannot stay on the builder (it never started, or the builder
         gave up on it), so "leave it where it is" means "back to the queue".
+        ``evict``: the builder may still run the job: it goes back to the queue only once
+        the builder is known not to (see :meth:`_evict`).
         """
+        self.master.metrics.builder_failed(error)
         # a job is charged once per stay on a builder, however many scans fail meanwhile
         charge = job is not None and job.id != self._charged
         builder_count, job_count = await self.master.store.jobs.count_failure(
@@ -818,7 +1132,7 @@ class BuilderWorker:
             builder=builder.id,
         )
         await self._apply(
-            builder, job, judgement.builder, job_action, reason, judgement.forgive_job
+            builder, job, judgement.builder, job_action, reason, judgement.forgive_job, evict
         )
 
     async def _apply(
@@ -829,11 +1143,16 @@ class BuilderWorker:
         job_action: JobAction,
         reason: str,
         forgive_job: bool = False,
+        evict: bool = False,
     ) -> None:
         jobs = self.master.store.jobs
         if job is not None:
             if job_action is JobAction.REQUEUE:
-                await jobs.requeue(job, builder, reason, forgive=forgive_job)
+                if evict:
+                    self._evicting = {job.id: Eviction(reason, forgive=forgive_job)}
+                else:
+                    self._evicting.pop(job.id, None)
+                    await jobs.requeue(job, builder, reason, forgive=forgive_job)
                 # "try it elsewhere": not here again for a while
                 self._avoid[job.id] = (
                     self.master.clock.seconds() + self.master.config.retry_elsewhere_for

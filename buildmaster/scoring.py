@@ -8,7 +8,9 @@ from buildmaster.enums import ArchivePurpose, PackagePublishingPocket, SourcePac
 
 __all__ = [
     "ScoreInputs",
+    "ScorePart",
     "score_build",
+    "score_parts",
     "PRIVATE_ARCHIVE_SCORE_BONUS",
     "COPY_ARCHIVE_SCORE_PENALTY",
     "SCORE_BY_URGENCY",
@@ -60,19 +62,37 @@ class ScoreInputs:
     section: str = "misc"
 
 
+@attrs.frozen
+class ScorePart:
+    """One term of a score: what it is for, and its points."""
+
+    reason: str
+    points: int
+
+
+def score_parts(inputs: ScoreInputs) -> tuple[ScorePart, ...]:
+    """How a build's score is made: the terms :func:`score_build` adds up."""
+    parts = []
+    if inputs.archive_private:
+        parts.append(ScorePart("private archive", PRIVATE_ARCHIVE_SCORE_BONUS))
+    if inputs.archive_purpose is ArchivePurpose.COPY:
+        parts.append(ScorePart("copy archive", -COPY_ARCHIVE_SCORE_PENALTY))
+    if inputs.relative_build_score:
+        parts.append(ScorePart("archive's relative build score", inputs.relative_build_score))
+    if inputs.section != TRANSLATIONS_SECTION:
+        parts.append(
+            ScorePart(f"urgency {inputs.urgency.name.lower()}", SCORE_BY_URGENCY[inputs.urgency])
+        )
+        parts.append(
+            ScorePart(f"pocket {inputs.pocket.name.lower()}", SCORE_BY_POCKET[inputs.pocket])
+        )
+        component = SCORE_BY_COMPONENT.get(inputs.component, 0)
+        parts.append(ScorePart(f"component {inputs.component}", component))
+    return tuple(parts)
+
+
 def score_build(inputs: ScoreInputs, manual_score: int | None = None) -> int:
     """The score of a build. A manual score (set by an operator) always wins."""
     if manual_score is not None:
         return manual_score
-    score = 0
-    if inputs.archive_private:
-        score += PRIVATE_ARCHIVE_SCORE_BONUS
-    if inputs.archive_purpose is ArchivePurpose.COPY:
-        score -= COPY_ARCHIVE_SCORE_PENALTY
-    score += inputs.relative_build_score
-    if inputs.section == TRANSLATIONS_SECTION:
-        return score
-    score += SCORE_BY_URGENCY[inputs.urgency]
-    score += SCORE_BY_POCKET[inputs.pocket]
-    score += SCORE_BY_COMPONENT.get(inputs.component, 0)
-    return score
+    return sum(part.points for part in score_parts(inputs))

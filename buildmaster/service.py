@@ -10,33 +10,68 @@ Embeddable: ``BuildmasterService(reactor, settings)`` can live in any Twisted ap
 (docs/embedding.md); ``tap.py`` builds one for ``twistd buildmaster``. Its start runs in the
 background (``startService`` returns at once): :meth:`BuildmasterService.when_ready` tells
 when the master runs, or why it could not start.
+
+Starting fails fast, with :class:`StartupError` and one line that says what to fix, when the
+state directory is unusable, the database cannot be reached or let in, the web server cannot
+listen, builders could not reach the librarian's address, or the process may not open enough
+files for the registered builders.
 """
 
 from __future__ import annotations
 
+import os
+import pwd
+import resource as rlimits
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import attrs
+import psycopg2
+import psycopg2.errors
+from psycopg2.extensions import make_dsn, parse_dsn
 from twisted.application import service
-from twisted.internet import defer, endpoints, threads
+from twisted.internet import defer, endpoints, error, threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web import pages, resource, server
 
+from buildmaster import openfiles
 from buildmaster.config import MasterConfig
 from buildmaster.librarian import Librarian
+from buildmaster.librarian.errors import LibrarianError
 from buildmaster.librarian.guard import GuardedSite
 from buildmaster.master import BuilddMaster
+from buildmaster.metrics import Metrics
 from buildmaster.readiness import Readiness
-from buildmaster.store import Database, Store
-from buildmaster.store.cluster import PostgresCluster
-from buildmaster.store.schema import migrate
+from buildmaster.store import Database, DatabaseUnavailable, Store
+from buildmaster.store.cluster import (
+    SERVER_USER_WHEN_ROOT,
+    ClusterDirectoryError,
+    ClusterError,
+    PostgresCluster,
+    PostgresNotFound,
+    first_unsearchable,
+)
+from buildmaster.store.embedded import WORK_ROLE, embedded_cluster, prepare_database
+from buildmaster.store.schema import LATEST, SchemaTooNew, current_version, migrate
+from buildmaster.web import bearer_verifier, mount_operator_web
+from buildmaster.web.api import ApiContext
+from buildmaster.web.metrics import FarmMetrics
 
-__all__ = ["ServiceSettings", "BuildmasterService", "web_root", "mount_librarian"]
+__all__ = [
+    "ServiceSettings",
+    "BuildmasterService",
+    "StartupError",
+    "web_root",
+    "mount_librarian",
+]
 
-EMBEDDED_DATABASE = "buildmaster"
+
+class StartupError(Exception):
+    """The master cannot start: the message (one line) says what to fix."""
 
 
 @attrs.frozen
@@ -50,12 +85,19 @@ class ServiceSettings:
     librarian_url: str | None = None
     master: MasterConfig = MasterConfig()
     pool_size: int = 8
+    #: database connections of the operator API's own (its reads never wait in front of
+    #: the master's statements, and at most this many run in PostgreSQL at once)
+    api_pool_size: int = 2
     gc_interval: float = 3600.0
     #: log every request to the web server (builders fetch a file or two per build)
     access_log: bool = False
+    #: seconds the database has to answer when the master starts
+    connect_timeout: float = 30.0
     demo: bool = False
     demo_builders: int = 12
     demo_queue_interval: float = 2.0
+    #: seconds between readings of the farm's state for /metrics
+    metrics_interval: float = 15.0
 
 
 class BuildmasterService(service.Service):
@@ -67,7 +109,8 @@ class BuildmasterService(service.Service):
 
     :param reactor: the reactor everything runs on (passed all the way down).
     :param on_fatal: called with the error when starting fails (``twistd`` stops the
-        reactor); by default the error is only logged.
+        reactor and exits with status 1); by default the error is only logged. A
+        :class:`StartupError` is logged as one line, anything else with its traceback.
     """
 
     _log = Logger()
@@ -84,12 +127,17 @@ class BuildmasterService(service.Service):
         self.on_fatal = on_fatal
         self.cluster: PostgresCluster | None = None
         self.db: Database | None = None
+        self.api_db: Database | None = None
+        #: the operator API's store: its own connections
+        self.api_store: Store | None = None
         self.store: Store | None = None
         self.librarian: Librarian | None = None
         self.master: BuilddMaster | None = None
         self.web: Any = None
         self.demo: Any = None
         self._gc: service.Service | None = None
+        self.metrics = Metrics()
+        self._farm_metrics: FarmMetrics | None = None
         self._threads: ThreadPool | None = None
         self._started: defer.Deferred[None] = defer.succeed(None)
         self._readiness = Readiness()
@@ -103,47 +151,54 @@ class BuildmasterService(service.Service):
     def when_ready(self) -> defer.Deferred[None]:
         """Fires with ``None`` once the whole master runs (database migrated, web server
         listening, librarian mounted, first scan done); fails with the error that stopped
-        it from starting (e.g. :class:`~buildmaster.store.database.DatabaseUnavailable`,
-        ``CannotListenError``, :class:`~buildmaster.store.cluster.ClusterError`). Called
-        before ``startService``, it waits for the start. Each call gets a Deferred of its
-        own; a failure is also logged (and handed to ``on_fatal``) whether or not anybody
-        waits."""
+        it from starting (a :class:`StartupError` saying what to fix, most often; e.g.
+        :class:`~buildmaster.store.database.DatabaseUnavailable` otherwise). Called before
+        ``startService``, it waits for the start. Each call gets a Deferred of its own; a
+        failure is also logged (and handed to ``on_fatal``) whether or not anybody waits."""
         return self._readiness.wait()
 
-    def _start_failed(self, failure: Any) -> None:
-        self._log.failure("buildmaster could not start", failure)
-        if self.on_fatal is not None:
+    def _start_failed(self, failure: Failure) -> None:
+        if failure.check(StartupError):
+            self._log.critical("buildmaster cannot start: {reason}", reason=str(failure.value))
+        else:
+            self._log.failure("buildmaster could not start", failure)
+        if self.on_fatal is not None and failure.value is not None:
             self.on_fatal(failure.value)
 
     async def _start(self) -> None:
         settings = self.settings
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        dsn = settings.dsn
-        if dsn is None:
-            self.cluster = PostgresCluster(directory=settings.state_dir / "postgres", fsync=True)
-            self._log.info(
-                "Starting the private PostgreSQL cluster in {dir}", dir=self.cluster.directory
-            )
-            await self.cluster.start_async(self.reactor)
-            await _ensure_database(self.reactor, self.cluster.dsn("postgres"), EMBEDDED_DATABASE)
-            dsn = self.cluster.dsn(EMBEDDED_DATABASE)
+        _prepare_state_dir(settings.state_dir, separate_server_user=settings.dsn is None)
+        if settings.dsn is None:
+            dsn = await self._start_embedded_database()
+        else:
+            dsn = settings.dsn
+            self._log.info("Database: {dsn}", dsn=_shown_dsn(dsn))
         self.db = Database(self.reactor, dsn, size=settings.pool_size)
-        await self.db.connect()
-        applied = await migrate(self.db)
-        if applied:
-            self._log.info("Applied schema migrations {applied}", applied=applied)
+        await _connecting(self.reactor, self.db, dsn, settings.connect_timeout)
+        if settings.dsn is not None:
+            await self._migrate(dsn)
         self.store = Store(self.db)
+        self.api_db = Database(self.reactor, dsn, size=settings.api_pool_size)
+        await self.api_db.connect()
+        self.api_store = Store(self.api_db)
 
         # uploads are raw bodies: twisted.web must neither parse them as forms nor keep
         # bodies that nobody may upload (buildmaster.librarian.guard)
-        site = GuardedSite(web_root(), lambda: self.librarian)
+        site = GuardedSite(
+            web_root(),
+            lambda: self.librarian,
+            verify_bearer=bearer_verifier(lambda: self.api_store),
+        )
         if not settings.access_log:
             site.log = lambda request: None  # type: ignore[method-assign]
-        endpoint = endpoints.serverFromString(self.reactor, settings.port)
-        self.web = await endpoint.listen(site)
+        site.noisy = False  # no "Starting factory" lines
+        self.web = await _listening(self.reactor, settings.port, site)
         host = self.web.getHost()
-        public = settings.librarian_url or f"http://{_url_host(host.host)}:{host.port}/librarian/"
-        secret = Librarian.load_or_create_secret(settings.state_dir)
+        public = settings.librarian_url or _librarian_url(settings.port, host)
+        try:
+            secret = Librarian.load_or_create_secret(settings.state_dir)
+        except (LibrarianError, OSError) as e:
+            raise StartupError(f"the librarian's secret: {e}") from None
         # the librarian's disk work gets threads of its own: the reactor's pool also resolves
         # builder host names, and must not wait behind 20 chroot downloads
         self._threads = ThreadPool(minthreads=2, maxthreads=32, name="librarian")
@@ -166,17 +221,85 @@ class BuildmasterService(service.Service):
         self._gc = self.librarian.garbage_collector(settings.gc_interval)
         self._gc.startService()
 
-        self.master = BuilddMaster(self.reactor, self.store, self.librarian, settings.master)
+        self.master = BuilddMaster(
+            self.reactor, self.store, self.librarian, settings.master, self.metrics
+        )
+        mount_operator_web(
+            site.resource,
+            ApiContext(
+                store=self.api_store,
+                librarian=self.librarian,
+                clock=self.reactor,
+                operations=self.master,
+                farm=self.master,
+                metrics=self.metrics,
+            ),
+            max_cycle_age=max(3 * settings.master.scan_interval, 30.0),
+        )
         if settings.demo:
             from buildmaster.demo import Demo
 
             self.demo = Demo(self.reactor, self.store, self.librarian, self.master, settings)
             await self.demo.prepare()
+        # the pool's connections, and the session's (LISTEN, builder locks)
+        _check_open_files(await self.store.builders.count(), settings.pool_size + 1)
         self.master.startService()
         await self.master.when_ready()
+        self._farm_metrics = FarmMetrics(
+            self.reactor, self.store, self.metrics, settings.metrics_interval
+        )
+        self._farm_metrics.startService()
         if self.demo is not None:
             self.demo.start_queueing()
         self._log.info("buildmaster is running")
+
+    async def _start_embedded_database(self) -> str:
+        """Start the private cluster, prepare its database; the work role's DSN."""
+        self.cluster = cluster = embedded_cluster(self.settings.state_dir)
+        self._log.info("Starting the private PostgreSQL cluster in {dir}", dir=cluster.directory)
+        try:
+            await cluster.start_async(self.reactor)
+        except (PostgresNotFound, ClusterDirectoryError) as e:
+            raise StartupError(str(e)) from None
+        except ClusterError as e:
+            raise StartupError(
+                f"the private PostgreSQL cluster in {cluster.directory} did not start:"
+                f" {_gist(str(e))} (its log: {cluster.logfile})"
+            ) from None
+        try:
+            dsn, applied = await prepare_database(self.reactor, cluster)
+        except DatabaseUnavailable as e:
+            raise StartupError(f"the private PostgreSQL cluster does not let us in: {e}") from None
+        except SchemaTooNew as e:
+            raise StartupError(str(e)) from None
+        self._log.info(
+            "Private PostgreSQL: Unix socket {socket} only (no TCP), peer authentication;"
+            " the master works as role {role}",
+            socket=cluster.socket_path,
+            role=WORK_ROLE,
+        )
+        if applied:
+            self._log.info("Applied schema migrations {applied}", applied=applied)
+        return dsn
+
+    async def _migrate(self, dsn: str) -> None:
+        """Bring a database given by DSN to the current schema, or say who must."""
+        assert self.db is not None
+        version = await current_version(self.db)
+        if version == LATEST:
+            return
+        try:
+            applied = await migrate(self.db)
+        except SchemaTooNew as e:
+            raise StartupError(str(e)) from None
+        except psycopg2.errors.InsufficientPrivilege as e:
+            raise StartupError(
+                f"the database is at schema version {version}, this buildmaster needs"
+                f" {LATEST}, and role {parse_dsn(dsn).get('user', 'of --dsn')} may not"
+                f" migrate it ({_gist(str(e))}): apply the migrations as the database's owner"
+                " (python -m buildmaster.store.schema --dsn OWNER-DSN), then start again"
+            ) from None
+        self._log.info("Applied schema migrations {applied}", applied=applied)
 
     def stopService(self) -> defer.Deferred[None]:
         """Fires with ``None`` once everything has stopped, in the reverse order of the
@@ -192,6 +315,8 @@ class BuildmasterService(service.Service):
             pass  # already logged
         if self.demo is not None:
             await self.demo.stop_queueing()
+        if self._farm_metrics is not None and self._farm_metrics.running:
+            await self._farm_metrics.stopService()
         if self.master is not None and self.master.running:
             await self.master.stopService()
         if self.demo is not None:
@@ -207,6 +332,8 @@ class BuildmasterService(service.Service):
             )
         if self.db is not None:
             await self.db.close()
+        if self.api_db is not None:
+            await self.api_db.close()
         if self.cluster is not None and self.cluster.port is not None:
             self._log.info("Stopping the private PostgreSQL cluster")
             await self.cluster.stop_async(self.reactor)
@@ -223,7 +350,13 @@ class _Root(resource.Resource):
 
     def render_GET(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"buildmaster\n\n/librarian/<id>/<filename>: the librarian (files for builders, logs, results)\n"
+        return (
+            b"buildmaster\n\n"
+            b"/api/v1: the operator API (/api/v1/openapi.json describes it)\n"
+            b"/librarian/<id>/<filename>: the librarian (files for builders, logs, results)\n"
+            b"/metrics: Prometheus metrics\n"
+            b"/healthz, /readyz: health checks\n"
+        )
 
 
 def web_root(librarian: Librarian | None = None) -> resource.Resource:
@@ -239,18 +372,153 @@ def mount_librarian(root: resource.Resource, librarian: Librarian) -> None:
     root.putChild(b"librarian", cast(resource.IResource, librarian.resource()))
 
 
-def _url_host(host: str) -> str:
-    if host in ("0.0.0.0", "::", ""):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
+# -- start-up checks: each raises StartupError with what to fix ---------------------------
 
 
-async def _ensure_database(reactor: Any, admin_dsn: str, name: str) -> None:
-    admin = Database(reactor, admin_dsn, size=1)
-    await admin.connect()
+def _prepare_state_dir(state_dir: Path, separate_server_user: bool) -> None:
+    """Create the state directory (mode 0700) if needed, and make sure it is a writable
+    directory. When the master runs as root with its embedded cluster, the cluster runs as
+    user postgres, which must pass through the state directory: a state directory made here
+    is given to that user's group (mode 0710); one that exists already must let it through.
+    """
+    if state_dir.exists() and not state_dir.is_dir():
+        raise StartupError(f"the state directory {state_dir} is not a directory: fix --state-dir")
+    server_user = None
+    if separate_server_user and os.geteuid() == 0:
+        try:
+            server_user = pwd.getpwnam(SERVER_USER_WHEN_ROOT)
+        except KeyError:
+            pass  # the cluster says what to do about it
     try:
-        rows = await admin.query("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-        if not rows:
-            await admin.execute(f'CREATE DATABASE "{name}"')
+        if not state_dir.exists():
+            state_dir.mkdir(parents=True, mode=0o700)
+            if server_user is not None:
+                os.chown(state_dir, -1, server_user.pw_gid)
+                os.chmod(state_dir, 0o710)
+        with tempfile.TemporaryFile(dir=state_dir):
+            pass
+    except OSError as e:
+        raise StartupError(
+            f"the state directory {state_dir} is not usable ({e.strerror}): give --state-dir a"
+            " directory this user may write to"
+        ) from None
+    if server_user is not None:
+        groups = os.getgrouplist(server_user.pw_name, server_user.pw_gid)
+        if first_unsearchable(state_dir / "postgres", server_user.pw_uid, groups) is not None:
+            # the directories above are the cluster's to report; this one is ours to explain
+            blocked = first_unsearchable(state_dir, server_user.pw_uid, groups)
+            if blocked is None:
+                raise StartupError(
+                    f"user {server_user.pw_name} (who runs the private PostgreSQL when the"
+                    f" master runs as root) may not pass through the state directory"
+                    f" {state_dir}: `chgrp {server_user.pw_name} {state_dir} && chmod g+x"
+                    f" {state_dir}`, or run the master as an ordinary user"
+                )
+
+
+def _shown_dsn(dsn: str) -> str:
+    """``dsn`` without its password, for the log; an unparsable one is a StartupError."""
+    try:
+        fields = parse_dsn(dsn)
+    except psycopg2.ProgrammingError as e:
+        raise StartupError(f"--dsn is not a valid connection string: {_gist(str(e))}") from None
+    if "password" in fields:
+        fields["password"] = "..."
+    return str(make_dsn(**fields)) if fields else "(libpq defaults)"
+
+
+async def _connecting(reactor: Any, db: Database, dsn: str, timeout: float) -> None:
+    """Connect ``db``, or say why not (within ``timeout`` seconds).
+
+    A connection attempt in progress cannot be cancelled (libpq): on the deadline the
+    start fails at once, and what the attempt comes to later is dropped.
+    """
+    where = _shown_dsn(dsn)
+    outcome: defer.Deferred[None] = defer.Deferred()
+
+    def settle(result: object) -> None:
+        if outcome.called:
+            return  # too late: the start failed already
+        if isinstance(result, Failure):
+            outcome.errback(result)
+        else:
+            outcome.callback(None)
+
+    def too_late() -> None:
+        if not outcome.called:
+            outcome.errback(defer.TimeoutError())
+
+    deadline = reactor.callLater(timeout, too_late)
+    defer.Deferred.fromCoroutine(db.connect()).addBoth(settle)
+    try:
+        await outcome
+    except DatabaseUnavailable as e:
+        reason = _gist(str(e).removeprefix("database unavailable: "))
+        raise StartupError(
+            f"cannot connect to the database ({where}): {reason}; check --dsn, that the"
+            " server runs, and that it lets this user in"
+        ) from None
+    except defer.TimeoutError:
+        raise StartupError(
+            f"the database ({where}) did not answer within {timeout:g} s: check --dsn and the"
+            " network"
+        ) from None
     finally:
-        await admin.close()
+        if deadline.active():
+            deadline.cancel()
+
+
+async def _listening(reactor: Any, description: str, site: server.Site) -> Any:
+    """Listen on the strports ``description``, or say why not."""
+    try:
+        endpoint = endpoints.serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise StartupError(
+            f"--port {description!r} is not a port number or an endpoint description: {e}"
+        ) from None
+    try:
+        return await endpoint.listen(site)
+    except error.CannotListenError as e:
+        raise StartupError(
+            f"cannot listen on {description} ({e.socketError}): choose another --port, or stop"
+            " what listens there"
+        ) from None
+    except (OverflowError, ValueError, OSError) as e:
+        reason = str(e).rstrip(".")
+        raise StartupError(f"cannot listen on {description}: {reason}; fix --port") from None
+
+
+def _librarian_url(description: str, host: Any) -> str:
+    """The librarian's URL from the address the web server got; refused when builders on
+    other machines could not use it (a wildcard address) or there is none (not TCP)."""
+    address = getattr(host, "host", None)
+    if not isinstance(address, str):
+        raise StartupError(
+            f"--port {description} is not a TCP port: give builders the librarian's address"
+            " with --librarian-url"
+        )
+    if address in ("0.0.0.0", "::", ""):
+        raise StartupError(
+            f"--port {description} listens on every address, and builders need a name for"
+            f" this machine that they can reach: pass --librarian-url"
+            f" http://<this machine's name>:{host.port}/librarian/"
+        )
+    shown = f"[{address}]" if ":" in address else address
+    return f"http://{shown}:{host.port}/librarian/"
+
+
+def _check_open_files(builders: int, database_connections: int) -> None:
+    soft, hard = rlimits.getrlimit(rlimits.RLIMIT_NOFILE)
+    problem = openfiles.shortfall(builders, database_connections, soft, hard)
+    if problem is not None:
+        raise StartupError(problem)
+
+
+def _gist(text: str) -> str:
+    """The line of an error's text worth showing: PostgreSQL's FATAL/ERROR line if there is
+    one, else the first line."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "FATAL:" in line or "ERROR:" in line:
+            return line
+    return lines[0] if lines else text

@@ -6,23 +6,95 @@
     twistd -n buildmaster --dsn "host=db dbname=buildmaster" --port tcp:8000 \\
         --librarian-url http://master.example:8000/librarian/ \\
         --vm-resume-command "/usr/local/bin/resume-vm %(vm_host)s %(buildd_name)s"
+
+How the process ends: a bad option is a usage error (status 1) before anything starts; a
+start-up that fails logs one line saying what to fix (``buildmaster cannot start: ...``),
+stops what had started and exits with status 1; SIGINT (Ctrl-C) or SIGTERM stops the master
+in order and exits with status 0 (the same signal again while it stops is only noted).
 """
 
 from __future__ import annotations
 
-import resource
+import atexit
+import os
+import signal
+import string
+import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from psycopg2 import ProgrammingError
+from psycopg2.extensions import parse_dsn
+from twisted.internet import error
+from twisted.logger import Logger
 from twisted.python import usage
 
 from buildmaster.buildargs import ArchiveURLs
 from buildmaster.config import MasterConfig
 from buildmaster.gctuning import tune_garbage_collection
+from buildmaster.openfiles import raise_file_limit
 from buildmaster.service import BuildmasterService, ServiceSettings
 from buildmaster.vmreset import check_template
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "makeService", "check_url"]
+
+_log = Logger()
+
+#: Scan interval without and with --demo (whose builds take seconds).
+SCAN_INTERVAL = 15.0
+DEMO_SCAN_INTERVAL = 5.0
+#: The demo's VMs reset instantly.
+DEMO_VM_RESUME_COMMAND = "true %(vm_host)s"
+#: The URL options: (fields a template may use, fields it must use).
+_ARCHIVE_FIELDS = frozenset({"distribution", "owner", "name"})
+URL_OPTIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "librarian-url": (frozenset(), frozenset()),
+    "build-url": (frozenset({"build_id"}), frozenset({"build_id"})),
+    "primary-archive-url": (_ARCHIVE_FIELDS, frozenset()),
+    "ppa-url": (_ARCHIVE_FIELDS, frozenset({"owner", "name"})),
+    "private-ppa-url": (_ARCHIVE_FIELDS, frozenset({"owner", "name"})),
+}
+
+
+def check_url(option: str, value: str, fields: frozenset[str], required: frozenset[str]) -> None:
+    """Refuse (``usage.UsageError``) a URL option that is not an http(s) URL with a host, or
+    a template using fields other than ``fields`` or missing one of ``required``."""
+    used = set()
+    try:
+        for _literal, field, spec, conversion in string.Formatter().parse(value):
+            if field is None:
+                continue
+            if field not in fields or spec or conversion:
+                known = ", ".join(f"{{{f}}}" for f in sorted(fields)) or "none"
+                raise usage.UsageError(
+                    f"--{option} {value!r}: unknown field {{{field}}} (known fields: {known})"
+                )
+            used.add(field)
+    except ValueError as e:  # a lone brace
+        raise usage.UsageError(
+            f"--{option} {value!r}: {e} (write a brace as {{{{ or }}}})"
+        ) from None
+    missing = sorted(required - used)
+    if missing:
+        raise usage.UsageError(
+            f"--{option} {value!r} does not use " + " and ".join(f"{{{f}}}" for f in missing)
+        )
+    url = value.format(**{f: "x" for f in fields})
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise usage.UsageError(
+            f"--{option} {value!r} is not an http:// or https:// URL with a host"
+        )
+    try:
+        parts.port  # noqa: B018 - only to validate it
+    except ValueError as e:
+        raise usage.UsageError(f"--{option} {value!r}: {e}") from None
+    if option == "private-ppa-url" and (parts.username or parts.password):
+        raise usage.UsageError(
+            f"--{option} {value!r} must not hold credentials: the master puts each private"
+            " archive's own there"
+        )
 
 
 def _seconds(value: str) -> float:
@@ -36,6 +108,26 @@ def _count(value: str) -> int:
     count = int(value)
     if count < 0:
         raise ValueError(f"{value!r} is negative")
+    return count
+
+
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _size(value: str) -> int:
+    """Bytes: a whole number, optionally with K, M, G or T (powers of 1024; ``8G``)."""
+    text = value.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = text[-1:] if text[-1:] in _UNITS else ""
+    size = int(text.removesuffix(unit)) * _UNITS[unit]
+    if size <= 0:
+        raise ValueError(f"{value!r} is not a positive size")
+    return size
+
+
+def _positive_count(value: str) -> int:
+    count = int(value)
+    if count < 1:
+        raise ValueError(f"{value!r} is not at least 1")
     return count
 
 
@@ -74,7 +166,14 @@ class Options(usage.Options):
             None,
             "The librarian's public URL, as builders reach it (default: from --port).",
         ],
-        ["scan-interval", None, 15.0, "Seconds between scans of every builder.", _seconds],
+        [
+            "scan-interval",
+            None,
+            None,
+            f"Seconds between scans of every builder [default: {SCAN_INTERVAL:g};"
+            f" {DEMO_SCAN_INTERVAL:g} with --demo]",
+            _seconds,
+        ],
         [
             "building-poll-max",
             None,
@@ -108,13 +207,68 @@ class Options(usage.Options):
             _seconds,
         ],
         [
+            "max-result-bytes",
+            None,
+            8 * 1024**3,
+            "The result files of one build together may take this many bytes (K, M, G"
+            " allowed); beyond it the download stops and the build is FAILEDTOUPLOAD.",
+            _size,
+        ],
+        [
+            "max-result-files",
+            None,
+            1000,
+            "A build may hand back this many result files; more: FAILEDTOUPLOAD.",
+            _positive_count,
+        ],
+        [
+            "result-downloads",
+            None,
+            4,
+            "Downloads from one builder at once (its log and result files).",
+            _positive_count,
+        ],
+        [
+            "download-idle-timeout",
+            None,
+            60.0,
+            "A download from a builder that brings no byte for this many seconds has stalled.",
+            _seconds,
+        ],
+        [
+            "download-min-rate",
+            None,
+            64 * 1024.0,
+            "Bytes a second a download from a builder must keep up on average (each byte"
+            " moves its deadline 1/rate seconds later, beyond the socket timeout).",
+            _seconds,
+        ],
+        [
             "vm-resume-command",
             None,
             None,
             "Resets a virtualized builder's VM (run without a shell, in a minimal"
-            " environment); %(vm_host)s and %(buildd_name)s expand, one of them is needed.",
+            " environment); %(vm_host)s and %(buildd_name)s expand, one of them is needed"
+            f" [with --demo: {DEMO_VM_RESUME_COMMAND!r}].",
         ],
         ["vm-resume-timeout", None, 300.0, "Seconds the VM reset command may take.", _seconds],
+        [
+            "stuck-timeout",
+            None,
+            300.0,
+            "Seconds a builder may stay ABORTING (or BUILDING what it was told to abort)"
+            " before it is failed as stuck (a virtualized one gets its VM reset).",
+            _seconds,
+        ],
+        [
+            "fault-retry",
+            None,
+            15.0,
+            "Seconds a build held up by a failure of the master's own side (librarian, file"
+            " descriptors, database, VM reset command) waits before it is tried again;"
+            " doubled while the failure lasts, up to 600.",
+            _seconds,
+        ],
         [
             "primary-archive-url",
             None,
@@ -155,26 +309,39 @@ class Options(usage.Options):
                 check_template(command)
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
-        for key in ("primary-archive-url", "ppa-url"):
+        for option, (fields, required) in URL_OPTIONS.items():
+            if self[option] is not None:
+                check_url(option, self[option], fields, required)
+        if self["dsn"] is not None:
             try:
-                self[key].format(distribution="d", owner="o", name="n")
-            except (KeyError, IndexError, ValueError) as e:
-                raise usage.UsageError(f"--{key}: bad template {self[key]!r}: {e}") from None
+                parse_dsn(self["dsn"])
+            except ProgrammingError as e:
+                raise usage.UsageError(f"--dsn {self['dsn']!r}: {e}".strip()) from None
 
     def settings(self) -> ServiceSettings:
+        """The service's settings; --demo changes only the defaults of what was not given."""
         command = self["vm-resume-command"]
         if command is None and self["demo"]:
-            command = "true %(vm_host)s"  # the demo's VMs reset instantly
+            command = DEMO_VM_RESUME_COMMAND
+        scan_interval = self["scan-interval"]
+        if scan_interval is None:
+            scan_interval = DEMO_SCAN_INTERVAL if self["demo"] else SCAN_INTERVAL
         master = MasterConfig(
-            scan_interval=self["scan-interval"]
-            if not self["demo"] or self["scan-interval"] != 15.0
-            else 5.0,
+            scan_interval=scan_interval,
             building_poll_max=self["building-poll-max"],
             max_collections=self["max-collections"],
             socket_timeout=self["socket-timeout"],
             virtualized_socket_timeout=self["virtualized-socket-timeout"],
+            max_result_bytes=self["max-result-bytes"],
+            max_result_files=self["max-result-files"],
+            result_downloads=self["result-downloads"],
+            download_idle_timeout=self["download-idle-timeout"],
+            download_min_rate=self["download-min-rate"],
             vm_resume_command=command,
             vm_resume_timeout=self["vm-resume-timeout"],
+            stuck_timeout=self["stuck-timeout"],
+            fault_retry_initial=self["fault-retry"],
+            fault_retry_max=max(600.0, self["fault-retry"]),
             archive_urls=ArchiveURLs(
                 primary=self["primary-archive-url"],
                 ppa=self["ppa-url"],
@@ -195,20 +362,67 @@ class Options(usage.Options):
         )
 
 
-def raise_file_limit() -> None:
-    """Raise this process's soft limit of open files to its hard limit.
+class _Ending:
+    """How the ``twistd buildmaster`` process ends.
 
-    The master keeps a few connections open to every builder (kept alive between calls),
-    besides its database connections and the librarian's files: the usual soft limit of
-    1,024 is too small for a farm of a few hundred builders.
+    twistd has no way for a service to choose the exit status (it exits with 0 unless the
+    reactor was stopped by a signal, which it re-raises): after a failed start the status
+    is set at the very end, once twistd has shut down and cleaned up (an ``atexit`` handler
+    that flushes the standard streams and exits with 1).
+
+    Stop signals are handled here rather than by twistd: the first SIGINT or SIGTERM stops
+    the reactor (a stop that was asked for is a success: status 0), and another one while
+    stopping is only noted, where twistd's own handler would stop the stopped reactor again
+    and log a traceback.
     """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = 65536 if hard == resource.RLIM_INFINITY else hard
-    if soft != resource.RLIM_INFINITY and soft < target:
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.status = 0
+        self.stopping = False
+        reactor.addSystemEventTrigger("before", "shutdown", self._shutting_down)
+        reactor.callWhenRunning(self._handle_signals)
+
+    def _shutting_down(self) -> None:
+        self.stopping = True
+
+    def _handle_signals(self) -> None:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, self._signalled)
+
+    def _signalled(self, number: int, frame: object) -> None:
+        name = signal.Signals(number).name
+        if self.stopping:
+            _log.info("Received {signal} while stopping: still stopping", signal=name)
+            return
+        self.stopping = True
+        _log.info("Received {signal}, shutting down.", signal=name)
+        self.reactor.callFromThread(self._stop)
+
+    def _stop(self) -> None:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):  # pragma: no cover - refused: keep the soft limit
-            pass
+            self.reactor.stop()
+        except error.ReactorNotRunning:
+            pass  # stopping already
+
+    def fail(self, reason: BaseException) -> None:
+        """Starting failed (already logged): stop, and exit with status 1 in the end."""
+        if self.status == 0:
+            self.status = 1
+            atexit.register(self._exit)
+        self.stopping = True
+        if self.reactor.running:
+            self._stop()
+        else:  # failed before the reactor ran
+            self.reactor.callWhenRunning(self._stop)
+
+    def _exit(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(self.status)
 
 
 def makeService(options: Options) -> BuildmasterService:
@@ -217,9 +431,5 @@ def makeService(options: Options) -> BuildmasterService:
     reactor: Any = global_reactor
     raise_file_limit()
     tune_garbage_collection(reactor)
-
-    def fatal(error: BaseException) -> None:
-        if reactor.running:
-            reactor.stop()
-
-    return BuildmasterService(reactor, options.settings(), on_fatal=fatal)
+    ending = _Ending(reactor)
+    return BuildmasterService(reactor, options.settings(), on_fatal=ending.fail)

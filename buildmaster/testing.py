@@ -17,7 +17,9 @@ example for ``twisted.trial``.
   self.start_master(reactor)`` gives a :class:`TestMaster`, stopped (and its database
   dropped) by the test's cleanups.
 * :class:`FarmHarness`: lower level, for tests that drive a :class:`BuilddMaster` by hand: a
-  librarian served on 127.0.0.1, a farm, and a master that is not started.
+  librarian and the operator API served on 127.0.0.1, a farm, and a master that is not
+  started (with a ``Clock`` of the test's, on a :class:`ClockedReactor`).
+* :func:`master_process`: ``twistd -n buildmaster`` in a process of its own.
 * :func:`wait_for`: poll a condition with a deadline (a deadline that only ends a test that
   hangs: it measures nothing); :func:`advance`: move the ``Clock`` of a master built with
   one and wait for the scans it set off.
@@ -29,6 +31,8 @@ import functools
 import io
 import itertools
 import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,17 +44,22 @@ from buildmaster.enums import BuildStatus, PackagePublishingPocket, SourcePackag
 from buildmaster.librarian import Librarian
 from buildmaster.librarian.guard import GuardedSite
 from buildmaster.master import BuilddMaster
+from buildmaster.metrics import Metrics
 from buildmaster.model import Build, Builder, LibraryFile
 from buildmaster.sampledata import SampleData, load_sample_data
 from buildmaster.service import BuildmasterService, ServiceSettings, mount_librarian, web_root
 from buildmaster.store import Database, Store
 from buildmaster.store.cluster import PostgresCluster
 from buildmaster.store.schema import migrate
+from buildmaster.web import bearer_verifier, mount_operator_web
+from buildmaster.web.api import ApiContext, ApiLimits
 
 __all__ = [
+    "ClockedReactor",
     "FarmHarness",
     "add_simulated_builder",
     "advance",
+    "master_process",
     "MasterTestMixin",
     "TestMaster",
     "ThrowawayPostgres",
@@ -59,6 +68,8 @@ __all__ = [
     "shared_postgres",
     "wait_for",
 ]
+
+_ROOT = Path(__file__).resolve().parent.parent
 
 #: Adds a file to the librarian: ``(name, content, content_type, restricted)`` -> the file.
 AddFile = Callable[..., Awaitable[LibraryFile]]
@@ -440,13 +451,74 @@ async def _start_for(case: _TrialCase, reactor: Any, options: dict[str, Any]) ->
     return master
 
 
-# -- a master driven by hand ----------------------------------------------------------------
+# -- a master in a process of its own, and a master driven by hand -------------------------
+
+
+def master_process(dsn: str, state: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``twistd -n buildmaster`` in a process of its own (this source tree first on its
+    path), on the database ``dsn``, logging to ``log``, with a web server on any free
+    port, a 0.3 s scan interval and a 3 s call timeout, and ``args`` besides."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "--logfile",
+            str(log),
+            "buildmaster",
+            "--dsn",
+            dsn,
+            "--state-dir",
+            str(state),
+            "--port",
+            "0",
+            "--scan-interval",
+            "0.3",
+            "--socket-timeout",
+            "3",
+            *args,
+        ],  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+class ClockedReactor:
+    """A reactor whose time is a :class:`~twisted.internet.task.Clock` the test advances:
+    connections, listening ports, processes and threads are the real reactor's, every
+    deadline and timer (``seconds``, ``callLater``) is the clock's.
+
+    A master given one polls real builders over real sockets while its timeouts (a call's
+    deadline, a stuck builder's) move only when the test says so.
+    """
+
+    def __init__(self, reactor: Any, clock: task.Clock) -> None:
+        self._reactor = reactor
+        self.clock = clock
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def callLater(self, delay: float, f: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return self.clock.callLater(delay, f, *args, **kw)
+
+    def getDelayedCalls(self) -> Any:
+        return self.clock.getDelayedCalls()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
 
 
 class FarmHarness:
     """A librarian served on 127.0.0.1 (port 0), a slavesim farm and a :class:`BuilddMaster`
-    that is not started: call its API directly, or ``startService`` it. The database is the
-    caller's. Made by :meth:`start`."""
+    that is not started: call its API directly, or ``startService`` it. The master's web
+    server also serves the operator API (``base_url + "/api/v1"``), ``/metrics`` and the
+    health checks. The database is the caller's. Made by :meth:`start`."""
 
     def __init__(self, reactor: Any, store: Store, directory: Path) -> None:
         self.reactor = reactor
@@ -457,6 +529,8 @@ class FarmHarness:
         self.farm: Any
         self._port: Any = None
         self._site_root = web_root()
+        self.base_url = ""
+        self.metrics = Metrics()
 
     @classmethod
     def start(
@@ -467,16 +541,23 @@ class FarmHarness:
         config: MasterConfig | None = None,
         build_time: float = 1.0,
         farm_clock: Any = None,
-        master_clock: Any = None,
+        master_clock: task.Clock | None = None,
+        api_limits: ApiLimits | None = None,
     ) -> defer.Deferred[FarmHarness]:
         """Start the librarian's web server and an empty slavesim farm.
 
         :param farm_clock: the simulated builders' clock (build times, withheld answers);
             the reactor by default.
-        :param master_clock: the master's clock (:class:`BuilddMaster`'s ``clock``).
+        :param master_clock: the master's clock (:class:`BuilddMaster`'s ``clock``; the
+            reactor by default): with a :class:`~twisted.internet.task.Clock`, the master
+            runs on a :class:`ClockedReactor` (real sockets and processes, the clock's
+            timers), so no time passes for it unless the test advances the clock.
+        :param api_limits: the operator API's limits.
         """
         return defer.Deferred.fromCoroutine(
-            cls._start(reactor, store, directory, config, build_time, farm_clock, master_clock)
+            cls._start(
+                reactor, store, directory, config, build_time, farm_clock, master_clock, api_limits
+            )
         )
 
     @classmethod
@@ -488,16 +569,22 @@ class FarmHarness:
         config: MasterConfig | None,
         build_time: float,
         farm_clock: Any,
-        master_clock: Any,
+        master_clock: task.Clock | None,
+        api_limits: ApiLimits | None,
     ) -> FarmHarness:
         from slavesim import Farm
 
         self = cls(reactor, store, directory)
         secret = Librarian.load_or_create_secret(directory)
         # the public URL is only known once listening: bind first, then build the librarian
-        site = GuardedSite(self._site_root, lambda: getattr(self, "librarian", None))
+        site = GuardedSite(
+            self._site_root,
+            lambda: getattr(self, "librarian", None),
+            verify_bearer=bearer_verifier(lambda: store),
+        )
         self._port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        public_url = f"http://127.0.0.1:{self._port.getHost().port}/librarian/"
+        self.base_url = f"http://127.0.0.1:{self._port.getHost().port}"
+        public_url = f"{self.base_url}/librarian/"
         self.librarian = Librarian(reactor, store.db, directory / "librarian", public_url, secret)
         mount_librarian(self._site_root, self.librarian)
         self.farm = Farm(
@@ -507,8 +594,23 @@ class FarmHarness:
             clock=farm_clock,
             history_size=100_000,
         )
+        config = config or MasterConfig()
+        master_reactor = reactor if master_clock is None else ClockedReactor(reactor, master_clock)
         self.master = BuilddMaster(
-            reactor, store, self.librarian, config or MasterConfig(), clock=master_clock
+            master_reactor, store, self.librarian, config, self.metrics, clock=master_clock
+        )
+        mount_operator_web(
+            self._site_root,
+            ApiContext(
+                store=store,
+                librarian=self.librarian,
+                clock=master_reactor,
+                operations=self.master,
+                farm=self.master,
+                metrics=self.metrics,
+                limits=api_limits or ApiLimits(),
+            ),
+            max_cycle_age=max(3 * config.scan_interval, 30.0),
         )
         return self
 
@@ -553,7 +655,7 @@ def advance(
 ) -> defer.Deferred[None]:
     """Move a master's ``Clock`` on by ``seconds`` (a hair more: sums of small steps can
     fall short of the times the scan loop computes), then wait, on ``reactor``, until the
-    scans that started are over (:attr:`BuilddMaster.scanning`), except those of the
+    scans that started are over (:attr:`BuilddMaster.scans_under_way`), except those of the
     builders named in ``still_busy`` (they wait for something on the clock, an answer held
     back, say)."""
     clock.advance(seconds + 1e-4)

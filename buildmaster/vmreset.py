@@ -19,18 +19,26 @@ the same thing for every builder. ``%(buildd_name)s`` alone is fine where each V
 after its builder; ``%(vm_host)s`` is the builder's ``vm_host``, or its name when it has none.
 
 The command's environment is :func:`command_environment` and nothing else: the master's own
-environment (its database DSN, passwords) is not passed on.
+environment (its database DSN, passwords) is not passed on; a program named without a
+directory is looked up in its ``PATH`` (:data:`COMMAND_PATH`).
+
+A command that fails (exits non-zero, or is too slow) is the builder's failure: its VM did not
+reset; so is a builder whose names cannot be passed to it. A command that is missing or not
+executable, or that cannot be started for want of file descriptors, is the master's
+(:class:`~buildmaster.masterfaults.MasterFault`).
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
 from typing import Any
 
 from twisted.internet import defer, error, protocol
 from twisted.python.failure import Failure
 
+from buildmaster.masterfaults import VM_RESET_COMMAND, MasterFault, shortage
 from buildmaster.names import InvalidName, check_builder_name, check_vm_host
 from buildmaster.protocol import BuilderError
 
@@ -141,14 +149,23 @@ class _Collector(protocol.ProcessProtocol):
 async def reset_vm(reactor: Any, argv: list[str], timeout: float) -> None:
     """Run the VM reset command (in :func:`command_environment`) and wait for it.
 
-    :raises VMResetFailed: when it cannot start, exits non-zero, or outlives ``timeout``
-        (then it is killed).
+    :raises VMResetFailed: when it exits non-zero, or outlives ``timeout`` (then it is
+        killed).
+    :raises MasterFault: when it is missing or not executable, or cannot be started.
     """
+    if shutil.which(argv[0], path=COMMAND_PATH) is None:  # a stat or two: not a thread
+        raise MasterFault(
+            VM_RESET_COMMAND,
+            f"the VM reset command {argv[0]!r} is missing or not executable: virtualized"
+            " builders cannot be reset (fix --vm-resume-command)",
+        )
     done: defer.Deferred[tuple[int | None, bytes]] = defer.Deferred()
     try:
         process = reactor.spawnProcess(_Collector(done), argv[0], argv, env=command_environment())
     except OSError as e:
-        raise VMResetFailed(f"VM reset command {argv[0]!r} could not start: {e}") from None
+        raise shortage(e, "starting the VM reset command") or MasterFault(
+            VM_RESET_COMMAND, f"the VM reset command {argv[0]!r} could not start: {e}"
+        ) from None
     timed_out = []
 
     def expire() -> None:

@@ -1,7 +1,7 @@
 """slavesim: simulated builder daemons speaking launchpad-buildd's protocol ("1.0").
 
 A :class:`Farm` runs many builders in one process, each on its own port, each behaving on
-the wire like the real daemon (see PROTOCOL.md): ``POST /rpc`` (echo, info, status,
+the wire like the real daemon (see docs/protocol.md): ``POST /rpc`` (echo, info, status,
 ensurepresent, build, abort, clean), ``GET /filecache/<sha1>`` and
 ``GET /filecache/buildlog``. Builds are simulated (the log grows with time, results are
 small but real .deb/.changes files) and their outcomes scripted by :class:`OutcomeRule`;

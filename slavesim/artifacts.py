@@ -197,6 +197,11 @@ BAD_SHA1 = hashlib.sha1(b"the bytes this builder promises").hexdigest()
 BAD_SHA1_BYTES = b"not the bytes the filemap promised\n" * 100
 
 
+#: How many files a ``many_files`` builder lists: more than the master's default limit of
+#: 1,000, fewer than the 2,000 its status answer's budget allows for.
+MANY_FILES = 1_500
+
+
 def hostile_filemap(kind: str, filemap: dict[str, str]) -> dict[str, str]:
     """The filemap a builder with ``hostile_results = kind`` reports instead of ``filemap``."""
     some_sha1 = next(iter(filemap.values()))
@@ -205,5 +210,5 @@ def hostile_filemap(kind: str, filemap: dict[str, str]) -> dict[str, str]:
     if kind == "bad_sha1":
         return {**filemap, "evil_1.0_all.deb": BAD_SHA1}
     if kind == "many_files":
-        return {f"file{i:06d}_1.0_all.deb": some_sha1 for i in range(100_000)}
+        return {f"file{i:06d}_1.0_all.deb": some_sha1 for i in range(MANY_FILES)}
     return filemap

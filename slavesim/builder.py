@@ -1,10 +1,15 @@
 """The simulated builder: the protocol's state machine, on an injected clock, no sockets.
 
 :class:`SimulatedBuilder` answers every call of the builder protocol with the values the
-real daemon gives (see PROTOCOL.md) and runs scripted builds:
+real daemon gives (see docs/protocol.md) and runs scripted builds:
 
     IDLE -build-> BUILDING -(finished)-> WAITING -clean-> IDLE
     BUILDING -abort-> ABORTING -(abort_time)-> WAITING (BuildStatus.ABORTED)
+
+and the real daemon's quirks when they are switched on (:class:`slavesim.faults.Faults`):
+a build's directory that outlives a crash makes ``build()`` of that build id leave the
+builder BUILDING with nothing running (after a Fault); ``abort()`` of nothing then sticks in
+ABORTING; an unkillable build ends WAITING with BUILDERFAIL 120 s after its abort.
 
 While BUILDING the log grows in chunks driven by the clock (``logtail`` changes between
 polls); the outcome and duration come from the outcome rules (:mod:`slavesim.outcomes`).
@@ -29,7 +34,7 @@ from twisted.logger import Logger
 
 from slavesim import artifacts, wire
 from slavesim.cache import FileCache
-from slavesim.faults import Faults
+from slavesim.faults import ABORT_REAP_TIMEOUT, Faults
 from slavesim.outcomes import Decision, Outcome, OutcomeRule, decide
 
 __all__ = ["DEFAULT_VERSION", "LOGTAIL_SIZE", "Settings", "SimulatedBuilder"]
@@ -39,6 +44,7 @@ DEFAULT_VERSION = "slavesim-0.1"
 #: The most bytes of log a BUILDING status carries.
 LOGTAIL_SIZE = 2048
 _ABORTED = "BuildStatus.ABORTED"
+_BUILDERFAIL = "BuildStatus.BUILDERFAIL"
 
 
 def _positive(instance: object, attribute: object, value: float) -> None:
@@ -76,6 +82,8 @@ class _Build:
     build_status: str | None = None
     filemap: dict[str, str] = field(factory=dict)
     dependencies: str = ""
+    #: whether a build process runs (not after a ``build()`` that faulted half-way)
+    running: bool = True
 
 
 class SimulatedBuilder:
@@ -120,6 +128,11 @@ class SimulatedBuilder:
         self._abort_call: Any = None
         self._crash_call: Any = None
         self._status: dict[str, Any] | None = None
+        #: the build ids whose build directory exists (removed by ``clean()``)
+        self._build_dirs: set[str] = set()
+        #: downloads in progress, and who waits for them to be over
+        self._downloads = 0
+        self._downloads_over: list[Deferred[None]] = []
 
     # -- what tests and the web layer look at -----------------------------------------
 
@@ -137,6 +150,31 @@ class SimulatedBuilder:
     def decision(self) -> Decision | None:
         """How the current build was scripted to end (``None`` when there is none)."""
         return None if self._build is None else self._build.decision
+
+    @property
+    def build_dirs(self) -> frozenset[str]:
+        """The build ids whose build directory is on the builder."""
+        return frozenset(self._build_dirs)
+
+    @property
+    def running(self) -> bool:
+        """Whether a build process runs (BUILDING or ABORTING with something to stop)."""
+        build = self._build
+        return self._state in (wire.BUILDING, wire.ABORTING) and build is not None and build.running
+
+    @property
+    def downloading(self) -> bool:
+        """Whether an ``ensurepresent`` download is in progress."""
+        return self._downloads > 0
+
+    def downloads_over(self) -> Deferred[None]:
+        """Fires once no download is in progress (at once if none is)."""
+        d: Deferred[None] = Deferred()
+        if self._downloads:
+            self._downloads_over.append(d)
+        else:
+            d.callback(None)
+        return d
 
     def log_path(self) -> str | None:
         """The file holding the build log, ``None`` when there is no log (404)."""
@@ -226,12 +264,23 @@ class SimulatedBuilder:
     def ensurepresent(self, request: wire.EnsurePresentRequest) -> Deferred[list[object]]:
         """``[present, message]`` once the file is cached (or not); see :class:`FileCache`.
 
-        Known difference: the real daemon downloads synchronously and answers nothing else
-        meanwhile; slavesim keeps answering other calls (only calls for the same file wait).
+        The real daemon downloads synchronously and answers nothing else meanwhile; slavesim
+        does so with ``faults.blocking_downloads`` (the web layer holds the other calls),
+        and otherwise keeps answering other calls (only calls for the same file wait).
         """
-        return self.cache.ensure_present(
-            request.sha1, request.url, request.username, request.password
-        )
+        d = self.cache.ensure_present(request.sha1, request.url, request.username, request.password)
+        if not d.called:
+            self._downloads += 1
+            d.addBoth(self._download_over)
+        return d
+
+    def _download_over(self, result: object) -> object:
+        self._downloads -= 1
+        if not self._downloads:
+            waiting, self._downloads_over = self._downloads_over, []
+            for d in waiting:
+                d.callback(None)
+        return result
 
     def build(self, request: wire.BuildRequest) -> list[str]:
         """Start a build, checking what the real daemon checks, in its order.
@@ -246,6 +295,10 @@ class SimulatedBuilder:
         Known difference: the real daemon makes those last two checks after switching to
         BUILDING, so there a refused build leaves it BUILDING with nothing running (until
         an abort); slavesim refuses before changing anything.
+
+        With ``faults.leftover_build_dirs``, a build id whose build directory is still there
+        (it outlived a crash) does what the real daemon does: BUILDING, then a Fault, with
+        nothing running.
         """
         types = list(self.settings.builder_types)
         if request.builder_type not in types:
@@ -268,6 +321,12 @@ class SimulatedBuilder:
         missing = request.missing_args()
         if missing:
             raise wire.BadCall(f"build {request.build_id} refused: args lack {missing}")
+        if self.faults.leftover_build_dirs and request.build_id in self._build_dirs:
+            self._start(request, running=False)
+            raise wire.BadCall(
+                f"build {request.build_id}: its build directory exists already"
+                " (left BUILDING with nothing running)"
+            )
         self._start(request)
         return [wire.BUILDING, self.faults.wrong_cookie or request.build_id]
 
@@ -275,16 +334,28 @@ class SimulatedBuilder:
         """``"BuilderStatus.ABORTING"``; WAITING/ABORTED follows after ``abort_time``.
 
         Aborting while already ABORTING is accepted (as the real daemon does); in any other
-        state it raises :class:`wire.WrongState`.
+        state it raises :class:`wire.WrongState`. With ``faults.abort_sticks`` an abort of
+        nothing (a faulted ``build()``) stays ABORTING; with ``faults.unkillable_builds`` an
+        abort of a build ends WAITING/BUILDERFAIL after :data:`ABORT_REAP_TIMEOUT` seconds.
         """
         if self._state == wire.ABORTING:
             return wire.ABORTING
         if self._state != wire.BUILDING:
             raise wire.WrongState(f"abort refused: builder is {self._state}")
+        build = self._build
+        assert build is not None
         self._cancel("_tick_call")
         self._state = wire.ABORTING
-        self._append_log(b"\nAbort requested: killing the build processes\n")
-        self._abort_call = self.clock.callLater(self.settings.abort_time, self._aborted)
+        self._changed()
+        if not build.running:
+            if not self.faults.abort_sticks:
+                self._abort_call = self.clock.callLater(self.settings.abort_time, self._aborted)
+        elif self.faults.unkillable_builds:
+            self._append_log(b"\nAbort requested: killing the build processes\n")
+            self._abort_call = self.clock.callLater(ABORT_REAP_TIMEOUT, self._reap_failed)
+        else:
+            self._append_log(b"\nAbort requested: killing the build processes\n")
+            self._abort_call = self.clock.callLater(self.settings.abort_time, self._aborted)
         self._log.info(
             "{builder}: aborting build {build_id}", builder=self.name, build_id=self._build_id
         )
@@ -299,6 +370,8 @@ class SimulatedBuilder:
         for sha1 in set(build.filemap.values()):
             self.cache.remove(sha1)
         self._delete_log()
+        if self._build_id is not None:
+            self._build_dirs.discard(self._build_id)
         self._build = None
         self._state = wire.IDLE
         self._changed()
@@ -309,9 +382,19 @@ class SimulatedBuilder:
     def reset(self) -> None:
         """Lose everything, as a restarted daemon would: IDLE, no build id, no log.
 
-        Result files of a finished build stay in the cache (they are files on disk).
+        Result files of a finished build stay in the cache, and build directories stay on
+        disk (they are files on disk).
         """
         self._lose_build()
+
+    def new_machine(self) -> None:
+        """Become a new machine, as a virtualized builder whose VM was reset: IDLE, no
+        build, no build directory, an empty file cache."""
+        self._lose_build()
+        self._build_dirs.clear()
+        self.cache.cancel_downloads()
+        for sha1 in self.cache.files():
+            self.cache.remove(sha1)
 
     def shutdown(self) -> None:
         """Cancel every pending timer (the builder stops moving; its state is kept)."""
@@ -330,7 +413,7 @@ class SimulatedBuilder:
                 call.cancel()
             setattr(self, name, None)
 
-    def _start(self, request: wire.BuildRequest) -> None:
+    def _start(self, request: wire.BuildRequest, running: bool = True) -> None:
         now = self.clock.seconds()
         decision = decide(
             (self.rules, self.shared_rules),
@@ -342,10 +425,24 @@ class SimulatedBuilder:
             builder=self.name, request=request, arch=request.arch_tag or self.arch_tags[0]
         )
         self._build = _Build(
-            facts=facts, decision=decision, started=now, ends=now + decision.duration
+            facts=facts,
+            decision=decision,
+            started=now,
+            ends=now + decision.duration,
+            running=running,
         )
         self._build_id = request.build_id
         self._state = wire.BUILDING
+        if not running:  # a build() that failed half-way: nothing runs, nothing logs
+            self._changed()
+            self._log.warn(
+                "{builder}: the build directory of {build_id} exists already: BUILDING with"
+                " nothing running",
+                builder=self.name,
+                build_id=request.build_id,
+            )
+            return
+        self._build_dirs.add(request.build_id)
         self._write_log(artifacts.log_header(facts, now))
         self._log.info(
             "{builder}: building {build_id} ({package} {version}): {outcome} in {duration}s",
@@ -395,13 +492,23 @@ class SimulatedBuilder:
         self._append_log(artifacts.log_footer(build.build_status, now, decision.dependencies))
         self._to_waiting()
 
-    def _aborted(self) -> None:
+    def _aborted(self, result: str = _ABORTED) -> None:
         self._abort_call = None
         build = self._build
         assert build is not None and self._state == wire.ABORTING
-        build.build_status = _ABORTED
-        self._append_log(artifacts.log_footer(_ABORTED, self.clock.seconds()))
+        build.build_status = result
+        if build.running:
+            self._append_log(artifacts.log_footer(result, self.clock.seconds()))
+        build.running = False
         self._to_waiting()
+
+    def _reap_failed(self) -> None:
+        self._log.warn(
+            "{builder}: the processes of {build_id} would not die: BUILDERFAIL",
+            builder=self.name,
+            build_id=self._build_id,
+        )
+        self._aborted(_BUILDERFAIL)
 
     def _to_waiting(self) -> None:
         if self._crash_call is not None:

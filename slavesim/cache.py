@@ -27,6 +27,7 @@ from twisted.internet import error as ierror
 from twisted.internet.abstract import isIPAddress
 from twisted.internet.defer import CancelledError, Deferred, DeferredLock
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -320,9 +321,25 @@ class _Endpoints:
 
     def endpointForURI(self, uri: Any) -> Any:
         host = uri.host.decode("ascii")
+        endpoint: Any
         if isIPAddress(host):
-            return TCP4ClientEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
-        return HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+            endpoint = TCP4ClientEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        else:
+            endpoint = HostnameEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        return _Quiet(endpoint)
+
+
+@implementer(IStreamClientEndpoint)
+class _Quiet:
+    """An endpoint whose connections' factories do not log "Starting factory" and "Stopping
+    factory" (the agent makes one factory per connection: two lines per download)."""
+
+    def __init__(self, endpoint: Any) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, factory: Any) -> Any:
+        factory.noisy = False
+        return self._endpoint.connect(factory)
 
 
 def download_agent(reactor: Any, pool: Any, connect_timeout: float = 30) -> Any:

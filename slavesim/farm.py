@@ -16,8 +16,11 @@ download agent and the farm's :class:`~slavesim.builder.Settings` and rules.
 from __future__ import annotations
 
 import re
+import shlex
+import sys
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,9 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool, RedirectAgent
 
@@ -215,6 +220,13 @@ class SimBuilder:
             await maybeDeferred(port.stopListening)
             await self._site.disconnect_all()
 
+    async def new_machine(self) -> None:
+        """What a VM reset makes of the builder: a new machine (see
+        :meth:`SimulatedBuilder.new_machine`) whose connections are gone."""
+        self._log.info("{builder}: VM reset: a new machine", builder=self.name)
+        self.state.new_machine()
+        await self._site.disconnect_all()
+
     def _crashed(self) -> None:
         self._wanted_up = False
         self._reconcile_in_background()
@@ -238,6 +250,34 @@ class SimBuilder:
         self.state.shutdown()
         self.cache.cancel_downloads()
         await self.stop()
+
+
+class _Control(LineOnlyReceiver):
+    """One request to the farm's control port: ``reset <name>`` (see
+    :mod:`slavesim.vmreset`), answered ``ok`` or ``error: <reason>``."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = 1024
+
+    def __init__(self, reset: Callable[[str], Awaitable[None]]) -> None:
+        self._reset = reset
+
+    def lineReceived(self, line: bytes) -> None:
+        command, _, name = line.decode("utf-8", "replace").strip().partition(" ")
+        if command != "reset" or not name:
+            self._answer(f"error: expected 'reset <builder>', got {line[:80]!r}")
+            return
+        d = Deferred.fromCoroutine(self._run(name))
+        d.addCallbacks(lambda _: self._answer("ok"), lambda f: self._answer(f"error: {f.value}"))
+
+    async def _run(self, name: str) -> None:
+        await self._reset(name)
+
+    def _answer(self, text: str) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            self.sendLine(text.encode("utf-8"))
+            transport.loseConnection()
 
 
 class Farm:
@@ -291,6 +331,7 @@ class Farm:
             fetcher = AgentFetcher(agent, self.clock, download_timeout)
         self.fetcher = fetcher
         self.builders: dict[str, SimBuilder] = {}
+        self._control: Any = None
 
     @property
     def rules(self) -> list[OutcomeRule]:
@@ -394,6 +435,25 @@ class Farm:
             raise
         return started
 
+    def vm_reset_command(self) -> str:
+        """A VM reset command for a master (``--vm-resume-command``): it makes a new
+        machine of the builder named by ``%(buildd_name)s`` (see :mod:`slavesim.vmreset`)
+        and exits 0 once that is done. The farm listens for it on 127.0.0.1 from the first
+        call on."""
+        if self._control is None:
+            factory = Factory.forProtocol(partial(_Control, self._reset_vm))
+            factory.noisy = False
+            self._control = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
+        port = self._control.getHost().port
+        script = shlex.quote(str(Path(__file__).with_name("vmreset.py")))
+        return f"{shlex.quote(sys.executable)} {script} 127.0.0.1:{port} %(buildd_name)s"
+
+    async def _reset_vm(self, name: str) -> None:
+        builder = self.builders.get(name)
+        if builder is None:
+            raise KeyError(f"no builder called {name!r}")
+        await builder.new_machine()
+
     def listings(self) -> list[BuilderListing]:
         """Every builder's name, URL and architecture tags."""
         return [b.listing() for b in self.builders.values()]
@@ -406,6 +466,9 @@ class Farm:
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        if self._control is not None:
+            control, self._control = self._control, None
+            await maybeDeferred(control.stopListening)
         await gatherResults(
             [Deferred.fromCoroutine(b._shutdown()) for b in self.builders.values()],
             consumeErrors=True,

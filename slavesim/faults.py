@@ -11,10 +11,13 @@ from collections.abc import Callable
 
 from attrs import define, field
 
-__all__ = ["DEFAULT_HUGE_SIZE", "Faults", "Garbage", "Hostile"]
+__all__ = ["ABORT_REAP_TIMEOUT", "DEFAULT_HUGE_SIZE", "Faults", "Garbage", "Hostile"]
 
 #: Size of the body a ``garbage = "huge"`` builder answers with.
 DEFAULT_HUGE_SIZE = 16 * 1024 * 1024
+#: Seconds an ``unkillable_builds`` builder tries to kill an aborted build before it gives
+#: up with BUILDERFAIL (the real daemon's figure).
+ABORT_REAP_TIMEOUT = 120.0
 
 
 class Garbage(enum.StrEnum):
@@ -35,7 +38,7 @@ class Hostile(enum.StrEnum):
     TRAVERSAL = "traversal"
     #: the filemap lists a file whose bytes do not hash to the SHA-1 it gives
     BAD_SHA1 = "bad_sha1"
-    #: the filemap lists 100,000 files
+    #: the filemap lists 1,500 files (the master accepts 1,000 by default)
     MANY_FILES = "many_files"
     #: a result file never ends
     ENDLESS_FILE = "endless_file"
@@ -109,8 +112,24 @@ class Faults:
     - ``overwrite_build_id_on_rejected_build``: the real daemon's quirk, on by default: a
       ``build`` refused because the builder is busy still replaces the build id it reports.
     - ``hostile_results``: a finished build hands back hostile results (:class:`Hostile`):
-      a path-traversal name, a SHA-1 that does not match the bytes, 100,000 files, a result
+      a path-traversal name, a SHA-1 that does not match the bytes, 1,500 files, a result
       file that never ends, or a build log that never ends.
+
+    The real daemon's behaviours that recovery must survive, off by default (switch them
+    all on with :meth:`like_the_real_daemon`):
+
+    - ``leftover_build_dirs``: a build's directory outlives a crash (only ``clean()`` of
+      that build removes it, or a new machine): ``build()`` of that build id again switches
+      the builder to BUILDING, then faults (8002), and leaves it BUILDING with nothing
+      running.
+    - ``abort_sticks``: ``abort()`` while nothing runs (after such a ``build()``) answers
+      ABORTING, and the builder stays ABORTING until it is restarted.
+    - ``unkillable_builds``: ``abort()`` cannot kill a running build: the builder stays
+      ABORTING for :data:`ABORT_REAP_TIMEOUT` seconds (the farm's clock), then gives up
+      and ends WAITING with ``BuildStatus.BUILDERFAIL``.
+    - ``blocking_downloads``: while ``ensurepresent`` downloads, the builder answers no
+      other XML-RPC call: every call waits until the downloads are over (the real daemon
+      downloads synchronously).
     """
 
     latency: float = field(default=0.0, validator=_non_negative)
@@ -127,6 +146,10 @@ class Faults:
     stale_connection: dict[str, int] = field(factory=dict)
     stale_after_acting: bool = False
     overwrite_build_id_on_rejected_build: bool = True
+    leftover_build_dirs: bool = False
+    abort_sticks: bool = False
+    unkillable_builds: bool = False
+    blocking_downloads: bool = False
     _refuse: bool = False
     _on_refuse_changed: Callable[[], object] | None = field(
         default=None, init=False, repr=False, eq=False
@@ -147,8 +170,17 @@ class Faults:
         """Call ``callback()`` whenever ``refuse`` is assigned (used by the builder)."""
         self._on_refuse_changed = callback
 
+    def like_the_real_daemon(self) -> None:
+        """Switch on every behaviour of the real daemon that recovery must survive."""
+        self.overwrite_build_id_on_rejected_build = True
+        self.leftover_build_dirs = True
+        self.abort_sticks = True
+        self.unkillable_builds = True
+        self.blocking_downloads = True
+
     def clear(self) -> None:
-        """Switch every fault off (the quirk back on, as the real daemon has it)."""
+        """Switch every fault and quirk off (except the rejected-build quirk: back on, as
+        the real daemon has it)."""
         self.latency = 0.0
         self.hang = False
         self.garbage = None
@@ -159,6 +191,10 @@ class Faults:
         self.crash_mid_build = False
         self.crash_downtime = None
         self.overwrite_build_id_on_rejected_build = True
+        self.leftover_build_dirs = False
+        self.abort_sticks = False
+        self.unkillable_builds = False
+        self.blocking_downloads = False
         self.hostile_results = None
         self.protocol_version = None
         self.refuse = False

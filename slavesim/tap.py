@@ -86,6 +86,13 @@ class Options(usage.Options):
             None,
             "Answer every request through twisted.web (a diagnostic: the answers are the same).",
         ],
+        [
+            "real-daemon",
+            None,
+            "Behave like the real daemon where recovery must cope: build directories that "
+            "outlive a crash, an abort of nothing that sticks in ABORTING, BUILDERFAIL 120 s "
+            "after an abort that cannot kill the build, nothing answered while downloading.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -146,10 +153,12 @@ class SlavesimService(Service):
         download_timeout: float,
         latency: float = 0.0,
         fast_path: bool = True,
+        real_daemon: bool = False,
     ) -> None:
         self._reactor = reactor
         self._latency = latency
         self._fast_path = fast_path
+        self._real_daemon = real_daemon
         self._count = count
         self._port = port
         self._interface = interface
@@ -195,6 +204,8 @@ class SlavesimService(Service):
         for builder in builders:
             builder.faults.latency = self._latency
             builder.fast_path = self._fast_path
+            if self._real_daemon:
+                builder.faults.like_the_real_daemon()
         self._log.info(
             "{count} simulated builders ready, file caches in {cache_dir}",
             count=len(builders),
@@ -277,4 +288,5 @@ def makeService(options: Options) -> SlavesimService:
         download_timeout=options["download-timeout"],
         latency=options["latency"],
         fast_path=not options["no-fast-path"],
+        real_daemon=bool(options["real-daemon"]),
     )

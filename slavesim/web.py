@@ -8,7 +8,9 @@ build log; anything else there is a 404.
 
 The wire faults live here: ``latency`` (the call is carried out and answered after a delay
 on the injected clock), ``hang`` (requests are read and never answered), ``garbage``
-(the call is carried out, its answer replaced by garbage). ``status`` calls with no fault
+(the call is carried out, its answer replaced by garbage), and the real daemon's
+``blocking_downloads`` (no XML-RPC call is carried out while an ``ensurepresent`` downloads:
+it waits until the downloads are over). ``status`` calls with no fault
 switched on take a fast path that skips XML parsing and serialisation when possible; its
 bytes are exactly what the general path writes.
 
@@ -218,6 +220,14 @@ class BuilderRPC(XMLRPC):
         if faults.hang:
             self._record_hung(request)
             return server.NOT_DONE_YET
+        if faults.blocking_downloads and self._builder.downloading:
+            # the real daemon downloads synchronously: nothing else is answered meanwhile
+            gone: list[Failure] = []
+            request.notifyFinish().addErrback(gone.append)
+            self._builder.downloads_over().addCallback(
+                lambda _: None if gone else self._render_held(request)
+            )
+            return server.NOT_DONE_YET
         channel: Any = request.channel
         if faults.stale_connection and channel.answered:
             if self._drop_stale(request, faults.stale_connection, faults.stale_after_acting):
@@ -234,6 +244,13 @@ class BuilderRPC(XMLRPC):
         result: bytes | int = super().render_POST(request)
         return result
 
+    def _render_held(self, request: server.Request) -> None:
+        """Carry out a call held while the builder was downloading."""
+        answer = self.render_POST(request)
+        if isinstance(answer, bytes):
+            request.write(answer)
+            request.finish()
+
     def _status(self) -> bytes:
         """The serialised answer to ``status``, re-serialised only when it changed."""
         status = self._builder.status()
@@ -247,7 +264,13 @@ class BuilderRPC(XMLRPC):
         path; ``None`` when the general path must take the call (a fault is switched on, the
         body is not a call of ours). Same records, same answers, same log lines."""
         faults = self._faults
-        if faults.hang or faults.garbage is not None or faults.latency or faults.stale_connection:
+        if (
+            faults.hang
+            or faults.garbage is not None
+            or faults.latency
+            or faults.stale_connection
+            or faults.blocking_downloads
+        ):
             return None
         if _noarg_method(body) == "status":
             self._history.append(_STATUS_CALL)

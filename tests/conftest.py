@@ -10,11 +10,15 @@ The reactor is not imported at module level (pytest-twisted installs it first).
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import itertools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -26,8 +30,10 @@ from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from zope.interface import implementer
 
 from buildmaster.config import MasterConfig
-from buildmaster.model import Build, Builder
-from buildmaster.sampledata import SampleData
+from buildmaster.enums import BuildStatus, PackagePublishingPocket, SourcePackageFileType
+from buildmaster.librarian import Librarian
+from buildmaster.model import Archive, Build, Builder
+from buildmaster.sampledata import SampleData, load_sample_data
 from buildmaster.store import Store
 from buildmaster.store.cluster import PostgresCluster
 from buildmaster.testing import (
@@ -108,6 +114,20 @@ def captured_log() -> Iterator[CapturedLog]:
                 text += "\n" + failure.getTraceback()
             details.append(text)
         pytest.fail("errors were logged during the test:\n" + "\n---\n".join(details))
+
+
+@pytest.fixture
+def reachable_tmp() -> Iterator[Path]:
+    """A temporary directory that another user may pass through (not list): the PostgreSQL
+    server runs as user postgres when the tests run as root, and pytest's ``tmp_path`` lies
+    under a directory only its owner may enter. Tests that start a cluster of their own (an
+    embedded master, ``twistd buildmaster``) put it here."""
+    directory = Path(tempfile.mkdtemp(prefix="buildmaster-test-"))
+    directory.chmod(0o711)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
@@ -201,6 +221,31 @@ def empty_dsn(pg_cluster: PostgresCluster) -> Iterator[str]:
         _drop_database(pg_cluster, name)
 
 
+@pytest.fixture
+def refuse_connections(dsn: str) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    """``with refuse_connections():`` the test's database accepts no new connection (the
+    ones open stay), as a database that is away for new sessions."""
+    database = psycopg2.extensions.parse_dsn(dsn)["dbname"]
+    admin_dsn = dsn.replace(f"dbname={database}", "dbname=postgres")
+
+    def allow(admin: Any, allowed: bool) -> None:
+        with admin.cursor() as cur:
+            cur.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+
+    @contextlib.contextmanager
+    def refused() -> Iterator[None]:
+        admin = psycopg2.connect(admin_dsn)
+        admin.autocommit = True
+        try:
+            allow(admin, False)
+            yield
+        finally:
+            allow(admin, True)
+            admin.close()
+
+    return refused
+
+
 @pytest_twisted.async_yield_fixture
 async def db(reactor: Any, dsn: str) -> AsyncIterator[Any]:
     """A connected :class:`buildmaster.store.database.Database` on a fresh database."""
@@ -253,17 +298,20 @@ async def make_world(
     async def make(
         config: MasterConfig | None = None,
         build_time: float = 3600.0,
+        clock: Any = None,
         farm_clock: Any = None,
         master_clock: Any = None,
     ) -> World:
+        """A world; with ``clock`` (a ``Clock``), the master's and the builders' time
+        (``farm_clock`` and ``master_clock`` set one of them)."""
         harness = await FarmHarness.start(
             reactor,
             store,
             tmp_path,
             config or MasterConfig(),
             build_time=build_time,
-            farm_clock=farm_clock,
-            master_clock=master_clock,
+            farm_clock=farm_clock if farm_clock is not None else clock,
+            master_clock=master_clock if master_clock is not None else clock,
         )
         harnesses.append(harness)
         return World(harness, store, await prepare_sample_world(store, harness.add_file))
@@ -271,3 +319,108 @@ async def make_world(
     yield make
     for harness in harnesses:
         await harness.stop()
+
+
+class ProcessWorld:
+    """For a master in a process of its own (``buildmaster.testing.master_process``): a
+    state directory, the sample data without the seed's jobs and builders, hoary/i386 with a
+    chroot, and the librarian the master will serve from (same directory, same database)."""
+
+    def __init__(self, store: Store, data: SampleData, state: Path, librarian: Librarian):
+        self.store = store
+        self.data = data
+        self.state = state
+        self.librarian = librarian
+
+    async def add(self, name: str, content: bytes, restricted: bool = False) -> int:
+        """Store a file in the librarian; its alias id."""
+        return int(
+            await self.librarian.addFile(
+                name, len(content), io.BytesIO(content), "application/octet-stream", restricted
+            )
+        )
+
+    async def queue(
+        self, name: str, archive: Archive | None = None, restricted: bool = False
+    ) -> Build:
+        """A build of source ``name`` 1.0 for hoary/i386 (in the primary archive by
+        default), waiting in the queue."""
+        dsc = await self.add(f"{name}_1.0.dsc", f"Source: {name}\n".encode(), restricted)
+        spr = await self.store.sources.new(
+            name, "1.0", self.data.hoary, files=[(dsc, SourcePackageFileType.DSC)]
+        )
+        build = await self.store.builds.createBuild(
+            spr,
+            self.data.hoary_i386,
+            PackagePublishingPocket.RELEASE,
+            archive or self.data.primary,
+        )
+        await self.store.queue.createBuildQueueEntry(build)
+        return build
+
+    async def count(self, builds: list[Build], states: list[BuildStatus]) -> int:
+        """How many of ``builds`` are in one of ``states``."""
+        rows = await self.store.db.query(
+            "SELECT count(*) FROM build WHERE id = ANY(%s) AND buildstate = ANY(%s)",
+            ([b.id for b in builds], [int(s) for s in states]),
+        )
+        return int(rows[0][0])
+
+
+@pytest_twisted.async_yield_fixture
+async def process_world(reactor: Any, store: Store, tmp_path: Path) -> AsyncIterator[ProcessWorld]:
+    state = tmp_path / "state"
+    state.mkdir()
+    data = await load_sample_data(store)
+    await store.queue.destroySelf(data.lost_job_id)
+    await store.queue.destroySelf(data.waiting_job_id)
+    for name in ("bob", "frog"):
+        await store.builders.set_active(await store.builders.getByName(name), False)
+    librarian = Librarian(
+        reactor,
+        store.db,
+        state / "librarian",
+        "http://unused/",
+        Librarian.load_or_create_secret(state),
+    )
+    world = ProcessWorld(store, data, state, librarian)
+    chroot = await world.add("chroot.tar.gz", b"chroot" * 50)
+    await store.distributions.addOrUpdateChroot(data.hoary_i386, chroot)
+    yield world
+
+
+# -- the operator API ---------------------------------------------------------------------
+
+
+class ApiWorld:
+    """A :class:`World` whose master serves the operator API, with clients for it."""
+
+    def __init__(self, world: World, admin_token: str) -> None:
+        from api_support import ApiClient
+
+        self.world = world
+        self.store = world.store
+        self.harness = world.harness
+        self.reactor = world.harness.reactor
+        self.anonymous = ApiClient(self.reactor, world.harness.base_url)
+        self.admin = self.anonymous.with_token(admin_token)
+
+    async def uploader(self, *archives: Any) -> Any:
+        """A client with an uploader token to these archives."""
+        new = await self.store.tokens.create(archives=list(archives), description="a test uploader")
+        return self.anonymous.with_token(new.secret)
+
+    def close(self) -> None:
+        self.anonymous.close()
+
+
+@pytest_twisted.async_yield_fixture
+async def api_world(make_world: Callable[..., Any]) -> AsyncIterator[ApiWorld]:
+    """Sample data, a master (not started) serving the API, an admin token's client."""
+    world = await make_world(
+        MasterConfig(scan_interval=0.2, vm_resume_command="true %(vm_host)s"), 0.3
+    )
+    token = await world.store.tokens.create(admin=True, description="the test admin")
+    api = ApiWorld(world, token.secret)
+    yield api
+    api.close()

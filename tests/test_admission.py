@@ -176,7 +176,7 @@ async def test_a_slow_collection_holds_the_others_up_only_for_its_lease(
     master = world.harness.master
     master.startService()
     await master.when_ready()
-    await wait_for(reactor, lambda: not master.scanning, 60, "the scan at start")
+    await wait_for(reactor, lambda: not master.scans_under_way, 60, "the scan at start")
     assert slow.state.build_id and quick.state.build_id
     quick_build = first if quick.state.build_id == first.cookie else second
 

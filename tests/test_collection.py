@@ -206,11 +206,17 @@ async def test_a_builder_reporting_another_cookie_lost_the_job(
     assert await state(store, build) is BuildStatus.BUILDING
     sim.faults.wrong_cookie = "PACKAGEBUILD-999"
     await master.scan_all()
-    # our job went back to the queue, the builder was told to abort and is dirty
-    assert await state(store, build) is BuildStatus.NEEDSBUILD
+    # the builder was told to abort, is dirty, and pays for it; our job stays with it until
+    # it is known not to run it (it may be building it under another name)
     assert "abort" in [c.method for c in sim.history]
     assert (await store.builders.get(builder)).clean_status is BuilderCleanStatus.DIRTY
+    assert (await store.builders.get(builder)).failure_count == 1
+    assert await state(store, build) is BuildStatus.BUILDING
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 5, "the abort")
+    await master.scan_all()
+    assert await state(store, build) is BuildStatus.NEEDSBUILD
     assert "lost" in [e.kind for e in await store.events.for_build(build.id)]
+    assert sim.state.state == "BuilderStatus.IDLE"
 
 
 @pytest_twisted.ensureDeferred

@@ -161,17 +161,28 @@ async def test_no_chroot_means_no_dispatch_and_the_reason_is_recorded(
 
 @pytest_twisted.ensureDeferred
 async def test_a_builder_answering_with_another_build_id_is_a_failure(
-    make_world: Any, store: Store
+    reactor: Any, make_world: Any, store: Store
 ) -> None:
+    """It may be building our job under its own name: the job leaves it only once it is
+    aborted and clean, never while it may still run it."""
     world = await make_world(config())
     sim, builder = await world.builder("liar")
     sim.faults.wrong_cookie = "PACKAGEBUILD-31337"
     build = await world.queue()
-    await world.harness.master.scan_all()
-    assert await waiting_again(store, build)
+    master = world.harness.master
+    await master.scan_all()
     events = [e.message for e in await store.events.for_build(build.id) if e.kind == "failure"]
     assert "build() answered for 'PACKAGEBUILD-31337'" in events[0]
+    assert (await store.builders.get(builder)).failure_count == 1
     assert (await store.builders.get(builder)).clean_status is not BuilderCleanStatus.CLEAN
+    # it was building our job after all: aborted, and the job stays until it is clean
+    assert sim.state.build_id == build.cookie and sim.state.state == "BuilderStatus.ABORTING"
+    job = await store.queue.get_for_build(build)
+    assert job is not None and job.builder_id == builder.id
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 5, "the abort")
+    await master.scan_all()
+    assert await waiting_again(store, build)
+    assert [c.method for c in sim.history][-2:] == ["status", "clean"]
 
 
 @pytest_twisted.ensureDeferred
@@ -189,33 +200,31 @@ async def test_the_wrong_protocol_version_fails_the_probe(make_world: Any, store
 
 @pytest_twisted.ensureDeferred
 async def test_a_job_that_breaks_every_builder_fails_without_taking_them_down(
-    make_world: Any, store: Store, captured_log: Any
+    reactor: Any, make_world: Any, store: Store
 ) -> None:
-    from buildmaster.librarian import LibrarianError
-    from buildmaster.sampledata import add_metadata_only_file
+    from slavesim import Outcome, OutcomeRule
 
-    captured_log.allow_errors(LibrarianError)  # the librarian reports the missing bytes
-    world = await make_world(config())
+    world = await make_world(config(), build_time=0.1)
     sims = [(await world.builder(f"b{i}"))[0] for i in range(3)]
+    # every builder gives up on it (BUILDERFAIL), and builds everything else
+    world.harness.farm.rules = [OutcomeRule(Outcome.BUILDERFAIL, package="poison")]
     poison = await world.queue("poison")
-    # its .dsc is known to the database, but its bytes are nowhere: no builder can fetch it
-    ghost = await add_metadata_only_file(
-        store, "poison_1.0.dsc", b"Source: poison, lost\n", "text/plain"
-    )
-    ctx = await store.jobs.context(poison.id)
-    await store.sources.replace_file(poison.sourcepackagerelease_id, ctx.files[0].file.id, ghost)
     await store.db.execute(
         "UPDATE buildqueue SET lastscore = 100000 WHERE build = %s", (poison.id,)
     )
     master = world.harness.master
     for _ in range(3):
-        await master.scan_all()
+        await master.scan_all()  # dispatched
+        await wait_for(
+            reactor,
+            lambda: any(s.state.state == "BuilderStatus.WAITING" for s in sims),
+            5,
+            "the poison to break its builder",
+        )
+        await master.scan_all()  # collected: BUILDERFAIL
     poison = await store.builds.get(poison)
     assert poison.status is BuildStatus.FAILEDTOBUILD
-    assert (
-        poison.failure_reason is not None
-        and "ensurepresent of poison_1.0.dsc failed" in poison.failure_reason
-    )
+    assert poison.failure_reason is not None and "BUILDERFAIL" in poison.failure_reason
     # it was tried on three different builders, and none of them paid for it
     tried = {e.builder_id for e in await store.events.for_build(poison.id) if e.kind == "failure"}
     assert len(tried) == 3

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 from typing import Any
 
+import attrs
 import pytest
 import pytest_twisted
 
@@ -42,7 +43,7 @@ async def finish_hostile(reactor: Any, make_world: Any, kind: str) -> tuple[Any,
     [
         ("traversal", "results refused: unsafe result file name '../../../etc/passwd'"),
         ("bad_sha1", "results refused: result file 'evil_1.0_all.deb' refused"),
-        ("many_files", "results refused: the builder listed 100000 result files (limit 1000)"),
+        ("many_files", "results refused: the builder listed 1500 result files (limit 1000)"),
         ("endless_file", "is larger than 1048576 bytes"),
     ],
 )
@@ -90,3 +91,36 @@ async def test_an_endless_log_is_cut_at_the_limit(
     text = gzip.decompress(await world.harness.librarian.read_bytes(build.log_id))
     assert MiB - 64 * 1024 <= len(text) <= MiB + 1024
     assert text.endswith(b"[buildmaster: build log larger than 1048576 bytes: truncated]\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_endless_result_files_are_cut_at_the_builds_budget(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    """Two result files that never end, each allowed 64 MiB: together they may take 2 MiB,
+    and the download stops there (before, each ran to its own limit)."""
+    config = attrs.evolve(CONFIG, max_result_file_size=64 * MiB, max_result_bytes=2 * MiB)
+    world = await make_world(config, build_time=0.2)
+    sim, _ = await world.builder("hostile")
+    sim.faults.hostile_results = "endless_file"  # the .deb and the .changes never end
+    build = await world.queue("victim")
+    await world.harness.master.scan_all()
+    await wait_for(
+        reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 10, "the build to end"
+    )
+    await world.harness.master.scan_all()
+    build = await store.builds.get(build)
+    assert build.status is BuildStatus.FAILEDTOUPLOAD
+    assert build.failure_reason == (
+        "results refused: the result files are larger than 2097152 bytes together"
+    )
+    assert await store.builds.files(build) == []
+    # nothing of them was stored for good, nor anything near a file's own limit
+    kept = await store.db.query(
+        "SELECT count(*) FROM libraryfilealias WHERE filename LIKE 'victim%%'"
+        " AND filename NOT LIKE '%%.dsc' AND expires IS NULL"
+    )
+    assert kept[0][0] == 0
+    biggest = await store.db.query("SELECT max(filesize) FROM libraryfilecontent")
+    assert biggest[0][0] <= 2 * MiB
+    assert build.log_id is not None and sim.state.state == "BuilderStatus.IDLE"

@@ -314,7 +314,7 @@ async def test_the_scan_interval_is_sliced_so_polls_come_spread_not_in_a_burst(
     master = world.harness.master
     master.startService()
     await master.when_ready()
-    await wait_for(reactor, lambda: not master.scanning, 60, "the scan at start")
+    await wait_for(reactor, lambda: not master.scans_under_way, 60, "the scan at start")
     assert [_polls(sim) for sim in sims] == [1] * 20  # everyone, once, at start
     first_poll: dict[str, int] = {}
     for tick in range(3 * 20):  # three intervals of 20 slices of 0.05 s
@@ -343,7 +343,7 @@ async def test_a_long_build_is_polled_less_often_and_its_end_still_noticed(
     master = world.harness.master
     master.startService()
     await master.when_ready()
-    await wait_for(reactor, lambda: not master.scanning, 60, "the scan at start")
+    await wait_for(reactor, lambda: not master.scans_under_way, 60, "the scan at start")
     assert sim.state.build_id == build.cookie
     polls_before = _polls(sim)
     for _ in range(24):  # 1.2 s of the build
@@ -380,3 +380,46 @@ async def test_a_long_build_is_polled_less_often_and_its_end_still_noticed(
     await store.jobs.cancel(other.id)
     await advance(reactor, clock, master, 0.05)  # one scan
     assert any(c.method == "abort" for c in sim.history)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unresolvable_builder_host_is_failed_like_a_refused_one(
+    reactor: Any, make_world: Any, store: Store, captured_log: Any
+) -> None:
+    """A builder whose host name does not resolve is judged like one that refuses
+    connections: its failed scans are counted, then it is marked failed with the reason."""
+    config = MasterConfig(
+        socket_timeout=5.0,
+        scan_interval=3600,
+        failure_policy=FailurePolicy(tolerated_scan_failures=1, builder_disable_threshold=1),
+    )
+    world = await make_world(config)
+    url = "http://nowhere.invalid:8221/"
+    await store.builders.new("nowhere", url, [world.data.processor_386])
+    await world.builder("alive")
+    master = world.harness.master
+    await master.scan_all()  # tolerated
+    assert (await store.builders.getByName("nowhere")).builderok
+    await master.scan_all()
+    nowhere = await store.builders.getByName("nowhere")
+    assert nowhere.builderok is False and nowhere.failed_by_master
+    assert nowhere.failnotes is not None and "nowhere.invalid" in nowhere.failnotes
+    assert any(
+        w.startswith(f"nowhere ({url}) marked as failed due to: ") and "nowhere.invalid" in w
+        for w in captured_log.warnings()
+    )
+    assert (await store.builders.getByName("alive")).builderok
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unresolvable_builder_host_fails_the_probe(
+    reactor: Any, make_world: Any, store: Store, captured_log: Any
+) -> None:
+    world = await make_world(FAST)
+    await store.builders.new("nowhere", "http://nowhere.invalid:8221/", [world.data.processor_386])
+    await world.builder("good")
+    await world.harness.master.setupBuilders(world.data.hoary_i386)
+    notes = {b.name: (b.builderok, b.failnotes or "") for b in await store.builders.all()}
+    assert notes["good"] == (True, "")
+    assert notes["nowhere"][0] is False and "nowhere.invalid" in notes["nowhere"][1]
+    assert any("nowhere" in w and "marked as failed" in w for w in captured_log.warnings())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest_twisted
 
 from buildmaster.config import MasterConfig
 from buildmaster.httpclient import HTTPClient
-from buildmaster.service import BuildmasterService, ServiceSettings
+from buildmaster.service import BuildmasterService, ServiceSettings, StartupError
+from buildmaster.testing import wait_for
 
 
 @pytest_twisted.ensureDeferred
@@ -54,3 +56,32 @@ async def test_the_service_starts_in_order_serves_and_stops(
         assert "refused" in str(e).lower() or "Connection" in type(e).__name__
     else:
         raise AssertionError("the web server still answers")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_database_that_never_answers_fails_the_start_on_time(
+    reactor: Any, tmp_path: Path, captured_log: Any
+) -> None:
+    captured_log.allow_errors(StartupError)
+    with socket.socket() as silent:  # connections are accepted (by the kernel), never answered
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        errors: list[BaseException] = []
+        service = BuildmasterService(
+            reactor,
+            ServiceSettings(
+                state_dir=tmp_path,
+                dsn=f"host=127.0.0.1 port={port} dbname=buildmaster",
+                connect_timeout=0.5,
+            ),
+            on_fatal=errors.append,
+        )
+        service.startService()
+        await wait_for(reactor, lambda: errors, timeout=60, what="the start to fail")
+        await service.stopService()
+    [error] = errors
+    assert str(error) == (
+        f"the database (dbname=buildmaster host=127.0.0.1 port={port}) did not answer within"
+        " 0.5 s: check --dsn and the network"
+    )

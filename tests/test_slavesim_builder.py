@@ -557,6 +557,127 @@ class FaultTests(BuilderTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
+class RealDaemonQuirkTests(BuilderTestCase):
+    """The behaviours of the real daemon that recovery must survive, switched on."""
+
+    def crash_during(self, build_id: str = "PACKAGEBUILD-1") -> None:
+        self.assertEqual(self.build(build_id), [BUILDING, build_id])
+        self.clock.advance(3)
+        self.builder.reset()  # the daemon restarts: its state is gone, its files are not
+        self.assertEqual(self.status()["builder_status"], IDLE)
+
+    def test_a_build_directory_that_outlived_a_crash_faults_the_same_build(self) -> None:
+        self.builder.faults.leftover_build_dirs = True
+        self.crash_during()
+        self.assertEqual(self.builder.build_dirs, {"PACKAGEBUILD-1"})
+        self.assertRaises(BadCall, self.build)
+        status = self.status()
+        self.assertEqual(
+            (status["builder_status"], status["build_id"]), (BUILDING, "PACKAGEBUILD-1")
+        )
+        self.assertFalse(self.builder.running, "nothing runs")
+        self.clock.advance(60)
+        self.assertEqual(self.status()["builder_status"], BUILDING, "and nothing ends")
+        self.assertIsNone(self.builder.log_path())
+
+    def test_other_builds_are_not_concerned(self) -> None:
+        self.builder.faults.leftover_build_dirs = True
+        self.crash_during()
+        self.assertEqual(self.build("PACKAGEBUILD-2"), [BUILDING, "PACKAGEBUILD-2"])
+        self.assertTrue(self.builder.running)
+
+    def test_without_the_quirk_the_same_build_starts_again(self) -> None:
+        self.crash_during()
+        self.assertEqual(self.build(), [BUILDING, "PACKAGEBUILD-1"])
+        self.assertTrue(self.builder.running)
+
+    def test_clean_removes_the_build_directory(self) -> None:
+        self.builder.faults.leftover_build_dirs = True
+        self.build()
+        self.clock.advance(10)
+        self.builder.call("clean", ())
+        self.assertEqual(self.builder.build_dirs, frozenset())
+        self.assertEqual(self.build(), [BUILDING, "PACKAGEBUILD-1"])
+
+    def test_a_new_machine_has_no_build_directory(self) -> None:
+        self.builder.faults.leftover_build_dirs = True
+        self.crash_during()
+        self.builder.new_machine()
+        self.assertEqual(self.builder.build_dirs, frozenset())
+        self.assertFalse(self.builder.cache.has(self.chroot), "nor any cached file")
+        self.assertEqual(self.build(), [BUILDING, "PACKAGEBUILD-1"])
+
+    def test_an_abort_of_nothing_sticks_in_aborting_until_a_restart(self) -> None:
+        self.builder.faults.leftover_build_dirs = True
+        self.builder.faults.abort_sticks = True
+        self.crash_during()
+        self.assertRaises(BadCall, self.build)
+        self.assertEqual(self.builder.call("abort", ()), ABORTING)
+        self.clock.advance(3600)
+        status = self.status()
+        self.assertEqual(
+            (status["builder_status"], status["build_id"]), (ABORTING, "PACKAGEBUILD-1")
+        )
+        self.assertEqual(self.builder.call("abort", ()), ABORTING)
+        self.builder.reset()
+        self.assertEqual(self.status()["builder_status"], IDLE)
+
+    def test_without_the_quirk_an_abort_of_nothing_ends_aborted(self) -> None:
+        self.builder.faults.leftover_build_dirs = True
+        self.crash_during()
+        self.assertRaises(BadCall, self.build)
+        self.assertEqual(self.builder.call("abort", ()), ABORTING)
+        self.clock.advance(2)
+        status = self.status()
+        self.assertEqual(
+            (status["builder_status"], status["build_status"]), (WAITING, "BuildStatus.ABORTED")
+        )
+        self.assertEqual(self.builder.call("clean", ()), IDLE)
+        self.assertEqual(self.builder.build_dirs, frozenset(), "the clean-up removed it")
+
+    def test_an_unkillable_build_ends_builderfail_after_120_seconds(self) -> None:
+        self.builder.faults.unkillable_builds = True
+        self.build()
+        self.clock.advance(1)
+        self.assertEqual(self.builder.call("abort", ()), ABORTING)
+        self.clock.advance(119.9)
+        self.assertEqual(self.status()["builder_status"], ABORTING)
+        self.clock.advance(0.1)
+        status = self.status()
+        self.assertEqual(
+            (status["builder_status"], status["build_status"]), (WAITING, "BuildStatus.BUILDERFAIL")
+        )
+        self.assertNotIn("filemap", status)
+
+    def test_like_the_real_daemon_switches_every_quirk_on(self) -> None:
+        faults = self.builder.faults
+        faults.like_the_real_daemon()
+        self.assertTrue(
+            faults.leftover_build_dirs
+            and faults.abort_sticks
+            and faults.unkillable_builds
+            and faults.blocking_downloads
+            and faults.overwrite_build_id_on_rejected_build
+        )
+        faults.clear()
+        self.assertFalse(faults.leftover_build_dirs or faults.abort_sticks)
+        self.assertFalse(faults.unkillable_builds or faults.blocking_downloads)
+
+    def test_downloads_in_progress_are_known(self) -> None:
+        data = b"slow file"
+        sha1 = hashlib.sha1(data).hexdigest()
+        self.fetcher.files["http://librarian/slow"] = data
+        self.fetcher.paused = True
+        d = self.builder.call("ensurepresent", (sha1, "http://librarian/slow", None, None))
+        over = self.builder.downloads_over()
+        self.assertTrue(self.builder.downloading)
+        self.assertNoResult(over)
+        self.fetcher.release()
+        self.assertEqual(self.successResultOf(d), [True, "Download"])  # type: ignore[arg-type]
+        self.assertIsNone(self.successResultOf(over))
+        self.assertFalse(self.builder.downloading)
+
+
 class EnsurePresentTests(BuilderTestCase):
     def ensure(self, sha1: str, url: str | None, user: str | None = None) -> object:
         d = self.builder.call("ensurepresent", (sha1, url, user, None if user is None else "pw"))

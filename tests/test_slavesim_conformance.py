@@ -1,4 +1,4 @@
-"""Conformance: every call sequence of PROTOCOL.md, over real sockets, exact values.
+"""Conformance: every call sequence of docs/protocol.md, over real sockets, exact values.
 
 The builder runs on 127.0.0.1 with its state machine on a Clock (time moves only when a
 test says so). Every test runs twice: with Twisted's XML-RPC Proxy and Agent (HTTP/1.0,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import socket
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.error import CannotListenError
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.web.xmlrpc import Proxy
 
 from slavesim import Farm
@@ -148,3 +151,37 @@ async def test_url_host_for_a_wildcard_interface(reactor: Any, tmp_path: Path) -
     assert bob.url == f"http://builders.example:{bob.port}/"
     assert (await status_of(f"http://127.0.0.1:{bob.port}/"))["builder_status"]
     await stop_cleanly(reactor, farm, set())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_vm_reset_command_makes_a_new_machine(reactor: Any, tmp_path: Path) -> None:
+    """The command a master runs to reset a virtualized builder's VM: once it exits 0, the
+    builder is a new machine (idle, no build directory, nothing cached)."""
+    farm = Farm(reactor, tmp_path / "caches", build_time=60)
+    try:
+        bob = await farm.start_builder("bob")
+        bob.faults.leftover_build_dirs = True
+        chroot = bob.cache.store(b"chroot")
+        dsc = bob.cache.store(b"dsc")
+        args = {
+            "distribution": "ubuntu",
+            "series": "hoary",
+            "suite": "hoary",
+            "ogrecomponent": "main",
+        }
+        bob.state.call("build", ("PACKAGEBUILD-1", "binarypackage", chroot, {"a_1.dsc": dsc}, args))
+        bob.state.reset()  # a crash: the build directory stays
+        assert bob.state.build_dirs == {"PACKAGEBUILD-1"}
+        template = farm.vm_reset_command()
+        argv = shlex.split(template % {"buildd_name": "bob", "vm_host": "bob"})
+        # run as a master runs it: a process of its own, from elsewhere, no PYTHONPATH
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        out, err, code = await getProcessOutputAndValue(argv[0], argv[1:], env, path="/")
+        assert (code, err) == (0, b"")
+        assert bob.state.build_dirs == frozenset() and not bob.cache.has(chroot)
+        assert bob.state.state == "BuilderStatus.IDLE"
+        argv[-1] = "nobody"
+        out, err, code = await getProcessOutputAndValue(argv[0], argv[1:], env, path="/")
+        assert code == 1 and b"no builder called 'nobody'" in err
+    finally:
+        await farm.stop()

@@ -308,7 +308,7 @@ async def test_hostile_results(sim: Sim) -> None:
     assert filemap["../../../etc/passwd"] in honest.values()
 
     sim.bob.faults.hostile_results = "many_files"
-    assert len((await sim.call("status"))["filemap"]) == 100_000
+    assert len((await sim.call("status"))["filemap"]) == 1_500
 
     sim.bob.faults.hostile_results = "bad_sha1"
     assert (await sim.call("status"))["filemap"]["evil_1.0_all.deb"] == BAD_SHA1
@@ -348,3 +348,41 @@ class _Counter:
 
     def connectionLost(self, reason: Any) -> None:
         pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_builder_that_downloads_answers_nothing_else_meanwhile(
+    reactor: Any, tmp_path: Path
+) -> None:
+    """``blocking_downloads``: while ``ensurepresent`` downloads, every other call waits
+    for the download to end (the real daemon downloads synchronously)."""
+    from slavesim.testing import MemoryFetcher
+
+    data = b"a big chroot"
+    sha1 = hashlib.sha1(data).hexdigest()
+    fetcher = MemoryFetcher(files={"http://librarian/chroot": data}, paused=True)
+    farm = Farm(reactor, tmp_path / "caches", fetcher=fetcher)
+    try:
+        bob = await farm.start_builder("bob")
+        bob.faults.blocking_downloads = True
+
+        def proxy() -> Proxy:
+            return Proxy((bob.url + "rpc").encode(), allowNone=True)
+
+        ensured = outcome_of(
+            proxy().callRemote("ensurepresent", sha1, "http://librarian/chroot", None, None)
+        )
+        await wait_for(reactor, lambda: bool(fetcher.requests))
+        status = outcome_of(proxy().callRemote("status"))
+        echo = outcome_of(proxy().callRemote("echo", "still there?"))
+        await deferLater(reactor, 0.2, lambda: None)
+        assert status == [] and echo == [] and ensured == []
+        fetcher.release()
+        await wait_for(reactor, lambda: bool(status and echo and ensured))
+        assert ensured == [[True, "Download"]]
+        assert status[0]["builder_status"] == "BuilderStatus.IDLE"
+        assert echo == [["still there?"]]
+        # once the download is over, calls are answered at once again
+        assert (await proxy().callRemote("status"))["builder_status"] == "BuilderStatus.IDLE"
+    finally:
+        await farm.stop()

@@ -131,6 +131,28 @@ async def test_no_fast_path_sends_every_request_through_twisted_web(
 
 
 @pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("flag", [[], ["--real-daemon"]])
+async def test_real_daemon_switches_its_quirks_on(
+    reactor: Any, tmp_path: Path, flag: list[str]
+) -> None:
+    service = makeService(parse("--port", "0", "--cache-dir", str(tmp_path / "cache"), *flag))
+    service.startService()
+    try:
+        assert service.farm is not None
+        (sim,) = service.farm.builders.values()
+        quirks = (
+            sim.faults.leftover_build_dirs,
+            sim.faults.abort_sticks,
+            sim.faults.unkillable_builds,
+            sim.faults.blocking_downloads,
+        )
+        assert quirks == ((True,) * 4 if flag else (False,) * 4)
+    finally:
+        await service.stopService()
+    await wait_for_no_tcp(reactor)
+
+
+@pytest_twisted.ensureDeferred
 async def test_service_removes_its_own_temporary_cache(reactor: Any, tmp_path: Path) -> None:
     service = makeService(parse("--port", "0"))
     service.startService()

@@ -494,7 +494,8 @@ async def test_dispatches_recorded_together_share_a_statement_and_a_lost_job_fai
         assert (build.builder_id, build.date_started) == (builder.id, now)
         assert events == [(builder.id, f"dispatched to d{i}")]
         assert (await store.queue.get(job.id)).date_started == now
-    assert (await store.builders.get(builders[5].id)).failure_count == 0
+    # a dispatch proves nothing of a builder's health (it may lose every build it accepts)
+    assert (await store.builders.get(builders[5].id)).failure_count == 2
 
 
 @pytest_twisted.ensureDeferred
@@ -505,6 +506,9 @@ async def test_builds_ending_together_share_a_statement_each_with_its_own_outcom
     builders, jobs = await claimed_jobs(store, seeded, "e", 6)
     for job, builder in zip(jobs, builders, strict=True):
         await store.jobs.record_dispatch(job, builder, now)
+    await store.db.execute(
+        "UPDATE builder SET failure_count = 2 WHERE id = ANY(%s)", ([b.id for b in builders],)
+    )
     aliases = [
         await add_metadata_only_file(store, name, name.encode(), "application/octet-stream")
         for name in ("e-src0.deb", "e-src0.changes", "e-src0.log", "e-src1.log")
@@ -573,6 +577,9 @@ async def test_builds_ending_together_share_a_statement_each_with_its_own_outcom
     assert sorted(r[0] for r in kept) == sorted(aliases)
     assert (await store.builds.get(jobs[2].build_id)).dependencies == "libfoo (>= 2)"
     assert (await store.builds.get(jobs[5].build_id)).failure_reason == "no chroot"
+    # a builder that carried a build to its end works: its failures are forgiven
+    counts = [(await store.builders.get(b)).failure_count for b in builders]
+    assert counts == [0, 0, 0, 2, 2, 0]
     waiting = {r[0] for r in await store.db.query("SELECT id FROM buildqueue")}
     assert {j.id for j in jobs} & waiting == {jobs[3].id, jobs[4].id}
     events = await store.db.query(

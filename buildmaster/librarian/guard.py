@@ -1,5 +1,5 @@
-"""Request bodies nobody is allowed to send are not kept, and uploads are refused before
-their bodies are sent when the client lets us.
+"""Request bodies nobody is allowed to send are not kept; large API uploads are streamed;
+librarian uploads are refused before their bodies are sent when the client lets us.
 
 twisted.web stores a request's body (in a temporary file past 100 kB) before any resource
 sees the request, so without this an unauthenticated client could fill the master's disk
@@ -12,25 +12,49 @@ server) looks at each request as soon as its headers are in:
   librarian's limit, 411 without one. No ``100 Continue`` goes out first, the connection is
   closed after the answer, and the body is never sent. An upload that is accepted gets its
   ``100 Continue`` (from twisted.web) only then.
-* any other request body larger than ``max_anonymous_body`` without a valid upload token, or
-  larger than the librarian takes at all, is counted and dropped, never stored (the client
-  sent it without waiting: it has to be read off the connection). The resource then refuses
-  the request as usual (401 or 413): nothing was stored.
+* a large body sent with an operator API bearer token (``Authorization: Bearer ...``) is
+  streamed into the librarian as it arrives (:class:`StreamedBody`): the connection is not
+  read while the token is checked (an asynchronous database lookup); a valid token's body
+  goes straight into a librarian upload, hashed on the way, the connection paused whenever
+  the upload has more than a few megabytes waiting for the disk; an invalid token's body is
+  counted and dropped. The API resource names the file and finishes the upload; a body no
+  resource takes is deleted when the request ends.
+* any other request body larger than ``max_anonymous_body`` without a valid librarian
+  upload token, or larger than the librarian takes at all, is counted and dropped, never
+  stored (the client sent it without waiting: it has to be read off the connection). The
+  resource then refuses the request as usual (401 or 413): nothing was stored.
 """
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
-__all__ = ["guarded_request_factory", "DiscardedBody", "GuardedSite"]
+from buildmaster.librarian.errors import LibrarianError
+from buildmaster.librarian.upload import Upload
+
+__all__ = [
+    "guarded_request_factory",
+    "DiscardedBody",
+    "GuardedSite",
+    "StreamedBody",
+    "BodyRefused",
+]
 
 #: The basic-auth challenge of the librarian.
 REALM = b'Basic realm="librarian"'
 _UPLOAD_SEGMENT = b"+upload"
+#: a streamed body is stored under this name until the resource names it
+UNNAMED = "upload"
+#: ... and expires after this unless the resource says otherwise when it finishes it
+UNNAMED_LIFETIME = datetime.timedelta(hours=1)
 
 
 class DiscardedBody:
@@ -55,6 +79,142 @@ class DiscardedBody:
         pass
 
 
+class BodyRefused(Exception):
+    """The streamed body was not kept: the token was refused, or could not be checked
+    (``unavailable``), or the upload failed (``error``)."""
+
+    def __init__(
+        self, message: str, unavailable: bool = False, error: LibrarianError | None = None
+    ):
+        super().__init__(message)
+        self.unavailable = unavailable
+        self.error = error
+
+
+class StreamedBody(DiscardedBody):
+    """A bearer request's body, streamed into a librarian upload once the token is valid.
+
+    :param request: the request whose body this is (its transport is paused and resumed).
+    :param new_upload: makes the librarian upload (``Librarian.new_upload``).
+    :param verification: fires with whether the token is valid.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        request: server.Request,
+        new_upload: Callable[..., Upload],
+        verification: defer.Deferred[bool],
+        now: datetime.datetime,
+    ) -> None:
+        super().__init__()
+        self._request = request
+        self._new_upload = new_upload
+        self._expires = now + UNNAMED_LIFETIME
+        self._buffer: list[bytes] = []
+        self._upload: Upload | None = None
+        self._refused: BodyRefused | None = None
+        self._taken = False
+        self._received = False
+        self._paused = False
+        self._checked: defer.Deferred[None] = defer.Deferred()
+        request.notifyFinish().addBoth(self._request_over)
+        self._pause()
+        verification.addCallbacks(self._verified, self._not_verified)
+
+    # -- the transport ---------------------------------------------------------------------
+
+    def _pause(self) -> None:
+        transport = self._request.transport
+        if not self._paused and transport is not None:
+            self._paused = True
+            transport.pauseProducing()
+
+    def _resume(self, _: object = None) -> None:
+        # once the whole body is in, the connection is the HTTP channel's to manage again
+        transport = self._request.transport
+        if self._paused and not self._received and transport is not None:
+            self._paused = False
+            transport.resumeProducing()
+
+    # -- the token -------------------------------------------------------------------------
+
+    def _verified(self, valid: bool) -> None:
+        if not valid:
+            self._refuse(BodyRefused("the bearer token is unknown or revoked"))
+        else:
+            try:
+                self._upload = self._new_upload(
+                    UNNAMED, "application/octet-stream", restricted=True, expires=self._expires
+                )
+            except LibrarianError as e:
+                self._refuse(BodyRefused(str(e), error=e))
+            else:
+                buffered, self._buffer = self._buffer, []
+                for chunk in buffered:
+                    self._feed(chunk)
+        self._checked.callback(None)
+        self._resume()
+
+    def _not_verified(self, failure: Failure) -> None:
+        self._refuse(BodyRefused(f"the token could not be checked: {failure.value}", True))
+        self._checked.callback(None)
+        self._resume()
+
+    def _refuse(self, refusal: BodyRefused) -> None:
+        if self._refused is None:
+            self._refused = refusal
+        self._buffer = []
+
+    # -- the body --------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self._refused is not None:
+            return
+        if self._upload is None:  # still checking the token: a read or two already made
+            self._buffer.append(data)
+            self._pause()
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        assert self._upload is not None
+        try:
+            room = self._upload.write(data)
+        except LibrarianError as e:
+            self._refuse(BodyRefused(str(e), error=e))
+            return
+        if not room.called:
+            self._pause()
+            room.addCallback(self._resume)
+
+    def received(self) -> None:
+        """The whole body has arrived (called by the request)."""
+        self._received = True
+
+    async def take(self) -> Upload:
+        """The upload holding the body, for the caller to ``finish`` (naming the file) or
+        ``abort``; it is no longer deleted with the request.
+
+        :raises BodyRefused: when the body was not kept.
+        """
+        await self._checked
+        if self._refused is not None:
+            raise self._refused
+        assert self._upload is not None
+        self._taken = True
+        return self._upload
+
+    def _request_over(self, _: object) -> None:
+        self._received = True
+        if self._upload is not None and not self._taken:
+            self._upload.abort().addErrback(
+                lambda f: self._log.failure("Dropping an unused upload failed", f)
+            )
+
+
 def _segments(target: bytes) -> list[bytes]:
     """The path segments of a request target, unquoted, as twisted.web routes them."""
     path = target.split(b"?", 1)[0]
@@ -64,12 +224,15 @@ def _segments(target: bytes) -> list[bytes]:
 def guarded_request_factory(
     librarian: Callable[[], Any],
     max_anonymous_body: int = 64 * 1024,
+    verify_bearer: Callable[[str], defer.Deferred[bool]] | None = None,
     mount: bytes = b"librarian",
 ) -> type[server.Request]:
     """A ``Request`` class for the master's ``Site`` (use :class:`GuardedSite`).
 
     :param librarian: returns the :class:`~buildmaster.librarian.Librarian` (or ``None``
         while it does not exist yet: then no large body is kept, and no upload accepted).
+    :param verify_bearer: checks an operator API bearer token (fires with whether it is
+        valid); without it, bearer bodies are treated like anonymous ones.
     :param mount: where the librarian is in the web tree (its uploads are
         ``/<mount>/+upload/...``).
     """
@@ -81,17 +244,34 @@ def guarded_request_factory(
 
         def gotLength(self, length: int | None) -> None:
             lib = librarian()
-            allowed = lib is not None and self._may_upload(lib)
             too_big = length is not None and lib is not None and length > lib.max_file_size
             if self._expects_continue() and self._is_upload():
-                refusal = self._refusal(lib, allowed, length, too_big)
+                refusal = self._refusal(lib, length, too_big)
                 if refusal is not None:
                     self._refuse_now(*refusal)
                     return
-            if too_big or (not allowed and (length is None or length > max_anonymous_body)):
+            if too_big:
                 self.content = DiscardedBody()
                 return
-            super().gotLength(length)
+            small = length is not None and length <= max_anonymous_body
+            if small:
+                super().gotLength(length)
+                return
+            bearer = self._bearer()
+            if lib is not None and bearer is not None and verify_bearer is not None:
+                now = datetime.datetime.fromtimestamp(lib.clock.seconds(), datetime.UTC)
+                self.content = StreamedBody(self, lib.new_upload, verify_bearer(bearer), now)
+                return
+            if lib is not None and self._may_upload(lib):
+                super().gotLength(length)
+                return
+            self.content = DiscardedBody()
+
+        def _bearer(self) -> str | None:
+            header = self.getHeader(b"authorization")
+            if header is None or not header[:7].lower() == b"bearer ":
+                return None
+            return header[7:].strip().decode("ascii", "replace")
 
         def _may_upload(self, lib: Any) -> bool:
             return bool(lib.check_upload_token(self.getPassword()))
@@ -107,11 +287,11 @@ def guarded_request_factory(
             return len(segments) >= 2 and segments[:2] == [mount, _UPLOAD_SEGMENT]
 
         def _refusal(
-            self, lib: Any, allowed: bool, length: int | None, too_big: bool
+            self, lib: Any, length: int | None, too_big: bool
         ) -> tuple[int, str, dict[bytes, bytes]] | None:
             if lib is None:
                 return http.SERVICE_UNAVAILABLE, "The librarian is starting.", {}
-            if not allowed:
+            if not self._may_upload(lib):
                 return (
                     http.UNAUTHORIZED,
                     "Uploading needs a valid token.",
@@ -145,6 +325,11 @@ def guarded_request_factory(
             channel.write(body)
             channel.loseConnection()
 
+        def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+            if isinstance(self.content, StreamedBody):
+                self.content.received()
+            super().requestReceived(command, path, version)
+
     return GuardedRequest
 
 
@@ -166,6 +351,8 @@ class GuardedSite(server.Site):
 
     :param root: the web tree (the librarian mounted at ``mount``).
     :param librarian: returns the librarian, or ``None`` while there is none yet.
+    :param verify_bearer: checks an operator API bearer token (see
+        :func:`guarded_request_factory`).
     """
 
     protocol = _GuardedChannel  # type: ignore[assignment]
@@ -174,12 +361,15 @@ class GuardedSite(server.Site):
         self,
         root: resource.Resource,
         librarian: Callable[[], Any],
+        verify_bearer: Callable[[str], defer.Deferred[bool]] | None = None,
         mount: bytes = b"librarian",
         **kwargs: Any,
     ) -> None:
         super().__init__(
             root,
-            requestFactory=guarded_request_factory(librarian, mount=mount),
+            requestFactory=guarded_request_factory(
+                librarian, verify_bearer=verify_bearer, mount=mount
+            ),
             parsePOSTFormSubmission=False,
             **kwargs,
         )

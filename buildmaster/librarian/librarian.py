@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 from typing import IO, Any, cast
 
+import attrs
 from twisted.internet import defer, threads
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
@@ -19,7 +20,12 @@ from buildmaster.librarian.collector import (
     GarbageCollectorService,
     GarbageStats,
 )
-from buildmaster.librarian.errors import FileTooLarge, InvalidFileMetadata, UploadFailed
+from buildmaster.librarian.errors import (
+    CorruptFile,
+    FileTooLarge,
+    InvalidFileMetadata,
+    UploadFailed,
+)
 from buildmaster.librarian.metadata import (
     check_content_type,
     check_expires,
@@ -34,7 +40,7 @@ from buildmaster.librarian.upload import Upload
 from buildmaster.model import LibraryFile
 from buildmaster.store.database import Database
 
-__all__ = ["Librarian", "DEFAULT_MAX_FILE_SIZE"]
+__all__ = ["Librarian", "ServingFailure", "DEFAULT_MAX_FILE_SIZE"]
 
 #: The largest file the librarian takes unless told otherwise (chroots are several GiB).
 DEFAULT_MAX_FILE_SIZE = 64 * 1024**3
@@ -44,6 +50,21 @@ READ_CHUNK = 1024 * 1024
 HAND_OUT_WINDOW = 60.0
 #: At most this many handed-out files are remembered (the oldest are forgotten first).
 MAX_HANDED_OUT = 100_000
+#: A damaged content is reported (an ERROR) at most once in this many seconds.
+CORRUPT_REPORT_INTERVAL = 3600.0
+
+
+@attrs.frozen
+class ServingFailure:
+    """The librarian could not serve a file, for a reason of its own (not the client's)."""
+
+    #: :attr:`Librarian.serving_mark` when it happened
+    mark: int
+    why: str
+    #: its bytes are damaged (reported as corrupt)
+    damaged: bool = False
+    #: what opening it failed with (EMFILE: out of file descriptors)
+    errno: int | None = None
 
 
 class Librarian:
@@ -102,11 +123,21 @@ class Librarian:
         self._hand_out_window = hand_out_window
         #: {alias id: (file, served from here until)}, oldest first
         self._handed_out: dict[int, tuple[LibraryFile, float]] = {}
+        #: {content sha256: when it was last reported damaged}
+        self._reported: dict[str, float] = {}
+        #: {alias id: the latest failure to serve it of the librarian's own}, oldest first
+        self._serving_failures: dict[int, ServingFailure] = {}
+        self._serving_mark = 0
         self.collector = GarbageCollector(
             reactor, db, self.store, self.run_in_thread, lambda: frozenset(self._active)
         )
 
     load_or_create_secret = staticmethod(tokens.load_or_create_secret)
+
+    @property
+    def clock(self) -> Any:
+        """The clock expiry and tokens are judged by (IReactorTime)."""
+        return self._reactor
 
     def run_in_thread(self, f: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
         """Call the blocking ``f(*args, **kwargs)`` in the librarian's thread pool.
@@ -318,7 +349,48 @@ class Librarian:
         subject = tokens.UPLOAD_SUBJECT
         return tokens.check_token(self._secret, token, subject, self._clock.seconds())
 
+    # -- failures to serve ---------------------------------------------------------------------
+
+    @property
+    def serving_mark(self) -> int:
+        """A mark to compare with :meth:`serving_failure` (it grows with every failure)."""
+        return self._serving_mark
+
+    def note_serving_failure(
+        self, alias_id: int, why: str, *, damaged: bool = False, errno: int | None = None
+    ) -> None:
+        """The librarian could not serve the file ``alias_id`` for a reason of its own:
+        its bytes are ``damaged``, it could not be opened (``errno``: EMFILE when out of
+        file descriptors), its database is away."""
+        self._serving_mark += 1
+        self._serving_failures.pop(alias_id, None)
+        self._serving_failures[alias_id] = ServingFailure(self._serving_mark, why, damaged, errno)
+        while len(self._serving_failures) > MAX_HANDED_OUT:
+            del self._serving_failures[next(iter(self._serving_failures))]
+
+    def serving_failure(self, alias_id: int, since: int) -> ServingFailure | None:
+        """The librarian's last failure of its own to serve ``alias_id``, if it came after
+        the mark ``since`` (:attr:`serving_mark`); ``None`` otherwise."""
+        failure = self._serving_failures.get(alias_id)
+        if failure is None or failure.mark <= since:
+            return None
+        return failure
+
     # -- reading files -----------------------------------------------------------------------
+
+    def report_corrupt(self, file: LibraryFile, why: str) -> CorruptFile:
+        """Report (an ERROR: an operator must look) that ``file``'s bytes are damaged, at
+        most once per content every :data:`CORRUPT_REPORT_INTERVAL` seconds (every builder
+        asking for a missing chroot would repeat it), and return the :class:`CorruptFile`
+        to raise."""
+        now = self._reactor.seconds()
+        last = self._reported.get(file.sha256)
+        if last is not None and now - last < CORRUPT_REPORT_INTERVAL:
+            return CorruptFile(f"librarian file {file.id} is corrupt: {why}")
+        self._reported[file.sha256] = now
+        while len(self._reported) > MAX_HANDED_OUT:
+            del self._reported[next(iter(self._reported))]
+        return report_corrupt(file, why)
 
     def open_content(self, file: LibraryFile) -> defer.Deferred[int]:
         """A read-only descriptor of ``file``'s bytes (the caller closes it), opened in a
@@ -341,7 +413,7 @@ class Librarian:
             fd = await self.open_content(file)
         except (FileNotFoundError, SizeMismatch) as e:
             why = "it is missing" if isinstance(e, FileNotFoundError) else str(e)
-            raise report_corrupt(file, why) from e
+            raise self.report_corrupt(file, why) from e
         return LibraryFileReader(file, fd, self.run_in_thread)
 
     def read_bytes(self, alias_id: int, limit: int = 64 * 1024 * 1024) -> defer.Deferred[bytes]:

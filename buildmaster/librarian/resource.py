@@ -9,8 +9,9 @@
     restricted file needs a download token for it as the basic-auth password: without one,
     the answer is 401 (with ``WWW-Authenticate``) whatever the filename and the expiry, so
     the name of a restricted file is told to nobody without its token. 500 when the bytes on
-    disk are missing or have the wrong size (logged as an error: they are not served). 503
-    when the database is unavailable.
+    disk are missing or have the wrong size (logged as an error, once an hour per content:
+    they are not served). 503 when the database is unavailable, or the file cannot be opened
+    now (out of file descriptors).
 
 ``POST /+upload/<filename>``
     Store the request body as a new file (operators and tools). Basic-auth password: an upload
@@ -33,7 +34,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -51,7 +52,6 @@ from buildmaster.librarian.errors import (
 from buildmaster.librarian.guard import REALM
 from buildmaster.librarian.metadata import check_filename
 from buildmaster.librarian.ranges import RangeNotSatisfiable, not_modified, parse_range
-from buildmaster.librarian.reader import report_corrupt
 from buildmaster.librarian.sending import FileSender
 from buildmaster.librarian.storage import SizeMismatch
 from buildmaster.model import LibraryFile
@@ -182,7 +182,8 @@ class LibrarianResource(resource.Resource):
             return await self._librarian.get_for_download(alias_id)
         except FileNotFound:
             raise _Respond(http.NOT_FOUND, "No such file.") from None
-        except DatabaseUnavailable:
+        except DatabaseUnavailable as e:
+            self._librarian.note_serving_failure(alias_id, f"its database is unavailable ({e})")
             raise _Respond(
                 http.SERVICE_UNAVAILABLE, "The librarian is unavailable.", {b"retry-after": b"5"}
             ) from None
@@ -201,6 +202,12 @@ class LibrarianResource(resource.Resource):
         fd = await self._open(file)
         try:
             await self._send(request, file, fd, head)
+        except OSError as e:
+            if request.startedWriting:
+                raise
+            # the master's own trouble before a byte went out (e.g. no file descriptor to
+            # send it with): try again later
+            self._unavailable(file, f"it could not be sent: {e}", e)
         finally:
             os.close(fd)
 
@@ -209,9 +216,27 @@ class LibrarianResource(resource.Resource):
             fd: int = await self._librarian.open_content(file)
         except (FileNotFoundError, SizeMismatch) as e:
             why = "it is missing" if isinstance(e, FileNotFoundError) else str(e)
-            report_corrupt(file, f"{why}; not served")
+            self._librarian.report_corrupt(file, f"{why}; not served")
+            self._librarian.note_serving_failure(
+                file.id,
+                "its bytes are missing" if isinstance(e, FileNotFoundError) else str(e),
+                damaged=True,
+            )
             raise _Respond(http.INTERNAL_SERVER_ERROR, "The file's bytes are damaged.") from e
+        except OSError as e:
+            # the master's own trouble (e.g. out of file descriptors): try again later
+            self._unavailable(file, f"it could not be opened: {e}", e)
         return fd
+
+    def _unavailable(self, file: LibraryFile, why: str, error: OSError) -> NoReturn:
+        """The librarian cannot serve ``file`` now, for a reason of its own: note it (the
+        master looks, to know whom to blame), and answer 503."""
+        self._librarian.note_serving_failure(file.id, why, errno=error.errno)
+        raise _Respond(
+            http.SERVICE_UNAVAILABLE,
+            "The librarian cannot serve the file now.",
+            {b"retry-after": b"5"},
+        ) from None
 
     async def _send(self, request: server.Request, file: LibraryFile, fd: int, head: bool) -> None:
         if request.channel is None:

@@ -35,6 +35,7 @@ from buildmaster.librarian.errors import (
     LibrarianError,
     UploadFailed,
 )
+from buildmaster.librarian.metadata import check_content_type, check_expires, check_filename
 from buildmaster.librarian.storage import ContentStore, TempWriter
 
 __all__ = ["Upload", "HIGH_WATER", "ThreadRunner"]
@@ -131,6 +132,8 @@ class Upload:
         self.expires = expires
         self.expected_size = expected_size
         self.expected_sha1 = expected_sha1.lower() if expected_sha1 else None
+        #: checked too when set (see :meth:`rename`)
+        self.expected_sha256: str | None = None
         self.max_size = max_size
         self.hashes: Hashes | None = None
 
@@ -350,6 +353,10 @@ class Upload:
             return f"{self.filename!r}: declared {self.expected_size} bytes, got {hashes.size}"
         if self.expected_sha1 is not None and hashes.sha1 != self.expected_sha1:
             return f"{self.filename!r}: declared SHA-1 {self.expected_sha1}, got {hashes.sha1}"
+        if self.expected_sha256 is not None and hashes.sha256 != self.expected_sha256:
+            return (
+                f"{self.filename!r}: declared SHA-256 {self.expected_sha256}, got {hashes.sha256}"
+            )
         return None
 
     def _seal_and_publish(self, temp: TempWriter, sha256: str) -> None:
@@ -357,7 +364,9 @@ class Upload:
         self._store.publish(temp.path, sha256)
 
     def _storage_error(self, exc: BaseException) -> UploadFailed:
-        return UploadFailed(f"could not store {self.filename!r}: {exc}")
+        error = UploadFailed(f"could not store {self.filename!r}: {exc}")
+        error.__cause__ = exc  # what the disk said (e.g. EMFILE: the master's own limit)
+        return error
 
     async def _temp_file(self) -> TempWriter:
         if self._temp is None:
@@ -404,6 +413,29 @@ class Upload:
             self._log.failure("Could not delete the temporary file {path}", path=temp.path)
 
     # -- ending ------------------------------------------------------------------------------
+
+    def rename(
+        self,
+        filename: str,
+        content_type: str,
+        restricted: bool,
+        expires: datetime.datetime | None,
+        expected_sha256: str | None = None,
+    ) -> None:
+        """Say, before ``finish``, what the file is: for bytes that started streaming in
+        before their name was known (an HTTP body, named by the resource that takes it).
+
+        :raises InvalidFileMetadata: for a bad filename, content type or expiry.
+        :raises UploadFailed: when ``finish`` has started already.
+        """
+        if self._state not in (_OPEN, _FAILED):
+            raise UploadFailed(f"upload of {self.filename!r} is {self._state}: cannot rename")
+        self.filename = check_filename(filename)
+        self.content_type = check_content_type(content_type)
+        self.expires = check_expires(expires)
+        self.restricted = bool(restricted)
+        if expected_sha256 is not None:
+            self.expected_sha256 = expected_sha256.lower()
 
     def finish(self) -> defer.Deferred[int]:
         """Store the file.

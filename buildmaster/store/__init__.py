@@ -28,6 +28,9 @@ from buildmaster.store.events import EventQueries
 from buildmaster.store.files import FileQueries
 from buildmaster.store.jobs import JobQueries
 from buildmaster.store.sources import SourcePackageReleaseSet
+from buildmaster.store.tokens import TokenSet
+from buildmaster.store.uploads import UploadSessions
+from buildmaster.store.views import Views
 
 __all__ = [
     "Store",
@@ -55,3 +58,7 @@ class Store:
         self.queue = BuildQueueSet(db)
         self.events = EventQueries(db)
         self.jobs = JobQueries(db)
+        self.tokens = TokenSet(db)
+        self.uploads = UploadSessions(db)
+        #: what operators see (the operator API's and the web pages' reads)
+        self.views = Views(db)

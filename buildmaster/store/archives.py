@@ -43,6 +43,9 @@ ARCHIVE_FROM = (
 )
 
 
+_PURPOSES = {int(p): p for p in ArchivePurpose}
+
+
 def archive_from_row(row: tuple[Any, ...]) -> Archive:
     return Archive(
         id=row[0],
@@ -52,7 +55,7 @@ def archive_from_row(row: tuple[Any, ...]) -> Archive:
         distribution_name=row[4],
         name=row[5],
         displayname=row[6],
-        purpose=ArchivePurpose(row[7]),
+        purpose=_PURPOSES[row[7]],
         private=row[8],
         require_virtualized=row[9],
         relative_build_score=row[10],

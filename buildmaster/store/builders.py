@@ -11,7 +11,14 @@ from buildmaster.names import check_builder_name, check_vm_host
 from buildmaster.store.database import Database, NotFound, Transaction
 from buildmaster.store.events import record_event
 
-__all__ = ["BuilderSet", "BUILDER_COLUMNS", "BUILDER_WIDTH", "builder_columns", "builder_from_row"]
+__all__ = [
+    "BuilderSet",
+    "BuilderBusy",
+    "BUILDER_COLUMNS",
+    "BUILDER_WIDTH",
+    "builder_columns",
+    "builder_from_row",
+]
 
 
 def builder_columns(alias: str = "b") -> str:
@@ -198,3 +205,57 @@ class BuilderSet:
 
     async def set_url(self, builder: HasId | int, url: str) -> Builder:
         return await self._update(builder, "url = %s", (url,))
+
+    async def set_processors(
+        self, builder: HasId | int, processors: Sequence[HasId | int]
+    ) -> Builder:
+        """Replace the processors the builder builds for."""
+
+        async def replace(tx: Transaction) -> Builder:
+            fresh = await get_builder(tx, id_of(builder), lock=True)
+            await tx.execute("DELETE FROM builderprocessor WHERE builder = %s", (fresh.id,))
+            await tx.execute(
+                "INSERT INTO builderprocessor (builder, processor)"
+                " SELECT %s, p FROM unnest(%s::integer[]) AS p",
+                (fresh.id, sorted({id_of(p) for p in processors})),
+            )
+            return await get_builder(tx, fresh.id)
+
+        return await self._db.transaction(replace)
+
+    async def remove(self, builder: HasId | int) -> bool:
+        """Remove a builder that has no job: deleted if it never built anything, otherwise
+        made inactive (its history stays, it is no longer scanned).
+
+        :returns: whether it was deleted (``False``: made inactive).
+        :raises BuilderBusy: when it has a job.
+        :raises NotFound:
+        """
+
+        async def remove(tx: Transaction) -> bool:
+            fresh = await get_builder(tx, id_of(builder), lock=True)
+            job = await tx.query_one(
+                "SELECT build FROM buildqueue WHERE builder = %s FOR UPDATE", (fresh.id,)
+            )
+            if job is not None:
+                raise BuilderBusy(fresh.name, int(job[0]))
+            built = await tx.query_one(
+                "SELECT 1 FROM build WHERE builder = %s LIMIT 1", (fresh.id,)
+            )
+            if built is None:
+                await tx.execute("DELETE FROM builder WHERE id = %s", (fresh.id,))
+                return True
+            await tx.execute("UPDATE builder SET active = false WHERE id = %s", (fresh.id,))
+            await record_event(tx, "removed", f"builder {fresh.name} removed", builder=fresh.id)
+            return False
+
+        return await self._db.transaction(remove)
+
+
+class BuilderBusy(Exception):
+    """A builder that has a job cannot be removed."""
+
+    def __init__(self, name: str, build_id: int) -> None:
+        super().__init__(f"builder {name} has build {build_id}")
+        self.name = name
+        self.build_id = build_id

@@ -35,6 +35,8 @@ __all__ = [
     "get_queue_entry",
     "set_build_status",
     "score_inputs",
+    "insert_build",
+    "queue_build",
 ]
 
 
@@ -60,16 +62,23 @@ QUEUE_COLUMNS = queue_columns("q")
 QUEUE_WIDTH = 10
 
 
+#: enumerations by value (a dictionary lookup is a tenth of ``Enum(value)``'s cost, and
+#: listings read thousands of rows)
+_POCKETS = {int(p): p for p in PackagePublishingPocket}
+_BUILD_STATES = {int(s): s for s in BuildStatus}
+_QUEUE_STATES = {int(s): s for s in BuildQueueStatus}
+
+
 def build_from_row(row: tuple[Any, ...]) -> Build:
     return Build(
         id=row[0],
         sourcepackagerelease_id=row[1],
         distroarchseries_id=row[2],
         archive_id=row[3],
-        pocket=PackagePublishingPocket(row[4]),
+        pocket=_POCKETS[row[4]],
         processor_id=row[5],
         virtualized=row[6],
-        status=BuildStatus(row[7]),
+        status=_BUILD_STATES[row[7]],
         datecreated=row[8],
         date_started=row[9],
         date_first_dispatched=row[10],
@@ -87,7 +96,7 @@ def queue_from_row(row: tuple[Any, ...]) -> BuildQueue:
         id=row[0],
         build_id=row[1],
         builder_id=row[2],
-        status=BuildQueueStatus(row[3]),
+        status=_QUEUE_STATES[row[3]],
         lastscore=row[4],
         manual=row[5],
         processor_id=row[6],
@@ -179,6 +188,43 @@ async def score_inputs(tx: Transaction, build_id: int) -> ScoreInputs:
     )
 
 
+async def insert_build(
+    tx: Transaction,
+    sourcepackagerelease: HasId | int,
+    distroarchseries: HasId | int,
+    pocket: PackagePublishingPocket,
+    archive: HasId | int,
+) -> Build:
+    """:meth:`BuildSet.createBuild` inside the caller's transaction."""
+    row = await tx.query_one(
+        "INSERT INTO build (sourcepackagerelease, distroarchseries, archive, pocket, processor,"
+        " virtualized)"
+        " SELECT %s, das.id, a.id, %s, das.processor, a.require_virtualized"
+        " FROM distroarchseries das, archive a WHERE das.id = %s AND a.id = %s RETURNING id",
+        (id_of(sourcepackagerelease), int(pocket), id_of(distroarchseries), id_of(archive)),
+    )
+    if row is None:
+        raise NotFound(f"no distroarchseries {id_of(distroarchseries)} or archive {id_of(archive)}")
+    await record_event(tx, "created", "build created", build=row[0])
+    return await get_build(tx, row[0])
+
+
+async def queue_build(tx: Transaction, build: HasId | int) -> BuildQueue:
+    """:meth:`BuildQueueSet.createBuildQueueEntry` inside the caller's transaction."""
+    b = await get_build(tx, id_of(build), lock=True)
+    if b.status is not BuildStatus.NEEDSBUILD:
+        raise ValueError(f"build {b.id} is {b.status.name}: only NEEDSBUILD builds are queued")
+    score = score_build(await score_inputs(tx, b.id))
+    row = await tx.query_one(
+        "INSERT INTO buildqueue (build, lastscore, processor, virtualized)"
+        " VALUES (%s, %s, %s, %s) RETURNING id",
+        (b.id, score, b.processor_id, b.virtualized),
+    )
+    assert row is not None
+    await record_event(tx, "queued", f"queued with score {score}", build=b.id)
+    return await get_queue_entry(tx, row[0])
+
+
 #: The id of the best waiting job for a builder's processors and virtualization, locking it
 #: (other transactions skip it). One index scan per processor of the builder
 #: (buildqueue_candidate_idx), merged by score then age.
@@ -216,23 +262,9 @@ class BuildSet:
 
         :raises ConstraintViolation: when the same build is already live.
         """
-
-        async def create(tx: Transaction) -> Build:
-            row = await tx.query_one(
-                "INSERT INTO build (sourcepackagerelease, distroarchseries, archive, pocket, processor,"
-                " virtualized)"
-                " SELECT %s, das.id, a.id, %s, das.processor, a.require_virtualized"
-                " FROM distroarchseries das, archive a WHERE das.id = %s AND a.id = %s RETURNING id",
-                (id_of(sourcepackagerelease), int(pocket), id_of(distroarchseries), id_of(archive)),
-            )
-            if row is None:
-                raise NotFound(
-                    f"no distroarchseries {id_of(distroarchseries)} or archive {id_of(archive)}"
-                )
-            await record_event(tx, "created", "build created", build=row[0])
-            return await get_build(tx, row[0])
-
-        return await self._db.transaction(create)
+        return await self._db.transaction(
+            insert_build, sourcepackagerelease, distroarchseries, pocket, archive
+        )
 
     async def get(self, build: HasId | int) -> Build:
         rows = await self._db.query(
@@ -273,24 +305,7 @@ class BuildQueueSet:
 
         :raises ConstraintViolation: when the build is already queued.
         """
-
-        async def create(tx: Transaction) -> BuildQueue:
-            b = await get_build(tx, id_of(build), lock=True)
-            if b.status is not BuildStatus.NEEDSBUILD:
-                raise ValueError(
-                    f"build {b.id} is {b.status.name}: only NEEDSBUILD builds are queued"
-                )
-            score = score_build(await score_inputs(tx, b.id))
-            row = await tx.query_one(
-                "INSERT INTO buildqueue (build, lastscore, processor, virtualized)"
-                " VALUES (%s, %s, %s, %s) RETURNING id",
-                (b.id, score, b.processor_id, b.virtualized),
-            )
-            assert row is not None
-            await record_event(tx, "queued", f"queued with score {score}", build=b.id)
-            return await get_queue_entry(tx, row[0])
-
-        return await self._db.transaction(create)
+        return await self._db.transaction(queue_build, build)
 
     async def get(self, job: HasId | int) -> BuildQueue:
         """The queue entry. :raises NotFound:"""

@@ -18,6 +18,12 @@ and multi-statement changes as an ``async def`` taking a :class:`Transaction`::
 which runs in one database transaction (committed when the function returns, rolled back
 when it raises).
 
+When the server goes away, every connection reconnects on its own (with backoff) and
+statements fail with :class:`DatabaseUnavailable` meanwhile. The log says it once: one line
+when the database goes away, one a minute while it stays away, one when it is back
+(:class:`OutageLog`); :meth:`Database.explains` lets the loops that hit the outage stay
+quiet about it.
+
 The statements the master runs for every build pass ``prepared=True``: each connection then
 prepares the statement once (``PREPARE``) and afterwards only executes it (``EXECUTE``), so
 PostgreSQL does not parse and plan the same text again for every build (planning the
@@ -47,6 +53,7 @@ __all__ = [
     "ConstraintViolation",
     "DatabaseUnavailable",
     "NotFound",
+    "OutageLog",
 ]
 
 T = TypeVar("T")
@@ -302,10 +309,86 @@ class _Connection(txpostgres.Connection):
         return None
 
 
-class _Detector(reconnection.DeadConnectionDetector):
-    """A DeadConnectionDetector whose reconnection attempts can be stopped on shutdown."""
+def _reason(failure: Failure) -> str:
+    text = str(failure.value).strip()
+    return text.splitlines()[0] if text else type(failure.value).__name__
 
-    def __init__(self, reactor: Any, on_dead: Callable[[], None]) -> None:
+
+class OutageLog:
+    """What the log says about the database going away: one warning when the first
+    connection is lost, one every ``remind_every`` seconds while any is still away (with the
+    last error), and one line when every connection is back.
+
+    :param clock: IReactorTime for the reminders.
+    """
+
+    _log = Logger()
+
+    def __init__(self, clock: Any, remind_every: float = 60.0) -> None:
+        self._clock = clock
+        self._remind_every = remind_every
+        self._away: set[object] = set()
+        self._since: float | None = None
+        self._reminder: Any = None
+        self._last_error = ""
+
+    @property
+    def unavailable(self) -> bool:
+        """Whether an outage is going on (its first line was logged, its last not yet)."""
+        return self._since is not None
+
+    def lost(self, connection: object, reason: str) -> None:
+        """``connection`` was lost for ``reason`` and is reconnecting."""
+        self._away.add(connection)
+        self._last_error = reason
+        if self._since is None:
+            self._since = self._clock.seconds()
+            self._log.warn("Lost the database ({reason}); reconnecting", reason=reason)
+            self._reminder = self._clock.callLater(self._remind_every, self._remind)
+
+    def failed_again(self, reason: str) -> None:
+        """An attempt to reconnect failed for ``reason``."""
+        self._last_error = reason
+
+    def recovered(self, connection: object) -> None:
+        """``connection`` is connected again."""
+        self._away.discard(connection)
+        if self._since is not None and not self._away:
+            away = self._clock.seconds() - self._since
+            self._since = None
+            self._cancel_reminder()
+            self._log.info("The database is back after {seconds:.0f} s", seconds=away)
+
+    def forget(self, connection: object) -> None:
+        """``connection`` is closed for good (the pool is closing)."""
+        self._away.discard(connection)
+        if not self._away:
+            self._since = None
+            self._cancel_reminder()
+
+    def _remind(self) -> None:
+        assert self._since is not None
+        minutes = (self._clock.seconds() - self._since) / 60
+        self._log.warn(
+            "The database is still away after {minutes:.0f} min ({reason}); reconnecting",
+            minutes=minutes,
+            reason=self._last_error,
+        )
+        self._reminder = self._clock.callLater(self._remind_every, self._remind)
+
+    def _cancel_reminder(self) -> None:
+        if self._reminder is not None and self._reminder.active():
+            self._reminder.cancel()
+        self._reminder = None
+
+
+class _Detector(reconnection.DeadConnectionDetector):
+    """A DeadConnectionDetector whose reconnection attempts can be stopped on shutdown, and
+    which tells the pool's :class:`OutageLog` (once its connection was in service)."""
+
+    def __init__(
+        self, reactor: Any, outage: OutageLog, on_dead: Callable[[], None] | None = None
+    ) -> None:
         super().__init__(
             deathChecker=_connection_is_dead,
             reconnectionIterator=lambda: retrying.simpleBackoffIterator(
@@ -314,20 +397,34 @@ class _Detector(reconnection.DeadConnectionDetector):
             reactor=reactor,
         )
         self._reconnecting: defer.Deferred[Any] | None = None
+        self._outage = outage
         self._on_dead = on_dead
+        #: set once the connection first connected: failing to connect at all is not an outage
+        self.in_service = False
         self.stopped = False
+
+    def _reconnect_once(self) -> defer.Deferred[Any]:
+        def failed(failure: Failure) -> Failure:
+            self._outage.failed_again(_reason(failure))
+            return failure
+
+        return defer.maybeDeferred(self.reconnect).addErrback(failed)
 
     def startReconnecting(self, f: Failure) -> None:
         if self.stopped:
             return
-        self._on_dead()
-        call = retrying.RetryingCall(self.reconnect)
+        if self.in_service:
+            self._outage.lost(self, _reason(f))
+        if self._on_dead is not None:
+            self._on_dead()
+        call = retrying.RetryingCall(self._reconnect_once)
         call.reactor = self.reactor
         d = call.start(self.reconnectionIterator())
         self._reconnecting = d
 
         def recovered(_: object) -> Any:
             self._reconnecting = None
+            self._outage.recovered(self)
             return self.connectionRecovered()
 
         def gave_up(failure: Failure) -> None:
@@ -340,6 +437,7 @@ class _Detector(reconnection.DeadConnectionDetector):
     def stop(self) -> None:
         """Stop reconnecting (the pool is closing)."""
         self.stopped = True
+        self._outage.forget(self)
         reconnecting, self._reconnecting = self._reconnecting, None
         if reconnecting is not None:
             try:
@@ -374,7 +472,9 @@ class Database:
         self._listener: txpostgres.Connection | None = None
         self._channels: dict[str, list[Callable[[str], object]]] = {}
         self._session_lost: list[Callable[[], object]] = []
+        self._session_dropped: list[Callable[[], object]] = []
         self._closed = False
+        self.outage = OutageLog(reactor)
 
     @property
     def clock(self) -> Any:
@@ -389,13 +489,28 @@ class Database:
             "application_name": "buildmaster",
         }
 
-    def _new_connection(self) -> _Connection:
-        detector = _Detector(self._reactor, on_dead=self._connection_died)
+    @property
+    def unavailable(self) -> bool:
+        """Whether the database is away (an outage is going on, and logged)."""
+        return self.outage.unavailable
+
+    def explains(self, error: BaseException) -> bool:
+        """Whether ``error`` is the outage going on (which :attr:`outage` logs already): a
+        loop that hits it need not log it again."""
+        return isinstance(error, DatabaseUnavailable) and (self.unavailable or self._closed)
+
+    def _new_connection(self, on_dead: Callable[[], None] | None = None) -> _Connection:
+        detector = _Detector(self._reactor, self.outage, on_dead)
         return _Connection(reactor=self._reactor, cooperator=self._cooperator, detector=detector)
 
-    def _connection_died(self) -> None:
-        if not self._closed:
-            self._log.warn("Lost a database connection; reconnecting")
+    def _session_died(self) -> None:
+        if self._closed:
+            return
+        for dropped in list(self._session_dropped):
+            try:
+                dropped()
+            except Exception:
+                self._log.failure("A session-lost observer failed")
 
     async def connect(self) -> None:
         """Open the pool's connections.
@@ -412,6 +527,8 @@ class Database:
             for c in connections:
                 c.detector.stop()  # and close
             translate_failure(failures[0]).raiseException()
+        for c in connections:
+            c.detector.in_service = True
         self._connections = connections
 
     async def close(self) -> None:
@@ -516,8 +633,9 @@ class Database:
     async def _session(self) -> txpostgres.Connection:
         """The dedicated connection for LISTEN and session-level advisory locks."""
         if self._listener is None:
-            listener = self._new_connection()
+            listener = self._new_connection(on_dead=self._session_died)
             await listener.connect(self.dsn, **self._connect_kwargs())
+            listener.detector.in_service = True
             listener.addNotifyObserver(self._notified)
             listener.detector.addRecoveryHandler(self._relisten)
             self._listener = listener
@@ -552,6 +670,11 @@ class Database:
     def on_session_lost(self, callback: Callable[[], object]) -> None:
         """Call ``callback()`` when the session connection was lost and came back."""
         self._session_lost.append(callback)
+
+    def on_session_dropped(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` as soon as the session connection is found lost (before it
+        is back): its LISTENs and session-level advisory locks are gone with it."""
+        self._session_dropped.append(callback)
 
     async def _relisten_async(self) -> None:
         assert self._listener is not None

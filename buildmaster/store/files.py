@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from buildmaster.model import LibraryFile
@@ -50,3 +51,11 @@ class FileQueries:
         if not rows:
             raise NotFound(f"no librarian file {alias_id}")
         return library_file_from_row(rows[0])
+
+    async def expire(self, alias_id: int, when: datetime.datetime) -> None:
+        """Let the alias expire at ``when`` (or earlier, if it expires before): the garbage
+        collector removes it afterwards, unless something still refers to it."""
+        await self._db.execute(
+            "UPDATE libraryfilealias SET expires = least(coalesce(expires, %s), %s) WHERE id = %s",
+            (when, when, alias_id),
+        )

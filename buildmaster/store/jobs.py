@@ -58,7 +58,10 @@ from buildmaster.store.files import LIBRARYFILE_JOIN, library_file_from_row
 from buildmaster.store.sources import SPR_COLUMNS, SPR_FROM, spr_from_row
 from buildmaster.transitions import RETRYABLE, IllegalTransition, can_transition, check_transition
 
-__all__ = ["JobQueries", "JobGone", "Claimed"]
+__all__ = ["JobQueries", "JobGone", "Claimed", "DISCOVERED"]
+
+#: the note of a dispatch the master learnt of from the builder, not from build()'s answer
+DISCOVERED = "discovered after a restart"
 
 _SNAPSHOT_SQL = (
     f"SELECT {builder_columns('br')}, {queue_columns('q')}, {build_columns('bd')}"
@@ -188,6 +191,9 @@ done AS (
     RETURNING build.id, i.job, i.builder, i.message, old.buildstate AS old_state),
 gone AS (
     DELETE FROM buildqueue q USING done WHERE q.id = done.job),
+works AS (
+    UPDATE builder SET failure_count = 0 FROM done
+    WHERE builder.id = done.builder AND builder.failure_count <> 0),
 files AS (
     INSERT INTO buildfile (build, libraryfile, filename)
     SELECT done.id, f.alias, f.name
@@ -286,6 +292,12 @@ class _Dispatched:
     builder: int
     builder_name: str
     now: datetime.datetime
+    #: how the dispatch became known, when not from build()'s answer
+    note: str = ""
+
+    @property
+    def message(self) -> str:
+        return f"dispatched to {self.builder_name}" + (f" ({self.note})" if self.note else "")
 
 
 # the dispatch of one or more jobs (rows locked in job order); the jobs still claimed
@@ -301,8 +313,6 @@ _RECORD_DISPATCH_SQL = (
     "  date_first_dispatched = coalesce(build.date_first_dispatched, q.now), date_finished = NULL"
     "  FROM q WHERE build.id = q.build AND build.buildstate = 0"
     "  RETURNING build.id, q.job, q.builder, q.message),"
-    " f AS (UPDATE builder SET failure_count = 0 FROM b"
-    "  WHERE builder.id = b.builder AND builder.failure_count <> 0),"
     " e AS (INSERT INTO event (build, builder, kind, message)"
     "  SELECT id, builder, 'dispatched', message FROM b)"
     " SELECT job FROM b"
@@ -487,15 +497,17 @@ class JobQueries:
         return queue_from_row(rows[0])
 
     async def record_dispatch(
-        self, job: BuildQueue, builder: Builder, now: datetime.datetime
+        self, job: BuildQueue, builder: Builder, now: datetime.datetime, note: str = ""
     ) -> None:
         """The builder accepted the build: the job shows its builder and buildstart, the build
-        is BUILDING. Resets the builder's failure count (it works). Dispatches recorded at
+        is BUILDING, and a "dispatched" event says to which builder (with ``note`` when the
+        dispatch was learnt otherwise than from build()'s answer). The builder's failure
+        count stays (it is reset when a build ends: :meth:`finish`). Dispatches recorded at
         about the same moment share a statement.
 
         :raises JobGone: when the job was cancelled or taken away meanwhile.
         """
-        await self.dispatches.submit(_Dispatched(job.id, builder.id, builder.name, now))
+        await self.dispatches.submit(_Dispatched(job.id, builder.id, builder.name, now, note))
 
     async def _record_dispatches(self, ds: list[_Dispatched]) -> list[None | JobGone]:
         rows = await self._db.query(
@@ -504,7 +516,7 @@ class JobQueries:
                 "jobs": [d.job for d in ds],
                 "builders": [d.builder for d in ds],
                 "nows": [d.now for d in ds],
-                "messages": [f"dispatched to {d.builder_name}" for d in ds],
+                "messages": [d.message for d in ds],
             },
             prepared=True,
         )
@@ -530,13 +542,30 @@ class JobQueries:
         )
         return bool(rows)
 
-    async def suspend(self, job: BuildQueue, builder: Builder | None, reason: str) -> None:
-        """Take a job out of the candidates (e.g. its architecture has no chroot yet)."""
+    async def suspend(
+        self,
+        job: BuildQueue,
+        builder: Builder | None,
+        reason: str,
+        resume_after: datetime.datetime | None = None,
+    ) -> bool:
+        """Take a job out of the candidates, with the reason (``buildqueue.suspended_reason``,
+        and a "suspended" event): its architecture has no chroot yet, or the master's side
+        failed while dispatching it. A job claimed by ``builder`` is suspended only if it
+        still is (not if it was cancelled or taken meanwhile).
 
-        async def suspend(tx: Transaction) -> None:
+        :param resume_after: when it goes back in the queue by itself (:meth:`resume_due`);
+            ``None``: when what it waits for arrives (:meth:`resume_suspended`).
+        :returns: whether it was suspended.
+        """
+
+        async def suspend(tx: Transaction) -> bool:
             count = await tx.execute(
-                "UPDATE buildqueue SET builder = NULL, status = 2, date_started = NULL WHERE id = %s",
-                (job.id,),
+                "UPDATE buildqueue SET builder = NULL, status = 2, date_started = NULL,"
+                " logtail = NULL, suspended_reason = %s, resume_after = %s"
+                " WHERE id = %s AND (builder = %s OR (builder IS NULL AND status = 0))"
+                " AND status IN (0, 1)",
+                (reason, resume_after, job.id, builder.id if builder else None),
             )
             if count:
                 await record_event(
@@ -546,17 +575,33 @@ class JobQueries:
                     build=job.build_id,
                     builder=builder.id if builder else None,
                 )
+            return bool(count)
 
-        await self._db.transaction(suspend)
+        return await self._db.transaction(suspend)
 
     async def resume_suspended(self, distroarchseries: HasId | int) -> int:
         """Put the suspended jobs of an architecture back in the queue (its chroot arrived)."""
         rows = await self._db.query(
-            "WITH q AS (UPDATE buildqueue SET status = 0 WHERE status = 2 AND build IN"
+            "WITH q AS (UPDATE buildqueue SET status = 0, suspended_reason = NULL,"
+            "  resume_after = NULL WHERE status = 2 AND build IN"
             "  (SELECT id FROM build WHERE distroarchseries = %s) RETURNING build),"
             " e AS (INSERT INTO event (build, kind, message) SELECT build, 'resumed', 'back in the queue' FROM q)"
             " SELECT count(*) FROM q",
             (id_of(distroarchseries),),
+        )
+        return int(rows[0][0])
+
+    async def resume_due(self, now: datetime.datetime) -> int:
+        """Put back in the queue the suspended jobs whose ``resume_after`` has come (what
+        held them up was the master's side: they are tried again). Returns how many."""
+        rows = await self._db.query(
+            "WITH q AS (UPDATE buildqueue SET status = 0, suspended_reason = NULL,"
+            "  resume_after = NULL WHERE status = 2 AND resume_after <= %s"
+            "  RETURNING build),"
+            " e AS (INSERT INTO event (build, kind, message)"
+            "  SELECT build, 'resumed', 'back in the queue: trying again' FROM q)"
+            " SELECT count(*) FROM q",
+            (now,),
         )
         return int(rows[0][0])
 
@@ -698,10 +743,12 @@ class JobQueries:
     async def mark_building(
         self, job: BuildQueue, builder: Builder, now: datetime.datetime
     ) -> bool:
-        """A claimed job turned out to be running on the builder (the master died between
-        ``build()`` and recording it): record it as dispatched."""
+        """A claimed job turned out to have reached the builder (the master died between
+        ``build()`` and recording it; the build may have ended since): record it as
+        dispatched now, when it is discovered, so that every build that ends has its
+        dispatch, builder and dates."""
         try:
-            await self.record_dispatch(job, builder, now)
+            await self.record_dispatch(job, builder, now, note=DISCOVERED)
         except JobGone:
             return False
         return True
@@ -738,8 +785,9 @@ class JobQueries:
     ) -> bool:
         """Record a collected build, in one statement: its final state, log and files (made
         permanent: they were stored provisional, expiring, in case the master died before
-        this); the job leaves the queue. Builds that end at about the same moment share a
-        statement.
+        this); the job leaves the queue; the builder's failure count is reset (it carried
+        a build to its end: a dispatch alone proves nothing, a builder may lose every build
+        it accepts). Builds that end at about the same moment share a statement.
 
         :returns: ``False`` when the job is no longer this builder's (already collected).
         :raises IllegalTransition: when the build may not end in ``state``.

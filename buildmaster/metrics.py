@@ -1,0 +1,125 @@
+"""The master's own measurements, for Prometheus (``/metrics``).
+
+A :class:`Metrics` holds its instruments in a registry of its own (never the process-wide
+default), so that two masters in one process do not clash. The master and the scanner call
+its methods at the few places where something is measured (a scan, a collection, a
+hand-over, a builder failure, a database or librarian error); what the database already
+knows (builders by state, the queue, finished builds, dispatch latency) is read from it by
+:mod:`buildmaster.web.metrics`, into the same registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from buildmaster.builderclient import BuilderFault, BuilderUnreachable
+from buildmaster.protocol import BuilderProtocolError
+from buildmaster.vmreset import VMResetFailed
+
+__all__ = ["Metrics", "failure_kind", "LATENCY_BUCKETS"]
+
+#: seconds: from a few milliseconds (a hand-over on a quiet farm) to an hour (a long queue)
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+    3600.0,
+)  # fmt: skip
+_BYTES_BUCKETS = (1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10)
+
+
+def failure_kind(error: BaseException) -> str:
+    """The label of a builder failure: ``unreachable``, ``fault``, ``protocol``,
+    ``vm-reset`` or ``other``."""
+    if isinstance(error, VMResetFailed):
+        return "vm-reset"
+    if isinstance(error, BuilderUnreachable):
+        return "unreachable"
+    if isinstance(error, BuilderFault):
+        return "fault"
+    if isinstance(error, BuilderProtocolError):
+        return "protocol"
+    return "other"
+
+
+class Metrics:
+    """The master's instruments, in ``registry`` (a new one by default)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.scan_seconds = Histogram(
+            "buildmaster_scan_seconds",
+            "One scan of one builder: its status poll and what followed (dispatch,"
+            " collection, judgement).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.handover_seconds = Histogram(
+            "buildmaster_handover_seconds",
+            "From a finished build seen on its builder to the builder's next build() answered.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.collection_seconds = Histogram(
+            "buildmaster_collection_seconds",
+            "Fetching a finished build's log and results into the librarian, and recording"
+            " its end.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.collection_bytes = Histogram(
+            "buildmaster_collection_bytes",
+            "Bytes stored by one collection (the compressed log and the result files).",
+            buckets=_BYTES_BUCKETS,
+            registry=r,
+        )
+        self.builder_failures = Counter(
+            "buildmaster_builder_failures",
+            "Builder failures counted against builders, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.database_errors = Counter(
+            "buildmaster_database_errors",
+            "Work interrupted by the database (unavailable, refused), by where.",
+            ["where"],
+            registry=r,
+        )
+        self.librarian_errors = Counter(
+            "buildmaster_librarian_errors",
+            "Files the librarian could not store, by where.",
+            ["where"],
+            registry=r,
+        )
+        self.api_requests = Counter(
+            "buildmaster_api_requests",
+            "Requests to the operator API, by method and status class.",
+            ["method", "status"],
+            registry=r,
+        )
+        for kind in ("unreachable", "fault", "protocol", "vm-reset", "other"):
+            self.builder_failures.labels(kind)
+        for where in ("scan", "api"):
+            self.database_errors.labels(where)
+            self.librarian_errors.labels(where)
+
+    def scanned(self, seconds: float) -> None:
+        self.scan_seconds.observe(seconds)
+
+    def handed_over(self, seconds: float) -> None:
+        self.handover_seconds.observe(seconds)
+
+    def collected(self, seconds: float, size: int) -> None:
+        self.collection_seconds.observe(seconds)
+        self.collection_bytes.observe(size)
+
+    def builder_failed(self, error: BaseException) -> None:
+        self.builder_failures.labels(failure_kind(error)).inc()
+
+    def database_error(self, where: str) -> None:
+        self.database_errors.labels(where).inc()
+
+    def librarian_error(self, where: str) -> None:
+        self.librarian_errors.labels(where).inc()
+
+    def api_request(self, method: str, status: int) -> None:
+        self.api_requests.labels(method, f"{status // 100}xx").inc()

@@ -1,0 +1,392 @@
+"""The queue as operators see it: per kind of build (processor x virtualization) its size,
+oldest job and estimated drain time; the waiting jobs in dispatch order; where a waiting
+build stands and why it is not running."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from buildmaster.access import Grant
+from buildmaster.enums import BuildQueueStatus
+from buildmaster.estimates import KindLoad, drain_seconds, start_in_seconds
+from buildmaster.store.database import Database
+from buildmaster.store.views.builds import (
+    SUMMARY_COLUMNS,
+    SUMMARY_FROM,
+    BuildSummary,
+    summary_from_row,
+    visibility_args,
+    visible_sql,
+)
+from buildmaster.waiting import KindBuilder, KindBuilders, WaitInputs, WaitReason, why_waiting
+
+__all__ = ["QueueKind", "WaitingJob", "WaitingPage", "Standing", "QueueViews", "kind_name"]
+
+
+def kind_name(processor: str, virtualized: bool) -> str:
+    """``virtualized amd64`` / ``trusted 386``."""
+    return f"{'virtualized' if virtualized else 'trusted'} {processor}"
+
+
+@attrs.frozen
+class QueueKind:
+    """The queue of one kind of build."""
+
+    processor_id: int
+    processor: str
+    virtualized: bool
+    waiting: int
+    suspended: int
+    running: int
+    oldest_waiting: datetime.datetime | None
+    #: builders of this kind: all active ones, and those that take jobs now
+    builders: int
+    usable_builders: int
+    load: KindLoad
+    #: when the numbers were read (the database's clock)
+    as_of: datetime.datetime
+
+    @property
+    def name(self) -> str:
+        return kind_name(self.processor, self.virtualized)
+
+    @property
+    def drain_seconds(self) -> float | None:
+        """Seconds until the last waiting job starts (``None``: no builder takes them)."""
+        return drain_seconds(self.load)
+
+
+@attrs.frozen
+class WaitingJob:
+    """A waiting job in dispatch order; ``build`` is ``None`` for a private archive's job
+    the reader may not see (its place in the queue still counts)."""
+
+    job_id: int
+    score: int
+    manual: bool
+    processor: str
+    virtualized: bool
+    queued: datetime.datetime
+    estimated_seconds: float
+    build: BuildSummary | None
+    #: its place among the waiting jobs of its kind (1: next), when known
+    position: int | None
+
+
+@attrs.frozen
+class WaitingPage:
+    jobs: tuple[WaitingJob, ...]
+    #: ``(score, job id)`` of the last job, to ask for the next page; ``None`` at the end
+    next_after: tuple[int, int] | None
+
+
+@attrs.frozen
+class Standing:
+    """Where a waiting (or suspended) build stands, and why it is not running."""
+
+    #: its place among the waiting builds of its kind (at least this, if not exact: only so
+    #: many builds ahead are counted)
+    position: int
+    position_exact: bool
+    ahead_seconds: float
+    #: seconds until it should start (``None``: no builder can take it now)
+    start_in_seconds: float | None
+    reason: WaitReason
+    as_of: datetime.datetime
+
+
+_KINDS_SQL = """
+WITH jobs AS (
+    SELECT q.processor, q.virtualized,
+        count(*) FILTER (WHERE q.status = 0 AND q.builder IS NULL) AS waiting,
+        count(*) FILTER (WHERE q.status = 2) AS suspended,
+        count(*) FILTER (WHERE q.builder IS NOT NULL) AS running,
+        min(q.datecreated) FILTER (WHERE q.status = 0 AND q.builder IS NULL) AS oldest,
+        coalesce(sum(extract(epoch FROM q.estimated_duration))
+            FILTER (WHERE q.status = 0 AND q.builder IS NULL), 0) AS waiting_seconds,
+        coalesce(sum(greatest(extract(epoch FROM q.estimated_duration
+            - coalesce(now() - q.date_started, interval '0')), 0))
+            FILTER (WHERE q.builder IS NOT NULL), 0) AS running_remaining
+    FROM buildqueue q GROUP BY 1, 2),
+builders AS (
+    SELECT bp.processor, b.virtualized, count(*) AS total,
+        count(*) FILTER (WHERE b.builderok AND NOT b.manual) AS usable
+    FROM builder b JOIN builderprocessor bp ON bp.builder = b.id
+    WHERE b.active GROUP BY 1, 2),
+kinds AS (
+    SELECT processor, virtualized FROM jobs UNION SELECT processor, virtualized FROM builders)
+SELECT k.processor, p.name, k.virtualized, coalesce(j.waiting, 0), coalesce(j.suspended, 0),
+    coalesce(j.running, 0), j.oldest, coalesce(j.waiting_seconds, 0),
+    coalesce(j.running_remaining, 0), coalesce(bu.total, 0), coalesce(bu.usable, 0),
+    coalesce((SELECT extract(epoch FROM l.estimated_duration) FROM buildqueue l
+        WHERE l.status = 0 AND l.builder IS NULL AND l.processor = k.processor
+            AND l.virtualized = k.virtualized
+        ORDER BY l.lastscore, l.id DESC LIMIT 1), 0),
+    now()
+FROM kinds k JOIN processor p ON p.id = k.processor
+LEFT JOIN jobs j ON j.processor = k.processor AND j.virtualized = k.virtualized
+LEFT JOIN builders bu ON bu.processor = k.processor AND bu.virtualized = k.virtualized
+ORDER BY p.name, k.virtualized
+"""
+
+#: at most this many waiting jobs ahead of a build are counted (and their estimates added up):
+#: counting is a walk through them, and a position further back is "more than" this
+AHEAD_COUNTED = 1000
+
+#: the waiting jobs of a kind before a job in dispatch order, and their estimates (the
+#: candidate index is in that order: the walk stops after AHEAD_COUNTED of them)
+_AHEAD_SQL = f"""
+SELECT count(*) AS n, coalesce(sum(ahead.seconds), 0) AS seconds FROM (
+    SELECT extract(epoch FROM q.estimated_duration) AS seconds
+    FROM buildqueue q
+    WHERE q.status = 0 AND q.builder IS NULL AND q.processor = %(processor)s
+        AND q.virtualized = %(virtualized)s
+        AND (q.lastscore > %(score)s OR (q.lastscore = %(score)s AND q.id < %(job)s))
+    ORDER BY q.lastscore DESC, q.id
+    LIMIT {AHEAD_COUNTED}) ahead
+"""
+
+#: where a waiting job stands: the jobs before it and their estimates, what is left of the
+#: running jobs of its kind, whether its architecture lacks a chroot, and when this was read
+_STANDING_SQL = f"""
+SELECT ahead.n, ahead.seconds, running.seconds,
+    (SELECT chroot IS NULL FROM distroarchseries WHERE id = %(das)s), now()
+FROM ({_AHEAD_SQL}) ahead, (
+    SELECT coalesce(sum(greatest(extract(epoch FROM q.estimated_duration
+        - coalesce(now() - q.date_started, interval '0')), 0)), 0) AS seconds
+    FROM buildqueue q
+    WHERE q.builder IS NOT NULL AND q.processor = %(processor)s
+        AND q.virtualized = %(virtualized)s) running
+"""
+
+#: the builders of a kind, counted; a few of those out of service (since when: the partial
+#: index on "failed"/"disabled" events) and in manual mode, to be named
+_KIND_BUILDERS_SQL = """
+WITH kb AS MATERIALIZED (
+    SELECT b.id, b.name, b.builderok, b.failed_by_master, b.failnotes, b.manual,
+        q.id IS NOT NULL AS busy
+    FROM builder b JOIN builderprocessor bp ON bp.builder = b.id
+    LEFT JOIN buildqueue q ON q.builder = b.id
+    WHERE b.active AND bp.processor = %(processor)s AND b.virtualized = %(virtualized)s),
+down AS (
+    SELECT kb.name, kb.failed_by_master, kb.failnotes,
+        (SELECT e.date FROM event e WHERE e.builder = kb.id AND e.kind IN ('failed', 'disabled')
+         ORDER BY e.id DESC LIMIT 1) AS since
+    FROM kb WHERE NOT kb.builderok ORDER BY kb.name LIMIT 5)
+SELECT (SELECT count(*) FROM kb),
+    (SELECT count(*) FROM kb WHERE builderok),
+    (SELECT count(*) FROM kb WHERE builderok AND NOT manual),
+    (SELECT count(*) FROM kb WHERE builderok AND NOT manual AND NOT busy),
+    (SELECT array_agg(name ORDER BY name) FROM down),
+    (SELECT array_agg(failed_by_master ORDER BY name) FROM down),
+    (SELECT array_agg(failnotes ORDER BY name) FROM down),
+    (SELECT array_agg(since ORDER BY name) FROM down),
+    (SELECT array_agg(name ORDER BY name) FROM (
+        SELECT name FROM kb WHERE builderok AND manual ORDER BY name LIMIT 5) m),
+    (SELECT min(name) FROM kb WHERE builderok AND NOT manual AND NOT busy)
+"""
+
+
+class QueueViews:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        #: the last reading of :meth:`kinds` (when, what), and a reading in flight
+        self._kinds: tuple[float, list[QueueKind]] | None = None
+        self._waiting_for_kinds: list[defer.Deferred[list[QueueKind]]] | None = None
+
+    async def kinds(self, max_age: float = 0.0) -> list[QueueKind]:
+        """Every kind of build that has jobs or builders.
+
+        :param max_age: seconds a reading may be old (each is a walk through the whole
+            queue: readers asking at about the same moment share one; ``as_of`` says when
+            it was made).
+        """
+        clock = self._db.clock
+        if max_age > 0 and self._kinds is not None:
+            read_at, kinds = self._kinds
+            if clock.seconds() - read_at <= max_age:
+                return kinds
+        waiter: defer.Deferred[list[QueueKind]] = defer.Deferred()
+        if self._waiting_for_kinds is None:
+            self._waiting_for_kinds = []
+            defer.Deferred.fromCoroutine(self._read_kinds()).addBoth(self._deliver_kinds)
+        self._waiting_for_kinds.append(waiter)
+        return await waiter
+
+    def _deliver_kinds(self, result: list[QueueKind] | Failure) -> None:
+        waiters, self._waiting_for_kinds = self._waiting_for_kinds or [], None
+        if isinstance(result, Failure):
+            for waiter in waiters:
+                waiter.errback(result)
+            return
+        self._kinds = (self._db.clock.seconds(), result)
+        for waiter in waiters:
+            waiter.callback(result)
+
+    async def _read_kinds(self) -> list[QueueKind]:
+        rows = await self._db.query(_KINDS_SQL, prepared=True)
+        return [
+            QueueKind(
+                processor_id=r[0],
+                processor=r[1],
+                virtualized=r[2],
+                waiting=int(r[3]),
+                suspended=int(r[4]),
+                running=int(r[5]),
+                oldest_waiting=r[6],
+                builders=int(r[9]),
+                usable_builders=int(r[10]),
+                load=KindLoad(
+                    waiting=int(r[3]),
+                    waiting_seconds=float(r[7]),
+                    last_seconds=float(r[11]),
+                    running_remaining_seconds=float(r[8]),
+                    builders=int(r[10]),
+                ),
+                as_of=r[12],
+            )
+            for r in rows
+        ]
+
+    async def waiting(
+        self,
+        grant: Grant,
+        processor_id: int | None = None,
+        virtualized: bool | None = None,
+        after: tuple[int, int] | None = None,
+        limit: int = 50,
+    ) -> WaitingPage:
+        """Waiting jobs in dispatch order (highest score, then oldest), of one kind or all,
+        after the job ``after`` = ``(score, job id)``. Positions are given when one kind is
+        asked for."""
+        conditions = ["q.status = 0", "q.builder IS NULL"]
+        args: dict[str, Any] = {"limit": limit, **visibility_args(grant)}
+        one_kind = processor_id is not None and virtualized is not None
+        if processor_id is not None:
+            conditions.append("q.processor = %(processor)s")
+            args["processor"] = processor_id
+        if virtualized is not None:
+            conditions.append("q.virtualized = %(virtualized)s")
+            args["virtualized"] = virtualized
+        if after is not None:
+            conditions.append(
+                "(q.lastscore < %(score)s OR (q.lastscore = %(score)s AND q.id > %(job)s))"
+            )
+            args["score"], args["job"] = after
+        # the page's jobs first, from the queue alone (its candidate index is in this very
+        # order for one kind), then what the page shows of them
+        rows = await self._db.query(
+            f"SELECT {SUMMARY_COLUMNS}, q.datecreated, {visible_sql()}"
+            f" FROM {SUMMARY_FROM.replace('LEFT JOIN buildqueue q', 'JOIN buildqueue q')}"
+            " WHERE q.id = ANY(ARRAY("
+            f"  SELECT q.id FROM buildqueue q WHERE {' AND '.join(conditions)}"
+            "  ORDER BY q.lastscore DESC, q.id LIMIT %(limit)s))"
+            " ORDER BY q.lastscore DESC, q.id",
+            args,
+            prepared=True,
+        )
+        first = None
+        if one_kind and rows:
+            if after is None:
+                first = 1
+            else:
+                ahead = await self._db.query(
+                    _AHEAD_SQL,
+                    {
+                        "processor": processor_id,
+                        "virtualized": virtualized,
+                        "score": after[0],
+                        "job": after[1] + 1,
+                    },
+                    prepared=True,
+                )
+                counted = int(ahead[0][0])
+                first = counted + 1 if counted < AHEAD_COUNTED else None
+        jobs = []
+        for i, row in enumerate(rows):
+            summary = summary_from_row(row[:-2])
+            assert summary.job is not None
+            jobs.append(
+                WaitingJob(
+                    job_id=summary.job.id,
+                    score=summary.job.lastscore,
+                    manual=summary.job.manual,
+                    processor=summary.processor,
+                    virtualized=summary.job.virtualized,
+                    queued=row[-2],
+                    estimated_seconds=summary.estimated_seconds or 0.0,
+                    build=summary if row[-1] else None,
+                    position=first + i if first is not None else None,
+                )
+            )
+        next_after = (jobs[-1].score, jobs[-1].job_id) if len(jobs) == limit and jobs else None
+        return WaitingPage(tuple(jobs), next_after)
+
+    async def standing(self, summary: BuildSummary) -> Standing | None:
+        """Where a waiting or suspended build stands and why it is not running; ``None``
+        for a build that is not waiting."""
+        job = summary.job
+        if job is None or job.status not in (BuildQueueStatus.WAITING, BuildQueueStatus.SUSPENDED):
+            return None
+        kind = {"processor": job.processor_id, "virtualized": job.virtualized}
+        rows = await self._db.query(
+            _STANDING_SQL,
+            {
+                **kind,
+                "score": job.lastscore,
+                "job": job.id,
+                "das": summary.build.distroarchseries_id,
+            },
+            prepared=True,
+        )
+        ahead, ahead_seconds, running, no_chroot, as_of = rows[0]
+        ahead, ahead_seconds, running = int(ahead), float(ahead_seconds), float(running)
+        counts = (await self._db.query(_KIND_BUILDERS_SQL, kind, prepared=True))[0]
+        names, by_master, notes, since = (list(v or ()) for v in counts[4:8])
+        builders = KindBuilders(
+            total=int(counts[0]),
+            working=int(counts[1]),
+            automatic=int(counts[2]),
+            free=int(counts[3]),
+            out_of_service=tuple(
+                KindBuilder(*values) for values in zip(names, by_master, notes, since, strict=True)
+            ),
+            manual=tuple(counts[8] or ()),
+            a_free_one=counts[9],
+        )
+        suspended = job.status is BuildQueueStatus.SUSPENDED
+        reason_rows = (
+            await self._db.query(
+                "SELECT message FROM event WHERE build = %s AND kind = 'suspended'"
+                " ORDER BY id DESC LIMIT 1",
+                (summary.id,),
+            )
+            if suspended
+            else []
+        )
+        inputs = WaitInputs(
+            architecture=summary.architecture,
+            kind=kind_name(summary.processor, job.virtualized),
+            suspended=suspended,
+            suspended_reason=reason_rows[0][0] if reason_rows else None,
+            chroot_missing=bool(no_chroot),
+            builders=builders,
+            ahead=ahead,
+            ahead_counted_to=AHEAD_COUNTED,
+        )
+        usable = builders.automatic
+        return Standing(
+            position=ahead + 1,
+            position_exact=ahead < AHEAD_COUNTED,
+            ahead_seconds=ahead_seconds,
+            start_in_seconds=None
+            if suspended
+            else start_in_seconds(ahead_seconds, running, usable),
+            reason=why_waiting(inputs),
+            as_of=as_of,
+        )

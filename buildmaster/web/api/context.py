@@ -1,0 +1,83 @@
+"""What the operator API's resources work with: the store, the librarian, and the master
+through two small interfaces (what it knows that the database does not yet, and the
+operations on builds and builders)."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any, Protocol
+
+import attrs
+
+from buildmaster.enums import BuildStatus
+from buildmaster.librarian import Librarian
+from buildmaster.metrics import Metrics
+from buildmaster.model import Builder, BuildQueue, DistroArchSeries, HasId
+from buildmaster.store import Store
+
+__all__ = ["FarmReader", "Operations", "ApiLimits", "ApiContext"]
+
+
+class FarmReader(Protocol):
+    """What the master knows that the database does not have yet."""
+
+    def live_logtail(self, job_id: int) -> str | None:
+        """The newest log tail of a running job, if not yet written to the database."""
+
+    @property
+    def scanning(self) -> bool:
+        """Whether the scan loop runs."""
+
+    @property
+    def last_scan_cycle(self) -> float | None:
+        """When (the master's clock) the last scan cycle read the database."""
+
+
+class Operations(Protocol):
+    """The master's operations on builds and builders (:class:`BuilddMaster`'s)."""
+
+    async def cancel(self, build: HasId | int) -> BuildStatus: ...
+
+    async def retry(self, build: HasId | int) -> BuildQueue: ...
+
+    async def rescore(self, build: HasId | int, score: int) -> BuildQueue: ...
+
+    async def set_manual(self, builder: HasId | int, manual: bool) -> Builder: ...
+
+    async def addOrUpdateChroot(
+        self, distroarchseries: HasId | int, chroot: HasId | int
+    ) -> DistroArchSeries: ...
+
+
+@attrs.frozen
+class ApiLimits:
+    #: the largest JSON request body
+    max_json_body: int = 64 * 1024
+    #: the largest .dsc read for parsing
+    max_dsc_size: int = 1024 * 1024
+    #: how long an upload session (and its unsubmitted files) lives
+    upload_lifetime: datetime.timedelta = datetime.timedelta(days=1)
+    #: page sizes: the default and the largest a client may ask for
+    page_size: int = 50
+    max_page_size: int = 1000
+    #: seconds between two looks at a followed build (server-sent events)
+    follow_interval: float = 1.0
+    #: seconds a followed build's stream stays open at most (the client reconnects)
+    follow_max: float = 3600.0
+    #: seconds a reading of the queue's kinds may be old (a walk through the whole queue)
+    queue_max_age: float = 2.0
+
+
+@attrs.frozen
+class ApiContext:
+    store: Store
+    librarian: Librarian
+    #: IReactorTime: the clock of the request handlers (streams, estimates)
+    clock: Any
+    operations: Operations
+    farm: FarmReader
+    metrics: Metrics
+    limits: ApiLimits = ApiLimits()
+
+    def now(self) -> datetime.datetime:
+        return datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)

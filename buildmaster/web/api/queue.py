@@ -1,0 +1,97 @@
+"""``/api/v1/queue``: per kind of build its size, oldest job and estimated drain time;
+``/api/v1/queue/jobs``: the waiting jobs in dispatch order."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from buildmaster.store.views import QueueKind, WaitingJob
+from buildmaster.web.api.endpoint import Call, Endpoint, Reply, ok
+from buildmaster.web.api.problems import invalid_parameter
+from buildmaster.web.api.representations import build_summary_json, iso, later
+
+__all__ = ["Queue"]
+
+
+def kind_json(kind: QueueKind) -> Any:
+    drain = kind.drain_seconds
+    oldest = kind.oldest_waiting
+    return {
+        "kind": kind.name,
+        "processor": kind.processor,
+        "virtualized": kind.virtualized,
+        "waiting": kind.waiting,
+        "suspended": kind.suspended,
+        "running": kind.running,
+        "oldest_waiting": iso(oldest),
+        "oldest_wait_seconds": (kind.as_of - oldest).total_seconds() if oldest else None,
+        "builders": kind.builders,
+        "usable_builders": kind.usable_builders,
+        "estimated_drain_seconds": drain,
+        "estimated_drain": later(kind.as_of, drain),
+    }
+
+
+class Queue(Endpoint):
+    methods = ("get",)
+
+    def child(self, segment: str) -> Endpoint | None:
+        return QueueJobs(self.ctx) if segment == "jobs" else None
+
+    async def get(self, call: Call) -> Reply:
+        kinds = await self.ctx.store.views.queue.kinds(max_age=self.ctx.limits.queue_max_age)
+        as_of = kinds[0].as_of if kinds else self.ctx.now()
+        return ok({"as_of": iso(as_of), "kinds": [kind_json(k) for k in kinds]})
+
+
+class QueueJobs(Endpoint):
+    methods = ("get",)
+
+    async def get(self, call: Call) -> Reply:
+        grant = await call.grant()
+        processor_id = None
+        processor = call.param("processor")
+        if processor is not None:
+            known = {p.name: p.id for p in await self.ctx.store.views.catalog.processors()}
+            if processor not in known:
+                raise invalid_parameter(
+                    "processor",
+                    f"no processor {processor!r} (there are {', '.join(sorted(known))})",
+                )
+            processor_id = known[processor]
+        virtualized = call.bool_param("virtualized")
+        after = None
+        cursor = call.param("after")
+        if cursor is not None:
+            score, _, job = cursor.rpartition(":")
+            try:
+                after = (int(score), int(job))
+            except ValueError:
+                raise invalid_parameter("after", f"{cursor!r} is not SCORE:JOB") from None
+            if not -(2**31) <= after[0] < 2**31 or not 0 <= after[1] < 2**31:
+                raise invalid_parameter("after", f"{cursor!r} is out of range")
+        page = await self.ctx.store.views.queue.waiting(
+            grant, processor_id, virtualized, after, call.page_size()
+        )
+        next_url = None
+        if page.next_after is not None:
+            args = {k.decode(): v[-1].decode() for k, v in (call.request.args or {}).items()}
+            args["after"] = f"{page.next_after[0]}:{page.next_after[1]}"
+            next_url = f"/api/v1/queue/jobs?{urlencode(sorted(args.items()))}"
+        now = self.ctx.now()
+        return ok({"jobs": [self.job_json(j, now) for j in page.jobs], "next": next_url})
+
+    def job_json(self, job: WaitingJob, now: datetime.datetime) -> Any:
+        return {
+            "position": job.position,
+            "score": job.score,
+            "manual_score": job.manual,
+            "processor": job.processor,
+            "virtualized": job.virtualized,
+            "queued": iso(job.queued),
+            "estimated_duration": job.estimated_seconds,
+            "hidden": job.build is None,
+            "build": build_summary_json(job.build, now) if job.build is not None else None,
+        }

@@ -1,0 +1,154 @@
+"""Builders through the operator API: listed, shown, added, changed and removed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest_twisted
+from test_api_basics import assert_problem
+
+from buildmaster.testing import wait_for
+
+
+@pytest_twisted.ensureDeferred
+async def test_builders_are_added_listed_filtered_and_shown(api_world: Any) -> None:
+    admin, anonymous = api_world.admin, api_world.anonymous
+    sim = await api_world.harness.start_builder("t1", "i386")
+    added = await admin.post(
+        "/api/v1/builders",
+        {"name": "t1", "url": sim.url, "processors": ["386"], "title": "Trusty one"},
+    )
+    assert added.status == 201, added.body
+    assert added.header("location") == "/api/v1/builders/t1"
+    assert added.json["processors"] == ["386"] and added.json["state"] == "idle"
+    virtual = await admin.post(
+        "/api/v1/builders",
+        {
+            "name": "v1",
+            "url": "http://127.0.0.1:9/",
+            "processors": ["amd64", "386"],
+            "virtualized": True,
+            "vm_host": "v1.vm",
+        },
+    )
+    assert virtual.status == 201, virtual.body
+    assert_problem(
+        await admin.post("/api/v1/builders", {"name": "t1", "url": sim.url, "processors": ["386"]}),
+        409,
+        "conflict",
+        "t1 exists already",
+    )
+    assert_problem(
+        await admin.post(
+            "/api/v1/builders", {"name": "t2", "url": sim.url, "processors": ["sparc"]}
+        ),
+        422,
+        "unprocessable",
+        "no processor sparc",
+        "386, amd64",
+    )
+    names = lambda answer: [b["name"] for b in answer.json["builders"]]  # noqa: E731
+    assert names(await anonymous.get("/api/v1/builders")) == ["t1", "v1"]
+    assert names(await anonymous.get("/api/v1/builders?processor=amd64")) == ["v1"]
+    assert names(await anonymous.get("/api/v1/builders?virtualized=false")) == ["t1"]
+    assert names(await anonymous.get("/api/v1/builders?state=idle")) == ["t1", "v1"]
+    assert "bob" in names(await anonymous.get("/api/v1/builders?state=inactive"))
+    shown = await anonymous.get("/api/v1/builders/v1")
+    assert shown.json["vm_host"] == "v1.vm" and shown.json["virtualized"] is True
+    assert shown.json["events"][0]["kind"] == "registered"
+    assert shown.json["recent_builds"] == [] and shown.json["current_build"] is None
+    assert_problem(await anonymous.get("/api/v1/builders/nobody"), 404, "not-found", "nobody")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_builder_is_disabled_enabled_and_changed(api_world: Any) -> None:
+    admin = api_world.admin
+    sim, builder = await api_world.world.builder("t1")
+    uploader = await api_world.uploader(api_world.world.data.cprov_ppa)
+    assert_problem(
+        await uploader.patch("/api/v1/builders/t1", {"enabled": False}), 403, "forbidden"
+    )
+    disabled = await admin.patch(
+        "/api/v1/builders/t1", {"enabled": False, "reason": "disk replacement"}
+    )
+    assert disabled.status == 200, disabled.body
+    assert disabled.json["state"] == "disabled" and disabled.json["ok"] is False
+    assert disabled.json["failnotes"] == "disabled by an operator: disk replacement"
+    assert disabled.json["out_of_service_since"] is not None
+    history = (await admin.get("/api/v1/builders/t1")).json["events"]
+    assert history[0]["kind"] == "disabled" and "disk replacement" in history[0]["text"]
+    enabled = await admin.patch("/api/v1/builders/t1", {"enabled": True, "reason": "new disk"})
+    assert enabled.json["state"] == "idle" and enabled.json["failnotes"] is None
+    changed = await admin.patch(
+        "/api/v1/builders/t1",
+        {"manual": True, "processors": ["amd64"], "url": "http://127.0.0.1:1/", "vm_host": "x"},
+    )
+    assert changed.status == 200, changed.body
+    body = changed.json
+    assert (body["state"], body["processors"], body["builder_url"], body["vm_host"]) == (
+        "manual",
+        ["amd64"],
+        "http://127.0.0.1:1/",
+        "x",
+    )
+    assert (await api_world.store.builders.get(builder)).manual
+    assert_problem(await admin.patch("/api/v1/builders/t1", {}), 400, "invalid-body")
+    assert_problem(
+        await admin.patch("/api/v1/builders/t1", {"colour": "red"}), 400, "invalid-body", "colour"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_builder_is_removed_only_when_it_has_no_job(api_world: Any) -> None:
+    admin, store, world = api_world.admin, api_world.store, api_world.world
+    await world.builder("t1")
+    world.harness.farm.build_time = 30.0
+    build = await world.queue("hello")
+    master = world.harness.master
+    master.startService()
+    await master.when_ready()
+    await wait_for(
+        api_world.reactor,
+        lambda: _state(store, build.id, "BUILDING"),
+        20,
+        "the build to start",
+    )
+    busy = await admin.delete("/api/v1/builders/t1")
+    assert_problem(
+        busy, 409, "conflict", f"busy with build {build.id}", f"/api/v1/builds/{build.id}/cancel"
+    )
+    cancelled = await admin.post(f"/api/v1/builds/{build.id}/cancel")
+    assert cancelled.status == 200 and cancelled.json["state"] in ("CANCELLING", "CANCELLED")
+    await wait_for(
+        api_world.reactor, lambda: _state(store, build.id, "CANCELLED"), 20, "the cancel"
+    )
+    await wait_for(
+        api_world.reactor,
+        lambda: _no_job(store, "t1"),
+        20,
+        "the builder to be free",
+    )
+    assert (await admin.delete("/api/v1/builders/t1")).status == 204
+    # it built something: kept, inactive, for its history
+    gone = await admin.get("/api/v1/builders/t1")
+    assert gone.json["state"] == "inactive" and gone.json["active"] is False
+    assert "t1" not in [b["name"] for b in (await admin.get("/api/v1/builders")).json["builders"]]
+    again = await admin.post(
+        "/api/v1/builders", {"name": "t1", "url": "http://127.0.0.1:1/", "processors": ["386"]}
+    )
+    assert_problem(again, 409, "conflict", '{"active": true}')
+    # a builder that never built anything is deleted for good
+    await admin.post(
+        "/api/v1/builders", {"name": "t9", "url": "http://127.0.0.1:1/", "processors": ["386"]}
+    )
+    assert (await admin.delete("/api/v1/builders/t9")).status == 204
+    assert (await admin.get("/api/v1/builders/t9")).status == 404
+
+
+async def _state(store: Any, build_id: int, state: str) -> bool:
+    return (await store.builds.get(build_id)).status.name == state
+
+
+async def _no_job(store: Any, name: str) -> bool:
+    builder = await store.builders.getByName(name)
+    return await store.queue.get_for_builder(builder) is None
