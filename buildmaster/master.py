@@ -305,8 +305,17 @@ class BuilddMaster(service.Service):
         except Exception:
             self._log.failure("Resuming waiting jobs failed")
 
-    async def resume_waiting(self) -> int:
-        """Put back in the queue the suspended jobs whose wait is over; how many."""
+    def resume_waiting(self) -> defer.Deferred[int]:
+        """Put back in the queue the jobs a failure of the master's own side suspended
+        (:mod:`buildmaster.masterfaults`) whose wait is over (the master does so by itself
+        every so often).
+
+        Fires with how many went back; fails with a
+        :class:`~buildmaster.store.database.DatabaseError`.
+        """
+        return defer.Deferred.fromCoroutine(self._resume_waiting())
+
+    async def _resume_waiting(self) -> int:
         now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)
         resumed = await self.store.jobs.resume_due(now)
         if resumed:

@@ -58,6 +58,9 @@ class EmbeddedMasterTests(MasterTestMixin, unittest.TestCase):
         retried = farm.master.retry(build)
         self.assertIsInstance(retried, defer.Deferred)
         self.assertEqual((await retried).build_id, build.id)
+        resumed = farm.master.resume_waiting()  # nothing was suspended
+        self.assertIsInstance(resumed, defer.Deferred)
+        self.assertEqual(await resumed, 0)
 
         # callback style works as well as await
         results: list[Any] = []
