@@ -12,13 +12,13 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from buildmaster.config import MasterConfig
 from buildmaster.enums import BuildQueueStatus, BuildStatus
-from buildmaster.service import BuildmasterService, ServiceSettings
+from buildmaster.service import BuildmasterService, ServiceSettings, StartupError
 from buildmaster.store.cluster import free_port
-from buildmaster.store.database import DatabaseUnavailable
 from buildmaster.testing import MasterTestMixin, TestMaster, wait_for
 
 reactor: Any = global_reactor
@@ -105,16 +105,25 @@ class ReadinessTests(unittest.TestCase):
                 port="tcp:0:interface=127.0.0.1",
             ),
         )
+        said: list[str] = []
+
+        def critical(event: dict[str, Any]) -> None:
+            if event.get("log_level") is LogLevel.critical:
+                said.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(critical)
+        self.addCleanup(globalLogPublisher.removeObserver, critical)
         early = service.when_ready()  # asked before the start: waits for it
         self.assertNoResult(early)
         service.startService()
-        with self.assertRaises(DatabaseUnavailable):
+        with self.assertRaises(StartupError) as raised:
             await early
-        with self.assertRaises(DatabaseUnavailable):
+        self.assertIn("cannot connect to the database", str(raised.exception))
+        with self.assertRaises(StartupError):
             await service.when_ready()  # asked afterwards: the same answer at once
         await service.stopService()
-        # the service logs why it could not start, whether or not anybody waits
-        self.assertEqual(len(self.flushLoggedErrors(DatabaseUnavailable)), 1)
+        # the service logs why it could not start (one line), whether or not anybody waits
+        self.assertEqual(said, [f"buildmaster cannot start: {raised.exception}"])
 
     async def test_when_ready_fires_once_the_master_runs(self) -> None:
         farm = await MasterTestMixin.start_master(self, reactor, builders=0)  # type: ignore[arg-type]
