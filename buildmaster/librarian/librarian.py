@@ -137,7 +137,7 @@ class Librarian:
     @property
     def clock(self) -> Any:
         """The clock expiry and tokens are judged by (IReactorTime)."""
-        return self._reactor
+        return self._clock
 
     def run_in_thread(self, f: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
         """Call the blocking ``f(*args, **kwargs)`` in the librarian's thread pool.
