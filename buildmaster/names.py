@@ -17,8 +17,11 @@ __all__ = ["InvalidName", "check_builder_name", "check_vm_host"]
 #: Launchpad's names: lower-case letters and digits, then also ``+``, ``.`` and ``-``.
 BUILDER_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]*\Z")
 MAX_BUILDER_NAME = 100
+_VM_HOST = r"[A-Za-z0-9][A-Za-z0-9._:-]*"
 #: A host name or address: letters and digits, then also ``.``, ``-``, ``_`` and ``:``.
-VM_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*\Z")
+VM_HOST = re.compile(_VM_HOST + r"\Z")
+#: The same as a JSON Schema pattern (the operator API's).
+VM_HOST_PATTERN = f"^{_VM_HOST}$"
 MAX_VM_HOST = 253
 
 
