@@ -457,7 +457,7 @@ async def _start_for(case: _TrialCase, reactor: Any, options: dict[str, Any]) ->
 def master_process(dsn: str, state: Path, log: Path, *args: str) -> subprocess.Popen[bytes]:
     """``twistd -n buildmaster`` in a process of its own (this source tree first on its
     path), on the database ``dsn``, logging to ``log``, with a web server on any free
-    port, a 0.3 s scan interval and a 3 s call timeout, and ``args`` besides."""
+    port, a 0.3 s scan interval and a 5 s call timeout, and ``args`` besides."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.Popen(
@@ -479,7 +479,7 @@ def master_process(dsn: str, state: Path, log: Path, *args: str) -> subprocess.P
             "--scan-interval",
             "0.3",
             "--socket-timeout",
-            "3",
+            "5",
             *args,
         ],  # fmt: skip
         env=env,

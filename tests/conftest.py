@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import hypothesis
 import psycopg2
 import pytest
 import pytest_twisted
@@ -44,6 +45,11 @@ from buildmaster.testing import (
 )
 
 TEMPLATE = "buildmaster_template"
+
+# Hypothesis holds every example to a deadline of the wall clock (200 ms) unless told
+# otherwise: a loaded machine breaks that, and what the properties check is results.
+hypothesis.settings.register_profile("buildmaster", deadline=None)
+hypothesis.settings.load_profile("buildmaster")
 
 
 @implementer(ILogObserver)

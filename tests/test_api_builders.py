@@ -110,7 +110,7 @@ async def test_a_builder_is_removed_only_when_it_has_no_job(api_world: Any) -> N
     await wait_for(
         api_world.reactor,
         lambda: _state(store, build.id, "BUILDING"),
-        20,
+        60,
         "the build to start",
     )
     busy = await admin.delete("/api/v1/builders/t1")
@@ -120,12 +120,12 @@ async def test_a_builder_is_removed_only_when_it_has_no_job(api_world: Any) -> N
     cancelled = await admin.post(f"/api/v1/builds/{build.id}/cancel")
     assert cancelled.status == 200 and cancelled.json["state"] in ("CANCELLING", "CANCELLED")
     await wait_for(
-        api_world.reactor, lambda: _state(store, build.id, "CANCELLED"), 20, "the cancel"
+        api_world.reactor, lambda: _state(store, build.id, "CANCELLED"), 60, "the cancel"
     )
     await wait_for(
         api_world.reactor,
         lambda: _no_job(store, "t1"),
-        20,
+        60,
         "the builder to be free",
     )
     assert (await admin.delete("/api/v1/builders/t1")).status == 204

@@ -212,7 +212,7 @@ async def test_a_builder_reporting_another_cookie_lost_the_job(
     assert (await store.builders.get(builder)).clean_status is BuilderCleanStatus.DIRTY
     assert (await store.builders.get(builder)).failure_count == 1
     assert await state(store, build) is BuildStatus.BUILDING
-    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 5, "the abort")
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60, "the abort")
     await master.scan_all()
     assert await state(store, build) is BuildStatus.NEEDSBUILD
     assert "lost" in [e.kind for e in await store.events.for_build(build.id)]

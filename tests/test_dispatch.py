@@ -179,7 +179,7 @@ async def test_a_builder_answering_with_another_build_id_is_a_failure(
     assert sim.state.build_id == build.cookie and sim.state.state == "BuilderStatus.ABORTING"
     job = await store.queue.get_for_build(build)
     assert job is not None and job.builder_id == builder.id
-    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 5, "the abort")
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60, "the abort")
     await master.scan_all()
     assert await waiting_again(store, build)
     assert [c.method for c in sim.history][-2:] == ["status", "clean"]
@@ -218,7 +218,7 @@ async def test_a_job_that_breaks_every_builder_fails_without_taking_them_down(
         await wait_for(
             reactor,
             lambda: any(s.state.state == "BuilderStatus.WAITING" for s in sims),
-            5,
+            60,
             "the poison to break its builder",
         )
         await master.scan_all()  # collected: BUILDERFAIL

@@ -106,7 +106,7 @@ async def test_endless_result_files_are_cut_at_the_builds_budget(
     build = await world.queue("victim")
     await world.harness.master.scan_all()
     await wait_for(
-        reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 10, "the build to end"
+        reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60, "the build to end"
     )
     await world.harness.master.scan_all()
     build = await store.builds.get(build)

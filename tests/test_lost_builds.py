@@ -32,7 +32,7 @@ IDLE = "BuilderStatus.IDLE"
 ARGS = {"distribution": "ubuntu", "series": "hoary", "suite": "hoary", "ogrecomponent": "main"}
 #: a master scanning often, that disables a builder after three failures
 LOSING = MasterConfig(
-    socket_timeout=2.0, scan_interval=0.2, failure_policy=FailurePolicy(builder_disable_threshold=3)
+    socket_timeout=5.0, scan_interval=0.2, failure_policy=FailurePolicy(builder_disable_threshold=3)
 )
 
 
@@ -282,7 +282,7 @@ async def test_a_builder_that_keeps_forgetting_its_builds_is_taken_out_of_servic
         async def disabled() -> bool:
             return not (await store.builders.get(forgetful_builder)).builderok
 
-        await wait_for(reactor, disabled, 30, "the builder to be disabled")
+        await wait_for(reactor, disabled, 60, "the builder to be disabled")
     finally:
         forgetting.stop()
         await master.stopService()
