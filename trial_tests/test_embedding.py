@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer
 from twisted.internet import reactor as global_reactor
-from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
+from zope.interface import provider
 
 from buildmaster.config import MasterConfig
 from buildmaster.enums import BuildQueueStatus, BuildStatus
@@ -107,10 +108,12 @@ class ReadinessTests(unittest.TestCase):
         )
         said: list[str] = []
 
-        def critical(event: dict[str, Any]) -> None:
+        @provider(ILogObserver)
+        def observe(event: dict[str, Any]) -> None:
             if event.get("log_level") is LogLevel.critical:
                 said.append(formatEvent(event))
 
+        critical = cast(ILogObserver, observe)
         globalLogPublisher.addObserver(critical)
         self.addCleanup(globalLogPublisher.removeObserver, critical)
         early = service.when_ready()  # asked before the start: waits for it
