@@ -565,7 +565,7 @@ async def start_service(reactor: Any, service: Any) -> Any:
 
     service.stop_trigger = reactor.addSystemEventTrigger("before", "shutdown", stop_if_running)
     service.startService()
-    await service._started
+    await service.when_ready()
     return service
 
 

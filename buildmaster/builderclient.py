@@ -376,11 +376,16 @@ class BuilderClient:
         file of any size may take as long as it needs at that pace). Waiting for ``sink``
         (a disk) counts against neither.
 
-        :raises BuilderUnreachable: connection problems, or the download stalled or
-            crawled.
+        The answer must say where the file ends (``Content-Length``, or chunked): a file sent
+        until the connection closes could be cut short without anybody noticing (the build
+        log has no checksum to tell), so it is refused once it arrived (the caller drops
+        what it stored).
+
+        :raises BuilderUnreachable: connection problems (a file cut short among them), or
+            the download stalled or crawled.
         :raises FileMissing: not in the cache (HTTP 404).
         :raises FileTooLarge: larger than ``max_size``.
-        :raises BuilderProtocolError: any other bad answer.
+        :raises BuilderProtocolError: any other bad answer, one without its length included.
         """
         if self._gate is not None:
             self._gate()
@@ -411,5 +416,13 @@ class BuilderClient:
         if response.status != 200:
             raise BuilderProtocolError(
                 f"fetching {name}: HTTP {response.status} {response.reason[:80]}"
+            )
+        if (
+            b"content-length" not in response.headers
+            and b"transfer-encoding" not in response.headers
+        ):
+            raise BuilderProtocolError(
+                f"fetching {name}: the answer did not say how long the file is"
+                " (no Content-Length): it could have been cut short"
             )
         return response.length

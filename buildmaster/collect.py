@@ -1,9 +1,14 @@
 """Fetching a finished build's log and results from the builder into the librarian.
 
 Files are streamed from the builder's ``/filecache`` straight into librarian uploads: written
-to disk as they arrive, never held in memory whole, size-capped, and SHA-1 verified by the
-upload before anything is recorded. The log is gzip-compressed on the way (in the librarian's
-thread pool, a megabyte at a time, so compressing a big log never stalls the reactor).
+to disk as they arrive, never held in memory whole, size-capped. A result file is verified
+against the SHA-1 of the builder's filemap by the upload before anything is recorded. The
+log has no such checksum (the builder, launchpad-buildd as slavesim, serves its ``buildlog``
+file with its length only): it is stored only when it arrived whole (its length declared and
+all of it received, see :meth:`BuilderClient.fetch_file`), and the librarian records the
+hashes of what it stored, as for every file. The log is gzip-compressed on the way (in the
+librarian's thread pool, a megabyte at a time, so compressing a big log never stalls the
+reactor).
 
 A build's downloads run a few at a time (:attr:`CollectLimits.max_downloads`, the log
 first), and its result files share one budget of bytes (:attr:`CollectLimits.max_total_size`):
@@ -256,7 +261,8 @@ class ResultCollector:
     async def store_log(self, filename: str, restricted: bool) -> tuple[int | None, str | None]:
         """Fetch ``/filecache/buildlog`` into the librarian (compressed).
 
-        A log larger than the limit is cut there, and says so at its end.
+        A log larger than the limit is cut there, and says so at its end. A log whose
+        transfer broke off (or that came without its length) is not stored.
 
         :returns: ``(alias id, note)``; the alias is ``None`` when the builder has no log
             (HTTP 404); the note explains a truncation.

@@ -12,6 +12,7 @@ from buildmaster.builderclient import (
     DEFAULT_VIRTUALIZED_TIMEOUT,
 )
 from buildmaster.policy import FailurePolicy
+from buildmaster.vmreset import check_template
 
 __all__ = ["MasterConfig"]
 
@@ -21,6 +22,13 @@ GiB = 1024 * 1024 * 1024
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not value > 0:
         raise ValueError(f"{attribute.name} must be positive, not {value!r}")
+
+
+def _vm_resume_command(
+    instance: object, attribute: attrs.Attribute[str | None], value: str | None
+) -> None:
+    if value is not None:
+        check_template(value)
 
 
 def _not_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -38,8 +46,9 @@ class MasterConfig:
     virtualized_socket_timeout: float = attrs.field(
         default=DEFAULT_VIRTUALIZED_TIMEOUT, validator=_positive
     )
-    #: the command that resets a virtualized builder's VM, with %(vm_host)s and %(buildd_name)s
-    vm_resume_command: str | None = None
+    #: the command that resets a virtualized builder's VM, with %(vm_host)s and/or
+    #: %(buildd_name)s (:mod:`buildmaster.vmreset`; a bad template is refused here)
+    vm_resume_command: str | None = attrs.field(default=None, validator=_vm_resume_command)
     vm_resume_timeout: float = attrs.field(default=300.0, validator=_positive)
     #: a cancelled build that has not aborted after this long is a builder failure
     cancel_timeout: float = attrs.field(default=180.0, validator=_positive)

@@ -21,7 +21,9 @@ It holds one :class:`~buildmaster.scanner.BuilderWorker` per builder and
 
 It also offers the seed's API (``addDistroArchSeries``, ``setupBuilders``,
 ``findBuildCandidate``, ``dispatchBuildCandidate``, ``is_available``) and the operations on
-builds (cancel, retry, rescore, manual mode).
+builds (cancel, retry, rescore, manual mode). Every operation that does I/O returns a
+Deferred (each says what it fires with and fails with), so it can be used from any Twisted
+program or trial test, with or without coroutines.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from buildmaster.metrics import Metrics
 from buildmaster.model import Builder, BuilderSnapshot, BuildQueue, DistroArchSeries, HasId, id_of
 from buildmaster.ownership import OWNERSHIP_LOCK, Ownership, OwnershipLost
 from buildmaster.protocol import BuilderError
+from buildmaster.readiness import Readiness
 from buildmaster.scanner import BuilderWorker, failure_message
 from buildmaster.store import Store
 from buildmaster.store.database import DatabaseError
@@ -108,9 +111,15 @@ class ClaimGate:
 class BuilddMaster(service.Service):
     """The scanning and dispatching service.
 
-    :param reactor: IReactorTime + IReactorTCP + IReactorProcess (never the global one).
+    :param reactor: IReactorTime + IReactorTCP + IReactorProcess (never the global one):
+        connections, the VM reset command.
     :param store: the database.
     :param librarian: where files are served from and results are stored.
+    :param metrics: what the master measures (/metrics); a new one by default.
+    :param clock: what schedules the scans and decides what is due (scan ticks, building
+        builders' polls, re-probes, cancel and retry windows, log tail writes, collection
+        leases) and the deadlines of the calls to builders; ``reactor`` by default. Tests
+        pass a ``Clock`` to drive time.
     """
 
     _log = Logger()
@@ -123,13 +132,14 @@ class BuilddMaster(service.Service):
         librarian: Any,
         config: MasterConfig | None = None,
         metrics: Metrics | None = None,
+        clock: Any = None,
     ) -> None:
         self.reactor = reactor
-        self.clock = reactor
+        self.clock = reactor if clock is None else clock
         self.store = store
         self.librarian = librarian
         self.config = config or MasterConfig()
-        self.http = HTTPClient(reactor)
+        self.http = HTTPClient(reactor, clock=self.clock)
         self.logtails = LogtailBuffer(store)
         #: what the master measures (/metrics)
         self.metrics = metrics if metrics is not None else Metrics()
@@ -141,7 +151,7 @@ class BuilddMaster(service.Service):
         self._empty: set[Key] = set()
         self._idle: dict[Key, set[BuilderWorker]] = {}
         self.claims = ClaimGate(lambda: self._listening)
-        self._empty_since = reactor.seconds()
+        self._empty_since = self.clock.seconds()
         self._listening = False
         self._generation: dict[Key, int] = {}
         #: the builders this master works (advisory locks held by its database session)
@@ -149,20 +159,22 @@ class BuilddMaster(service.Service):
         self._slices = max(1, min(MAX_SCAN_SLICES, int(self.config.scan_interval / SCAN_SLICE)))
         self._next_slice = 0
         self._scan_loop = task.LoopingCall.withCount(self._tick)
-        self._scan_loop.clock = reactor
+        self._scan_loop.clock = self.clock
         self._logtail_loop = task.LoopingCall(self._flush_logtails)
-        self._logtail_loop.clock = reactor
+        self._logtail_loop.clock = self.clock
         #: the master's own failures, reported once per cause
         self.faults = FaultLog(
-            reactor,
+            self.clock,
             retry_initial=self.config.fault_retry_initial,
             retry_max=self.config.fault_retry_max,
         )
         self._resume_loop = task.LoopingCall(self._resume_due)
-        self._resume_loop.clock = reactor
+        self._resume_loop.clock = self.clock
         self._loops: list[defer.Deferred[Any]] = []
+        self._started: defer.Deferred[None] = defer.succeed(None)
+        self._readiness = Readiness()
         self.admission = Admission(
-            reactor, self.config.max_collections, self.config.collection_lease, self._take_turns
+            self.clock, self.config.max_collections, self.config.collection_lease, self._take_turns
         )
         #: routine polls waiting their turn, oldest first: builder id -> worker, the latest
         #: snapshot of it, when it started waiting
@@ -175,6 +187,27 @@ class BuilddMaster(service.Service):
         super().startService()
         self.stopping = False
         self._started = defer.Deferred.fromCoroutine(self._start())
+        self._readiness.watch(self._started)
+
+    def _warn_unreset_vms(self) -> None:
+        """Virtualized builders run untrusted builds: without a reset command, each build
+        finds what the one before it left in the VM."""
+        if self.config.vm_resume_command:
+            return
+        names = sorted(w.builder.name for w in self.workers.values() if w.builder.virtualized)
+        if names:
+            self._log.warn(
+                "No VM reset command is set (--vm-resume-command): the virtualized builders"
+                " {names} will build without their VMs being reset between builds",
+                names=", ".join(names),
+            )
+
+    def when_ready(self) -> defer.Deferred[None]:
+        """Fires with ``None`` once the master runs (listening for new jobs, its first scan
+        of every builder done, its loops started); fails with the error that stopped it
+        from starting (a :class:`~buildmaster.store.database.DatabaseError`, most likely).
+        Called before ``startService``, it waits for the start."""
+        return self._readiness.wait()
 
     async def _start(self) -> None:
         await self.store.db.listen("buildqueue_waiting", self._queue_changed)
@@ -183,6 +216,7 @@ class BuilddMaster(service.Service):
         for das in await self.store.distributions.all_arch_series():
             self._distroarchseries[das.id] = das
         await self._safe_scan(None)  # everything once at start, then a slice at a time
+        self._warn_unreset_vms()
         self._loops = [
             self._scan_loop.start(self.config.scan_interval / self._slices, now=False),
             self._logtail_loop.start(self.config.logtail_interval, now=False),
@@ -192,12 +226,12 @@ class BuilddMaster(service.Service):
         ]
 
     def stopService(self) -> defer.Deferred[None]:
+        """Fires with ``None`` once the master has stopped: its loops stopped, the scans in
+        progress over (their remote calls are cut short), the pending log tails written."""
         super().stopService()
         return defer.Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
-        """Stops the loops, waits for the scans in progress (their remote calls are cut
-        short), then writes the pending log tails."""
         self.stopping = True
         self._listening = False
         try:
@@ -226,6 +260,18 @@ class BuilddMaster(service.Service):
         return self.logtails.pending(job_id)
 
     # -- scanning ----------------------------------------------------------------------
+
+    @property
+    def ticking(self) -> bool:
+        """Whether a periodic tick is still reading the database (its scans are then
+        started; :attr:`scans_under_way` says whether they are over)."""
+        return self._scan_loop.running and self._scan_loop.call is None
+
+    @property
+    def scans_under_way(self) -> bool:
+        """Whether a scan is under way: a periodic tick still reading the database, or a
+        builder being scanned (a test that drives the master's clock waits for it to end)."""
+        return self.ticking or any(w.busy for w in self.workers.values())
 
     def _tick(self, count: int) -> defer.Deferred[None]:
         """Scan the next slice, and any slice a late reactor skipped (``count`` > 1)."""
@@ -259,24 +305,39 @@ class BuilddMaster(service.Service):
         except Exception:
             self._log.failure("Resuming waiting jobs failed")
 
-    async def resume_waiting(self) -> int:
-        """Put back in the queue the suspended jobs whose wait is over; how many."""
+    def resume_waiting(self) -> defer.Deferred[int]:
+        """Put back in the queue the jobs a failure of the master's own side suspended
+        (:mod:`buildmaster.masterfaults`) whose wait is over (the master does so by itself
+        every so often).
+
+        Fires with how many went back; fails with a
+        :class:`~buildmaster.store.database.DatabaseError`.
+        """
+        return defer.Deferred.fromCoroutine(self._resume_waiting())
+
+    async def _resume_waiting(self) -> int:
         now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)
         resumed = await self.store.jobs.resume_due(now)
         if resumed:
             self._log.info("{count} waiting jobs back in the queue", count=resumed)
         return resumed
 
-    async def scan_all(
+    def scan_all(
         self, wait: bool = True, parts: list[int] | None = None, only_due: bool = False
-    ) -> None:
+    ) -> defer.Deferred[None]:
         """Scan every builder (this master works) in parallel, from one read of the database.
+
+        Fires with ``None``; fails with a :class:`~buildmaster.store.database.DatabaseError`
+        when the builders could not be read (a builder's own failure is judged, not raised).
 
         :param wait: fire only once every scan is done (otherwise as soon as they are started).
         :param parts: only the builders of these slices of the scan interval (``id % slices``).
         :param only_due: skip the building builders whose next poll is not due yet
             (:meth:`BuilderWorker.due`; the periodic scans do, a scan asked for does not).
         """
+        return defer.Deferred.fromCoroutine(self._scan_all(wait, parts, only_due))
+
+    async def _scan_all(self, wait: bool, parts: list[int] | None, only_due: bool) -> None:
         slices = self._slices
         snapshots = await self.store.jobs.snapshots(
             parts=(slices, parts) if parts is not None else None
@@ -448,12 +509,13 @@ class BuilddMaster(service.Service):
         """Whether this master works the builder (holds its lock, when that matters)."""
         return self.ownership.holds(builder_id)
 
-    async def arch_tag_for(self, builder: Builder) -> str | None:
-        """The architecture tag a builder should report (from the registered architectures)."""
+    def arch_tag_for(self, builder: Builder) -> defer.Deferred[str | None]:
+        """Fires with the architecture tag a builder should report (from the registered
+        architectures), or ``None`` when none matches its processors."""
         for das in self._distroarchseries.values():
             if das.processor_id in builder.processor_ids:
-                return das.architecturetag
-        return None
+                return defer.succeed(das.architecturetag)
+        return defer.succeed(None)
 
     # -- the seed's API ------------------------------------------------------------------
 
@@ -546,9 +608,18 @@ class BuilddMaster(service.Service):
 
     # -- operations --------------------------------------------------------------------
 
-    async def cancel(self, build: HasId | int) -> BuildStatus:
+    def cancel(self, build: HasId | int) -> defer.Deferred[BuildStatus]:
         """Cancel a build: at once if it waits; a running one is aborted on its builder and
-        ends CANCELLED when the builder reports it aborted."""
+        ends CANCELLED when the builder reports it aborted.
+
+        Fires with the build's new state (CANCELLED, or CANCELLING while its builder
+        aborts it); fails with :class:`~buildmaster.store.NotFound` for an unknown build and
+        :class:`~buildmaster.transitions.IllegalTransition` for a build that cannot be
+        cancelled (it has ended).
+        """
+        return defer.Deferred.fromCoroutine(self._cancel(build))
+
+    async def _cancel(self, build: HasId | int) -> BuildStatus:
         state = await self.store.jobs.cancel(build)
         if state is BuildStatus.CANCELLING:
             job = await self.store.queue.get_for_build(build)
@@ -556,26 +627,52 @@ class BuilddMaster(service.Service):
                 self.workers[job.builder_id].request_scan()
         return state
 
-    async def retry(self, build: HasId | int) -> BuildQueue:
-        """Queue a failed or cancelled build again, with a fresh score."""
-        return await self.store.jobs.retry(build)
+    def retry(self, build: HasId | int) -> defer.Deferred[BuildQueue]:
+        """Queue a failed or cancelled build again, with a fresh score.
 
-    async def rescore(self, build: HasId | int, score: int) -> BuildQueue:
-        """Give a waiting build a manual score (it sticks)."""
-        return await self.store.jobs.rescore(build, score)
+        Fires with its new queue entry; fails with :class:`~buildmaster.store.NotFound` for
+        an unknown build, and with :class:`~buildmaster.transitions.IllegalTransition` or
+        ``ValueError`` for a build that did not end in a failure or a cancel.
+        """
+        return defer.Deferred.fromCoroutine(self.store.jobs.retry(build))
 
-    async def set_manual(self, builder: HasId | int, manual: bool) -> Builder:
+    def rescore(self, build: HasId | int, score: int) -> defer.Deferred[BuildQueue]:
+        """Give a waiting build a manual score (it sticks).
+
+        Fires with its queue entry, rescored; fails with :class:`~buildmaster.store.NotFound`
+        when the build is not waiting in the queue.
+        """
+        return defer.Deferred.fromCoroutine(self.store.jobs.rescore(build, score))
+
+    def set_manual(self, builder: HasId | int, manual: bool) -> defer.Deferred[Builder]:
         """Manual mode: the builder is still scanned and its builds collected, but it gets
-        no new job."""
+        no new job.
+
+        Fires with the builder as it is now; fails with :class:`~buildmaster.store.NotFound`
+        for an unknown builder.
+        """
+        return defer.Deferred.fromCoroutine(self._set_manual(builder, manual))
+
+    async def _set_manual(self, builder: HasId | int, manual: bool) -> Builder:
         fresh = await self.store.builders.set_manual(builder, manual)
         if fresh.id in self.workers:
             self.workers[fresh.id].update(fresh)
         return fresh
 
-    async def addOrUpdateChroot(
+    def addOrUpdateChroot(
+        self, distroarchseries: HasId | int, chroot: HasId | int
+    ) -> defer.Deferred[DistroArchSeries]:
+        """Set an architecture's chroot (a librarian file); jobs that waited for it go back
+        in the queue.
+
+        Fires with the architecture as it is now; fails with
+        :class:`~buildmaster.store.NotFound` for an unknown architecture.
+        """
+        return defer.Deferred.fromCoroutine(self._add_or_update_chroot(distroarchseries, chroot))
+
+    async def _add_or_update_chroot(
         self, distroarchseries: HasId | int, chroot: HasId | int
     ) -> DistroArchSeries:
-        """Set an architecture's chroot; jobs that waited for it go back in the queue."""
         das = await self.store.distributions.addOrUpdateChroot(distroarchseries, chroot)
         await self.store.jobs.resume_suspended(das)
         return das

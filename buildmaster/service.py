@@ -6,8 +6,10 @@ scanning master, and the demo (if asked). Stop: the same, backwards: scanning st
 the web server, and the database (and its private cluster) closes last. Twisted's
 ``MultiService`` stops its children all at once, so the order is written out here.
 
-Embeddable: ``BuildmasterService(reactor, settings)`` can live in any Twisted application;
-``tap.py`` builds one for ``twistd buildmaster``.
+Embeddable: ``BuildmasterService(reactor, settings)`` can live in any Twisted application
+(docs/embedding.md); ``tap.py`` builds one for ``twistd buildmaster``. Its start runs in the
+background (``startService`` returns at once): :meth:`BuildmasterService.when_ready` tells
+when the master runs, or why it could not start.
 
 Starting fails fast, with :class:`StartupError` and one line that says what to fix, when the
 state directory is unusable, the database cannot be reached or let in, the web server cannot
@@ -40,9 +42,10 @@ from buildmaster import openfiles
 from buildmaster.config import MasterConfig
 from buildmaster.librarian import Librarian
 from buildmaster.librarian.errors import LibrarianError
-from buildmaster.librarian.guard import guarded_request_factory
+from buildmaster.librarian.guard import GuardedSite
 from buildmaster.master import BuilddMaster
 from buildmaster.metrics import Metrics
+from buildmaster.readiness import Readiness
 from buildmaster.store import Database, DatabaseUnavailable, Store
 from buildmaster.store.cluster import (
     SERVER_USER_WHEN_ROOT,
@@ -100,6 +103,10 @@ class ServiceSettings:
 class BuildmasterService(service.Service):
     """Database, web server, librarian, master (and demo), in order.
 
+    Once ready, ``store``, ``librarian``, ``master`` and ``web`` (the listening port) are
+    its parts; their own public methods are the API (:class:`~buildmaster.master.BuilddMaster`
+    for the operations on builds and builders).
+
     :param reactor: the reactor everything runs on (passed all the way down).
     :param on_fatal: called with the error when starting fails (``twistd`` stops the
         reactor and exits with status 1); by default the error is only logged. A
@@ -133,11 +140,22 @@ class BuildmasterService(service.Service):
         self._farm_metrics: FarmMetrics | None = None
         self._threads: ThreadPool | None = None
         self._started: defer.Deferred[None] = defer.succeed(None)
+        self._readiness = Readiness()
 
     def startService(self) -> None:
         super().startService()
         self._started = defer.Deferred.fromCoroutine(self._start())
+        self._readiness.watch(self._started)
         self._started.addErrback(self._start_failed)
+
+    def when_ready(self) -> defer.Deferred[None]:
+        """Fires with ``None`` once the whole master runs (database migrated, web server
+        listening, librarian mounted, first scan done); fails with the error that stopped
+        it from starting (a :class:`StartupError` saying what to fix, most often; e.g.
+        :class:`~buildmaster.store.database.DatabaseUnavailable` otherwise). Called before
+        ``startService``, it waits for the start. Each call gets a Deferred of its own; a
+        failure is also logged (and handed to ``on_fatal``) whether or not anybody waits."""
+        return self._readiness.wait()
 
     def _start_failed(self, failure: Failure) -> None:
         if failure.check(StartupError):
@@ -165,13 +183,11 @@ class BuildmasterService(service.Service):
         self.api_store = Store(self.api_db)
 
         # uploads are raw bodies: twisted.web must neither parse them as forms nor keep
-        # bodies that nobody may upload
-        site = server.Site(
+        # bodies that nobody may upload (buildmaster.librarian.guard)
+        site = GuardedSite(
             web_root(),
-            requestFactory=guarded_request_factory(
-                lambda: self.librarian, verify_bearer=bearer_verifier(lambda: self.api_store)
-            ),
-            parsePOSTFormSubmission=False,
+            lambda: self.librarian,
+            verify_bearer=bearer_verifier(lambda: self.api_store),
         )
         if not settings.access_log:
             site.log = lambda request: None  # type: ignore[method-assign]
@@ -228,7 +244,7 @@ class BuildmasterService(service.Service):
         # the pool's connections, and the session's (LISTEN, builder locks)
         _check_open_files(await self.store.builders.count(), settings.pool_size + 1)
         self.master.startService()
-        await self.master._started
+        await self.master.when_ready()
         self._farm_metrics = FarmMetrics(
             self.reactor, self.store, self.metrics, settings.metrics_interval
         )
@@ -286,6 +302,9 @@ class BuildmasterService(service.Service):
         self._log.info("Applied schema migrations {applied}", applied=applied)
 
     def stopService(self) -> defer.Deferred[None]:
+        """Fires with ``None`` once everything has stopped, in the reverse order of the
+        start: scans (their remote calls cut short), web server, librarian threads, database
+        pool, then the private cluster. A start still under way is waited for first."""
         super().stopService()
         return defer.Deferred.fromCoroutine(self._stop())
 

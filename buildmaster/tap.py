@@ -35,7 +35,7 @@ from buildmaster.config import MasterConfig
 from buildmaster.gctuning import tune_garbage_collection
 from buildmaster.openfiles import raise_file_limit
 from buildmaster.service import BuildmasterService, ServiceSettings
-from buildmaster.vmreset import resume_argv
+from buildmaster.vmreset import check_template
 
 __all__ = ["Options", "makeService", "check_url"]
 
@@ -247,7 +247,8 @@ class Options(usage.Options):
             "vm-resume-command",
             None,
             None,
-            "Resets a virtualized builder's VM; %(vm_host)s and %(buildd_name)s expand"
+            "Resets a virtualized builder's VM (run without a shell, in a minimal"
+            " environment); %(vm_host)s and %(buildd_name)s expand, one of them is needed"
             f" [with --demo: {DEMO_VM_RESUME_COMMAND!r}].",
         ],
         ["vm-resume-timeout", None, 300.0, "Seconds the VM reset command may take.", _seconds],
@@ -305,7 +306,7 @@ class Options(usage.Options):
         command = self["vm-resume-command"]
         if command:
             try:
-                resume_argv(command, "vm-host", "builder")
+                check_template(command)
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
         for option, (fields, required) in URL_OPTIONS.items():

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import hypothesis
 import psycopg2
 import pytest
 import pytest_twisted
@@ -36,9 +37,19 @@ from buildmaster.model import Archive, Build, Builder
 from buildmaster.sampledata import SampleData, load_sample_data
 from buildmaster.store import Store
 from buildmaster.store.cluster import PostgresCluster
-from buildmaster.testing import FarmHarness
+from buildmaster.testing import (
+    FarmHarness,
+    add_simulated_builder,
+    prepare_sample_world,
+    queue_build,
+)
 
 TEMPLATE = "buildmaster_template"
+
+# Hypothesis holds every example to a deadline of the wall clock (200 ms) unless told
+# otherwise: a loaded machine breaks that, and what the properties check is results.
+hypothesis.settings.register_profile("buildmaster", deadline=None)
+hypothesis.settings.load_profile("buildmaster")
 
 
 @implementer(ILogObserver)
@@ -131,6 +142,17 @@ def reactor() -> Any:
     from twisted.internet import reactor as the_reactor
 
     return the_reactor
+
+
+@pytest.fixture
+def clock(reactor: Any) -> Any:
+    """A ``Clock`` that starts at the reactor's time (so that the times a master writes to
+    the database look right) and moves only when the test advances it."""
+    from twisted.internet.task import Clock
+
+    fake = Clock()
+    fake.advance(reactor.seconds())
+    return fake
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------
@@ -261,41 +283,16 @@ class World:
         self.data = data
         self.counter = 0
 
-    async def prepare(self) -> None:
-        chroot = await self.harness.add_file("chroot-hoary-i386.tar.gz", b"chroot" * 100)
-        await self.store.distributions.addOrUpdateChroot(self.data.hoary_i386, chroot.id)
-        # the seed's builders and jobs are not part of these scenarios
-        await self.store.queue.destroySelf(self.data.lost_job_id)
-        await self.store.queue.destroySelf(self.data.waiting_job_id)
-        for name in ("bob", "frog"):
-            await self.store.builders.set_active(await self.store.builders.getByName(name), False)
-
     async def builder(self, name: str, virtualized: bool = False) -> tuple[Any, Builder]:
-        sim = await self.harness.start_builder(name, "i386")
-        builder = await self.store.builders.new(
-            name,
-            sim.url,
-            [self.data.processor_386],
-            virtualized=virtualized,
-            vm_host=f"{name}.vm" if virtualized else None,
+        return await add_simulated_builder(
+            self.harness.farm, self.store, self.data, name, virtualized
         )
-        return sim, builder
 
     async def queue(self, name: str | None = None, ppa: bool = False) -> Build:
         self.counter += 1
-        name = name or f"pkg{self.counter}"
-        dsc = await self.harness.add_file(
-            f"{name}_1.0.dsc", f"Source: {name}\n".encode(), "text/plain"
+        return await queue_build(
+            self.store, self.data, self.harness.add_file, name or f"pkg{self.counter}", ppa
         )
-        spr = await self.store.sources.new(
-            name, "1.0", self.data.hoary, files=[(dsc.id, SourcePackageFileType.DSC)]
-        )
-        archive = self.data.cprov_ppa if ppa else self.data.primary
-        build = await self.store.builds.createBuild(
-            spr, self.data.hoary_i386, PackagePublishingPocket.RELEASE, archive
-        )
-        await self.store.queue.createBuildQueueEntry(build)
-        return build
 
 
 @pytest_twisted.async_yield_fixture
@@ -305,22 +302,25 @@ async def make_world(
     harnesses: list[FarmHarness] = []
 
     async def make(
-        config: MasterConfig | None = None, build_time: float = 3600.0, clock: Any = None
+        config: MasterConfig | None = None,
+        build_time: float = 3600.0,
+        clock: Any = None,
+        farm_clock: Any = None,
+        master_clock: Any = None,
     ) -> World:
-        """A world; with ``clock`` (a ``Clock``), the master's and the builders' time."""
+        """A world; with ``clock`` (a ``Clock``), the master's and the builders' time
+        (``farm_clock`` and ``master_clock`` set one of them)."""
         harness = await FarmHarness.start(
             reactor,
             store,
             tmp_path,
             config or MasterConfig(),
             build_time=build_time,
-            farm_clock=clock,
-            master_clock=clock,
+            farm_clock=farm_clock if farm_clock is not None else clock,
+            master_clock=master_clock if master_clock is not None else clock,
         )
         harnesses.append(harness)
-        world = World(harness, store, await load_sample_data(store))
-        await world.prepare()
-        return world
+        return World(harness, store, await prepare_sample_world(store, harness.add_file))
 
     yield make
     for harness in harnesses:
@@ -423,7 +423,9 @@ class ApiWorld:
 @pytest_twisted.async_yield_fixture
 async def api_world(make_world: Callable[..., Any]) -> AsyncIterator[ApiWorld]:
     """Sample data, a master (not started) serving the API, an admin token's client."""
-    world = await make_world(MasterConfig(scan_interval=0.2, vm_resume_command="true"), 0.3)
+    world = await make_world(
+        MasterConfig(scan_interval=0.2, vm_resume_command="true %(vm_host)s"), 0.3
+    )
     token = await world.store.tokens.create(admin=True, description="the test admin")
     api = ApiWorld(world, token.secret)
     yield api

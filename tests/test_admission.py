@@ -19,7 +19,7 @@ from buildmaster.config import MasterConfig
 from buildmaster.enums import BuildStatus
 from buildmaster.store import Store
 from buildmaster.store.database import Database
-from buildmaster.testing import wait_for
+from buildmaster.testing import advance, wait_for
 from slavesim import Outcome, OutcomeRule
 
 
@@ -138,27 +138,28 @@ async def test_finished_builds_beyond_the_limit_wait_their_turn_and_are_all_coll
     master = world.harness.master
     await master.scan_all()  # dispatches the six builds
     assert {sim.state.build_id for sim in sims} == {b.cookie for b in builds}
-    await wait_for(reactor, lambda: all(s.state.state == "BuilderStatus.WAITING" for s in sims), 5)
+    await wait_for(reactor, lambda: all(s.state.state == "BuilderStatus.WAITING" for s in sims), 60)
     await master.scan_all(wait=False, only_due=True)  # what the scan loop runs
 
     async def all_built() -> bool:
         states = [(await store.builds.get(b.id)).status for b in builds]
         return states == [BuildStatus.FULLYBUILT] * 6
 
-    await wait_for(reactor, all_built, 20, "the six builds collected")
+    await wait_for(reactor, all_built, 60, "the six builds collected")
     assert master.admission.peak == peak
-    await wait_for(reactor, lambda: not any(w.busy for w in master.workers.values()), 5)
+    await wait_for(reactor, lambda: not any(w.busy for w in master.workers.values()), 60)
     assert master.admission.collections == 0 and master.admission.polls == 0
 
 
 @pytest.mark.parametrize("lease", [0.3, 30.0])
 @pytest_twisted.ensureDeferred
 async def test_a_slow_collection_holds_the_others_up_only_for_its_lease(
-    reactor: Any, make_world: Any, store: Store, lease: float
+    reactor: Any, make_world: Any, store: Store, clock: Any, lease: float
 ) -> None:
     """One collection at a time. The first build to finish is collected by a builder whose
     answer to clean() takes 3 s; the other build, finished meanwhile, is collected once the
-    slow one's lease is over, not after it (with a lease longer than that: after it)."""
+    slow one's lease is over, not after it (with a lease longer than that: after it). The
+    master and the builders share one clock, moved by the test."""
     config = MasterConfig(
         scan_interval=0.1,
         building_poll_fraction=0,
@@ -166,7 +167,7 @@ async def test_a_slow_collection_holds_the_others_up_only_for_its_lease(
         collection_lease=lease,
         socket_timeout=10,
     )
-    world = await make_world(config, build_time=1.0)
+    world = await make_world(config, build_time=1.0, farm_clock=clock, master_clock=clock)
     slow, _ = await world.builder("slow")
     quick, _ = await world.builder("quick")
     slow.rules = [OutcomeRule(Outcome.OK, duration=0.2)]
@@ -174,22 +175,28 @@ async def test_a_slow_collection_holds_the_others_up_only_for_its_lease(
     first, second = await world.queue(), await world.queue()
     master = world.harness.master
     master.startService()
-    await master._started
-    await wait_for(reactor, lambda: slow.state.build_id and quick.state.build_id, 5, "dispatch")
+    await master.when_ready()
+    await wait_for(reactor, lambda: not master.scans_under_way, 60, "the scan at start")
+    assert slow.state.build_id and quick.state.build_id
     quick_build = first if quick.state.build_id == first.cookie else second
 
-    await wait_for(reactor, lambda: any(c.method == "clean" for c in slow.history), 5, "clean")
-    cleaning = reactor.seconds()
+    started = clock.seconds()
+    while not any(c.method == "clean" for c in slow.history):
+        assert clock.seconds() - started < 10, "the slow builder was never cleaned"
+        await advance(reactor, clock, master, 0.05, still_busy=["slow"])
+    slow_worker = next(w for w in master.workers.values() if w.builder.name == "slow")
 
     async def quick_done() -> bool:
         return (await store.builds.get(quick_build.id)).status is BuildStatus.FULLYBUILT
 
-    await wait_for(reactor, quick_done, 10, "the quick builder's build collected")
-    waited = reactor.seconds() - cleaning
+    while not await quick_done():
+        assert clock.seconds() - started < 20, "the quick builder's build was never collected"
+        await advance(reactor, clock, master, 0.05, still_busy=["slow"])
     if lease < 1:
-        assert waited < 2.0, waited  # the slow clean() (3 s) is still unanswered
+        assert slow_worker.busy  # still waiting for the answer to its clean()
+        assert clock.seconds() - started < 3  # which comes 3 s after it was sent
     else:
-        assert waited >= 2.5, waited
+        assert not slow_worker.busy  # the quick build waited for the slow collection
 
 
 @pytest_twisted.ensureDeferred
@@ -213,7 +220,7 @@ async def test_a_collection_stops_counting_once_its_builder_has_its_next_build(
     master = world.harness.master
     await master.scan_all()
     assert sim.state.build_id == first.cookie
-    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 5)
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60)
     second = await world.queue()
 
     other_db = Database(reactor, dsn, size=1)
@@ -228,10 +235,10 @@ async def test_a_collection_stops_counting_once_its_builder_has_its_next_build(
 
     holding = other_db.transaction(hold_the_row)
     try:
-        await wait_for(reactor, lambda: locked.called, 5, "the next build's row locked")
+        await wait_for(reactor, lambda: locked.called, 60, "the next build's row locked")
         await master.scan_all(wait=False, only_due=True)  # finds the first build finished
-        await wait_for(reactor, lambda: sim.state.build_id == second.cookie, 10, "next build()")
-        await wait_for(reactor, lambda: master.admission.collections == 0, 5, "collection over")
+        await wait_for(reactor, lambda: sim.state.build_id == second.cookie, 60, "next build()")
+        await wait_for(reactor, lambda: master.admission.collections == 0, 60, "collection over")
         # the dispatch is not recorded yet: its statement waits for the lock
         assert (await store.builds.get(second.id)).status is BuildStatus.NEEDSBUILD
         assert (await store.builds.get(first.id)).status is BuildStatus.FULLYBUILT
@@ -243,4 +250,4 @@ async def test_a_collection_stops_counting_once_its_builder_has_its_next_build(
     async def building() -> bool:
         return (await store.builds.get(second.id)).status is BuildStatus.BUILDING
 
-    await wait_for(reactor, building, 10, "the dispatch recorded")
+    await wait_for(reactor, building, 60, "the dispatch recorded")

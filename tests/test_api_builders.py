@@ -106,11 +106,11 @@ async def test_a_builder_is_removed_only_when_it_has_no_job(api_world: Any) -> N
     build = await world.queue("hello")
     master = world.harness.master
     master.startService()
-    await master._started
+    await master.when_ready()
     await wait_for(
         api_world.reactor,
         lambda: _state(store, build.id, "BUILDING"),
-        20,
+        60,
         "the build to start",
     )
     busy = await admin.delete("/api/v1/builders/t1")
@@ -120,12 +120,12 @@ async def test_a_builder_is_removed_only_when_it_has_no_job(api_world: Any) -> N
     cancelled = await admin.post(f"/api/v1/builds/{build.id}/cancel")
     assert cancelled.status == 200 and cancelled.json["state"] in ("CANCELLING", "CANCELLED")
     await wait_for(
-        api_world.reactor, lambda: _state(store, build.id, "CANCELLED"), 20, "the cancel"
+        api_world.reactor, lambda: _state(store, build.id, "CANCELLED"), 60, "the cancel"
     )
     await wait_for(
         api_world.reactor,
         lambda: _no_job(store, "t1"),
-        20,
+        60,
         "the builder to be free",
     )
     assert (await admin.delete("/api/v1/builders/t1")).status == 204
@@ -152,3 +152,33 @@ async def _state(store: Any, build_id: int, state: str) -> bool:
 async def _no_job(store: Any, name: str) -> bool:
     builder = await store.builders.getByName(name)
     return await store.queue.get_for_builder(builder) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_names_that_would_become_options_of_the_reset_command_are_refused(
+    api_world: Any,
+) -> None:
+    """A builder's name and VM host become arguments of the VM reset command: the API
+    refuses those the store would (an option, an empty host, a trailing newline) with a
+    400 that says what is wrong, never a 500, and nothing is stored."""
+    admin = api_world.admin
+    await api_world.world.builder("t1")
+    new = {"url": "http://127.0.0.1:9/", "processors": ["386"], "virtualized": True}
+    assert_problem(
+        await admin.post("/api/v1/builders", {**new, "name": "v1", "vm_host": "-oProxy=x"}),
+        400,
+        "invalid-body",
+        "vm_host",
+    )
+    assert_problem(
+        await admin.post("/api/v1/builders", {**new, "name": "v1\n", "vm_host": "v1.vm"}),
+        400,
+        "invalid-body",
+        "bad builder name",
+    )
+    for host in ("", "-x", "v1.vm\n", "a b"):
+        assert_problem(
+            await admin.patch("/api/v1/builders/t1", {"vm_host": host}), 400, "invalid-body"
+        )
+    assert [b.name for b in await api_world.store.builders.all() if b.active] == ["t1"]
+    assert (await api_world.store.builders.getByName("t1")).vm_host is None

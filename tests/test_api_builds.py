@@ -9,7 +9,7 @@ from typing import Any
 import pytest_twisted
 from test_api_basics import assert_problem
 from test_api_builders import _state
-from twisted.internet import defer
+from twisted.internet import defer, task
 
 from buildmaster.enums import BuildStatus
 from buildmaster.testing import wait_for
@@ -198,14 +198,20 @@ async def test_cancel_retry_and_rescore(api_world: Any) -> None:
 @pytest_twisted.ensureDeferred
 async def test_a_building_build_shows_its_live_log_tail_and_streams_it(api_world: Any) -> None:
     world, anonymous, store = api_world.world, api_world.anonymous, api_world.store
+    # the builder's time is a Clock: its build ends once the stream has shown its tail,
+    # however slowly a loaded machine gets there
+    clock = task.Clock()
+    clock.advance(api_world.reactor.seconds())
+    world.harness.farm.clock = clock
     await world.builder("t1")
     world.harness.farm.build_time = 2.0
     build = await world.queue("hello")
     master = world.harness.master
     master.startService()
-    await master._started
-    await wait_for(api_world.reactor, lambda: _state(store, build.id, "BUILDING"), 20, "dispatch")
+    await master.when_ready()
+    await wait_for(api_world.reactor, lambda: _state(store, build.id, "BUILDING"), 60, "dispatch")
     events: list[tuple[str, Any]] = []
+    ended: list[bool] = []
     buffer = bytearray()
 
     def sink(data: bytes) -> None:
@@ -220,12 +226,15 @@ async def test_a_building_build_shows_its_live_log_tail_and_streams_it(api_world
             )
             if lines:
                 events.append((lines["event"], json.loads(lines["data"])))
+                if events[-1][0] == "logtail" and events[-1][1]["logtail"] and not ended:
+                    ended.append(True)
+                    clock.advance(2.0)  # the build's whole time
 
     streamed = await anonymous.http.request(
         b"GET",
         f"{api_world.harness.base_url}/api/v1/builds/{build.id}/log/stream",
         sink=sink,
-        timeout=30,
+        timeout=60,
     )
     assert streamed.status == 200
     assert streamed.headers[b"content-type"] == b"text/event-stream; charset=utf-8"

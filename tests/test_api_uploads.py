@@ -78,7 +78,7 @@ async def test_the_whole_story(api_world: Any) -> None:
 
     master = api_world.harness.master
     master.startService()
-    await master._started
+    await master.when_ready()
 
     async def states() -> set[str]:
         answers = [await alice.get(b["url"]) for b in builds]
@@ -239,7 +239,7 @@ async def test_a_large_file_is_streamed_into_the_librarian_as_it_arrives(
     # a valid token: the first half is on disk before the second is sent
     sender = await _connect(api_world.reactor, port)
     sender.send(_head("PUT", path, uploader.token, len(body)) + body[:half])
-    await wait_for(api_world.reactor, lambda: on_disk() >= half // 2, 20, "bytes on disk")
+    await wait_for(api_world.reactor, lambda: on_disk() >= half // 2, 60, "bytes on disk")
     sender.send(body[half:])
     answer = await sender.answer
     assert answer.startswith(b"HTTP/1.1 201"), answer[:200]
@@ -258,9 +258,9 @@ async def test_a_large_file_is_streamed_into_the_librarian_as_it_arrives(
     quitter.send(
         _head("PUT", "/api/v1/chroots/ubuntu/hoary/i386", admin.token, len(body)) + body[:half]
     )
-    await wait_for(api_world.reactor, lambda: on_disk() > 0, 20, "bytes on disk")
+    await wait_for(api_world.reactor, lambda: on_disk() > 0, 60, "bytes on disk")
     quitter.hang_up()
-    await wait_for(api_world.reactor, lambda: on_disk() == 0, 20, "the temporary file to go")
+    await wait_for(api_world.reactor, lambda: on_disk() == 0, 60, "the temporary file to go")
     rows = await store.db.query("SELECT count(*) FROM libraryfilealias WHERE filename = 'upload'")
     assert rows[0][0] == 0
 

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import datetime
 import gzip
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import protocol
 
+from buildmaster.builderclient import BuilderClient
+from buildmaster.collect import CollectLimits, ResultCollector
 from buildmaster.config import MasterConfig
 from buildmaster.enums import BuilderCleanStatus, BuildQueueStatus, BuildStatus
 from buildmaster.model import Build
 from buildmaster.policy import FailurePolicy
+from buildmaster.protocol import BuilderError
 from buildmaster.store import NotFound, Store
 from buildmaster.testing import wait_for
 from buildmaster.transitions import IllegalTransition
 
 FAST = MasterConfig(
-    socket_timeout=1.0, virtualized_socket_timeout=1.0, scan_interval=3600, vm_resume_command="true"
+    socket_timeout=5.0,
+    virtualized_socket_timeout=5.0,
+    scan_interval=3600,
+    vm_resume_command="true %(vm_host)s",
 )
 
 
@@ -30,7 +38,7 @@ async def state(store: Store, build: Build) -> BuildStatus:
 async def run_until_waiting(reactor: Any, world: Any, sim: Any) -> None:
     await world.harness.master.scan_all()
     await wait_for(
-        reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 20, "the build to end"
+        reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60, "the build to end"
     )
 
 
@@ -46,7 +54,7 @@ async def test_a_successful_build_is_collected_into_the_librarian(
     assert await state(store, build) is BuildStatus.BUILDING
     # while it builds, the log tail is kept (in batches)
     await wait_for(
-        reactor, lambda: sim.state.state == "BuilderStatus.BUILDING" and sim.state.log_path, 5
+        reactor, lambda: sim.state.state == "BuilderStatus.BUILDING" and sim.state.log_path, 60
     )
     await master.scan_all()
     assert len(master.logtails) == 1
@@ -54,8 +62,11 @@ async def test_a_successful_build_is_collected_into_the_librarian(
     job = await store.queue.get_for_build(build)
     assert job is not None and job.logtail
     waiting_filemap = None
-    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 20)
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60)
     waiting_filemap = sim.state.status()["filemap"]
+    log_path = sim.state.log_path()
+    assert log_path is not None
+    builder_log = Path(log_path).read_bytes()
     await master.scan_all()
 
     build = await store.builds.get(build)
@@ -75,8 +86,12 @@ async def test_a_successful_build_is_collected_into_the_librarian(
     assert build.log_id is not None
     log = await world.harness.librarian.get(build.log_id)
     assert log.filename == "buildlog_ubuntu-hoary-i386.hello_1.0_FULLYBUILT.txt.gz"
-    text = gzip.decompress(await world.harness.librarian.read_bytes(build.log_id))
-    assert b"hello" in text and len(text) > 100
+    # the builder gives no checksum for its log: what is recorded is the hash of what was
+    # stored (the compressed log), checked again when it is read back
+    stored = await world.harness.librarian.read_bytes(build.log_id)
+    assert log.sha1 == hashlib.sha1(stored).hexdigest() and log.filesize == len(stored)
+    text = gzip.decompress(stored)
+    assert text == builder_log and b"hello" in text and len(text) > 100
     # the builder was cleaned and is clean again
     assert sim.state.state == "BuilderStatus.IDLE"
     assert (await store.builders.get(builder)).clean_status is BuilderCleanStatus.CLEAN
@@ -141,16 +156,16 @@ async def test_builderfail_blames_the_builder_and_requeues_the_job(
 
 @pytest_twisted.ensureDeferred
 async def test_a_builder_that_keeps_failing_is_disabled_and_comes_back_by_itself(
-    reactor: Any, make_world: Any, store: Store, captured_log: Any
+    reactor: Any, make_world: Any, store: Store, captured_log: Any, clock: Any
 ) -> None:
     config = MasterConfig(
-        socket_timeout=1.0,
+        socket_timeout=5.0,
         scan_interval=3600,
         probe_initial_delay=0.1,
         probe_max_delay=0.2,
         failure_policy=FailurePolicy(tolerated_scan_failures=0, builder_disable_threshold=2),
     )
-    world = await make_world(config)
+    world = await make_world(config, master_clock=clock)
     sim, builder = await world.builder("unsteady")
     sim.faults.refuse = True
     await sim.settled()
@@ -160,13 +175,13 @@ async def test_a_builder_that_keeps_failing_is_disabled_and_comes_back_by_itself
     builder = await store.builders.get(builder)
     assert (builder.builderok, builder.failed_by_master) == (False, True)
     # while it is down, re-probes fail and it stays out
-    await wait_for(reactor, lambda: reactor.seconds() > master.workers[builder.id].next_probe, 5)
+    clock.advance(2 * config.probe_max_delay)  # the re-probe is due
     await master.scan_all()
     assert not (await store.builders.get(builder)).builderok
     # it answers again: the next probe brings it back
     sim.faults.refuse = False
     await sim.settled()
-    await wait_for(reactor, lambda: reactor.seconds() > master.workers[builder.id].next_probe, 5)
+    clock.advance(2 * config.probe_max_delay)  # the re-probe is due
     await master.scan_all()
     builder = await store.builders.get(builder)
     assert builder.builderok and builder.failnotes is None and builder.failure_count == 0
@@ -197,7 +212,7 @@ async def test_a_builder_reporting_another_cookie_lost_the_job(
     assert (await store.builders.get(builder)).clean_status is BuilderCleanStatus.DIRTY
     assert (await store.builders.get(builder)).failure_count == 1
     assert await state(store, build) is BuildStatus.BUILDING
-    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 5, "the abort")
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60, "the abort")
     await master.scan_all()
     assert await state(store, build) is BuildStatus.NEEDSBUILD
     assert "lost" in [e.kind for e in await store.events.for_build(build.id)]
@@ -263,8 +278,8 @@ async def test_cancel_a_running_build(reactor: Any, make_world: Any, store: Stor
     master = world.harness.master
     await master.scan_all()
     assert await master.cancel(build) is BuildStatus.CANCELLING
-    await wait_for(reactor, lambda: "abort" in [c.method for c in sim.history], 5, "abort()")
-    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 5)
+    await wait_for(reactor, lambda: "abort" in [c.method for c in sim.history], 60, "abort()")
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60)
     await master.scan_all()
     build = await store.builds.get(build)
     assert build.status is BuildStatus.CANCELLED and build.log_id is not None
@@ -273,10 +288,10 @@ async def test_cancel_a_running_build(reactor: Any, make_world: Any, store: Stor
 
 @pytest_twisted.ensureDeferred
 async def test_a_build_that_does_not_abort_in_time_fails_its_builder(
-    reactor: Any, make_world: Any, store: Store, captured_log: Any
+    reactor: Any, make_world: Any, store: Store, captured_log: Any, clock: Any
 ) -> None:
-    config = MasterConfig(socket_timeout=1.0, scan_interval=3600, cancel_timeout=0.3)
-    world = await make_world(config, build_time=3600)
+    config = MasterConfig(socket_timeout=5.0, scan_interval=3600, cancel_timeout=0.3)
+    world = await make_world(config, build_time=3600, master_clock=clock)
     world.harness.farm.settings.abort_time = 3600
     sim, builder = await world.builder("stubborn")
     build = await world.queue()
@@ -284,20 +299,16 @@ async def test_a_build_that_does_not_abort_in_time_fails_its_builder(
     await master.scan_all()
     await master.cancel(build)
     await master.scan_all()
-    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.ABORTING", 5)
-    await _sleep(reactor, 0.4)
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.ABORTING", 60)
+    await master.scan_all()
+    assert await state(store, build) is BuildStatus.CANCELLING  # not yet
+    clock.advance(0.5)  # past the cancel's deadline (0.3 s), on the master's clock
     await master.scan_all()
     assert await state(store, build) is BuildStatus.CANCELLED
     builder = await store.builders.get(builder)
     assert builder.builderok is False and "did not abort within 0.3 seconds" in (
         builder.failnotes or ""
     )
-
-
-async def _sleep(reactor: Any, seconds: float) -> None:
-    from twisted.internet import task
-
-    await task.deferLater(reactor, seconds, lambda: None)
 
 
 @pytest_twisted.ensureDeferred
@@ -333,7 +344,7 @@ async def test_manual_mode_builders_are_collected_but_get_no_new_job(
     assert sim.state.build_id == first.cookie
     await world.harness.master.set_manual(builder, True)
     second = await world.queue()
-    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 10)
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60)
     await world.harness.master.scan_all()
     assert await state(store, first) is BuildStatus.FULLYBUILT
     assert await state(store, second) is BuildStatus.NEEDSBUILD
@@ -399,11 +410,11 @@ async def _job_builder(store: Store, build: Build) -> int | None:
 
 
 async def first_done_second_waiting(
-    reactor: Any, make_world: Any, config: MasterConfig
+    reactor: Any, make_world: Any, config: MasterConfig, master_clock: Any = None
 ) -> tuple[Any, Any, Any, Build, Build]:
     """One builder, two jobs: the first has finished on the builder (WAITING), the second
     waits in the queue. Returns the world, the simulated builder, its row and both builds."""
-    world = await make_world(config, build_time=0.2)
+    world = await make_world(config, build_time=0.2, master_clock=master_clock)
     sim, builder = await world.builder("builder")
     first, second = await world.queue(), await world.queue()
     await run_until_waiting(reactor, world, sim)
@@ -412,25 +423,31 @@ async def first_done_second_waiting(
 
 @pytest_twisted.ensureDeferred
 async def test_the_next_job_is_claimed_while_the_builder_is_cleaned(
-    reactor: Any, make_world: Any, store: Store
+    reactor: Any, make_world: Any, store: Store, clock: Any
 ) -> None:
     """The builder's next job is claimed in the database while clean() is on its way, not
-    after its answer: here the answer to clean() takes a second, and the claim is there
-    well before it; the job is dispatched once the builder is IDLE."""
-    config = MasterConfig(socket_timeout=5.0, scan_interval=3600)
-    world, sim, builder, first, second = await first_done_second_waiting(
-        reactor, make_world, config
-    )
+    after its answer: here the answer to clean() is held back (on the builder's clock)
+    until the claim is there; the job is dispatched once the builder is IDLE."""
+    config = MasterConfig(socket_timeout=30.0, scan_interval=3600)
+    world = await make_world(config, build_time=0.2, farm_clock=clock)
+    sim, builder = await world.builder("builder")
+    first, second = await world.queue(), await world.queue()
+    master = world.harness.master
+    await master.scan_all()
+    for _ in range(5):  # the build's 0.2 s
+        clock.advance(0.05)
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60, "the end")
     sim.faults.withhold_answer = {"clean": 1.0}
-    scan = defer.ensureDeferred(world.harness.master.scan_all())
-    await wait_for(reactor, lambda: "clean" in [c.method for c in sim.history], 10)
-    clean_sent = reactor.seconds()
-    while await _job_builder(store, second) != builder.id:
-        assert reactor.seconds() - clean_sent < 5, "the next job was never claimed"
-        await _sleep(reactor, 0.01)
-    claimed_after = reactor.seconds() - clean_sent
+    scan = master.scan_all()
+    await wait_for(reactor, lambda: "clean" in [c.method for c in sim.history], 60, "clean()")
+
+    async def claimed() -> bool:
+        return await _job_builder(store, second) == builder.id
+
+    await wait_for(reactor, claimed, 60, "the next job claimed")
+    assert not scan.called and sim.state.build_id != second.cookie  # clean() unanswered
+    clock.advance(1.0)  # the answer to clean()
     await scan
-    assert claimed_after < 0.5  # the answer to clean() came 1 s after the call
     assert await state(store, first) is BuildStatus.FULLYBUILT
     assert await state(store, second) is BuildStatus.BUILDING
     assert [c.args[0] for c in sim.history if c.method == "build"] == [first.cookie, second.cookie]
@@ -438,11 +455,16 @@ async def test_the_next_job_is_claimed_while_the_builder_is_cleaned(
 
 @pytest_twisted.ensureDeferred
 async def test_a_job_claimed_for_a_builder_that_cannot_be_cleaned_goes_back_unblamed(
-    reactor: Any, make_world: Any, store: Store
+    reactor: Any, make_world: Any, store: Store, clock: Any
 ) -> None:
-    world, sim, builder, first, second = await first_done_second_waiting(reactor, make_world, FAST)
-    sim.faults.withhold_answer = {"clean": 30.0}  # clean() times out (socket timeout 1 s)
-    await world.harness.master.scan_all()
+    world, sim, builder, first, second = await first_done_second_waiting(
+        reactor, make_world, FAST, master_clock=clock
+    )
+    sim.faults.withhold_answer = {"clean": 3600.0}
+    scan = world.harness.master.scan_all()
+    await wait_for(reactor, lambda: "clean" in [c.method for c in sim.history], 60, "clean()")
+    clock.advance(FAST.socket_timeout)  # the deadline of clean(), on the master's clock
+    await scan
     assert await state(store, first) is BuildStatus.FULLYBUILT
     # the next job was claimed for the builder meanwhile; it waits again, without a failure
     assert await state(store, second) is BuildStatus.NEEDSBUILD
@@ -458,3 +480,52 @@ async def test_a_job_claimed_for_a_builder_that_cannot_be_cleaned_goes_back_unbl
     ]
     assert len(failures) == 1 and "clean()" in failures[0]
     assert [c.args[0] for c in sim.history if c.method == "build"] == [first.cookie]
+
+
+class _DyingBuilder(protocol.Protocol):
+    """A builder that sends half of its log, then goes away: with a Content-Length that
+    promised more, or with none at all (then only the closed connection ends the body)."""
+
+    def __init__(self, with_length: bool) -> None:
+        self.with_length = with_length
+
+    def dataReceived(self, data: bytes) -> None:
+        if b"\r\n\r\n" not in data:
+            return
+        log = b"a build log line\n" * 1000
+        length = f"Content-Length: {len(log)}\r\n".encode() if self.with_length else b""
+        transport: Any = self.transport
+        transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n" + length)
+        transport.write(b"\r\n" + log[: len(log) // 2])
+        transport.loseConnection()
+
+
+@pytest.mark.parametrize("with_length", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_a_log_cut_short_is_not_stored(
+    reactor: Any, make_world: Any, store: Store, with_length: bool
+) -> None:
+    """Half a log is not a log: whether the builder declared its length or not, a log whose
+    transfer broke off is refused and nothing is stored (the collection is tried again)."""
+    world = await make_world(FAST)
+    factory = protocol.Factory.forProtocol(lambda: _DyingBuilder(with_length))
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        client = BuilderClient(
+            world.harness.master.http, f"http://127.0.0.1:{port.getHost().port}/", 5.0
+        )
+        collector = ResultCollector(
+            world.harness.librarian,
+            client,
+            CollectLimits(),
+            datetime.datetime.now(datetime.UTC),
+        )
+        with pytest.raises(BuilderError, match="cut short|partial response"):
+            await collector.store_log("buildlog_cut.txt.gz", restricted=False)
+    finally:
+        await port.stopListening()
+        world.harness.master.http.close_idle()
+    rows = await store.db.query(
+        "SELECT count(*) FROM libraryfilealias WHERE filename = 'buildlog_cut.txt.gz'"
+    )
+    assert rows == [(0,)]

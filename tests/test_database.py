@@ -13,6 +13,7 @@ from twisted.internet import defer, task, threads
 from buildmaster.store import ConstraintViolation, Database, DatabaseUnavailable, NotFound, Store
 from buildmaster.store.cluster import PostgresCluster
 from buildmaster.store.database import MAX_PREPARED, Transaction, prepared_statement
+from buildmaster.testing import wait_for
 
 
 @pytest_twisted.ensureDeferred
@@ -56,10 +57,47 @@ async def test_missing_rows_are_not_found(store: Store) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_queries_run_concurrently_on_several_connections(db: Database) -> None:
-    started = db._reactor.seconds()
-    await defer.gatherResults([db.query("SELECT pg_sleep(0.3)") for _ in range(3)])
-    assert db._reactor.seconds() - started < 0.8  # three connections, not one after another
+async def test_queries_run_concurrently_on_several_connections(reactor: Any, dsn: str) -> None:
+    """Three queries that wait for a lock another session holds are all waiting at once (a
+    connection each), not queued behind one another."""
+    pool = Database(reactor, dsn, size=3)
+    other = Database(reactor, dsn, size=2)
+    await pool.connect()
+    await other.connect()
+    release: defer.Deferred[None] = defer.Deferred()
+    locked: defer.Deferred[None] = defer.Deferred()
+
+    async def hold(tx: Transaction) -> None:
+        await tx.execute("SELECT pg_advisory_xact_lock(4242)")
+        locked.callback(None)
+        await release
+
+    async def waiting() -> int:
+        rows = await other.query(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        )
+        return int(rows[0][0])
+
+    try:
+        holding = other.transaction(hold)
+        await locked
+        queries = defer.gatherResults(
+            [pool.query("SELECT pg_advisory_xact_lock_shared(4242)") for _ in range(3)]
+        )
+        await wait_for(reactor, lambda: _equals(waiting(), 3), 60, "three waiting queries")
+        assert not queries.called
+        release.callback(None)
+        await holding
+        assert len(await queries) == 3
+    finally:
+        if not release.called:
+            release.callback(None)
+        await pool.close()
+        await other.close()
+
+
+async def _equals(value: Any, expected: int) -> bool:
+    return bool(await value == expected)
 
 
 @pytest_twisted.ensureDeferred
@@ -187,27 +225,31 @@ async def test_the_pool_survives_a_server_restart(
         await threads.deferToThread(own_cluster.restart)
 
         errors: list[BaseException] = []
-        for _ in range(100):
+        answers: list[Any] = []
+
+        async def back() -> bool:
             try:
-                result = await db.query("SELECT pg_postmaster_start_time()")
-                break
+                answers.append(await db.query("SELECT pg_postmaster_start_time()"))
             except Exception as e:
                 errors.append(e)
-                await task.deferLater(reactor, 0.1, lambda: None)
-        else:
-            raise AssertionError(f"the pool never came back: {errors[-3:]}")
+                return False
+            return True
+
+        await wait_for(reactor, back, 60, "the pool to come back")
+        result = answers[-1]
         assert result[0][0] > started_before  # really a new server
         assert all(isinstance(e, DatabaseUnavailable) for e in errors), errors
         # the new sessions prepare the statement again
         for i in range(4):
             assert (await db.query(prepared, (i,), prepared=True))[0] == (result[0][0], i)
+
         # LISTEN is re-established on the new connection
-        for _ in range(50):
+        async def heard() -> bool:
             await db.notify("ping", "after restart")
             await task.deferLater(reactor, 0.1, lambda: None)
-            if "after restart" in notified:
-                break
-        assert "after restart" in notified
+            return "after restart" in notified
+
+        await wait_for(reactor, heard, 60, "a notification after the restart")
     finally:
         await db.close()
 

@@ -17,7 +17,7 @@ from buildmaster.testing import wait_for
 
 def config(**kw: Any) -> MasterConfig:
     base: dict[str, Any] = dict(
-        socket_timeout=2.0, virtualized_socket_timeout=2.0, scan_interval=3600
+        socket_timeout=5.0, virtualized_socket_timeout=5.0, scan_interval=3600
     )
     base.update(kw)
     return MasterConfig(**base)
@@ -56,7 +56,9 @@ async def test_a_failing_vm_reset_is_a_builder_failure(
 
 @pytest_twisted.ensureDeferred
 async def test_a_vm_reset_that_hangs_is_cut_short(make_world: Any, store: Store) -> None:
-    world = await make_world(config(vm_resume_command="sleep 30", vm_resume_timeout=0.3))
+    world = await make_world(
+        config(vm_resume_command="sh -c 'sleep 30' %(vm_host)s", vm_resume_timeout=0.3)
+    )
     sim, _ = await world.builder("slow-vm", virtualized=True)
     build = await world.queue(ppa=True)
     await world.harness.master.scan_all()
@@ -72,7 +74,7 @@ async def test_no_connection_from_before_a_vm_reset_is_used_after_it(
     """A reset VM is a new machine: connections kept alive to the old one lead nowhere (at
     best to a reset, at worst to silence until a call's deadline), so the master drops them
     and talks to the reset builder over new ones."""
-    world = await make_world(config(vm_resume_command="true"))
+    world = await make_world(config(vm_resume_command="true %(vm_host)s"))
     sim, _ = await world.builder("ppa-vm", virtualized=True)
     master = world.harness.master
     await master.scan_all()  # first contact: the idle builder's VM is reset (it was dirty)
@@ -82,13 +84,13 @@ async def test_no_connection_from_before_a_vm_reset_is_used_after_it(
     build = await world.queue(ppa=True)
     await master.scan_all()  # VM reset, then ensurepresent and build
     assert sim.state.build_id == build.cookie
-    await wait_for(reactor, lambda: before.isdisjoint(sim.connections), 2, "old ones closed")
+    await wait_for(reactor, lambda: before.isdisjoint(sim.connections), 60, "old ones closed")
     assert sim.connections  # the dispatch's own connections, kept alive in turn
 
 
 @pytest_twisted.ensureDeferred
 async def test_private_files_reach_the_builder_with_a_token(make_world: Any, store: Store) -> None:
-    world = await make_world(config(vm_resume_command="true"))
+    world = await make_world(config(vm_resume_command="true %(vm_host)s"))
     sim, _ = await world.builder("private", virtualized=True)
     await store.archives.set_private(world.data.cprov_ppa, True)
     secret_dsc = await world.harness.add_file(
@@ -177,7 +179,7 @@ async def test_a_builder_answering_with_another_build_id_is_a_failure(
     assert sim.state.build_id == build.cookie and sim.state.state == "BuilderStatus.ABORTING"
     job = await store.queue.get_for_build(build)
     assert job is not None and job.builder_id == builder.id
-    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 5, "the abort")
+    await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60, "the abort")
     await master.scan_all()
     assert await waiting_again(store, build)
     assert [c.method for c in sim.history][-2:] == ["status", "clean"]
@@ -216,7 +218,7 @@ async def test_a_job_that_breaks_every_builder_fails_without_taking_them_down(
         await wait_for(
             reactor,
             lambda: any(s.state.state == "BuilderStatus.WAITING" for s in sims),
-            5,
+            60,
             "the poison to break its builder",
         )
         await master.scan_all()  # collected: BUILDERFAIL
@@ -236,16 +238,19 @@ async def test_a_job_that_breaks_every_builder_fails_without_taking_them_down(
 
 @pytest_twisted.ensureDeferred
 async def test_a_lost_answer_to_build_is_checked_before_the_job_goes_elsewhere(
-    make_world: Any, store: Store
+    reactor: Any, make_world: Any, store: Store, clock: Any
 ) -> None:
     """The builder starts the build but its answer never arrives in time: the master asks the
     builder before judging, finds it building the job, and records the dispatch (sending the
     job elsewhere would have it built twice)."""
-    world = await make_world(config())
+    world = await make_world(config(), master_clock=clock)
     sim, builder = await world.builder("slow-answer")
-    sim.faults.withhold_answer = {"build": 60.0}
+    sim.faults.withhold_answer = {"build": 3600.0}
     build = await world.queue()
-    await world.harness.master.scan_all()
+    scan = world.harness.master.scan_all()
+    await wait_for(reactor, lambda: "build" in [c.method for c in sim.history], 60, "build()")
+    clock.advance(config().socket_timeout)  # the deadline of build(), on the master's clock
+    await scan
     assert [c.args[0] for c in sim.history if c.method == "build"] == [build.cookie]
     assert (await store.builds.get(build)).status is BuildStatus.BUILDING
     job = await store.queue.get_for_build(build)
@@ -282,7 +287,7 @@ async def test_a_call_on_a_kept_alive_connection_the_builder_dropped_runs_exactl
         assert await master.cancel(build) is BuildStatus.CANCELLING
         await master.scan_all()  # sends abort()
     if method != "build":
-        await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 5)
+        await wait_for(reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60)
         await master.scan_all()  # collects, then clean()
     assert sim.faults.stale_connection == {method: 0}, "the fault was not met"
     assert [c.method for c in sim.history].count(method) == 1

@@ -40,10 +40,11 @@ async def _running(reactor: Any, state_dir: Path, dsn: str | None = None) -> Bui
         ),
     )
     service.startService()
-    await service._started
-    if service.master is None or not service.master.running:
+    try:
+        await service.when_ready()
+    except Exception:
         await service.stopService()
-        raise AssertionError("the master did not start")
+        raise
     return service
 
 
@@ -140,7 +141,8 @@ async def test_a_managed_database_is_migrated_by_its_owner_and_worked_by_another
             on_fatal=errors.append,
         )
         refused.startService()
-        await refused._started
+        with pytest.raises(StartupError):
+            await refused.when_ready()
         await refused.stopService()
         [error] = errors
         assert isinstance(error, StartupError)

@@ -42,10 +42,10 @@ async def test_a_faulty_farm_works_through_a_few_hundred_builds(
     from slavesim import Outcome, OutcomeRule
 
     config = MasterConfig(
-        socket_timeout=1.0,
-        virtualized_socket_timeout=1.0,
+        socket_timeout=3.0,
+        virtualized_socket_timeout=3.0,
         scan_interval=0.25,
-        vm_resume_command="true",
+        vm_resume_command="true %(vm_host)s",
         probe_initial_delay=0.5,
         probe_max_delay=1.0,
         failure_policy=FailurePolicy(tolerated_scan_failures=2),
@@ -83,7 +83,7 @@ async def test_a_faulty_farm_works_through_a_few_hundred_builds(
             builds.append((prefix, await world.queue(f"{prefix}{i}", ppa=i < ppa_count)))
     master = world.harness.master
     master.startService()
-    await master._started
+    await master.when_ready()
 
     async def finished() -> int:
         rows = await store.db.query(
@@ -94,6 +94,13 @@ async def test_a_faulty_farm_works_through_a_few_hundred_builds(
 
     async def progress(n: int) -> bool:
         return await finished() >= n
+
+    async def failed_builders() -> set[str]:
+        rows = await store.db.query(
+            "SELECT DISTINCT b.name FROM event e JOIN builder b ON b.id = e.builder"
+            " WHERE e.kind = 'failure'"
+        )
+        return {r[0] for r in rows}
 
     # faults while the farm works
     await wait_for(reactor, lambda: progress(20), 60, "the first builds")
@@ -106,6 +113,12 @@ async def test_a_faulty_farm_works_through_a_few_hundred_builds(
     sims["t6"].faults.wrong_cookie = "PACKAGEBUILD-424242"
     sims["v0"].faults.latency = 0.3
     await wait_for(reactor, lambda: progress(120), 120, "builds despite the faults")
+
+    async def judged() -> bool:
+        return {"t1", "t2", "t3"} <= await failed_builders()
+
+    # the faults last until they were judged (however long a loaded machine takes for that)
+    await wait_for(reactor, judged, 120, "the faulty builders to be judged")
     # the broken ones recover (the master re-probes them)
     for name in ("t1", "t2", "t3", "t6"):
         sims[name].faults.clear()
@@ -146,10 +159,7 @@ async def test_a_faulty_farm_works_through_a_few_hundred_builds(
     )
     assert duplicates == []
     # the faulty builders were judged, with their reasons in the history
-    failures = await store.db.query(
-        "SELECT DISTINCT b.name FROM event e JOIN builder b ON b.id = e.builder WHERE e.kind = 'failure'"
-    )
-    assert {"t1", "t2", "t3"} <= {r[0] for r in failures}
+    assert {"t1", "t2", "t3"} <= await failed_builders()
     lost = await store.db.query("SELECT count(*) FROM event WHERE kind = 'lost'")
     assert lost[0][0] >= 1
     await task.deferLater(reactor, 0, lambda: None)

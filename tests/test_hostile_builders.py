@@ -21,7 +21,7 @@ CONFIG = MasterConfig(
     scan_interval=3600,
     max_log_size=MiB,
     max_result_file_size=MiB,
-    vm_resume_command="true",
+    vm_resume_command="true %(vm_host)s",
 )
 
 
@@ -32,7 +32,7 @@ async def finish_hostile(reactor: Any, make_world: Any, kind: str) -> tuple[Any,
     build = await world.queue("victim")
     await world.harness.master.scan_all()
     await wait_for(
-        reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 10, "the build to end"
+        reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60, "the build to end"
     )
     await world.harness.master.scan_all()
     return world, sim, build
@@ -106,7 +106,7 @@ async def test_endless_result_files_are_cut_at_the_builds_budget(
     build = await world.queue("victim")
     await world.harness.master.scan_all()
     await wait_for(
-        reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 10, "the build to end"
+        reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60, "the build to end"
     )
     await world.harness.master.scan_all()
     build = await store.builds.get(build)

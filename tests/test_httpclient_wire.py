@@ -438,7 +438,7 @@ async def exchange(
             await _turn(reactor)
         assert not outcome
         clock.advance(TIMEOUT)
-    await wait_for(reactor, lambda: outcome, 10, f"the answer to {case.name}")
+    await wait_for(reactor, lambda: outcome, 60, f"the answer to {case.name}")
     client.abort_all()
     (result,) = outcome
     if hasattr(result, "value"):  # a Failure
@@ -484,4 +484,4 @@ async def test_cancelling_a_request_drops_its_connection(reactor: Any, server: R
     await wait_for(reactor, lambda: pieces)
     d.cancel()
     assert outcome and isinstance(outcome[0].value, defer.CancelledError)
-    await wait_for(reactor, lambda: connection.closed, 5, "the connection to be dropped")
+    await wait_for(reactor, lambda: connection.closed, 60, "the connection to be dropped")

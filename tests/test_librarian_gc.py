@@ -7,6 +7,7 @@ import io
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from buildmaster.librarian.collector import GarbageCollectorService, GarbageStat
 from buildmaster.sampledata import load_sample_data
 from buildmaster.store import Store
 from buildmaster.store.database import Database, Transaction
+from buildmaster.testing import wait_for
 
 PAST = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 FUTURE = datetime.datetime(2100, 1, 1, tzinfo=datetime.UTC)
@@ -53,14 +55,14 @@ async def alias_ids(db: Database) -> set[int]:
 
 async def waiting_for_advisory_lock(reactor: Any, db: Database) -> None:
     """Returns once some session waits for an advisory lock."""
-    for _ in range(200):
+
+    async def waiting() -> bool:
         rows = await db.query(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
         )
-        if rows[0][0]:
-            return
-        await task.deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError("nobody waited for the lock")
+        return bool(rows[0][0])
+
+    await wait_for(reactor, waiting, 60, "a session waiting for the lock")
 
 
 @pytest_twisted.ensureDeferred
@@ -306,12 +308,13 @@ async def test_a_failing_pass_is_logged_and_the_next_one_runs(
     clock = task.Clock()
     service = GarbageCollectorService(lib.collector, clock, interval=60)
     service.startService()
+
+    def passes(n: int) -> bool:
+        return bool(service.passes == n)
+
     for expected in (1, 2):
         clock.advance(60)
-        for _ in range(500):
-            if service.passes == expected:
-                break
-            await task.deferLater(reactor, 0.01, lambda: None)
+        await wait_for(reactor, partial(passes, expected), 60, f"garbage collection {expected}")
     await service.stopService()
     assert service.passes == 2
     failures = [m for m in captured_log.messages() if "garbage collection failed" in m]

@@ -22,11 +22,12 @@ from test_librarian_support import (
     serve,
     stored_files,
 )
-from twisted.internet import defer, task
+from twisted.internet import defer
 
 from buildmaster.librarian import CorruptFile, Librarian
 from buildmaster.librarian import librarian as librarian_module
 from buildmaster.store.database import Database, DatabaseError
+from buildmaster.testing import wait_for
 
 PAST = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 
@@ -247,11 +248,7 @@ async def test_a_client_that_goes_away_costs_nothing(served: Served) -> None:
         got = await served.client.partial(each, 1_000_000)
         assert data.startswith(got)
     # the server lets go of its file and socket descriptors once it notices
-    for _ in range(100):
-        if open_fds() <= before:
-            break
-        await task.deferLater(served.client.reactor, 0.02, lambda: None)
-    assert open_fds() <= before
+    await wait_for(served.client.reactor, lambda: open_fds() <= before, 60, "descriptors closed")
     assert (await served.client.request("GET", url)).body == data
 
 
@@ -330,6 +327,44 @@ async def test_restricted_files_need_their_token(served: Served) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_without_its_token_a_restricted_files_name_is_not_told(served: Served) -> None:
+    """Right name, wrong name, or expired: the same 401 to anyone without the file's token."""
+    lib = served.librarian
+    alias_id, url = await add(lib, b"private source", "secret_1.0.dsc", restricted=True)
+    expired_id, expired_url = await add(lib, b"old", "old.dsc", restricted=True, expires=PAST)
+    other_id, _ = await add(lib, b"other", "other.dsc", restricted=True)
+    paths = [
+        url,
+        f"{alias_id}/wrong.dsc",
+        f"{alias_id}/SECRET_1.0.DSC",
+        f"{alias_id}/secret_1.0.dsc.gz",
+        expired_url,
+        f"{expired_id}/wrong.dsc",
+    ]
+    for headers in [
+        {},
+        {"Authorization": basic_auth("not-a-token")},
+        {"Authorization": basic_auth(lib.token_for(other_id))},
+        {"Authorization": basic_auth(lib.token_for(alias_id, lifetime=-1))},
+    ]:
+        answers = set()
+        for path in paths:
+            for method in ("GET", "HEAD"):
+                response = await served.client.request(method, path, headers)
+                answers.add((response.code, response.header("www-authenticate"), response.body))
+        assert answers == {
+            (401, 'Basic realm="librarian"', b"This file needs a valid token.\n"),
+            (401, 'Basic realm="librarian"', b""),  # HEAD
+        }, headers
+    # with its token: the name and the expiry count again
+    token = {"Authorization": basic_auth(lib.token_for(alias_id))}
+    assert (await served.client.request("GET", url, token)).code == 200
+    assert (await served.client.request("GET", f"{alias_id}/wrong.dsc", token)).code == 404
+    expired_token = {"Authorization": basic_auth(lib.token_for(expired_id))}
+    assert (await served.client.request("GET", expired_url, expired_token)).code == 404
+
+
+@pytest_twisted.ensureDeferred
 async def test_unrestricted_files_need_no_token(served: Served) -> None:
     _, url = await add(served.librarian, b"public")
     response = await served.client.request("GET", url, {"Authorization": basic_auth("junk")})
@@ -381,9 +416,9 @@ async def test_a_database_outage_is_503(served: Served, db: Database) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_file_handed_out_is_served_without_asking_the_database_again(
-    reactor: Any, db: Database, tmp_path: Path
+    reactor: Any, db: Database, tmp_path: Path, clock: Any
 ) -> None:
-    lib = make_librarian(reactor, db, tmp_path / "librarian", hand_out_window=0.5)
+    lib = make_librarian(reactor, db, tmp_path / "librarian", hand_out_window=0.5, clock=clock)
     async with serve(reactor, lib) as served:
         handed_id, _ = await add(lib, b"the .dsc a builder is about to fetch", "hello_1.dsc")
         other_id, other_url = await add(lib, b"another file", "other.txt")
@@ -403,7 +438,9 @@ async def test_a_file_handed_out_is_served_without_asking_the_database_again(
             "GET", restricted_url, {"authorization": basic_auth(token)}
         )
         assert (response.code, response.body) == (200, b"private source")
-        await task.deferLater(reactor, 0.6, lambda: None)
+        clock.advance(0.4)
+        assert (await served.client.request("GET", url)).code == 200, "still in its window"
+        clock.advance(0.2)
         assert (await served.client.request("GET", url)).code == 503, "read again once past"
 
 
@@ -553,6 +590,66 @@ async def test_raw_upload_requests_that_make_no_sense(served: Served, db: Databa
         assert lines[0].startswith(f"HTTP/1.1 {code}".encode()), (code, lines[0])
     await assert_nothing_stored(served.librarian, db)
     assert stored_files(served.librarian.root) == []
+
+
+def _upload_head(length: int | str, auth: bytes | None, path: str = "+upload/f.bin") -> bytes:
+    lines = [
+        f"POST /librarian/{path} HTTP/1.1",
+        "Host: x",
+        "Expect: 100-continue",
+        "Connection: close",
+        "Content-Type: application/octet-stream",
+    ]
+    if isinstance(length, int):
+        lines.append(f"Content-Length: {length}")
+    else:
+        lines.append(f"Transfer-Encoding: {length}")
+    if auth is not None:
+        lines.append(f"Authorization: {auth.decode()}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upload_is_refused_before_its_body_when_the_client_waits_for_100(
+    reactor: Any, db: Database, tmp_path: Path
+) -> None:
+    """A client that asks ``Expect: 100-continue`` and would be refused gets its 401, 411
+    or 413 at once, without a 100 first, and never sends the body (the server closes)."""
+    lib = make_librarian(reactor, db, tmp_path / "lib", max_file_size=10_000)
+    async with serve(reactor, lib) as served:
+        good = basic_auth(lib.upload_token(), user="operator")
+        cases = [
+            (_upload_head(5_000_000, None), 401),  # anonymous, big
+            (_upload_head(10, None), 401),  # anonymous, small
+            (_upload_head(10, basic_auth("wrong")), 401),
+            (_upload_head(10, basic_auth(lib.token_for(1))), 401),  # a download token
+            (_upload_head(10, basic_auth(lib.upload_token(lifetime=-1))), 401),
+            (_upload_head(10_001, good), 413),
+            (_upload_head(2**62, good), 413),
+            (_upload_head("chunked", good), 411),
+            (_upload_head(10, None, path="%2Bupload/f.bin"), 401),  # the same resource
+        ]
+        for head, code in cases:
+            answer, body_sent = await served.client.expect_continue(head, b"x" * 10)
+            assert not body_sent, head
+            assert b"100 Continue" not in answer, head
+            lines, text = head_and_body(answer)
+            assert lines[0].startswith(f"HTTP/1.1 {code} ".encode()), (head, lines[0])
+            assert b"connection: close" in [line.lower() for line in lines]
+            if code == 401:
+                assert b'WWW-Authenticate: Basic realm="librarian"' in lines
+            assert text.endswith(b"\n") and len(text) > 1
+        await assert_nothing_stored(lib, db)
+        assert stored_files(lib.root) == []
+
+        # an accepted upload gets its 100 Continue, sends its body, and is stored
+        answer, body_sent = await served.client.expect_continue(
+            _upload_head(10, good), b"0123456789"
+        )
+        assert body_sent
+        assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\n")
+        info = json.loads(head_and_body(answer.split(b"\r\n\r\n", 1)[1])[1])
+        assert (await lib.read_bytes(info["id"])) == b"0123456789"
 
 
 def test_an_unauthorised_upload_body_is_never_stored() -> None:

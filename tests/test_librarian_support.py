@@ -17,10 +17,11 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer, protocol
-from twisted.web import client, resource, server
+from twisted.web import client, resource
 from twisted.web.http_headers import Headers
 
 from buildmaster.librarian import Librarian
+from buildmaster.librarian.guard import GuardedSite
 from buildmaster.store.database import Database
 
 SECRET = b"0123456789abcdef0123456789abcdef"
@@ -46,6 +47,31 @@ class Response:
 
 def basic_auth(password: str, user: str = "buildd") -> bytes:
     return b"Basic " + base64.b64encode(f"{user}:{password}".encode())
+
+
+class _ExpectContinue(protocol.Protocol):
+    """A client that waits for ``100 Continue`` before it sends a request's body."""
+
+    def __init__(self, head: bytes, body: bytes) -> None:
+        self._head = head
+        self._body = body
+        self._sent = False
+        self.data = b""
+        self.done: defer.Deferred[tuple[bytes, bool]] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.write(self._head)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if not self._sent and self.data.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"):
+            self._sent = True
+            transport: Any = self.transport
+            transport.write(self._body)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.done.callback((self.data, self._sent))
 
 
 class _Body(protocol.Protocol):
@@ -151,6 +177,16 @@ class Client:
         )
         return await collector.done
 
+    async def expect_continue(self, head: bytes, body: bytes) -> tuple[bytes, bool]:
+        """Send the head of a request that asks ``Expect: 100-continue``, and its body only
+        once the server answered ``100 Continue``. Everything the server answered until it
+        closed the connection, and whether the body was sent."""
+        collector = _ExpectContinue(head, body)
+        await protocol.ClientCreator(self.reactor, lambda: collector).connectTCP(
+            "127.0.0.1", self.port
+        )
+        return await collector.done
+
     def _path(self, url: str) -> str:
         return "/" + url.split("/", 3)[3] if url.startswith("http") else url
 
@@ -201,7 +237,7 @@ async def serve(reactor: Any, lib: Librarian) -> AsyncIterator[Served]:
     """``lib`` mounted at ``/librarian/`` of a Site listening on 127.0.0.1, port 0 (and at
     ``/librarian-plain/`` without sendfile); its public URL pointed there."""
     root = resource.Resource()
-    site = server.Site(root)
+    site = GuardedSite(root, lambda: lib)  # the master's, guard included
     site.displayTracebacks = False
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     number = port.getHost().port

@@ -32,7 +32,7 @@ IDLE = "BuilderStatus.IDLE"
 ARGS = {"distribution": "ubuntu", "series": "hoary", "suite": "hoary", "ogrecomponent": "main"}
 #: a master scanning often, that disables a builder after three failures
 LOSING = MasterConfig(
-    socket_timeout=2.0, scan_interval=0.2, failure_policy=FailurePolicy(builder_disable_threshold=3)
+    socket_timeout=5.0, scan_interval=0.2, failure_policy=FailurePolicy(builder_disable_threshold=3)
 )
 
 
@@ -235,7 +235,7 @@ async def test_a_builder_that_keeps_losing_builds_is_blamed_and_never_runs_one_t
     master = world.harness.master
     master.startService()
     try:
-        await master._started
+        await master.when_ready()
 
         async def all_built() -> bool:
             for b in builds:
@@ -277,12 +277,12 @@ async def test_a_builder_that_keeps_forgetting_its_builds_is_taken_out_of_servic
     master = world.harness.master
     master.startService()
     try:
-        await master._started
+        await master.when_ready()
 
         async def disabled() -> bool:
             return not (await store.builders.get(forgetful_builder)).builderok
 
-        await wait_for(reactor, disabled, 30, "the builder to be disabled")
+        await wait_for(reactor, disabled, 60, "the builder to be disabled")
     finally:
         forgetting.stop()
         await master.stopService()

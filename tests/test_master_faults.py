@@ -131,7 +131,7 @@ async def test_results_the_librarian_cannot_store_wait_on_their_builder(
     build = await world.queue()
     master = world.harness.master
     await master.scan_all()
-    await wait_for(reactor, lambda: sim.state.state == WAITING, 10, "the build to end")
+    await wait_for(reactor, lambda: sim.state.state == WAITING, 60, "the build to end")
     # the librarian's disk refuses new files
     incoming = world.harness.librarian.store.incoming
     incoming.mkdir(parents=True, exist_ok=True)
@@ -233,7 +233,7 @@ async def test_a_database_outage_is_reported_once_and_blames_nobody(
         await master._safe_scan(None)
         return not store.db.unavailable
 
-    await wait_for(reactor, scanned, 20, "the database to come back")
+    await wait_for(reactor, scanned, 60, "the database to come back")
     info = captured_log.messages(LogLevel.info)
     assert sum(m.startswith("The database is back after") for m in info) == 1, info
     await nobody_blamed(store)
@@ -278,7 +278,14 @@ async def test_a_master_short_of_file_descriptors_fails_no_build_and_no_builder(
         in_use = len(os.listdir(f"/proc/{master.pid}/fd"))
         before = await built()
         resource.prlimit(master.pid, resource.RLIMIT_NOFILE, (in_use, hard))
-        await task.deferLater(reactor, 4.0, lambda: None)
+        # until the master has met the shortage (said once, however long it lasts)
+        await wait_for(
+            reactor,
+            lambda: "out of file descriptors" in log.read_text(errors="replace"),
+            60,
+            "the master to run short",
+        )
+        await task.deferLater(reactor, 1.0, lambda: None)  # the shortage lasts a while
         resource.prlimit(master.pid, resource.RLIMIT_NOFILE, (soft, hard))
         await wait_for(reactor, lambda: at_least(len(builds)), 180, "every build")
         master.send_signal(signal.SIGTERM)

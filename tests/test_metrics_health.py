@@ -30,13 +30,13 @@ async def test_metrics_count_what_the_farm_did(api_world: Any) -> None:
     builds = [await world.queue(f"m{i}") for i in range(2)]
     master = world.harness.master
     master.startService()
-    await master._started
+    await master.when_ready()
 
     async def done() -> bool:
         states = [(await store.builds.get(b)).status.name for b in builds]
         return states == ["FULLYBUILT", "FULLYBUILT"]
 
-    await wait_for(reactor, done, 30, "the builds")
+    await wait_for(reactor, done, 60, "the builds")
     await farm.refresh()
     for path in ("/api/v1", "/api/v1/builds", "/api/v1/nothing"):
         await api_world.anonymous.get(path)
@@ -62,7 +62,7 @@ async def test_metrics_count_what_the_farm_did(api_world: Any) -> None:
     await wait_for(
         reactor,
         lambda: master.metrics.builder_failures.labels("unreachable")._value.get() > 0,
-        30,
+        60,
         "a failure",
     )
     # queued builds and their age, by kind
@@ -90,8 +90,8 @@ async def test_health_and_readiness(api_world: Any) -> None:
     assert not_yet.json["checks"]["database"]["ok"] is True
     assert not_yet.json["checks"]["scanner"]["detail"] == "the scan loop is not running"
     master.startService()
-    await master._started
-    await wait_for(api_world.reactor, lambda: master.last_scan_cycle is not None, 10, "a cycle")
+    await master.when_ready()
+    await wait_for(api_world.reactor, lambda: master.last_scan_cycle is not None, 60, "a cycle")
     ready = await anonymous.get("/readyz")
     assert ready.status == 200 and ready.json["ready"] is True
     await master.stopService()

@@ -100,7 +100,7 @@ async def _outage(reactor: Any, cluster: PostgresCluster, db: Database, seconds:
         await task.deferLater(reactor, 0.05, lambda: None)
     assert failures and all(db.explains(e) for e in failures)
     await threads.deferToThread(cluster.start)
-    await wait_for(reactor, lambda: not db.unavailable, timeout=30, what="the database back")
+    await wait_for(reactor, lambda: not db.unavailable, timeout=60, what="the database back")
     assert await db.query("SELECT 1") == [(1,)]
 
 
@@ -134,14 +134,14 @@ async def test_a_master_scanning_through_an_outage_logs_it_once(
     for name in ("bob", "frog"):
         await store.builders.set_active(await store.builders.getByName(name), False)
     harness = await FarmHarness.start(
-        reactor, store, tmp_path, MasterConfig(scan_interval=0.2, socket_timeout=2.0)
+        reactor, store, tmp_path, MasterConfig(scan_interval=0.2, socket_timeout=5.0)
     )
     try:
         for i in range(4):
             sim = await harness.start_builder(f"outage{i}")
             await store.builders.new(f"outage{i}", sim.url, [data.processor_386])
         harness.master.startService()
-        await harness.master._started
+        await harness.master.when_ready()
         await task.deferLater(reactor, 0.5, lambda: None)  # a few scans of every builder
         await _outage(reactor, stoppable_cluster, db, 3.0)
         await task.deferLater(reactor, 0.5, lambda: None)  # scanning again

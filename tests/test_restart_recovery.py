@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import task
 
 from buildmaster.enums import BuildStatus
 from buildmaster.store import Store
@@ -78,17 +77,30 @@ async def test_sigkill_at_random_points_loses_nothing(
     async def finished() -> bool:
         return await ended() == len(builds)
 
+    def calls() -> int:
+        return sum(len(sim.history) for sim in sims)
+
+    async def more_ended(than: int) -> bool:
+        return await ended() > than
+
+    def reached(target: int) -> bool:
+        return calls() >= target
+
     reset = ("--vm-resume-command", farm.vm_reset_command())
     chooser = random.Random(20261127)
     progress = []
     try:
         for attempt in range(14):
             log = tmp_path / f"master-{attempt}.log"
+            before = await ended()
             master = master_process(dsn, state, log, *reset)
-            # once it runs, it dies somewhere in its first moments of work (claiming,
-            # dispatching, collecting, cleaning)
-            await wait_for(reactor, partial(_running, log), 60, "the master to start")
-            await task.deferLater(reactor, chooser.uniform(0.05, 1.2), lambda: None)
+            # once it runs and has ended a build, it dies somewhere in its work (claiming,
+            # dispatching, collecting, cleaning): after a random number of calls to the
+            # builders, not of seconds, which a loaded machine would stretch
+            await wait_for(reactor, partial(_running, log), 120, "the master to start")
+            await wait_for(reactor, partial(more_ended, before), 120, "a build ended")
+            target = calls() + chooser.randint(0, 30)
+            await wait_for(reactor, partial(reached, target), 120, "calls to the builders")
             master.send_signal(signal.SIGKILL)
             master.wait()
             progress.append(await ended())
@@ -100,10 +112,10 @@ async def test_sigkill_at_random_points_loses_nothing(
         if master.poll() is None:
             master.kill()
         await farm.stop()
-    # the kills fell while the farm was working: builds were finished between them, and the
-    # last master still had work to do
+    # the kills fell while the farm was working: each master finished builds before it
+    # was killed, and the last master still had work to do
     assert len(progress) == 14 and 0 < progress[-1] < len(builds)
-    assert len(set(progress)) >= 6, progress
+    assert progress == sorted(set(progress)), progress
 
     # every build ended as its package does, with its log, its files (whose bytes match their
     # hashes), its dispatch, builder and dates, and the events that say so, in order

@@ -117,7 +117,7 @@ async def test_a_stalled_download_fails_at_the_inactivity_timeout(
     await wait_for(reactor, lambda: download.outcome)
     assert isinstance(download.error, BuilderUnreachable)
     assert str(download.error) == "fetching " + "0" * 40 + ": no data for 60 seconds"
-    await wait_for(reactor, lambda: connection.closed, 5, "the connection to be dropped")
+    await wait_for(reactor, lambda: connection.closed, 60, "the connection to be dropped")
     download.http.abort_all()
 
 
@@ -270,12 +270,12 @@ async def test_once_the_budget_is_spent_the_other_downloads_stop(
     limits = CollectLimits(max_total_size=budget)
     collection = Collection(server, librarian, content, limits, Clock(), reactor)
     outcome = collection.outcome
-    await wait_for(reactor, lambda: outcome, 10, "the collection to end")
+    await wait_for(reactor, lambda: outcome, 60, "the collection to end")
     (collected,) = outcome
     assert collected.refused == f"the result files are larger than {budget} bytes together"
     assert collected.files == ()
     assert len(held) == 1 and second in held[0].requests[0].decode()
-    await wait_for(reactor, lambda: held[0].closed, 5, "the second download to be dropped")
+    await wait_for(reactor, lambda: held[0].closed, 60, "the second download to be dropped")
     collection.http.abort_all()
 
 
@@ -304,9 +304,9 @@ async def test_a_stalled_download_ends_the_collection_and_stops_the_others(
     await wait_for(reactor, lambda: len(server.requests()) == 2 and held)
     await turn(reactor)
     clock.advance(TIMEOUT + 1)  # "start" and nothing more: behind the pace
-    await wait_for(reactor, lambda: outcome, 10, "the collection to end")
+    await wait_for(reactor, lambda: outcome, 60, "the collection to end")
     error = outcome[0].value
     assert isinstance(error, BuilderUnreachable)
     assert str(error).startswith(f"fetching {first}: slower than 65536 bytes a second")
-    await wait_for(reactor, lambda: held[0].closed, 5, "the other download to be dropped")
+    await wait_for(reactor, lambda: held[0].closed, 60, "the other download to be dropped")
     collection.http.abort_all()

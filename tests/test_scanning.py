@@ -5,11 +5,9 @@ Real PostgreSQL, real librarian over HTTP, simulated builders on real sockets.
 
 from __future__ import annotations
 
-import collections
 from typing import Any
 
 import pytest_twisted
-from twisted.internet import defer, task
 
 from buildmaster.config import MasterConfig
 from buildmaster.enums import (
@@ -21,16 +19,23 @@ from buildmaster.enums import (
 from buildmaster.model import Build
 from buildmaster.policy import FailurePolicy
 from buildmaster.store import Store
-from buildmaster.testing import wait_for
+from buildmaster.testing import advance, wait_for
 
 FAST = MasterConfig(
-    socket_timeout=1.0, virtualized_socket_timeout=1.0, scan_interval=3600, vm_resume_command="true"
+    socket_timeout=5.0,
+    virtualized_socket_timeout=5.0,
+    scan_interval=3600,
+    vm_resume_command="true %(vm_host)s",
 )
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_hung_builder_costs_only_its_own_timeout(reactor: Any, make_world: Any) -> None:
-    world = await make_world(FAST)
+async def test_a_hung_builder_costs_only_its_own_timeout(
+    reactor: Any, make_world: Any, clock: Any
+) -> None:
+    """The calls' deadlines are on the master's clock: the hung builder's scan waits until it
+    has passed, while every other builder is scanned."""
+    world = await make_world(FAST, master_clock=clock)
     sims = []
     for i in range(8):
         sim, _ = await world.builder(f"b{i}")
@@ -38,17 +43,22 @@ async def test_a_hung_builder_costs_only_its_own_timeout(reactor: Any, make_worl
     sims[0].faults.hang = True
     master = world.harness.master
 
-    scan = defer.Deferred.fromCoroutine(master.scan_all())
-    await wait_for(reactor, lambda: len(master.workers) == 8, 5, "the workers")
+    scan = master.scan_all()
+    await wait_for(reactor, lambda: len(master.workers) == 8, 60, "the workers")
     healthy = [w for w in master.workers.values() if w.builder.name != "b0"]
     hung = next(w for w in master.workers.values() if w.builder.name == "b0")
     # every other builder is scanned while the hung one is still waiting for its answer
     await wait_for(
-        reactor, lambda: all(w.last_status is not None for w in healthy), 5, "healthy scans"
+        reactor, lambda: all(w.last_status is not None for w in healthy), 60, "healthy scans"
     )
-    assert hung.busy and hung.last_status is None
+    await wait_for(reactor, lambda: sims[0].history, 60, "the hung builder's status call")
+    assert hung.busy and hung.last_status is None and not scan.called
     # a new cycle does not overlap the hung builder's scan in progress
     await master.scan_all(wait=False)
+    await wait_for(reactor, lambda: not any(w.busy for w in healthy), 60, "the new cycle")
+    clock.advance(FAST.socket_timeout - 0.001)
+    assert hung.busy and not scan.called
+    clock.advance(0.001)  # its deadline
     await scan
     assert [c.method for c in sims[0].history].count("status") == 1
     assert all(
@@ -62,7 +72,7 @@ async def test_a_refusing_builder_is_failed_after_the_tolerated_scans(
     reactor: Any, make_world: Any, store: Store, captured_log: Any
 ) -> None:
     config = MasterConfig(
-        socket_timeout=1.0,
+        socket_timeout=5.0,
         scan_interval=3600,
         failure_policy=FailurePolicy(tolerated_scan_failures=2, builder_disable_threshold=2),
     )
@@ -119,7 +129,7 @@ async def test_a_garbage_status_is_a_scan_failure_not_a_crash(
     reactor: Any, make_world: Any, store: Store
 ) -> None:
     config = MasterConfig(
-        socket_timeout=1.0,
+        socket_timeout=5.0,
         scan_interval=3600,
         failure_policy=FailurePolicy(tolerated_scan_failures=0, builder_disable_threshold=1),
     )
@@ -134,23 +144,22 @@ async def test_a_garbage_status_is_a_scan_failure_not_a_crash(
 
 @pytest_twisted.ensureDeferred
 async def test_a_queued_build_is_dispatched_at_once_to_an_idle_builder(
-    reactor: Any, make_world: Any, store: Store
+    reactor: Any, make_world: Any, store: Store, clock: Any
 ) -> None:
-    world = await make_world(FAST)
+    world = await make_world(FAST, master_clock=clock)
     sim, _ = await world.builder("eager")
     master = world.harness.master
     master.startService()
-    await master._started
+    await master.when_ready()
     await wait_for(
-        reactor, lambda: master.workers and all(w.last_status for w in master.workers.values()), 5
+        reactor, lambda: master.workers and all(w.last_status for w in master.workers.values()), 60
     )
 
-    # the next tick is an hour away: only the notification can bring the build to the builder
-    started = reactor.seconds()
+    # the master's clock never moves: no tick will come, only the notification can bring
+    # the build to the builder
     build = await world.queue()
-    await wait_for(reactor, lambda: sim.state.build_id == build.cookie, 10, "the dispatch")
-    assert reactor.seconds() - started < 5
-    await wait_for(reactor, lambda: _status(store, build), 5, "BUILDING in the database")
+    await wait_for(reactor, lambda: sim.state.build_id == build.cookie, 60, "the dispatch")
+    await wait_for(reactor, lambda: _status(store, build), 60, "BUILDING in the database")
 
 
 async def _status(store: Store, build: Build) -> bool:
@@ -169,7 +178,7 @@ async def test_a_builder_that_becomes_idle_gets_its_next_job_in_the_same_scan(
     await master.scan_all()
     assert sim.state.build_id == first.cookie
     await wait_for(
-        reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 10, "the first build to end"
+        reactor, lambda: sim.state.state == "BuilderStatus.WAITING", 60, "the first build to end"
     )
     # one scan: collect the first build, clean the builder, dispatch the second
     await master.scan_all()
@@ -192,7 +201,7 @@ async def test_the_scan_loop_survives_everything(
     reactor: Any, make_world: Any, store: Store, captured_log: Any
 ) -> None:
     config = MasterConfig(
-        socket_timeout=0.5,
+        socket_timeout=2.0,
         scan_interval=0.2,
         failure_policy=FailurePolicy(tolerated_scan_failures=100),
     )
@@ -207,7 +216,7 @@ async def test_the_scan_loop_survives_everything(
     good, _ = await world.builder("good")
     master = world.harness.master
     master.startService()
-    await master._started
+    await master.when_ready()
     builds = [await world.queue() for _ in range(3)]
     for build in builds:
 
@@ -249,11 +258,11 @@ async def test_a_burst_of_jobs_reaches_every_idle_builder_at_once(
     sims = [(await world.builder(f"idle{i}"))[0] for i in range(6)]
     master = world.harness.master
     master.startService()
-    await master._started
+    await master.when_ready()
     await wait_for(
         reactor,
         lambda: len(master.workers) == 6 and all(w.idle for w in master.workers.values()),
-        5,
+        60,
     )
     # six builds, queued by one statement: one notification says "six"
     builds = []
@@ -272,7 +281,7 @@ async def test_a_burst_of_jobs_reaches_every_idle_builder_at_once(
         ([b.id for b in builds],),
     )
     await wait_for(
-        reactor, lambda: all(sim.state.build_id for sim in sims), 10, "every builder to build"
+        reactor, lambda: all(sim.state.build_id for sim in sims), 60, "every builder to build"
     )
     assert {sim.state.build_id for sim in sims} == {b.cookie for b in builds}
 
@@ -290,85 +299,87 @@ async def test_the_version_builders_report_is_recorded(
     assert versions == {"v0": "slavesim-0.1", "v1": "slavesim-0.1", "v2": "slavesim-0.1"}
 
 
+def _polls(sim: Any) -> int:
+    return sum(1 for call in sim.history if call.method == "status")
+
+
 @pytest_twisted.ensureDeferred
 async def test_the_scan_interval_is_sliced_so_polls_come_spread_not_in_a_burst(
-    reactor: Any, make_world: Any
+    reactor: Any, make_world: Any, clock: Any
 ) -> None:
     """Each builder is polled once per interval, as before, but the farm's polls are spread
     over the interval (a burst of polls would also bunch up the finished builds they find)."""
-    world = await make_world(MasterConfig(scan_interval=1.0))
+    world = await make_world(MasterConfig(scan_interval=1.0), master_clock=clock)
     sims = [(await world.builder(f"s{i}"))[0] for i in range(20)]
     master = world.harness.master
     master.startService()
-    await master._started
-    polls = {sim.name: 0 for sim in sims}
-    first_poll: dict[str, float] = {}
-    start = reactor.seconds()
-    while reactor.seconds() - start < 3.05:
+    await master.when_ready()
+    await wait_for(reactor, lambda: not master.scans_under_way, 60, "the scan at start")
+    assert [_polls(sim) for sim in sims] == [1] * 20  # everyone, once, at start
+    first_poll: dict[str, int] = {}
+    for tick in range(3 * 20):  # three intervals of 20 slices of 0.05 s
+        await advance(reactor, clock, master, 0.05)
         for sim in sims:
-            count = sum(1 for call in sim.history if call.method == "status")
-            if count > polls[sim.name]:
-                if polls[sim.name] == 1:  # its first poll after the scan at start
-                    first_poll[sim.name] = reactor.seconds() - start
-                polls[sim.name] = count
-        await task.deferLater(reactor, 0.01, lambda: None)
-    # one poll at start, then one per second: 3 or 4 in 3 s (never one per slice)
-    assert all(3 <= n <= 5 for n in polls.values()), polls
-    assert len(first_poll) == 20
-    # spread: the builders' first sliced polls cover most of the interval
-    bins = collections.Counter(int(t / 0.1) for t in first_poll.values())
-    assert max(bins.values()) <= 6, sorted(first_poll.values())
-    assert max(first_poll.values()) - min(first_poll.values()) >= 0.6
+            if _polls(sim) == 2:
+                first_poll.setdefault(sim.name, tick)
+    # one poll at start, then one per interval (never one per slice)
+    assert [_polls(sim) for sim in sims] == [4] * 20
+    # spread: each slice of the first interval polled one builder, not all of them at once
+    assert sorted(first_poll.values()) == list(range(20))
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_long_build_is_polled_less_often_and_its_end_still_noticed(
-    reactor: Any, make_world: Any, store: Store
+    reactor: Any, make_world: Any, store: Store, clock: Any
 ) -> None:
     """Periodic scans poll a building builder less often the longer its build runs (here:
-    every 0.05 s at first, then its age, up to 1 s); cancelling is acted on at the next
-    scan whatever the poll schedule says; the end of a build is noticed."""
+    after as long as it has run, up to 1 s); cancelling is acted on at the next
+    scan whatever the poll schedule says; the end of a build is noticed. The master and the
+    builder share one clock, moved by the test."""
     config = MasterConfig(scan_interval=0.05, building_poll_fraction=1.0, building_poll_max=1.0)
-    world = await make_world(config, build_time=1.5)
+    world = await make_world(config, build_time=1.5, farm_clock=clock, master_clock=clock)
     sim, _ = await world.builder("long")
     build = await world.queue("long")
     master = world.harness.master
     master.startService()
-    await master._started
-    await wait_for(reactor, lambda: sim.state.build_id == build.cookie, 10, "the dispatch")
-    polls_before = sum(1 for c in sim.history if c.method == "status")
-    await task.deferLater(reactor, 1.2, lambda: None)
-    polls = sum(1 for c in sim.history if c.method == "status") - polls_before
-    # every scan would be ~24 polls in 1.2 s; backing off with the build's age: about 5
-    assert 2 <= polls <= 12, polls
+    await master.when_ready()
+    await wait_for(reactor, lambda: not master.scans_under_way, 60, "the scan at start")
+    assert sim.state.build_id == build.cookie
+    polls_before = _polls(sim)
+    for _ in range(24):  # 1.2 s of the build
+        await advance(reactor, clock, master, 0.05)
+    polls = _polls(sim) - polls_before
+    # every scan would be 24 polls in 1.2 s. Backing off with the build's age (a delay of
+    # its whole age, here): one at the next scan, then none until the delay reaches its
+    # 1 s maximum
+    assert polls == 2, polls
 
     async def finished() -> bool:
         return (await store.builds.get(build.id)).status is BuildStatus.FULLYBUILT
 
-    await wait_for(reactor, finished, 10, "the build collected")
+    for _ in range(60):  # the build ends at 1.5 s; polls are up to 1 s apart by then
+        await advance(reactor, clock, master, 0.05)
+        if await finished():
+            break
+    assert await finished()
 
     # a cancel is seen at the next scan, not at the next due poll
     other = await world.queue("other")
     world.harness.farm.build_time = 3600
-    await wait_for(reactor, lambda: sim.state.build_id == other.cookie, 10, "the next dispatch")
-    await task.deferLater(reactor, 2.0, lambda: None)  # polls now 1 s apart
+    for _ in range(40):
+        await advance(reactor, clock, master, 0.05)
+        if sim.state.build_id == other.cookie:
+            break
+    assert sim.state.build_id == other.cookie
+    for _ in range(40):  # 2 s: polls are 1 s apart now
+        await advance(reactor, clock, master, 0.05)
     # cancel just after a poll: the next one is not due for about a second
-    polled = sum(1 for c in sim.history if c.method == "status")
-    await wait_for(
-        reactor,
-        lambda: sum(1 for c in sim.history if c.method == "status") > polled,
-        5,
-        "a poll",
-    )
-    asked = reactor.seconds()
+    polled = _polls(sim)
+    while _polls(sim) == polled:
+        await advance(reactor, clock, master, 0.05)
     await store.jobs.cancel(other.id)
-    await wait_for(
-        reactor,
-        lambda: any(c.method == "abort" for c in sim.history),
-        5,
-        "the abort",
-    )
-    assert reactor.seconds() - asked < 0.25
+    await advance(reactor, clock, master, 0.05)  # one scan
+    assert any(c.method == "abort" for c in sim.history)
 
 
 @pytest_twisted.ensureDeferred

@@ -27,7 +27,7 @@ async def test_the_service_starts_in_order_serves_and_stops(
     )
     service = BuildmasterService(reactor, settings)
     service.startService()
-    await service._started
+    await service.when_ready()
     assert service.master is not None and service.master.running
     assert service.librarian is not None and service.store is not None
     base = f"http://127.0.0.1:{service.web.getHost().port}/"

@@ -380,7 +380,7 @@ async def test_a_shared_claim_that_breaks_a_constraint_is_made_again_claim_by_cl
             await release
 
         async def until_a_backend(condition: str) -> None:
-            deadline = reactor.seconds() + 20
+            deadline = reactor.seconds() + 60
             while reactor.seconds() < deadline:
                 [(n,)] = await other.query(
                     "SELECT count(*) FROM pg_stat_activity"

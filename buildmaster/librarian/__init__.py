@@ -5,7 +5,11 @@ Chroots, sources, build logs and build results live here: metadata in PostgreSQL
 ``libraryfilealias``: filename, content type, restricted flag, expiry, many per content),
 bytes on disk under their SHA-256, written atomically (temporary file, fsync, rename, then
 the rows). Builders fetch files by URL from :meth:`Librarian.resource`, mounted in the
-master's web server; a restricted file needs a per-file token as the basic-auth password.
+master's web server; a restricted file needs a per-file token as the basic-auth password
+(without it, every request for it gets the same 401, whatever filename it names). The
+master's web server is a :class:`~buildmaster.librarian.guard.GuardedSite`: bodies nobody
+may upload are never stored, and an upload that waits for ``100 Continue`` is refused
+before it sends its body.
 
 ::
 

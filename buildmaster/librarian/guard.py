@@ -1,20 +1,28 @@
-"""Request bodies nobody is allowed to send are not kept; large API uploads are streamed.
+"""Request bodies nobody is allowed to send are not kept; large API uploads are streamed;
+librarian uploads are refused before their bodies are sent when the client lets us.
 
 twisted.web stores a request's body (in a temporary file past 100 kB) before any resource
 sees the request, so without this an unauthenticated client could fill the master's disk
-with uploads that would only be refused afterwards. :func:`guarded_request_factory` makes
-the master's ``Site`` count and drop a body larger than ``max_anonymous_body`` unless the
-request carries a valid librarian upload token (the basic-auth password), or when it is
-larger than the librarian takes at all. The resource then refuses the request as usual
-(401 or 413): nothing was stored.
+with uploads that would only be refused afterwards. :class:`GuardedSite` (the master's web
+server) looks at each request as soon as its headers are in:
 
-A large body sent with an operator API bearer token (``Authorization: Bearer ...``) is
-streamed into the librarian as it arrives (:class:`StreamedBody`): the connection is not
-read while the token is checked (an asynchronous database lookup); a valid token's body
-goes straight into a librarian upload, hashed on the way, the connection paused whenever
-the upload has more than a few megabytes waiting for the disk; an invalid token's body is
-counted and dropped. The API resource names the file and finishes the upload; a body no
-resource takes is deleted when the request ends.
+* an upload to the librarian (``POST /librarian/+upload/...``) that asks ``Expect:
+  100-continue`` gets its final answer at once when it would be refused: 401 without a valid
+  upload token (the basic-auth password), 413 when its declared ``Content-Length`` is over the
+  librarian's limit, 411 without one. No ``100 Continue`` goes out first, the connection is
+  closed after the answer, and the body is never sent. An upload that is accepted gets its
+  ``100 Continue`` (from twisted.web) only then.
+* a large body sent with an operator API bearer token (``Authorization: Bearer ...``) is
+  streamed into the librarian as it arrives (:class:`StreamedBody`): the connection is not
+  read while the token is checked (an asynchronous database lookup); a valid token's body
+  goes straight into a librarian upload, hashed on the way, the connection paused whenever
+  the upload has more than a few megabytes waiting for the disk; an invalid token's body is
+  counted and dropped. The API resource names the file and finishes the upload; a body no
+  resource takes is deleted when the request ends.
+* any other request body larger than ``max_anonymous_body`` without a valid librarian
+  upload token, or larger than the librarian takes at all, is counted and dropped, never
+  stored (the client sent it without waiting: it has to be read off the connection). The
+  resource then refuses the request as usual (401 or 413): nothing was stored.
 """
 
 from __future__ import annotations
@@ -22,17 +30,27 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, resource, server
 
 from buildmaster.librarian.errors import LibrarianError
 from buildmaster.librarian.upload import Upload
 
-__all__ = ["guarded_request_factory", "DiscardedBody", "StreamedBody", "BodyRefused"]
+__all__ = [
+    "guarded_request_factory",
+    "DiscardedBody",
+    "GuardedSite",
+    "StreamedBody",
+    "BodyRefused",
+]
 
+#: The basic-auth challenge of the librarian.
+REALM = b'Basic realm="librarian"'
+_UPLOAD_SEGMENT = b"+upload"
 #: a streamed body is stored under this name until the resource names it
 UNNAMED = "upload"
 #: ... and expires after this unless the resource says otherwise when it finishes it
@@ -197,23 +215,41 @@ class StreamedBody(DiscardedBody):
             )
 
 
+def _segments(target: bytes) -> list[bytes]:
+    """The path segments of a request target, unquoted, as twisted.web routes them."""
+    path = target.split(b"?", 1)[0]
+    return [unquote_to_bytes(segment) for segment in path[1:].split(b"/")]
+
+
 def guarded_request_factory(
     librarian: Callable[[], Any],
     max_anonymous_body: int = 64 * 1024,
     verify_bearer: Callable[[str], defer.Deferred[bool]] | None = None,
+    mount: bytes = b"librarian",
 ) -> type[server.Request]:
-    """A ``Request`` class for the master's ``Site``.
+    """A ``Request`` class for the master's ``Site`` (use :class:`GuardedSite`).
 
     :param librarian: returns the :class:`~buildmaster.librarian.Librarian` (or ``None``
-        while it does not exist yet: then no large body is kept).
+        while it does not exist yet: then no large body is kept, and no upload accepted).
     :param verify_bearer: checks an operator API bearer token (fires with whether it is
         valid); without it, bearer bodies are treated like anonymous ones.
+    :param mount: where the librarian is in the web tree (its uploads are
+        ``/<mount>/+upload/...``).
     """
 
     class GuardedRequest(server.Request):
+        #: the request line's target, set by :class:`GuardedSite`'s connections before
+        #: the headers are read (``None`` under another channel)
+        target: bytes | None = None
+
         def gotLength(self, length: int | None) -> None:
             lib = librarian()
             too_big = length is not None and lib is not None and length > lib.max_file_size
+            if self._expects_continue() and self._is_upload():
+                refusal = self._refusal(lib, length, too_big)
+                if refusal is not None:
+                    self._refuse_now(*refusal)
+                    return
             if too_big:
                 self.content = DiscardedBody()
                 return
@@ -240,9 +276,100 @@ def guarded_request_factory(
         def _may_upload(self, lib: Any) -> bool:
             return bool(lib.check_upload_token(self.getPassword()))
 
+        def _expects_continue(self) -> bool:
+            expect = self.requestHeaders.getRawHeaders(b"expect") or []
+            return bool(expect) and expect[0].strip().lower() == b"100-continue"
+
+        def _is_upload(self) -> bool:
+            if self.target is None:
+                return False
+            segments = _segments(self.target)
+            return len(segments) >= 2 and segments[:2] == [mount, _UPLOAD_SEGMENT]
+
+        def _refusal(
+            self, lib: Any, length: int | None, too_big: bool
+        ) -> tuple[int, str, dict[bytes, bytes]] | None:
+            if lib is None:
+                return http.SERVICE_UNAVAILABLE, "The librarian is starting.", {}
+            if not self._may_upload(lib):
+                return (
+                    http.UNAUTHORIZED,
+                    "Uploading needs a valid token.",
+                    {b"www-authenticate": REALM},
+                )
+            if length is None:
+                return http.LENGTH_REQUIRED, "Uploads need a Content-Length.", {}
+            if too_big:
+                return (
+                    http.REQUEST_ENTITY_TOO_LARGE,
+                    f"Files are limited to {lib.max_file_size} bytes.",
+                    {},
+                )
+            return None
+
+        def _refuse_now(self, code: int, message: str, extra: dict[bytes, bytes]) -> None:
+            """The final answer, before the body: no ``100 Continue`` (twisted.web sends one
+            after this method unless the request no longer asks for it), and the connection
+            is closed, since the client may send the body all the same."""
+            self.requestHeaders.removeHeader(b"expect")
+            self.content = DiscardedBody()
+            body = (message + "\n").encode("utf-8")
+            headers = [
+                (b"Content-Type", b"text/plain; charset=utf-8"),
+                (b"Content-Length", b"%d" % len(body)),
+                (b"Connection", b"close"),
+                *extra.items(),
+            ]
+            channel: Any = self.channel
+            channel.writeHeaders(b"HTTP/1.1", b"%d" % code, http.RESPONSES[code], headers)
+            channel.write(body)
+            channel.loseConnection()
+
         def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
             if isinstance(self.content, StreamedBody):
                 self.content.received()
             super().requestReceived(command, path, version)
 
     return GuardedRequest
+
+
+class _GuardedChannel(http.HTTPChannel):
+    """Tells each request its target as soon as its request line is read (twisted.web only
+    hands it over once the whole body is in)."""
+
+    def lineReceived(self, line: bytes) -> None:
+        before = self.requests[-1] if self.requests else None
+        super().lineReceived(line)
+        if self.requests and self.requests[-1] is not before:  # that was a request line
+            parts = line.split()
+            self.requests[-1].target = parts[1] if len(parts) == 3 else None
+
+
+class GuardedSite(server.Site):
+    """The master's web server: twisted.web's ``Site`` with the guard above, and no form
+    parsing of POST bodies (uploads are raw bodies).
+
+    :param root: the web tree (the librarian mounted at ``mount``).
+    :param librarian: returns the librarian, or ``None`` while there is none yet.
+    :param verify_bearer: checks an operator API bearer token (see
+        :func:`guarded_request_factory`).
+    """
+
+    protocol = _GuardedChannel  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        root: resource.Resource,
+        librarian: Callable[[], Any],
+        verify_bearer: Callable[[str], defer.Deferred[bool]] | None = None,
+        mount: bytes = b"librarian",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            root,
+            requestFactory=guarded_request_factory(
+                librarian, verify_bearer=verify_bearer, mount=mount
+            ),
+            parsePOSTFormSubmission=False,
+            **kwargs,
+        )

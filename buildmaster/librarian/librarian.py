@@ -86,6 +86,8 @@ class Librarian:
         CPU per byte; the page cache is left alone). ``False`` forces buffered writes.
     :param hand_out_window: seconds during which a file given to a builder with
         :meth:`hand_out` is served without reading its row from the database again.
+    :param clock: what "now" is for tokens, expiry and handed-out files (``reactor`` by
+        default; tests pass a ``Clock``).
     """
 
     def __init__(
@@ -100,10 +102,13 @@ class Librarian:
         max_file_size: int = DEFAULT_MAX_FILE_SIZE,
         direct_io: bool = True,
         hand_out_window: float = HAND_OUT_WINDOW,
+        clock: Any = None,
     ) -> None:
         if not secret:
             raise ValueError("the librarian needs a secret for its tokens")
         self._reactor = reactor
+        #: "now" for tokens, expiry and handed-out files (the reactor unless a test's Clock)
+        self._clock = reactor if clock is None else clock
         self._db = db
         self.root = Path(root)
         self.public_url = public_url if public_url.endswith("/") else public_url + "/"
@@ -132,7 +137,7 @@ class Librarian:
     @property
     def clock(self) -> Any:
         """The clock expiry and tokens are judged by (IReactorTime)."""
-        return self._reactor
+        return self._clock
 
     def run_in_thread(self, f: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
         """Call the blocking ``f(*args, **kwargs)`` in the librarian's thread pool.
@@ -142,7 +147,7 @@ class Librarian:
         return threads.deferToThreadPool(self._reactor, self._pool, f, *args, **kwargs)
 
     def _now(self) -> datetime.datetime:
-        return datetime.datetime.fromtimestamp(self._reactor.seconds(), datetime.UTC)
+        return datetime.datetime.fromtimestamp(self._clock.seconds(), datetime.UTC)
 
     # -- adding files ------------------------------------------------------------------------
 
@@ -285,7 +290,7 @@ class Librarian:
         file, referenced, so the garbage collector leaves it alone, and an expiry only ever
         becomes later (provisional results made permanent).
         """
-        now = self._reactor.seconds()
+        now = self._clock.seconds()
         handed = self._handed_out
         handed.pop(file.id, None)
         handed[file.id] = (file, now + self._hand_out_window)
@@ -299,7 +304,7 @@ class Librarian:
     def get_for_download(self, alias_id: int) -> defer.Deferred[LibraryFile]:
         """:meth:`get` ``alias_id``, or the file as handed out (see :meth:`hand_out`)."""
         entry = self._handed_out.get(alias_id)
-        if entry is not None and entry[1] > self._reactor.seconds():
+        if entry is not None and entry[1] > self._clock.seconds():
             return defer.succeed(entry[0])
         return self.get(alias_id)
 
@@ -327,22 +332,22 @@ class Librarian:
         """A download token for the file ``alias_id``, valid ``lifetime`` seconds: the
         basic-auth password for a restricted file (any username)."""
         subject = tokens.file_subject(alias_id)
-        return tokens.make_token(self._secret, subject, self._reactor.seconds() + lifetime)
+        return tokens.make_token(self._secret, subject, self._clock.seconds() + lifetime)
 
     def check_token(self, alias_id: int, token: str | bytes | None) -> bool:
         """Whether ``token`` grants downloading the file ``alias_id`` now."""
         subject = tokens.file_subject(alias_id)
-        return tokens.check_token(self._secret, token, subject, self._reactor.seconds())
+        return tokens.check_token(self._secret, token, subject, self._clock.seconds())
 
     def upload_token(self, lifetime: float = 3600.0) -> str:
         """A token for the HTTP upload endpoint, valid ``lifetime`` seconds."""
         subject = tokens.UPLOAD_SUBJECT
-        return tokens.make_token(self._secret, subject, self._reactor.seconds() + lifetime)
+        return tokens.make_token(self._secret, subject, self._clock.seconds() + lifetime)
 
     def check_upload_token(self, token: str | bytes | None) -> bool:
         """Whether ``token`` grants uploading now."""
         subject = tokens.UPLOAD_SUBJECT
-        return tokens.check_token(self._secret, token, subject, self._reactor.seconds())
+        return tokens.check_token(self._secret, token, subject, self._clock.seconds())
 
     # -- failures to serve ---------------------------------------------------------------------
 

@@ -6,10 +6,12 @@
     for a malformed or unsatisfiable one), ``If-Range``, ``If-None-Match`` and
     ``If-Modified-Since`` (304) honoured.
     404 for an unknown id, an expired file or a filename that does not match the id. A
-    restricted file needs a download token for it as the basic-auth password (401 otherwise,
-    with ``WWW-Authenticate``). 500 when the bytes on disk are missing or have the wrong size
-    (logged as an error, once an hour per content: they are not served). 503 when the
-    database is unavailable, or the file cannot be opened now (out of file descriptors).
+    restricted file needs a download token for it as the basic-auth password: without one,
+    the answer is 401 (with ``WWW-Authenticate``) whatever the filename and the expiry, so
+    the name of a restricted file is told to nobody without its token. 500 when the bytes on
+    disk are missing or have the wrong size (logged as an error, once an hour per content:
+    they are not served). 503 when the database is unavailable, or the file cannot be opened
+    now (out of file descriptors).
 
 ``POST /+upload/<filename>``
     Store the request body as a new file (operators and tools). Basic-auth password: an upload
@@ -18,7 +20,10 @@
     ``X-Librarian-Restricted: yes|no``, ``X-Librarian-Expires: <ISO 8601 with timezone>``,
     ``X-Librarian-SHA1: <hex>`` (checked: 400 and nothing stored on mismatch). Answers 201
     with ``Location`` (the file's public URL) and a JSON body (id, url, filename, size, sha1,
-    sha256, md5, restricted, expires). 400 for a bad filename or header.
+    sha256, md5, restricted, expires). 400 for a bad filename or header. A client that sends
+    ``Expect: 100-continue`` gets ``100 Continue`` only once its token and declared size are
+    accepted; otherwise its 401, 411 or 413 comes before it sent the body
+    (:mod:`buildmaster.librarian.guard`).
 
 Other methods get 405. Twisted itself answers 400 to a malformed request (a negative or
 non-numeric ``Content-Length``, for one).
@@ -44,6 +49,7 @@ from buildmaster.librarian.errors import (
     InvalidFileMetadata,
     UploadFailed,
 )
+from buildmaster.librarian.guard import REALM
 from buildmaster.librarian.metadata import check_filename
 from buildmaster.librarian.ranges import RangeNotSatisfiable, not_modified, parse_range
 from buildmaster.librarian.sending import FileSender
@@ -58,7 +64,6 @@ __all__ = ["LibrarianResource", "UPLOAD_SEGMENT"]
 
 UPLOAD_SEGMENT = b"+upload"
 _MAX_ID_DIGITS = 18  # alias ids are bigints
-_REALM = b'Basic realm="librarian"'
 
 
 class _Respond(Exception):
@@ -186,15 +191,14 @@ class LibrarianResource(resource.Resource):
     async def _serve(self, request: server.Request, head: bool) -> None:
         alias_id, filename = _parse_alias_path(request.postpath or [])
         file = await self._lookup(alias_id)
+        # the token first: without it, a right and a wrong name (or a file expired) answer
+        # the same, so nobody learns a restricted file's name without its token
+        if file.restricted and not self._librarian.check_token(file.id, request.getPassword()):
+            raise _Respond(
+                http.UNAUTHORIZED, "This file needs a valid token.", {b"www-authenticate": REALM}
+            )
         if file.filename != filename or self._librarian.is_expired(file):
             raise _Respond(http.NOT_FOUND, "No such file.")
-        if file.restricted:
-            if not self._librarian.check_token(file.id, request.getPassword()):
-                raise _Respond(
-                    http.UNAUTHORIZED,
-                    "This file needs a valid token.",
-                    {b"www-authenticate": _REALM},
-                )
         fd = await self._open(file)
         try:
             await self._send(request, file, fd, head)
@@ -304,7 +308,7 @@ class LibrarianResource(resource.Resource):
             raise _Respond(http.NOT_FOUND, "Upload with POST /+upload/<filename>.")
         if not self._librarian.check_upload_token(request.getPassword()):
             raise _Respond(
-                http.UNAUTHORIZED, "Uploading needs a valid token.", {b"www-authenticate": _REALM}
+                http.UNAUTHORIZED, "Uploading needs a valid token.", {b"www-authenticate": REALM}
             )
         try:
             filename = check_filename(postpath[1].decode("utf-8"))

@@ -7,6 +7,7 @@ from typing import Any
 
 from buildmaster.enums import BuilderCleanStatus
 from buildmaster.model import Builder, HasId, id_of
+from buildmaster.names import check_builder_name, check_vm_host
 from buildmaster.store.database import Database, NotFound, Transaction
 from buildmaster.store.events import record_event
 
@@ -116,7 +117,14 @@ class BuilderSet:
         manual: bool = False,
         active: bool = True,
     ) -> Builder:
-        """Register a builder. :raises ConstraintViolation: on a duplicate name or a bad URL."""
+        """Register a builder.
+
+        :raises InvalidName: for a bad name or VM host (:mod:`buildmaster.names`).
+        :raises ConstraintViolation: on a duplicate name or a bad URL.
+        """
+        check_builder_name(name)
+        if vm_host is not None:
+            check_vm_host(vm_host)
 
         async def create(tx: Transaction) -> Builder:
             row = await tx.query_one(
@@ -183,6 +191,9 @@ class BuilderSet:
         return await self.set_virtualized(builder, not trusted)
 
     async def set_vm_host(self, builder: HasId | int, vm_host: str | None) -> Builder:
+        """:raises InvalidName: for a bad VM host (:mod:`buildmaster.names`)."""
+        if vm_host is not None:
+            check_vm_host(vm_host)
         return await self._update(builder, "vm_host = %s", (vm_host,))
 
     async def set_manual(self, builder: HasId | int, manual: bool) -> Builder:

@@ -8,6 +8,7 @@ import datetime
 from typing import Any, Protocol
 
 import attrs
+from twisted.internet import defer
 
 from buildmaster.enums import BuildStatus
 from buildmaster.librarian import Librarian
@@ -34,19 +35,20 @@ class FarmReader(Protocol):
 
 
 class Operations(Protocol):
-    """The master's operations on builds and builders (:class:`BuilddMaster`'s)."""
+    """The master's operations on builds and builders (:class:`BuilddMaster`'s: each returns
+    a Deferred)."""
 
-    async def cancel(self, build: HasId | int) -> BuildStatus: ...
+    def cancel(self, build: HasId | int) -> defer.Deferred[BuildStatus]: ...
 
-    async def retry(self, build: HasId | int) -> BuildQueue: ...
+    def retry(self, build: HasId | int) -> defer.Deferred[BuildQueue]: ...
 
-    async def rescore(self, build: HasId | int, score: int) -> BuildQueue: ...
+    def rescore(self, build: HasId | int, score: int) -> defer.Deferred[BuildQueue]: ...
 
-    async def set_manual(self, builder: HasId | int, manual: bool) -> Builder: ...
+    def set_manual(self, builder: HasId | int, manual: bool) -> defer.Deferred[Builder]: ...
 
-    async def addOrUpdateChroot(
+    def addOrUpdateChroot(
         self, distroarchseries: HasId | int, chroot: HasId | int
-    ) -> DistroArchSeries: ...
+    ) -> defer.Deferred[DistroArchSeries]: ...
 
 
 @attrs.frozen

@@ -36,6 +36,7 @@ from buildmaster.librarian import (
     Upload,
 )
 from buildmaster.librarian.guard import BodyRefused, DiscardedBody, StreamedBody
+from buildmaster.names import InvalidName
 from buildmaster.store.database import ConstraintViolation, DatabaseUnavailable, NotFound
 from buildmaster.store.jobs import JobGone
 from buildmaster.store.tokens import ApiToken
@@ -441,6 +442,8 @@ class Endpoint(resource.Resource):
     def _translate(self, error: Exception, call: Call) -> Problem:
         if isinstance(error, NotFound):
             return Problem(http.NOT_FOUND, "not-found", str(error))
+        if isinstance(error, InvalidName):  # a name the schema's pattern let through
+            return Problem(http.BAD_REQUEST, "invalid-body", str(error))
         if isinstance(error, IllegalTransition | JobGone):
             return Problem(http.CONFLICT, "conflict", str(error))
         if isinstance(error, ConstraintViolation):

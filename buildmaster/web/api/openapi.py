@@ -12,11 +12,14 @@ from typing import Any
 
 from buildmaster.builderstate import BuilderState
 from buildmaster.enums import BuildStatus, PackagePublishingPocket, SourcePackageUrgency
+from buildmaster.names import MAX_VM_HOST, VM_HOST_PATTERN
 from buildmaster.web.api.problems import PROBLEM_TYPES, problem_type
 
 __all__ = ["document"]
 
 NAME = r"^[a-z0-9][a-z0-9+.-]*$"
+#: a builder's VM host: an argument of the VM reset command (buildmaster.names)
+VM_HOST = {"type": "string", "pattern": VM_HOST_PATTERN, "maxLength": MAX_VM_HOST}
 STATES = [s.name for s in BuildStatus]
 POCKETS = [p.name.lower() for p in PackagePublishingPocket]
 URGENCIES = [u.name.lower() for u in SourcePackageUrgency]
@@ -277,7 +280,7 @@ SCHEMAS: dict[str, Any] = {
             "url": {"type": "string", "pattern": r"^https?://[^/\s]+(/\S*)?$", "maxLength": 500},
             "processors": {**array({"type": "string", "pattern": NAME}), "minItems": 1},
             "virtualized": {"type": "boolean", "default": False},
-            "vm_host": nullable({"type": "string", "maxLength": 255}),
+            "vm_host": nullable(VM_HOST),
             "title": {"type": "string", "maxLength": 200},
             "manual": {"type": "boolean", "default": False},
         },
@@ -299,7 +302,7 @@ SCHEMAS: dict[str, Any] = {
             "reason": {"type": "string", "maxLength": 500},
             "manual": BOOL,
             "virtualized": BOOL,
-            "vm_host": nullable({"type": "string", "maxLength": 255}),
+            "vm_host": nullable(VM_HOST),
             "url": {"type": "string", "pattern": r"^https?://[^/\s]+(/\S*)?$", "maxLength": 500},
             "processors": {**array({"type": "string", "pattern": NAME}), "minItems": 1},
             "active": BOOL,
