@@ -199,7 +199,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
     from buildmaster.builderclient import BuilderClient
     from buildmaster.librarian import Librarian
     from buildmaster.master import BuilddMaster
-    from buildmaster.scanner import BuilderWorker
+    from buildmaster.scan.worker import BuilderWorker
     from buildmaster.store import Database, Store
     from buildmaster.store.jobs import JobQueries
 

@@ -355,13 +355,13 @@ async def measure_window(
 async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
 
     from buildmaster.builderclient import BuilderClient
-    from buildmaster.collect import ResultCollector
+    from buildmaster.scan.collect import ResultCollector
     from buildmaster.config import MasterConfig
     from buildmaster.gctuning import tune_garbage_collection
     from buildmaster.httpclient import HTTPClient
     from buildmaster.librarian import Librarian
     from buildmaster.librarian.resource import LibrarianResource
-    from buildmaster.scanner import BuilderWorker
+    from buildmaster.scan.worker import BuilderWorker
     from buildmaster.service import BuildmasterService, ServiceSettings
     from buildmaster.store import Database, Store
     from buildmaster.store.jobs import JobQueries

@@ -1,6 +1,6 @@
 """BuilddMaster: the service that keeps every builder busy.
 
-It holds one :class:`~buildmaster.scanner.BuilderWorker` per builder and
+It holds one :class:`~buildmaster.scan.BuilderWorker` per builder and
 
 * scans every builder once per ``scan_interval``, in parallel (each scan independent; a busy
   worker is skipped, never overlapped): the interval is cut into up to 20 slices and each
@@ -47,7 +47,7 @@ from buildmaster.model import Builder, BuilderSnapshot, BuildQueue, DistroArchSe
 from buildmaster.ownership import OWNERSHIP_LOCK, Ownership, OwnershipLost
 from buildmaster.protocol import BuilderError
 from buildmaster.readiness import Readiness
-from buildmaster.scanner import BuilderWorker, failure_message
+from buildmaster.scan import BuilderWorker, failure_message
 from buildmaster.store import Store
 from buildmaster.store.database import DatabaseError
 

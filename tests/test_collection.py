@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet import protocol
 
 from buildmaster.builderclient import BuilderClient
-from buildmaster.collect import CollectLimits, ResultCollector
+from buildmaster.scan.collect import CollectLimits, ResultCollector
 from buildmaster.config import MasterConfig
 from buildmaster.enums import BuilderCleanStatus, BuildQueueStatus, BuildStatus
 from buildmaster.model import Build

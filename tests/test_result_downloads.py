@@ -18,7 +18,7 @@ from twisted.internet import defer, task
 from twisted.internet.task import Clock
 
 from buildmaster.builderclient import BuilderClient, BuilderUnreachable
-from buildmaster.collect import CollectLimits, ResultCollector
+from buildmaster.scan.collect import CollectLimits, ResultCollector
 from buildmaster.httpclient import HTTPClient
 from buildmaster.testing import wait_for
 

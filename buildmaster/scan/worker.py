@@ -42,7 +42,7 @@ from buildmaster.buildargs import (
     source_filemap,
 )
 from buildmaster.builderclient import BuilderClient, BuilderUnreachable
-from buildmaster.collect import ResultCollector, collect_limits, log_filename
+from buildmaster.scan.collect import ResultCollector, collect_limits, log_filename
 from buildmaster.enums import (
     BuilderCleanStatus,
     BuilderResult,
