@@ -108,6 +108,11 @@ class BuilderWorker:
         self.memory.last_status = status
 
     @property
+    def consecutive_failures(self) -> int:
+        """Polls in a row that failed."""
+        return self.memory.consecutive_failures
+
+    @property
     def next_probe(self) -> float:
         """When a failed builder is probed next (the master's clock)."""
         return self.memory.next_probe
