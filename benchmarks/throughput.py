@@ -27,7 +27,7 @@ For every scan interval of ``--intervals``: warm-up, then a ``--window`` s measu
 
 * completed builds per second: builds with ``date_finished`` in the window (database);
 * WAITING -> next ``build()``: from the moment the master's scan saw the builder WAITING
-  (its ``_collect`` starts: timestamps of a few master methods, wrapped in this process
+  (``buildmaster.scan.collect.collect`` starts: timestamps of a few master methods, wrapped in this process
   only) to the arrival of the builder's next ``build()`` call (recording farm), with a
   breakdown (results stored, cleaned, job claimed, build() sent);
 * the builders' side: from the end of a build on its builder to the master seeing it, and
