@@ -216,12 +216,12 @@ CATEGORIES = [
         "librarian (uploads, hashing, serving files)",
         ("buildmaster/librarian/", "_hashlib", "hashlib"),
     ),
-    ("collecting results (collect, gzip)", ("buildmaster/collect.py", "zlib")),
+    ("collecting results (collect, gzip)", ("buildmaster/scan/collect.py", "zlib")),
     ("protocol parsing (protocol.py)", ("buildmaster/protocol.py",)),
     (
         "scanner / master logic",
         (
-            "buildmaster/scanner.py",
+            "buildmaster/scan/",
             "buildmaster/master.py",
             "buildmaster/policy.py",
             "buildmaster/buildargs.py",

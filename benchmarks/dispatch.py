@@ -22,7 +22,7 @@ Phases: ``--singles`` builds one at a time (each waits for the previous ``build(
 arrive, then a random pause); ``--bursts`` bursts of ``--burst-size`` builds queued in one
 commit; then the baseline: the triggers that send the NOTIFYs are disabled and a master with a
 ``--tick-interval`` scan interval dispatches ``--tick-samples`` builds at its ticks only (its
-"no waiting job of this kind" cache, ``buildmaster.master.EMPTY_CACHE_LIFETIME``, is set to 0
+"no waiting job of this kind" cache, ``buildmaster.scan.claims.EMPTY_CACHE_LIFETIME``, is set to 0
 for that phase: a tick-only master asks the database at every tick). Its
 latency, as a fraction of its interval, scaled to a 15 s interval, is the measured tick-only
 baseline (the analytical one: uniform over the interval, mean 7.5 s).
@@ -199,7 +199,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
     from buildmaster.builderclient import BuilderClient
     from buildmaster.librarian import Librarian
     from buildmaster.master import BuilddMaster
-    from buildmaster.scanner import BuilderWorker
+    from buildmaster.scan import dispatch as dispatch_step
     from buildmaster.store import Database, Store
     from buildmaster.store.jobs import JobQueries
 
@@ -237,9 +237,9 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
         "claimed",
         lambda r, *a, **k: r.job.build_id if r else None,
     )
-    trace.on_call(BuilderWorker, "_ensure_files", "files", lambda self, c, *a, **k: c.build.id)
+    trace.on_call(dispatch_step, "ensure_files", "files", lambda s, c, *a, **k: c.build.id)
     trace.on_return(
-        BuilderWorker, "_ensure_files", "files_done", lambda r, self, c, *a, **k: c.build.id
+        dispatch_step, "ensure_files", "files_done", lambda r, s, c, *a, **k: c.build.id
     )
     trace.on_call(
         BuilderClient, "build", "build_sent", lambda self, cookie, *a: int(cookie.rsplit("-", 1)[1])
@@ -291,11 +291,11 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
         conn.close()
         print(f"tick-only baseline: triggers disabled: {', '.join(notifiers)}", flush=True)
         # a tick-only master looks for jobs at every tick: no "no job of this kind" cache
-        import buildmaster.master as master_module
+        import buildmaster.scan.claims as claims_module
 
-        lifetime = getattr(master_module, "EMPTY_CACHE_LIFETIME", None)
+        lifetime = getattr(claims_module, "EMPTY_CACHE_LIFETIME", None)
         if lifetime is not None:
-            master_module.EMPTY_CACHE_LIFETIME = 0.0
+            claims_module.EMPTY_CACHE_LIFETIME = 0.0
         service = await start_service(reactor, state, ctx["dsn"], args.tick_interval)
         try:
             await wait_idle(reactor, service.master, len(listing))
@@ -306,7 +306,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
         finally:
             await common.stop_service(reactor, service)
             if lifetime is not None:
-                master_module.EMPTY_CACHE_LIFETIME = lifetime
+                claims_module.EMPTY_CACHE_LIFETIME = lifetime
     finally:
         trace.restore()
     results["trace"] = trace

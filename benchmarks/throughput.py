@@ -27,7 +27,7 @@ For every scan interval of ``--intervals``: warm-up, then a ``--window`` s measu
 
 * completed builds per second: builds with ``date_finished`` in the window (database);
 * WAITING -> next ``build()``: from the moment the master's scan saw the builder WAITING
-  (its ``_collect`` starts: timestamps of a few master methods, wrapped in this process
+  (``buildmaster.scan.collect.collect`` starts: timestamps of a few master methods, wrapped in this process
   only) to the arrival of the builder's next ``build()`` call (recording farm), with a
   breakdown (results stored, cleaned, job claimed, build() sent);
 * the builders' side: from the end of a build on its builder to the master seeing it, and
@@ -355,13 +355,14 @@ async def measure_window(
 async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
 
     from buildmaster.builderclient import BuilderClient
-    from buildmaster.collect import ResultCollector
     from buildmaster.config import MasterConfig
     from buildmaster.gctuning import tune_garbage_collection
     from buildmaster.httpclient import HTTPClient
     from buildmaster.librarian import Librarian
     from buildmaster.librarian.resource import LibrarianResource
-    from buildmaster.scanner import BuilderWorker
+    from buildmaster.scan import collect as collect_step
+    from buildmaster.scan import dispatch as dispatch_step
+    from buildmaster.scan.collect import ResultCollector
     from buildmaster.service import BuildmasterService, ServiceSettings
     from buildmaster.store import Database, Store
     from buildmaster.store.jobs import JobQueries
@@ -414,7 +415,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
     trace = common.Trace()
     names = {b["url"].rstrip("/") + "/": b["name"] for b in listing}
     if not args.no_trace:
-        trace.on_call(BuilderWorker, "_collect", "collect", lambda self, *a: self.builder.name)
+        trace.on_call(collect_step, "collect", "collect", lambda s, *a: s.builder.name)
         trace.on_return(
             ResultCollector, "store_file", "file_stored", lambda r, c, *a: names.get(c._client.url)
         )
@@ -422,7 +423,8 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
             ResultCollector, "store_log", "log_stored", lambda r, c, *a: names.get(c._client.url)
         )
         trace.on_return(JobQueries, "finish", "finished", lambda r, self, job, b, *a, **k: b.name)
-        trace.on_return(BuilderWorker, "_clean", "cleaned", lambda r, self, *a: self.builder.name)
+        # the clean() of a collection (collect_step.clean_and_next calls it by this name)
+        trace.on_return(collect_step, "clean", "cleaned", lambda r, s, *a: s.builder.name)
         trace.on_return(
             JobQueries,
             "claim_next_for_dispatch",
@@ -430,7 +432,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
             lambda r, self, b, *a, **k: b.name if r else None,
         )
         trace.on_return(
-            BuilderWorker, "_ensure_files", "ensured", lambda r, self, *a, **k: self.builder.name
+            dispatch_step, "ensure_files", "ensured", lambda r, s, *a, **k: s.builder.name
         )
         trace.on_call(BuilderClient, "build", "sent", lambda self, *a: names.get(self.url))
         trace.on_call(BuilderClient, "ensurepresent", "ensure sent", ensure_key)

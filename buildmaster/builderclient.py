@@ -1,5 +1,8 @@
 """The seam between the master and one builder: every protocol call, with its timeout.
 
+Long: every call to a builder, and the translation of all that can go wrong with it, is kept in
+one module on purpose: one seam to check for timeouts and untrusted answers.
+
 :class:`BuilderClient` makes the XML-RPC calls of the builder protocol (docs/protocol.md)
 over :mod:`buildmaster.httpclient` (kept-alive connections, bounded answers, a deadline on the
 injected clock for every call) and fetches files from the builder's ``/filecache``. Whatever goes wrong is translated here,

@@ -1,5 +1,8 @@
 """A small, strict, non-blocking HTTP/1.1 client for talking to builders.
 
+Long: an HTTP/1.1 client for untrusted peers: the parser, its bounds, the connection pool and
+the deadlines are checked together, and one module keeps every limit in sight.
+
 Builders are untrusted: every response is bounded (head size, body size, chunk sizes) and
 every request has a deadline on the injected clock. Connections to a builder are kept alive
 and reused (a builder is polled every few seconds; reusing the connection makes a status

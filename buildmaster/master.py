@@ -1,6 +1,10 @@
 """BuilddMaster: the service that keeps every builder busy.
 
-It holds one :class:`~buildmaster.scanner.BuilderWorker` per builder and
+Long: the one service that holds every worker: its scan cycle, the polls waiting their turn,
+the wake-ups of idle builders and the operations share its state (the builders it works, the
+kinds with no waiting job, the idle builders).
+
+It holds one :class:`~buildmaster.scan.BuilderWorker` per builder and
 
 * scans every builder once per ``scan_interval``, in parallel (each scan independent; a busy
   worker is skipped, never overlapped): the interval is cut into up to 20 slices and each
@@ -29,7 +33,6 @@ program or trial test, with or without coroutines.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application import service
@@ -47,65 +50,17 @@ from buildmaster.model import Builder, BuilderSnapshot, BuildQueue, DistroArchSe
 from buildmaster.ownership import OWNERSHIP_LOCK, Ownership, OwnershipLost
 from buildmaster.protocol import BuilderError
 from buildmaster.readiness import Readiness
-from buildmaster.scanner import BuilderWorker, failure_message
+from buildmaster.scan import BuilderWorker, Openings, failure_message
 from buildmaster.store import Store
 from buildmaster.store.database import DatabaseError
 
 __all__ = ["BuilddMaster", "OWNERSHIP_LOCK"]
 
-Key = tuple[int, bool]
-#: seconds a "no waiting job of this kind" verdict is trusted without a notification
-EMPTY_CACHE_LIFETIME = 60.0
 #: The scan interval is cut into slices, each scanning the builders whose id falls in it, so
 #: that the farm's polls, and the builds they find finished, come spread over the interval
 #: instead of in one burst: at most this many slices, each at least SCAN_SLICE seconds.
 MAX_SCAN_SLICES = 20
 SCAN_SLICE = 0.05
-
-
-class ClaimGate:
-    """One claim at a time per kind of builder, while others of that kind wait for its answer.
-
-    At a master's first scan (and whenever its "no waiting job" knowledge is renewed) every
-    idle builder would ask the database for a job at once, a thousand queries where one
-    answers for all. With the gate, a builder whose kind is being asked for waits for that
-    answer: nothing found means nothing to find; a job found means it is its turn to ask.
-    """
-
-    def __init__(self, enabled: Callable[[], bool]) -> None:
-        self._enabled = enabled
-        self._pending: dict[tuple[Key, ...], defer.Deferred[bool]] = {}
-        self._found: dict[tuple[Key, ...], bool] = {}
-
-    async def wait_turn(self, keys: tuple[Key, ...]) -> bool:
-        """Wait for a claim in flight for ``keys``; ``False`` if it found nothing.
-
-        While the last claim for ``keys`` found a job there is no herd to hold back: go.
-        """
-        if self._found.get(keys, False):
-            return True
-        while self._enabled() and keys in self._pending:
-            answer: defer.Deferred[bool] = defer.Deferred()
-
-            def tell(found: bool, answer: defer.Deferred[bool] = answer) -> bool:
-                answer.callback(found)
-                return found
-
-            self._pending[keys].addCallback(tell)
-            if not await answer:
-                return False
-        return True
-
-    def begin(self, keys: tuple[Key, ...]) -> defer.Deferred[bool]:
-        done: defer.Deferred[bool] = defer.Deferred()
-        self._pending[keys] = done
-        return done
-
-    def end(self, keys: tuple[Key, ...], done: defer.Deferred[bool], found: bool) -> None:
-        self._found[keys] = found
-        if self._pending.get(keys) is done:
-            del self._pending[keys]
-        done.callback(found)
 
 
 class BuilddMaster(service.Service):
@@ -148,12 +103,9 @@ class BuilddMaster(service.Service):
         self.workers: dict[int, BuilderWorker] = {}
         self.stopping = False
         self._distroarchseries: dict[int, DistroArchSeries] = {}
-        self._empty: set[Key] = set()
-        self._idle: dict[Key, set[BuilderWorker]] = {}
-        self.claims = ClaimGate(lambda: self._listening)
-        self._empty_since = self.clock.seconds()
         self._listening = False
-        self._generation: dict[Key, int] = {}
+        #: which kinds have no waiting job, which idle builders wait for one, the claims
+        self.openings = Openings(self.clock, lambda: self._listening, self._works)
         #: the builders this master works (advisory locks held by its database session)
         self.ownership = Ownership(store.db, self.config.exclusive_builders, self._session_lost)
         self._slices = max(1, min(MAX_SCAN_SLICES, int(self.config.scan_interval / SCAN_SLICE)))
@@ -360,12 +312,9 @@ class BuilddMaster(service.Service):
             if parts is not None and builder_id % slices not in parts:
                 continue  # another slice's builder
             if not self.workers[builder_id].busy:
-                self._forget_idle(self.workers.pop(builder_id))
+                self.openings.forget_idle(self.workers.pop(builder_id))
                 self._turns.pop(builder_id, None)
-        if self.clock.seconds() - self._empty_since >= EMPTY_CACHE_LIFETIME:
-            # a safety net: ask the database again now and then, whatever the notifications said
-            self._empty.clear()
-            self._empty_since = self.clock.seconds()
+        self.openings.expire()
         if wait:
             await defer.DeferredList(scans, consumeErrors=True)
 
@@ -452,58 +401,15 @@ class BuilddMaster(service.Service):
             keys = [(int(processor), virtualized == "true")]
             jobs = int(count)
         except ValueError:
-            keys = list(set(self._empty) | {k for w in self.workers.values() for k in w.keys})
+            keys = list(
+                self.openings.empty_keys | {k for w in self.workers.values() for k in w.keys}
+            )
             jobs = len(self.workers)
-        for key in keys:
-            self._generation[key] = self._generation.get(key, 0) + 1
-            self._empty.discard(key)
-        self.wake(keys, count=jobs)
-
-    def known_empty(self, keys: Iterable[Key]) -> bool:
-        """Whether no job of these kinds waits (trusted only while notifications arrive)."""
-        keys = list(keys)
-        return self._listening and bool(keys) and all(k in self._empty for k in keys)
-
-    def generations(self, keys: Iterable[Key]) -> dict[Key, int]:
-        return {k: self._generation.get(k, 0) for k in keys}
-
-    def mark_empty(self, keys: Iterable[Key], generations: dict[Key, int]) -> None:
-        """No waiting job of these kinds, unless a notification came in since ``generations``."""
-        for key in keys:
-            if self._generation.get(key, 0) == generations.get(key, 0):
-                self._empty.add(key)
-
-    def wake(
-        self, keys: Iterable[Key], exclude: BuilderWorker | None = None, count: int = 1
-    ) -> None:
-        """Have up to ``count`` idle builders of these kinds look for a job now.
-
-        Idle builders are kept in a set per kind (see :meth:`note_idle`), so this costs
-        nothing with a busy farm, however large.
-        """
-        woken = 0
-        for key in keys:
-            for worker in list(self._idle.get(key, ())):
-                if woken >= count:
-                    return
-                if worker is exclude or not worker.idle or not self._works(worker.builder.id):
-                    continue
-                self._forget_idle(worker)
-                worker.request_scan()
-                woken += 1
+        self.openings.job_waiting(keys, count=jobs)
 
     def note_idle(self, worker: BuilderWorker) -> None:
         """A worker finished a scan: list it under its kinds if it can take a job."""
-        self._forget_idle(worker)
-        if worker.idle and worker.builder.id in self.workers:
-            worker.idle_keys = tuple(worker.keys)
-            for key in worker.idle_keys:
-                self._idle.setdefault(key, set()).add(worker)
-
-    def _forget_idle(self, worker: BuilderWorker) -> None:
-        for key in worker.idle_keys:
-            self._idle.get(key, set()).discard(worker)
-        worker.idle_keys = ()
+        self.openings.note_idle(worker, listed=worker.builder.id in self.workers)
 
     def _works(self, builder_id: int) -> bool:
         """Whether this master works the builder (holds its lock, when that matters)."""

@@ -1,5 +1,8 @@
 """The whole master as one service, started and stopped in a fixed order.
 
+Long: the start and stop order of the whole master is this module's point: read in one place,
+it stays right.
+
 Start: the database (the embedded private cluster when no DSN is given; migrations), the web
 server (with the librarian under ``/librarian/``), the librarian's garbage collector, the
 scanning master, and the demo (if asked). Stop: the same, backwards: scanning stops before

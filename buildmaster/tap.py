@@ -1,5 +1,8 @@
 """``twistd buildmaster``: the command line, and the only module that imports the reactor.
 
+Long: the command line is one surface (every option, its check, its help), read and checked as
+a whole; and this is the only module that may import the reactor.
+
 ::
 
     twistd -n buildmaster --demo                 # embedded PostgreSQL + simulated builders

@@ -1,5 +1,9 @@
 """Helpers for tests, ours and embedders': real PostgreSQL, simulated builders, a real master.
 
+Long: the public test kit (a throwaway database, a simulated farm, a running master, the trial
+mixin, a clocked reactor) is one import for embedders and for our tests; each class stands
+alone.
+
 Everything here runs in the caller's reactor, passed in (the module never imports one), and
 every function or method that does I/O returns a Deferred, so it serves ``async def`` tests
 (pytest-twisted, trial) and callback-style code alike. docs/embedding.md has a worked

@@ -13,12 +13,12 @@ import pytest_twisted
 from twisted.internet import protocol
 
 from buildmaster.builderclient import BuilderClient
-from buildmaster.collect import CollectLimits, ResultCollector
 from buildmaster.config import MasterConfig
 from buildmaster.enums import BuilderCleanStatus, BuildQueueStatus, BuildStatus
 from buildmaster.model import Build
 from buildmaster.policy import FailurePolicy
 from buildmaster.protocol import BuilderError
+from buildmaster.scan.collect import CollectLimits, ResultCollector, store_results
 from buildmaster.store import NotFound, Store
 from buildmaster.testing import wait_for
 from buildmaster.transitions import IllegalTransition
@@ -376,7 +376,9 @@ async def test_collecting_twice_gives_the_same_result_and_one_copy_of_each_file(
     jobs.finish = killed  # type: ignore[method-assign]
     try:
         with pytest.raises(SystemExit):
-            await worker._store_results(snap, await worker.client.status(), BuildStatus.FULLYBUILT)
+            await store_results(
+                worker.scope, snap, await worker.client.status(), BuildStatus.FULLYBUILT
+            )
     finally:
         jobs.finish = real_finish  # type: ignore[method-assign]
     contents_before = (await store.db.query("SELECT count(*) FROM libraryfilecontent"))[0][0]

@@ -18,8 +18,8 @@ from twisted.internet import defer, task
 from twisted.internet.task import Clock
 
 from buildmaster.builderclient import BuilderClient, BuilderUnreachable
-from buildmaster.collect import CollectLimits, ResultCollector
 from buildmaster.httpclient import HTTPClient
+from buildmaster.scan.collect import CollectLimits, ResultCollector
 from buildmaster.testing import wait_for
 
 TIMEOUT = 40.0  # the builder's call timeout (the old whole-transfer deadline: 20 x 40 s)

@@ -1,4 +1,9 @@
-"""The :class:`Librarian`: the one object the master holds to store, serve and collect files."""
+"""The :class:`Librarian`: the one object the master holds to store, serve and collect files.
+
+Long: the one object the master holds for files; its methods are short entries into the
+librarian's modules (storage, upload, catalog, reader, collector), kept together so that the
+whole surface is read in one place.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """The librarian's HTTP face (twisted.web), mounted anywhere in the master's web server.
 
+Long: one HTTP face: downloads (ranges, conditional requests) and uploads (streamed, checked
+before their body is read) share the request handling and the error answers.
+
 ``GET|HEAD /<alias id>/<filename>``
     The file, with ``Content-Length``, ``Content-Type``, ``ETag`` (its quoted SHA-1),
     ``Last-Modified`` and ``Accept-Ranges: bytes``; one byte range per request (206, or 416
@@ -34,7 +37,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import IO, Any, NoReturn, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -57,10 +60,48 @@ from buildmaster.librarian.storage import SizeMismatch
 from buildmaster.model import LibraryFile
 from buildmaster.store.database import DatabaseUnavailable
 
-if TYPE_CHECKING:
-    from buildmaster.librarian.librarian import Librarian
+__all__ = ["LibrarianResource", "ServedLibrarian", "UPLOAD_SEGMENT"]
 
-__all__ = ["LibrarianResource", "UPLOAD_SEGMENT"]
+
+class ServedLibrarian(Protocol):
+    """What the HTTP face needs of the librarian (:class:`buildmaster.librarian.Librarian`)."""
+
+    @property
+    def max_file_size(self) -> int: ...
+
+    def check_token(self, alias_id: int, token: str | bytes | None) -> bool: ...
+
+    def check_upload_token(self, token: str | bytes | None) -> bool: ...
+
+    def get(self, alias_id: int) -> defer.Deferred[LibraryFile]: ...
+
+    def get_for_download(self, alias_id: int) -> defer.Deferred[LibraryFile]: ...
+
+    def is_expired(self, file: LibraryFile) -> bool: ...
+
+    def url_for(self, file: LibraryFile) -> str: ...
+
+    def open_content(self, file: LibraryFile) -> defer.Deferred[int]: ...
+
+    def run_in_thread(self, f: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]: ...
+
+    def report_corrupt(self, file: LibraryFile, why: str) -> CorruptFile: ...
+
+    def note_serving_failure(
+        self, alias_id: int, why: str, *, damaged: bool = False, errno: int | None = None
+    ) -> None: ...
+
+    def add_body(
+        self,
+        name: str,
+        size: int,
+        file: IO[bytes],
+        contentType: str,
+        restricted: bool,
+        expires: datetime.datetime | None,
+        expected_sha1: str | None,
+    ) -> defer.Deferred[int]: ...
+
 
 UPLOAD_SEGMENT = b"+upload"
 _MAX_ID_DIGITS = 18  # alias ids are bigints
@@ -114,7 +155,7 @@ class LibrarianResource(resource.Resource):
     isLeaf = True
     _log = Logger()
 
-    def __init__(self, librarian: Librarian, use_sendfile: bool = True) -> None:
+    def __init__(self, librarian: ServedLibrarian, use_sendfile: bool = True) -> None:
         super().__init__()
         self._librarian = librarian
         self._use_sendfile = use_sendfile

@@ -1,5 +1,8 @@
 """Uploads: bytes streamed to a temporary file in a thread, hashed as they go, then recorded.
 
+Long: one upload's life (batches, threads, digests, the producer and consumer interplay, the
+checks at the end) is one state machine; split, its state would be spread over modules.
+
 An :class:`Upload` takes chunks from the reactor thread (``write``, or as an ``IConsumer`` fed
 by a producer) and hands them, in batches of up to 4 MiB, to three thread jobs at a time: one
 writes the batch to the temporary file (``O_DIRECT`` where possible, see

@@ -1,5 +1,8 @@
 """A private PostgreSQL cluster: the tests', the benchmarks' and the embedded default's.
 
+Long: one class owns a PostgreSQL cluster's whole life (finding the binaries, initdb,
+permissions, start, stop); its steps share state and error handling.
+
 One class, :class:`PostgresCluster`, knows how to find the server binaries, create a cluster
 (``initdb``), start it and stop it again.  It is used three ways:
 

@@ -1,5 +1,8 @@
 """The connection pool: txpostgres connections that reconnect, and errors as our own types.
 
+Long: the pool, its reconnection, its outage log and the translation of psycopg2's errors into
+ours are one piece: each depends on the others' state.
+
 Everything here returns Deferreds and never blocks the reactor: txpostgres drives psycopg2's
 asynchronous connections from the reactor's file-descriptor events.
 

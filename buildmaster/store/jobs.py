@@ -1,5 +1,9 @@
 """A job's life on the farm: claim, dispatch, requeue, finish, and the builder's side of it.
 
+Long: every transaction of a job's life is here, next to the others it must agree with (the
+guards of claim, dispatch, requeue, finish); split, statements that must stay consistent would
+be read apart.
+
 Every change here is one transaction (often one statement) guarded by what the caller
 believes: a job is only marked dispatched if it is still claimed by that builder, only
 finished if it still runs there, and so on. A master acting on stale knowledge (or a

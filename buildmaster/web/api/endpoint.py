@@ -1,6 +1,9 @@
 """The operator API's resources: a tree of twisted.web resources whose methods are
 ``async def get(self, call)``, ``post``, ... returning a :class:`Reply`.
 
+Long: routing, reading and validating a request and writing its reply form the one small
+framework every endpoint stands on; they change together.
+
 :class:`Endpoint` routes by path segment (``child``) and by method; :class:`Call` is what a
 handler reads from the request (query parameters, the JSON body validated against the
 OpenAPI document's schema, the bearer token's grant, an uploaded file streamed into the

@@ -1,5 +1,7 @@
 """The OpenAPI 3.1 document of the operator API: the contract.
 
+Long: the OpenAPI document is one contract, data rather than code, read as a whole.
+
 Request bodies are checked against its schemas (:mod:`buildmaster.web.api.schemas`), and
 the test suite checks the answers against it with schemathesis.
 """

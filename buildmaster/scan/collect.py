@@ -1,6 +1,21 @@
-"""Fetching a finished build's log and results from the builder into the librarian.
+"""Collecting a finished build: from the builder's WAITING to its next job.
 
-Files are streamed from the builder's ``/filecache`` straight into librarian uploads: written
+Long: the whole collection of a finished build is here, in the order it happens, so that
+one module is read to change it: what the builder's result means for the build
+(:data:`RESULT_STATES`), the results refused or accepted, the log and files streamed into the
+librarian, the end of the build recorded, the builder cleaned and given its next job.
+
+1. :func:`collect` reads the result. BUILDERFAIL is the builder's failure (judged, the job
+   requeued); GIVENBACK and an unexpected ABORTED requeue the job; anything else (and the
+   end of a cancel) is a final state: :func:`store_results`.
+2. :func:`store_results` checks the filemap, fetches the log and the result files
+   (:class:`ResultCollector`) and records the end of the build (``finish``), which links
+   what was stored: until then it is provisional and expires, so a master that dies half-way
+   leaves nothing permanent behind, and the next collection ends the same way.
+3. :func:`clean_and_next` sends ``clean()`` and claims the builder's next job in the same
+   breath; the job is dispatched (:mod:`buildmaster.scan.dispatch`) once the builder is IDLE.
+
+The downloads (:class:`ResultCollector`). Files are streamed from the builder's ``/filecache`` straight into librarian uploads: written
 to disk as they arrive, never held in memory whole, size-capped. A result file is verified
 against the SHA-1 of the builder's filemap by the upload before anything is recorded. The
 log has no such checksum (the builder, launchpad-buildd as slavesim, serves its ``buildlog``
@@ -26,6 +41,7 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from buildmaster.builderclient import (
@@ -36,17 +52,201 @@ from buildmaster.builderclient import (
     FileTooLarge,
 )
 from buildmaster.config import MasterConfig
+from buildmaster.enums import BuilderResult, BuildQueueStatus, BuildStatus
 from buildmaster.httpclient import Sink
 from buildmaster.librarian import ContentMismatch
 from buildmaster.librarian import FileTooLarge as LibrarianFileTooLarge
-from buildmaster.protocol import ResultRefused
+from buildmaster.masterfaults import LIBRARIAN
+from buildmaster.model import BuilderSnapshot
+from buildmaster.policy import builder_may_take_jobs
+from buildmaster.protocol import (
+    BuilderProtocolError,
+    FilemapLimits,
+    ResultRefused,
+    StatusReport,
+    check_filemap,
+)
+from buildmaster.scan.context import Scope
+from buildmaster.scan.dispatch import claim_next, dispatch, now, reset_if_dirty
+from buildmaster.scan.judge import failed
+from buildmaster.scan.machine import clean, ready
+from buildmaster.store.jobs import Claimed
 
-__all__ = ["Collected", "CollectLimits", "ResultCollector", "collect_limits", "log_filename"]
+__all__ = [
+    "RESULT_STATES",
+    "Collected",
+    "CollectLimits",
+    "ResultCollector",
+    "clean_and_next",
+    "collect",
+    "collect_limits",
+    "log_filename",
+    "store_results",
+]
+
+_log = Logger()
 
 _COMPRESS_BATCH = 1024 * 1024
 #: Less than this is compressed on the reactor thread (cheaper than a thread hop).
 _INLINE_COMPRESS = 64 * 1024
 GiB = 1024 * 1024 * 1024
+
+
+#: What a finished build's result means for the build.
+RESULT_STATES = {
+    BuilderResult.OK: BuildStatus.FULLYBUILT,
+    BuilderResult.PACKAGEFAIL: BuildStatus.FAILEDTOBUILD,
+    BuilderResult.DEPFAIL: BuildStatus.MANUALDEPWAIT,
+    BuilderResult.CHROOTFAIL: BuildStatus.CHROOTWAIT,
+    BuilderResult.ABORTED: BuildStatus.CANCELLED,
+}
+
+
+# -- the collection, step by step ---------------------------------------------------------
+
+
+async def collect(s: Scope, snap: BuilderSnapshot, status: StatusReport) -> None:
+    """The builder is WAITING with the build the database gives it: collect it (see the
+    module docstring), then clean the builder and give it its next job."""
+    builder, job, build = snap.builder, snap.job, snap.build
+    assert job is not None and build is not None and status.build_status is not None
+    services, memory = s.services, s.memory
+    seen = services.clock.seconds()
+    result = status.build_status
+    cancelling = job.status is BuildQueueStatus.CANCELLING
+    memory.abort_sent.pop(job.id, None)
+    if not cancelling and result is BuilderResult.BUILDERFAIL:
+        await failed(
+            s,
+            builder,
+            job,
+            BuilderProtocolError("the builder reported BUILDERFAIL"),
+            must_leave=True,
+        )
+        await clean(s)
+        await ready(s)
+        return
+    if not cancelling and result in (BuilderResult.GIVENBACK, BuilderResult.ABORTED):
+        why = (
+            "given back by the builder"
+            if result is BuilderResult.GIVENBACK
+            else "aborted unexpectedly"
+        )
+        await services.store.jobs.requeue(job, builder, why, kind="given-back")
+    else:
+        state = BuildStatus.CANCELLED if cancelling else RESULT_STATES[result]
+        await store_results(s, snap, status, state)
+        if services.faults.active:  # the librarian stored what it had to
+            services.faults.over([LIBRARIAN])
+    await clean_and_next(s)
+    if memory.building is not None and memory.building[1] >= seen:  # its next build
+        services.metrics.handed_over(memory.building[1] - seen)
+
+
+async def store_results(
+    s: Scope, snap: BuilderSnapshot, status: StatusReport, state: BuildStatus
+) -> None:
+    """Fetch the log and the result files into the librarian (a few at a time, within
+    the build's budget: :meth:`ResultCollector.collect`), then record the end of the
+    build. What is stored stays provisional (it expires) until ``finish`` links it, so a
+    master that dies half-way leaves nothing permanent behind."""
+    builder, job, build = snap.builder, snap.job, snap.build
+    assert job is not None and build is not None
+    services = s.services
+    config, started = services.config, services.clock.seconds()
+    jobs = services.store.jobs
+    ctx = s.memory.contexts.get(build.id) or await jobs.context(build.id)
+    restricted = ctx.archive.private
+    collector = ResultCollector(services.librarian, s.client, collect_limits(config), now(s))
+    reason = None
+    accepted: dict[str, str] = {}
+    if state is BuildStatus.FULLYBUILT:
+        try:
+            accepted = check_filemap(
+                status.filemap, FilemapLimits(max_files=config.max_result_files)
+            )
+        except ResultRefused as e:
+            state, reason = BuildStatus.FAILEDTOUPLOAD, f"results refused: {e}"
+    log_name = None
+    if build.log_id is None:
+        das, spr = ctx.distroarchseries, ctx.sourcepackagerelease
+        log_name = log_filename(
+            das.distribution_name,
+            das.series_name,
+            das.architecturetag,
+            spr.name,
+            spr.version,
+            state.name,
+        )
+    collected = await collector.collect(accepted, log_name, restricted)
+    files = list(collected.files)
+    log = build.log_id if log_name is None else collected.log
+    if collected.log_note:
+        reason = f"{reason}; {collected.log_note}" if reason else collected.log_note
+    if collected.refused is not None:
+        # what was stored of them expires: the garbage collector takes it
+        state, reason = BuildStatus.FAILEDTOUPLOAD, f"results refused: {collected.refused}"
+    finished = await jobs.finish(
+        job,
+        builder,
+        state,
+        now(s),
+        log=log,
+        files=files,
+        dependencies=status.dependencies if state is BuildStatus.MANUALDEPWAIT else None,
+        reason=reason,
+    )
+    s.memory.contexts.pop(build.id, None)
+    services.metrics.collected(services.clock.seconds() - started, collector.stored)
+    if finished:
+        _log.info(
+            "{build} on {builder}: {state}",
+            build=build.cookie,
+            builder=builder.name,
+            state=state.name,
+        )
+
+
+async def clean_and_next(s: Scope) -> None:
+    """``clean()`` the builder and give it its next job. The job is claimed in the
+    database while ``clean()`` is on its way (the two wait on different things); it is
+    dispatched once the builder is IDLE, or released, without blame, if the clean fails."""
+    services = s.services
+    if not builder_may_take_jobs(s.builder) or services.stopping:
+        await clean(s)
+        await ready(s)
+        return
+    claiming = defer.Deferred.fromCoroutine(claim_next(s))
+    try:
+        await clean(s)
+    except BaseException:
+        await _release_early_claim(s, claiming, "the builder could not be cleaned")
+        raise
+    claimed = await claiming
+    if claimed is None:
+        await reset_if_dirty(s)
+        await ready(s)
+        return
+    if services.stopping:
+        await services.store.jobs.release_claim(
+            claimed.job, s.builder, "the master stopped before the dispatch"
+        )
+        return
+    await dispatch(s, claimed.job, claimed.context)
+
+
+async def _release_early_claim(
+    s: Scope, claiming: defer.Deferred[Claimed | None], reason: str
+) -> None:
+    try:
+        claimed = await claiming
+    except Exception:
+        return  # the claim failed: nothing to give back
+    if claimed is not None:
+        await s.services.store.jobs.release_claim(claimed.job, s.builder, reason)
+
+
+# -- the downloads --------------------------------------------------------------------------
 
 
 @attrs.frozen
