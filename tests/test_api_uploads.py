@@ -378,6 +378,8 @@ async def test_chroots_are_listed_replaced_and_resume_their_builds(api_world: An
     job = await store.queue.get_for_build(build)
     assert job is not None
     await store.jobs.suspend(job, None, "not dispatched: no chroot")
+    reason = (await admin.get(f"/api/v1/builds/{build.id}")).json["waiting"]["reason"]
+    assert reason["code"] == "suspended" and "not dispatched: no chroot" in reason["text"]
     new = b"new chroot" * 1000
     uploader = await api_world.uploader(world.data.cprov_ppa)
     assert_problem(
