@@ -382,9 +382,7 @@ def main() -> None:
             dsn = common.create_database(cluster)
             common.pin_self(args.master_cpu)
             common.log_to(None)
-            results = common.run_async(
-                lambda reactor: run(reactor, args, dsn, Path(tmp), cluster)
-            )
+            results = common.run_async(lambda reactor: run(reactor, args, dsn, Path(tmp), cluster))
         finally:
             cluster.stop()
     print()
