@@ -294,8 +294,9 @@ async def test_an_upload_waiting_for_100_continue_is_refused_before_its_body(
 
     big, small = b"x" * 5_000_000, b"x" * 10
     for method, path, token, body in [
-        ("PUT", chroot, "bm_forged", big),
+        ("PUT", chroot, "bm_forged", big),  # unknown: refused after a database lookup
         ("PUT", chroot, "bm_forged", small),
+        ("PUT", chroot, "malformed", big),  # refused without one
         ("PUT", chroot, None, big),
         ("PUT", file, "bm_forged", big),
         ("PUT", file, None, small),
