@@ -146,3 +146,21 @@ def make_now(text: bytes) -> Any:
         return _answer(text)
 
     return make
+
+
+@pytest_twisted.ensureDeferred
+async def test_kept_answers_are_bounded_in_number_bytes_and_age() -> None:
+    clock = task.Clock()
+    answers = SharedAnswers(clock, 1.0, size=3, max_bytes=100)
+    for i in range(5):
+        await answers.get(b"/%d" % i, make_now(b"x"))
+    assert answers.kept == 3  # the two oldest went
+    assert (await answers.get(b"/0", make_now(b"again"))).body == b"again"
+    await answers.get(b"/big", make_now(b"y" * 99))
+    assert answers.kept == 1  # the others went to make room for its bytes
+    await answers.get(b"/huge", make_now(b"z" * 101))
+    assert answers.kept == 0  # too large to keep at all
+    await answers.get(b"/a", make_now(b"a"))
+    clock.advance(1.0)
+    await answers.get(b"/b", make_now(b"b"))
+    assert answers.kept == 1  # the expired one went as the new one came

@@ -47,13 +47,19 @@ class SharedAnswers:
 
     :param clock: ``IReactorTime`` (the API's clock).
     :param seconds: how long an answer is given out again; ``0`` keeps none.
-    :param size: at most this many answers are kept (the oldest go first).
+    :param size: at most this many answers are kept (the oldest go first) ...
+    :param max_bytes: ... holding at most this many bytes of bodies; expired ones go as
+        new ones come.
     """
 
-    def __init__(self, clock: object, seconds: float, size: int = 256) -> None:
+    def __init__(
+        self, clock: object, seconds: float, size: int = 256, max_bytes: int = 32 * 1024 * 1024
+    ) -> None:
         self._clock = clock
         self.seconds = seconds
         self._size = size
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._kept: OrderedDict[bytes, tuple[float, Answer]] = OrderedDict()
         self._making: dict[bytes, list[defer.Deferred[Answer]]] = {}
 
@@ -72,7 +78,7 @@ class SharedAnswers:
         if kept is not None:
             if self._now() - kept[0] < self.seconds:
                 return kept[1]
-            del self._kept[target]
+            self._forget(target)
         waiting = self._making.get(target)
         if waiting is not None:
             d: defer.Deferred[Answer] = defer.Deferred()
@@ -89,13 +95,37 @@ class SharedAnswers:
             raise
         del self._making[target]
         if answer.status == http.OK:
-            self._kept[target] = (made_at, answer)
-            while len(self._kept) > self._size:
-                self._kept.popitem(last=False)
+            self._keep(target, made_at, answer)
         for d in waiting:
             d.callback(answer)
         return answer
 
+    def _keep(self, target: bytes, made_at: float, answer: Answer) -> None:
+        if target in self._kept:
+            self._forget(target)
+        self._kept[target] = (made_at, answer)
+        self._bytes += len(answer.body)
+        now = self._now()
+        while self._kept:
+            oldest, (at, _) = next(iter(self._kept.items()))
+            if (
+                now - at < self.seconds
+                and len(self._kept) <= self._size
+                and self._bytes <= self._max_bytes
+            ):
+                break
+            self._forget(oldest)
+
+    def _forget(self, target: bytes) -> None:
+        _, answer = self._kept.pop(target)
+        self._bytes -= len(answer.body)
+
+    @property
+    def kept(self) -> int:
+        """How many answers are kept now."""
+        return len(self._kept)
+
     def clear(self) -> None:
         """Forget every kept answer (the farm was changed through the API)."""
         self._kept.clear()
+        self._bytes = 0
