@@ -21,7 +21,15 @@ shares the master's process: a conservative figure). The baseline, measured in t
 rounds (every tenth): a deep page's statement alone, prepared, straight to the database, by
 keyset (``id < before``) and by ``OFFSET`` (what a page number would need).
 
-    python benchmarks/api.py [--builds 1000000] [--requests 300]
+With ``--readers RATE``, then: ``benchmarks/api_readers.py`` (a process of its own, its mix
+of reads) asks the master RATE times per second for ``--readers-seconds``, and the CPU this
+process (the master alone: the listings' client is idle then) and PostgreSQL spend is
+divided by the reads answered: the master's CPU per read of the mix, which the load of the
+machine changes much less than a latency (``--profile-readers``: with cProfile on the
+reactor thread meanwhile, its top functions per read). ``--requests 0`` skips the listings.
+To measure another checkout's master with this script, put it first on ``PYTHONPATH``.
+
+    python benchmarks/api.py [--builds 1000000] [--requests 300] [--readers 200]
 """
 
 from __future__ import annotations
@@ -80,9 +88,9 @@ FROM build b WHERE b.id > 1000000 AND b.buildstate = 0
 """
 
 
-async def load(db: Any, store: Any, builds: int) -> dict[str, Any]:
+async def load(db: Any, store: Any, builds: int, builders: int) -> dict[str, Any]:
     data = await common.prepare_world(store)
-    for i in range(10):
+    for i in range(max(builders, 10)):  # the builds' builders are the first ten
         await store.builders.new(f"bench-{i}", "http://127.0.0.1:9/", [data.processor_386])
     start = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
     args = {
@@ -233,7 +241,77 @@ async def measure(
     return {"listings": results, "statements": statements, "cpu": cpu}
 
 
-async def run(reactor: Any, args: argparse.Namespace, dsn: str, workdir: Path) -> dict[str, Any]:
+async def measure_readers(
+    reactor: Any, base: str, cluster: Any, rate: float, seconds: float, profile: bool, tmp: Path
+) -> dict[str, Any]:
+    """The readers' mix at ``rate`` per second for ``seconds``: this process's CPU (the
+    master's) and PostgreSQL's per read answered."""
+    import json
+
+    out = tmp / "readers.json"
+    profiler = common.Profile("cprofile") if profile else None
+    with common.Children() as children:
+        readers = children.start(
+            [
+                common.PYTHON,
+                str(Path(__file__).resolve().parent / "api_readers.py"),
+                "--url",
+                base,
+                "--rate",
+                str(rate),
+                "--seconds",
+                str(seconds),
+                "--out",
+                str(out),
+            ]
+        )
+        await common.sleep(reactor, 1.0)  # its start-up and first reads
+        threads0, pg0 = common.thread_cpu(), common.postgres_cpu(cluster)
+        t0 = time.monotonic()
+        if profiler is not None:
+            profiler.start()
+        while readers.poll() is None:
+            await common.sleep(reactor, 0.2)
+        if profiler is not None:
+            profiler.stop()
+        elapsed = time.monotonic() - t0
+        threads1, pg1 = common.thread_cpu(), common.postgres_cpu(cluster)
+    done = json.loads(out.read_text())
+    answered = done["answered"]
+    master = (threads1["main"] + threads1["others"]) - (threads0["main"] + threads0["others"])
+    result = {
+        "rate": done["rate"],
+        "answered": answered,
+        "skipped": done["skipped"],
+        "failed": done["failed"],
+        "latency": done["latency"],
+        "master_cpu": master / max(answered, 1),
+        "reactor_cpu": (threads1["main"] - threads0["main"]) / max(answered, 1),
+        "pg_cpu": (pg1 - pg0) / max(answered, 1),
+        "master_busy": master / elapsed,
+    }
+    print(
+        f"  readers: {answered} answered ({done['rate']:.0f}/s of {rate:g} asked),"
+        f" {done['skipped']} skipped, failed {done['failed']}; master's CPU per read"
+        f" {result['master_cpu'] * 1000:.2f} ms (reactor thread"
+        f" {result['reactor_cpu'] * 1000:.2f} ms), PostgreSQL's {result['pg_cpu'] * 1000:.2f}"
+        f" ms; the master busy {result['master_busy']:.0%} of a CPU",
+        flush=True,
+    )
+    for kind, values in done["latency"].items():
+        print(
+            f"    {kind}: n={values['n']} p50 {values['p50'] * 1000:.1f} ms,"
+            f" p99 {values['p99'] * 1000:.1f} ms",
+            flush=True,
+        )
+    if profiler is not None:
+        profiler.print(max(answered, 1), "read", 40)
+    return result
+
+
+async def run(
+    reactor: Any, args: argparse.Namespace, dsn: str, workdir: Path, cluster: Any
+) -> dict[str, Any]:
     from buildmaster.config import MasterConfig
     from buildmaster.service import BuildmasterService, ServiceSettings
     from buildmaster.store import Database, Store
@@ -241,7 +319,7 @@ async def run(reactor: Any, args: argparse.Namespace, dsn: str, workdir: Path) -
     db = Database(reactor, dsn, size=2)
     await db.connect()
     try:
-        world = await load(db, Store(db), args.builds)
+        world = await load(db, Store(db), args.builds, args.builders)
     finally:
         await db.close()
     service = BuildmasterService(
@@ -258,9 +336,22 @@ async def run(reactor: Any, args: argparse.Namespace, dsn: str, workdir: Path) -
     try:
         base = f"http://127.0.0.1:{service.web.getHost().port}"
         assert service.db is not None
-        return await measure(
-            reactor, base, service.db, world, args.requests, args.warmup, args.seed
-        )
+        results: dict[str, Any] = {}
+        if args.requests:
+            results = await measure(
+                reactor, base, service.db, world, args.requests, args.warmup, args.seed
+            )
+        if args.readers:
+            results["readers"] = await measure_readers(
+                reactor,
+                base,
+                cluster,
+                args.readers,
+                args.readers_seconds,
+                args.profile_readers,
+                workdir,
+            )
+        return results
     finally:
         await common.stop_service(reactor, service)
 
@@ -268,10 +359,14 @@ async def run(reactor: Any, args: argparse.Namespace, dsn: str, workdir: Path) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--builds", type=int, default=1_000_000)
+    parser.add_argument("--builders", type=int, default=10, help="(500 in throughput.py)")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--seed", type=int, default=21)
     parser.add_argument("--master-cpu", default="", help="CPU(s) for this process ('' = any)")
+    parser.add_argument("--readers", type=float, default=0.0, help="reads per second (0: none)")
+    parser.add_argument("--readers-seconds", type=float, default=30.0)
+    parser.add_argument("--profile-readers", action="store_true")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     print(common.machine_line())
@@ -287,11 +382,23 @@ def main() -> None:
             dsn = common.create_database(cluster)
             common.pin_self(args.master_cpu)
             common.log_to(None)
-            results = common.run_async(lambda reactor: run(reactor, args, dsn, Path(tmp)))
+            results = common.run_async(lambda reactor: run(reactor, args, dsn, Path(tmp), cluster))
         finally:
             cluster.stop()
     print()
     print(f"load average at the end: {common.loadavg()}")
+    import buildmaster
+
+    print(f"the master's code: {Path(buildmaster.__file__).parent}")
+    if "readers" in results:
+        r = results["readers"]
+        print(
+            f"readers: {r['rate']:.0f} reads/s answered; the master's CPU per read"
+            f" {r['master_cpu'] * 1000:.2f} ms (reactor thread {r['reactor_cpu'] * 1000:.2f} ms),"
+            f" PostgreSQL's {r['pg_cpu'] * 1000:.2f} ms"
+        )
+    if not args.requests:
+        return
     print("| listing 100 builds over HTTP (ms) | p50 | p90 | p99 |")
     print("|---|---|---|---|")
     worst = 0.0

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from typing import Any
 
 import pytest_twisted
 from api_support import ApiClient, digest_header, make_source
 from test_api_basics import assert_problem
+from test_librarian_support import ExpectContinue
 from twisted.internet import defer, protocol, task
 
 from buildmaster.testing import wait_for
+from buildmaster.web.api.problems import PROBLEM_TYPES
 
 
 async def upload(client: ApiClient, archive: str, source: Any, **submit: Any) -> Any:
@@ -265,6 +268,62 @@ async def test_a_large_file_is_streamed_into_the_librarian_as_it_arrives(
     assert rows[0][0] == 0
 
 
+@pytest_twisted.ensureDeferred
+async def test_an_upload_waiting_for_100_continue_is_refused_before_its_body(
+    api_world: Any,
+) -> None:
+    """A client that asks ``Expect: 100-continue`` with a bad or missing token gets the 401
+    at once, never a 100, and never sends its body; a valid token gets the 100."""
+    admin = api_world.admin
+    uploader = await api_world.uploader(api_world.world.data.cprov_ppa)
+    session = (await uploader.post("/api/v1/uploads", {"archive": "~cprov/ubuntu/ppa"})).json
+    port = int(api_world.harness.base_url.rsplit(":", 1)[1])
+    chroot = "/api/v1/chroots/ubuntu/hoary/i386"
+    file = f"{session['url']}/files/big_1.0.orig.tar.xz"
+    incoming = api_world.harness.librarian.root / "incoming"
+
+    async def send(method: str, path: str, token: str | None, body: bytes) -> tuple[bytes, bool]:
+        head = _head(method, path, token, len(body)).replace(
+            b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"
+        )
+        collector = ExpectContinue(head, body)
+        await protocol.ClientCreator(api_world.reactor, lambda: collector).connectTCP(
+            "127.0.0.1", port
+        )
+        return await collector.done
+
+    big, small = b"x" * 5_000_000, b"x" * 10
+    for method, path, token, body in [
+        ("PUT", chroot, "bm_forged", big),  # unknown: refused after a database lookup
+        ("PUT", chroot, "bm_forged", small),
+        ("PUT", chroot, "malformed", big),  # refused without one
+        ("PUT", chroot, None, big),
+        ("PUT", file, "bm_forged", big),
+        ("PUT", file, None, small),
+        ("POST", "/api/v1/builders", None, small),
+    ]:
+        answer, body_sent = await send(method, path, token, body)
+        assert not body_sent, (path, token, len(body))
+        assert b"100 Continue" not in answer, (path, token)
+        head, _, text = answer.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        assert lines[0].startswith(b"HTTP/1.1 401 "), (path, token, lines[0])
+        assert b"content-type: application/problem+json" in [x.lower() for x in lines]
+        assert b'www-authenticate: bearer realm="buildmaster"' in [x.lower() for x in lines]
+        problem = json.loads(text)
+        assert problem["type"] == "urn:buildmaster:problem:unauthenticated"
+        assert problem["title"] == PROBLEM_TYPES["unauthenticated"]
+        assert problem["status"] == 401 and problem["instance"] == path
+        assert "Authorization: Bearer" in problem["detail"] or "unknown" in problem["detail"]
+    assert not incoming.exists() or not list(incoming.glob("*"))
+    # a valid token gets its 100 Continue, sends the body, and the upload is stored
+    answer, body_sent = await send("PUT", file, uploader.token, big)
+    assert body_sent
+    assert answer.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 "), answer[:200]
+    answer, body_sent = await send("PUT", chroot, admin.token, small)  # replaces the world's
+    assert body_sent and b"\r\n\r\nHTTP/1.1 200 " in answer, answer[:200]
+
+
 def _head(method: str, path: str, token: str | None, length: int) -> bytes:
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
     return (
@@ -320,6 +379,8 @@ async def test_chroots_are_listed_replaced_and_resume_their_builds(api_world: An
     job = await store.queue.get_for_build(build)
     assert job is not None
     await store.jobs.suspend(job, None, "not dispatched: no chroot")
+    reason = (await admin.get(f"/api/v1/builds/{build.id}")).json["waiting"]["reason"]
+    assert reason["code"] == "suspended" and "not dispatched: no chroot" in reason["text"]
     new = b"new chroot" * 1000
     uploader = await api_world.uploader(world.data.cprov_ppa)
     assert_problem(

@@ -49,7 +49,7 @@ def basic_auth(password: str, user: str = "buildd") -> bytes:
     return b"Basic " + base64.b64encode(f"{user}:{password}".encode())
 
 
-class _ExpectContinue(protocol.Protocol):
+class ExpectContinue(protocol.Protocol):
     """A client that waits for ``100 Continue`` before it sends a request's body."""
 
     def __init__(self, head: bytes, body: bytes) -> None:
@@ -181,7 +181,7 @@ class Client:
         """Send the head of a request that asks ``Expect: 100-continue``, and its body only
         once the server answered ``100 Continue``. Everything the server answered until it
         closed the connection, and whether the body was sent."""
-        collector = _ExpectContinue(head, body)
+        collector = ExpectContinue(head, body)
         await protocol.ClientCreator(self.reactor, lambda: collector).connectTCP(
             "127.0.0.1", self.port
         )

@@ -12,6 +12,12 @@ server) looks at each request as soon as its headers are in:
   librarian's limit, 411 without one. No ``100 Continue`` goes out first, the connection is
   closed after the answer, and the body is never sent. An upload that is accepted gets its
   ``100 Continue`` (from twisted.web) only then.
+* a request to the operator API (``/api/...``) with a body that asks ``Expect:
+  100-continue`` gets its ``100 Continue`` only once its bearer token is found valid (the
+  token is checked first, an asynchronous database lookup); without a token, or with an
+  unknown or revoked one, it gets the API's 401 problem document at once, and the
+  connection is closed: the body is never sent. (What the token may do is decided by the
+  resource, after the body: a valid token that may not upload gets its 403 then.)
 * a large body sent with an operator API bearer token (``Authorization: Bearer ...``) is
   streamed into the librarian as it arrives (:class:`StreamedBody`): the connection is not
   read while the token is checked (an asynchronous database lookup); a valid token's body
@@ -28,6 +34,7 @@ server) looks at each request as soon as its headers are in:
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -50,6 +57,8 @@ __all__ = [
 
 #: The basic-auth challenge of the librarian.
 REALM = b'Basic realm="librarian"'
+#: ... and the operator API's
+_BEARER_CHALLENGE = b'Bearer realm="buildmaster"'
 _UPLOAD_SEGMENT = b"+upload"
 #: a streamed body is stored under this name until the resource names it
 UNNAMED = "upload"
@@ -226,6 +235,7 @@ def guarded_request_factory(
     max_anonymous_body: int = 64 * 1024,
     verify_bearer: Callable[[str], defer.Deferred[bool]] | None = None,
     mount: bytes = b"librarian",
+    api_mount: bytes = b"api",
 ) -> type[server.Request]:
     """A ``Request`` class for the master's ``Site`` (use :class:`GuardedSite`).
 
@@ -235,6 +245,8 @@ def guarded_request_factory(
         valid); without it, bearer bodies are treated like anonymous ones.
     :param mount: where the librarian is in the web tree (its uploads are
         ``/<mount>/+upload/...``).
+    :param api_mount: where the operator API is (``/<api_mount>/...``): its requests with a
+        body that wait for ``100 Continue`` get it only with a valid bearer token.
     """
 
     class GuardedRequest(server.Request):
@@ -245,10 +257,15 @@ def guarded_request_factory(
         def gotLength(self, length: int | None) -> None:
             lib = librarian()
             too_big = length is not None and lib is not None and length > lib.max_file_size
+            verification = None
             if self._expects_continue() and self._is_upload():
                 refusal = self._refusal(lib, length, too_big)
                 if refusal is not None:
                     self._refuse_now(*refusal)
+                    return
+            elif self._expects_continue() and self._is_api() and length != 0:
+                verification = self._continue_when_valid()
+                if verification is None:
                     return
             if too_big:
                 self.content = DiscardedBody()
@@ -259,8 +276,10 @@ def guarded_request_factory(
                 return
             bearer = self._bearer()
             if lib is not None and bearer is not None and verify_bearer is not None:
+                if verification is None:
+                    verification = verify_bearer(bearer)
                 now = datetime.datetime.fromtimestamp(lib.clock.seconds(), datetime.UTC)
-                self.content = StreamedBody(self, lib.new_upload, verify_bearer(bearer), now)
+                self.content = StreamedBody(self, lib.new_upload, verification, now)
                 return
             if lib is not None and self._may_upload(lib):
                 super().gotLength(length)
@@ -286,6 +305,64 @@ def guarded_request_factory(
             segments = _segments(self.target)
             return len(segments) >= 2 and segments[:2] == [mount, _UPLOAD_SEGMENT]
 
+        def _is_api(self) -> bool:
+            return self.target is not None and _segments(self.target)[0] == api_mount
+
+        def _continue_when_valid(self) -> defer.Deferred[bool] | None:
+            """An API request with a body that waits for ``100 Continue``: refused at once
+            without a bearer token (every API request with a body needs one); with one, its
+            ``100 Continue`` goes out once the token is found valid, else the 401 does (and
+            the connection is closed). The token's verification, for the body to wait on too
+            (``None`` when refused already)."""
+            bearer = self._bearer()
+            if bearer is None or verify_bearer is None:
+                self._refuse_api("a request with a body needs 'Authorization: Bearer <token>'")
+                return None
+            self.requestHeaders.removeHeader(b"expect")  # no 100 Continue from twisted.web yet
+            verification = verify_bearer(bearer)
+
+            def decided(valid: bool) -> bool:
+                if self.channel is None:  # the client went away meanwhile
+                    return valid
+                if valid:
+                    channel: Any = self.channel
+                    channel.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                else:
+                    self._refuse_api(
+                        "the bearer token is unknown or revoked; ask an admin for a new one"
+                    )
+                return valid
+
+            def failed(failure: Failure) -> Failure:
+                if self.channel is not None:
+                    self._refuse_now(
+                        http.SERVICE_UNAVAILABLE,
+                        f"The token could not be checked: {failure.value}",
+                        {b"retry-after": b"5"},
+                    )
+                return failure
+
+            verification.addCallbacks(decided, failed)
+            return verification
+
+        def _refuse_api(self, detail: str) -> None:
+            """The operator API's 401 problem document (``unauthenticated``), before the
+            body."""
+            path = (self.target or b"").split(b"?", 1)[0].decode("utf-8", "replace")
+            document = {
+                "type": "urn:buildmaster:problem:unauthenticated",
+                "title": "A valid bearer token is needed",
+                "status": http.UNAUTHORIZED,
+                "detail": detail,
+                "instance": path,
+            }
+            self._refuse_now(
+                http.UNAUTHORIZED,
+                json.dumps(document),
+                {b"www-authenticate": _BEARER_CHALLENGE},
+                b"application/problem+json",
+            )
+
         def _refusal(
             self, lib: Any, length: int | None, too_big: bool
         ) -> tuple[int, str, dict[bytes, bytes]] | None:
@@ -307,15 +384,22 @@ def guarded_request_factory(
                 )
             return None
 
-        def _refuse_now(self, code: int, message: str, extra: dict[bytes, bytes]) -> None:
+        def _refuse_now(
+            self,
+            code: int,
+            message: str,
+            extra: dict[bytes, bytes],
+            content_type: bytes = b"text/plain; charset=utf-8",
+        ) -> None:
             """The final answer, before the body: no ``100 Continue`` (twisted.web sends one
             after this method unless the request no longer asks for it), and the connection
             is closed, since the client may send the body all the same."""
             self.requestHeaders.removeHeader(b"expect")
-            self.content = DiscardedBody()
+            if not isinstance(self.content, StreamedBody):
+                self.content = DiscardedBody()
             body = (message + "\n").encode("utf-8")
             headers = [
-                (b"Content-Type", b"text/plain; charset=utf-8"),
+                (b"Content-Type", content_type),
                 (b"Content-Length", b"%d" % len(body)),
                 (b"Connection", b"close"),
                 *extra.items(),

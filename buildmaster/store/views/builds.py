@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import datetime
-from typing import Any, cast
+from typing import Any
 
 import attrs
 
 from buildmaster.access import Grant
-from buildmaster.enums import BuildStatus
+from buildmaster.enums import BuildStatus, SourcePackageUrgency
 from buildmaster.eventtext import describe_event
 from buildmaster.model import Archive, Build, BuildFile, BuildQueue, LibraryFile
-from buildmaster.scoring import ScorePart, score_parts
+from buildmaster.scoring import ScoreInputs, ScorePart, score_parts
 from buildmaster.store.archives import archive_columns, archive_from_row
 from buildmaster.store.builds import (
     BUILD_WIDTH,
     QUEUE_WIDTH,
-    BuildSet,
     build_columns,
     build_from_row,
     queue_columns,
     queue_from_row,
-    score_inputs,
 )
-from buildmaster.store.database import Database, NotFound, Transaction
+from buildmaster.store.database import Database, NotFound
 from buildmaster.store.files import (
     LIBRARYFILE_COLUMNS,
     LIBRARYFILE_WIDTH,
@@ -215,22 +213,42 @@ _WITH_LOG_SQL = (
 )
 
 
-class _Statements:
-    """What a read of :func:`score_inputs` needs of a transaction, as one prepared
-    statement through the pool (no BEGIN and COMMIT around it)."""
+def _arrays(columns: str, order: str) -> str:
+    """``array_agg`` of each of ``columns`` (comma-separated), in ``order``."""
+    return ", ".join(f"array_agg({c.strip()} ORDER BY {order})" for c in columns.split(","))
 
-    def __init__(self, db: Database) -> None:
-        self._db = db
 
-    async def query_one(self, sql: str, args: Any = None) -> tuple[Any, ...] | None:
-        rows = await self._db.query(sql, args, prepared=True)
-        return tuple(rows[0]) if rows else None
+_FILE_COLUMNS = LIBRARYFILE_COLUMNS.replace("lfa.", "fa.").replace("lfc.", "fc.")
+
+#: one build in full, in one statement: its summary, its log file, its whole history and
+#: its files (each column of them as an array, in order), and what its score is made of
+_DETAIL_SQL = (
+    f"SELECT {SUMMARY_COLUMNS}, {LIBRARYFILE_COLUMNS}, c.name, s.urgency, s.section,"
+    " ev.*, bfs.*"
+    f" FROM {SUMMARY_FROM}"
+    " JOIN component c ON c.id = s.component"
+    " LEFT JOIN libraryfilealias lfa ON lfa.id = b.log"
+    " LEFT JOIN libraryfilecontent lfc ON lfc.id = lfa.content"
+    f" LEFT JOIN LATERAL (SELECT {_arrays(EVENT_COLUMNS, 'e.id')}"
+    f"  FROM {EVENT_FROM} WHERE e.build = b.id) ev ON true"
+    f" LEFT JOIN LATERAL (SELECT {_arrays('bf.filename, ' + _FILE_COLUMNS, 'bf.filename')}"
+    "  FROM buildfile bf JOIN libraryfilealias fa ON fa.id = bf.libraryfile"
+    "  JOIN libraryfilecontent fc ON fc.id = fa.content WHERE bf.build = b.id) bfs ON true"
+    f" WHERE b.id = %(id)s AND {visible_sql()}"
+)
+_EVENT_WIDTH = len(EVENT_COLUMNS.split(","))
+
+
+def _columns(arrays: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """Rows from arrays of their columns (``NULL`` arrays: no rows)."""
+    if arrays[0] is None:
+        return []
+    return list(zip(*arrays, strict=True))
 
 
 class BuildViews:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._builds = BuildSet(db)
 
     async def summary(self, build_id: int, grant: Grant) -> BuildSummary:
         """The build, if the grant may see it. :raises NotFound: otherwise too."""
@@ -349,12 +367,35 @@ class BuildViews:
         return [event_from_row(r) for r in rows]
 
     async def detail(self, build_id: int, grant: Grant) -> BuildDetail:
-        """The build with its history, files, log and the parts of its score.
+        """The build with its history, files, log and the parts of its score (one
+        statement).
 
         :raises NotFound: for an unknown build, or one the grant may not see.
         """
-        summary, log = await self.with_log(build_id, grant)
-        events = await self.events(build_id)
-        files = await self._builds.files(build_id)
-        inputs = await score_inputs(cast(Transaction, _Statements(self._db)), build_id)
-        return BuildDetail(summary, tuple(events), tuple(files), log, score_parts(inputs))
+        rows = await self._db.query(
+            _DETAIL_SQL, {"id": build_id, **visibility_args(grant)}, prepared=True
+        )
+        if not rows:
+            raise NotFound(f"no build {build_id}")
+        row = rows[0]
+        width = len(row) - _EVENT_WIDTH - 1 - LIBRARYFILE_WIDTH
+        summary = summary_from_row(row[: width - 3 - LIBRARYFILE_WIDTH])
+        log_row = row[width - 3 - LIBRARYFILE_WIDTH : width - 3]
+        log = library_file_from_row(log_row) if log_row[0] is not None else None
+        component, urgency, section = row[width - 3 : width]
+        events = tuple(event_from_row(r) for r in _columns(row[width : width + _EVENT_WIDTH]))
+        files = tuple(
+            BuildFile(build_id, r[0], library_file_from_row(r[1:]))
+            for r in _columns(row[width + _EVENT_WIDTH :])
+        )
+        archive, build = summary.archive, summary.build
+        inputs = ScoreInputs(
+            archive_purpose=archive.purpose,
+            archive_private=archive.private,
+            relative_build_score=archive.relative_build_score,
+            urgency=SourcePackageUrgency(urgency),
+            pocket=build.pocket,
+            component=component,
+            section=section,
+        )
+        return BuildDetail(summary, events, files, log, score_parts(inputs))

@@ -192,6 +192,16 @@ SELECT (SELECT count(*) FROM kb),
 """
 
 
+#: where a waiting job stands and the builders of its kind, in one statement; and the reason
+#: it was last suspended, if it was
+_STANDING_AND_BUILDERS_SQL = f"""
+SELECT st.*, kb.*,
+    (SELECT message FROM event WHERE build = %(build)s AND kind = 'suspended'
+     ORDER BY id DESC LIMIT 1)
+FROM ({_STANDING_SQL}) st, ({_KIND_BUILDERS_SQL}) kb
+"""
+
+
 class QueueViews:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -335,18 +345,19 @@ class QueueViews:
             return None
         kind = {"processor": job.processor_id, "virtualized": job.virtualized}
         rows = await self._db.query(
-            _STANDING_SQL,
+            _STANDING_AND_BUILDERS_SQL,
             {
                 **kind,
                 "score": job.lastscore,
                 "job": job.id,
                 "das": summary.build.distroarchseries_id,
+                "build": summary.id,
             },
             prepared=True,
         )
-        ahead, ahead_seconds, running, no_chroot, as_of = rows[0]
+        ahead, ahead_seconds, running, no_chroot, as_of = rows[0][:5]
         ahead, ahead_seconds, running = int(ahead), float(ahead_seconds), float(running)
-        counts = (await self._db.query(_KIND_BUILDERS_SQL, kind, prepared=True))[0]
+        counts = rows[0][5:-1]
         names, by_master, notes, since = (list(v or ()) for v in counts[4:8])
         builders = KindBuilders(
             total=int(counts[0]),
@@ -360,20 +371,12 @@ class QueueViews:
             a_free_one=counts[9],
         )
         suspended = job.status is BuildQueueStatus.SUSPENDED
-        reason_rows = (
-            await self._db.query(
-                "SELECT message FROM event WHERE build = %s AND kind = 'suspended'"
-                " ORDER BY id DESC LIMIT 1",
-                (summary.id,),
-            )
-            if suspended
-            else []
-        )
+        suspended_reason = rows[0][-1] if suspended else None
         inputs = WaitInputs(
             architecture=summary.architecture,
             kind=kind_name(summary.processor, job.virtualized),
             suspended=suspended,
-            suspended_reason=reason_rows[0][0] if reason_rows else None,
+            suspended_reason=suspended_reason,
             chroot_missing=bool(no_chroot),
             builders=builders,
             ahead=ahead,

@@ -199,6 +199,7 @@ class BuildLogStream(Endpoint):
     """
 
     methods = ("get",)
+    shared = False  # a stream of its own for each follower
     heartbeat = 15.0
 
     def __init__(self, ctx: Any, build_id: int) -> None:

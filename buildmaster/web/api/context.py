@@ -15,6 +15,7 @@ from buildmaster.librarian import Librarian
 from buildmaster.metrics import Metrics
 from buildmaster.model import Builder, BuildQueue, DistroArchSeries, HasId
 from buildmaster.store import Store
+from buildmaster.web.api.answers import SharedAnswers
 
 __all__ = ["FarmReader", "Operations", "ApiLimits", "ApiContext"]
 
@@ -68,6 +69,9 @@ class ApiLimits:
     follow_max: float = 3600.0
     #: seconds a reading of the queue's kinds may be old (a walk through the whole queue)
     queue_max_age: float = 2.0
+    #: seconds an anonymous GET answer is shared with the anonymous requests for the same
+    #: target (:mod:`buildmaster.web.api.answers`; 0: each is answered afresh)
+    shared_answers: float = 1.0
 
 
 @attrs.frozen
@@ -80,6 +84,12 @@ class ApiContext:
     farm: FarmReader
     metrics: Metrics
     limits: ApiLimits = ApiLimits()
+    #: anonymous answers shared for ``limits.shared_answers`` seconds
+    answers: SharedAnswers = attrs.field(
+        default=attrs.Factory(
+            lambda self: SharedAnswers(self.clock, self.limits.shared_answers), takes_self=True
+        )
+    )
 
     def now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)

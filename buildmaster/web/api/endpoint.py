@@ -45,10 +45,20 @@ from buildmaster.store.jobs import JobGone
 from buildmaster.store.tokens import ApiToken
 from buildmaster.transitions import IllegalTransition
 from buildmaster.web.api import schemas
+from buildmaster.web.api.answers import Answer, etag_of
 from buildmaster.web.api.context import ApiContext
 from buildmaster.web.api.problems import CONTENT_TYPE, Problem, invalid_parameter
 
-__all__ = ["Endpoint", "Call", "Reply", "STREAMED", "E", "encode_json", "numeric_id"]
+__all__ = [
+    "Endpoint",
+    "Call",
+    "Reply",
+    "STREAMED",
+    "E",
+    "encode",
+    "encode_json",
+    "numeric_id",
+]
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -382,6 +392,8 @@ class Endpoint(resource.Resource):
 
     _log = Logger()
     methods: tuple[str, ...] = ()
+    #: whether its anonymous GET answers may be shared (:mod:`buildmaster.web.api.answers`)
+    shared = True
 
     def __init__(self, ctx: ApiContext) -> None:
         super().__init__()
@@ -416,6 +428,22 @@ class Endpoint(resource.Resource):
     async def _answer(self, request: server.Request) -> None:
         method = (request.method or b"GET").decode("ascii", "replace").upper()
         call = Call(self.ctx, request)
+        anonymous = request.getHeader(b"authorization") is None
+        answers = self.ctx.answers
+        if self.shared and method in ("GET", "HEAD") and anonymous and answers.enabled:
+            answer = await answers.get(request.uri, lambda: self._make(call, method))
+        else:
+            answer = await self._make(call, method)
+            if method not in ("GET", "HEAD") and answer.status < 400:
+                answers.clear()  # the farm changed: anonymous readers see it at once
+        if answer is _STREAMED:
+            return
+        self.ctx.metrics.api_request(method, answer.status)
+        if call.gone:
+            return
+        _send(request, answer, method, anonymous)
+
+    async def _make(self, call: Call, method: str) -> Answer:
         try:
             handler = self.handler(method)
             if handler is None:
@@ -432,11 +460,8 @@ class Endpoint(resource.Resource):
         except Exception as e:
             reply = self._problem(call, self._translate(e, call))
         if reply is STREAMED:
-            return
-        self.ctx.metrics.api_request(method, reply.status)
-        if call.gone:
-            return
-        _send(request, reply)
+            return _STREAMED
+        return encode(reply, with_etag=method in ("GET", "HEAD"))
 
     def _problem(self, call: Call, problem: Problem) -> Reply:
         headers = {b"content-type": CONTENT_TYPE, **problem.headers}
@@ -493,18 +518,45 @@ def encode_json(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_UTC_Z)
 
 
-def _send(request: server.Request, reply: Reply) -> None:
-    request.setResponseCode(reply.status)
+#: what ``_make`` answers for a handler that wrote its answer itself
+_STREAMED = Answer(0, {}, b"")
+
+
+def encode(reply: Reply, with_etag: bool = False) -> Answer:
+    """``reply`` as it goes on the wire (a ``200`` with its ``ETag`` if ``with_etag``)."""
     headers = dict(reply.headers)
-    if reply.body is not None:
-        body = encode_json(reply.body)
-        headers.setdefault(b"content-type", JSON_TYPE)
-    else:
-        body = b""
-    for name, value in headers.items():
+    if reply.body is None:
+        return Answer(reply.status, headers, b"")
+    body = encode_json(reply.body)
+    headers.setdefault(b"content-type", JSON_TYPE)
+    etag = etag_of(body) if with_etag and reply.status == http.OK else None
+    return Answer(reply.status, headers, body, etag)
+
+
+def _send(request: server.Request, answer: Answer, method: str, anonymous: bool) -> None:
+    status, body = answer.status, answer.body
+    for name, value in answer.headers.items():
         request.setHeader(name, value)
-    request.setHeader(b"cache-control", b"no-store")
-    if reply.status != http.NO_CONTENT:
+    if method in ("GET", "HEAD"):
+        # stored answers are revalidated (ETag); a token's answers stay out of shared caches
+        request.setHeader(b"cache-control", b"no-cache" if anonymous else b"private, no-cache")
+        request.setHeader(b"vary", b"authorization")
+    else:
+        request.setHeader(b"cache-control", b"no-store")
+    if answer.etag is not None:
+        request.setHeader(b"etag", answer.etag)
+        if _matches(request.getHeader(b"if-none-match"), answer.etag):
+            status, body = http.NOT_MODIFIED, b""
+    request.setResponseCode(status)
+    if status not in (http.NO_CONTENT, http.NOT_MODIFIED):
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
     request.finish()
+
+
+def _matches(if_none_match: bytes | None, etag: bytes) -> bool:
+    """Whether an ``If-None-Match`` header names ``etag`` (or is ``*``): weak comparison."""
+    if if_none_match is None:
+        return False
+    tags = [t.strip() for t in if_none_match.split(b",")]
+    return b"*" in tags or any(t.removeprefix(b"W/") == etag for t in tags)

@@ -889,6 +889,25 @@ def _paths() -> dict[str, Any]:
     }
 
 
+_ETAG = {
+    "description": "the answer's entity tag: send it back as If-None-Match to revalidate",
+    "schema": {"type": "string"},
+}
+_NOT_MODIFIED = {"description": "not modified: the If-None-Match sent names this answer's ETag"}
+
+
+def _revalidated(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every JSON GET answers with an ETag, and 304 to an If-None-Match that names it."""
+    for item in paths.values():
+        get = item.get("get")
+        ok = get["responses"].get("200") if get is not None else None
+        if ok is None or "application/json" not in ok.get("content", {}):
+            continue
+        ok.setdefault("headers", {})["ETag"] = _ETAG
+        get["responses"]["304"] = _NOT_MODIFIED
+    return paths
+
+
 @cache
 def _document() -> dict[str, Any]:
     return {
@@ -898,11 +917,13 @@ def _document() -> dict[str, Any]:
             "version": "1",
             "description": "The build farm over HTTP: builders, the queue, builds, source"
             " uploads, chroots, archives and tokens. Reading is open except for private"
-            " archives; writing needs a bearer token. Errors are RFC 9457 problem documents.",
+            " archives; writing needs a bearer token. Errors are RFC 9457 problem documents."
+            " An anonymous GET may be answered from the answers of the last second; a GET"
+            " with a token is always answered afresh. Every JSON GET has an ETag.",
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "servers": [{"url": "/"}],
-        "paths": _paths(),
+        "paths": _revalidated(_paths()),
         "components": {
             "schemas": SCHEMAS,
             "securitySchemes": {
