@@ -362,6 +362,9 @@ async def test_mistakes_are_one_line_with_a_status(farm: Any, tmp_path: Path) ->
     assert unknown.error_line.startswith("buildmaster: 404 Not Found: ")
     assert "999999" in unknown.error_line
 
+    unknown = await cli("build", "log", "999999", "--follow")
+    assert unknown.error_line == "buildmaster: 404 Not Found: no build 999999"
+
     anonymous = await cli("builders", "disable", "bob", "--reason", "x")
     assert "give a token: --token, $BUILDMASTER_TOKEN" in anonymous.error_line
     forbidden = await cli("builders", "disable", "bob", "--reason", "x", BUILDMASTER_TOKEN=admin)
@@ -399,3 +402,24 @@ async def test_mistakes_are_one_line_with_a_status(farm: Any, tmp_path: Path) ->
     bad_config.write_text("url = 3\n")
     broken = await cli("--config", str(bad_config), "queue")
     assert broken.error_line == f"buildmaster: config file {bad_config}: url must be a string"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_bootstrap_commands_reach_the_database(
+    reactor: Any, empty_dsn: str, tmp_path: Path
+) -> None:
+    """``migrate`` and ``token ... --dsn`` work in the database, with no master running."""
+    cli = Cli(reactor, tmp_path, "http://127.0.0.1:1")
+    migrated = await cli("migrate", "--dsn", empty_dsn)
+    assert migrated.code == 0, migrated.err
+    assert migrated.out.startswith("applied migrations: ")
+    again = await cli("migrate", "--dsn", empty_dsn)
+    assert again.out.strip() == "schema already current"
+    made = await cli("token", "create", "--admin", "--description", "first", "--dsn", empty_dsn)
+    assert made.code == 0 and made.out.startswith("bm_"), made.err
+    listed = await cli("token", "list", "--dsn", empty_dsn)
+    assert listed.out.strip().endswith("admin (first)") and made.out.strip() not in listed.out
+    revoked = await cli("token", "revoke", "1", "--dsn", empty_dsn)
+    assert revoked.code == 0 and "token 1 revoked" in revoked.err
+    missing = await cli("token", "revoke", "99", "--dsn", empty_dsn)
+    assert missing.error_line == "buildmaster.tokens: no token 99" and missing.code == 1

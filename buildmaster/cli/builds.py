@@ -140,7 +140,7 @@ def show(ctx: Context, build_id: int, as_json: bool) -> None:
         emit_json(b)
         return
     score = "-" if b["score"] is None else str(b["score"])
-    if b["score_parts"]:
+    if b["score"] is not None and b["score_parts"]:
         score += " (" + ", ".join(f"{p['reason']} {p['points']:+d}" for p in b["score_parts"]) + ")"
     elif b["manual_score"]:
         score += " (manual)"
