@@ -16,6 +16,14 @@ from buildmaster.cli.transfer import file_digests, send_file
 
 __all__ = ["chroot"]
 
+#: a chroot tarball's type, by its compression (``mimetypes``' encoding of its name)
+COMPRESSED = {
+    "gzip": "application/gzip",
+    "xz": "application/x-xz",
+    "bzip2": "application/x-bzip2",
+    "br": "application/octet-stream",
+}
+
 
 @click.group()
 def chroot() -> None:
@@ -74,10 +82,7 @@ def upload(
     for it go back to the queue."""
     distribution = distribution or _distribution(ctx, series)
     sha256 = file_digests(file)["sha256"]
-    content_type = mimetypes.guess_type(file.name)[1] or "application/octet-stream"
-    content_type = {"gzip": "application/gzip", "xz": "application/x-xz"}.get(
-        content_type, content_type
-    )
+    content_type = COMPRESSED.get(mimetypes.guess_type(file.name)[1] or "", "application/x-tar")
     path = "/".join(
         quote(p, safe="") for p in ("", "api", "v1", "chroots", distribution, series, arch)
     )

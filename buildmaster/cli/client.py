@@ -106,14 +106,14 @@ class Api:
     def get(self, path: str, **params: Any) -> Any:
         query = {k: v for k, v in params.items() if v is not None}
         # (httpx replaces a path's own query with params, even empty ones)
-        return self.request("GET", path, params=query or None).json()
+        return _json(self.request("GET", path, params=query or None))
 
     def post(self, path: str, body: Any = None) -> Any:
         response = self.request("POST", path, json=body if body is not None else {})
-        return response.json() if response.content else None
+        return _json(response) if response.content else None
 
     def patch(self, path: str, body: Any) -> Any:
-        return self.request("PATCH", path, json=body).json()
+        return _json(self.request("PATCH", path, json=body))
 
     def delete(self, path: str) -> None:
         self.request("DELETE", path)
@@ -129,7 +129,7 @@ class Api:
             raise self._fail(e, path) from None
         if not response.is_success:
             raise _as_error(self, response)
-        return response.json()
+        return _json(response)
 
     def pages(self, path: str, key: str, most: int | None, **params: Any) -> Iterator[Any]:
         """The items of a listing, page after page (following ``next``), at most ``most``."""
@@ -188,6 +188,17 @@ class _Download:
 
     def __exit__(self, *exc: Any) -> None:
         self._context.__exit__(*exc)
+
+
+def _json(response: httpx.Response) -> Any:
+    """The JSON of a successful answer (one that is not JSON is not the API's)."""
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CliError(
+            f"{response.request.method} {response.url} answered {response.status_code} without"
+            " JSON: is the URL the master's?"
+        ) from None
 
 
 def _as_error(api: Api, response: httpx.Response) -> CliError:
