@@ -60,6 +60,7 @@ from buildmaster.store.schema import LATEST, SchemaTooNew, current_version, migr
 from buildmaster.web import bearer_verifier, mount_operator_web
 from buildmaster.web.api import ApiContext
 from buildmaster.web.metrics import FarmMetrics
+from buildmaster.web.samples import FarmSampler
 
 __all__ = [
     "ServiceSettings",
@@ -138,6 +139,7 @@ class BuildmasterService(service.Service):
         self._gc: service.Service | None = None
         self.metrics = Metrics()
         self._farm_metrics: FarmMetrics | None = None
+        self._sampler: FarmSampler | None = None
         self._threads: ThreadPool | None = None
         self._started: defer.Deferred[None] = defer.succeed(None)
         self._readiness = Readiness()
@@ -249,6 +251,8 @@ class BuildmasterService(service.Service):
             self.reactor, self.store, self.metrics, settings.metrics_interval
         )
         self._farm_metrics.startService()
+        self._sampler = FarmSampler(self.reactor, self.store.db)
+        self._sampler.startService()
         if self.demo is not None:
             self.demo.start_queueing()
         self._log.info("buildmaster is running")
@@ -317,6 +321,8 @@ class BuildmasterService(service.Service):
             await self.demo.stop_queueing()
         if self._farm_metrics is not None and self._farm_metrics.running:
             await self._farm_metrics.stopService()
+        if self._sampler is not None and self._sampler.running:
+            await self._sampler.stopService()
         if self.master is not None and self.master.running:
             await self.master.stopService()
         if self.demo is not None:
