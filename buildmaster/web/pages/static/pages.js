@@ -21,13 +21,17 @@ function reloadMain() {
 
 function follow(pre) {
   const source = new EventSource(pre.dataset.stream);
-  const state = document.getElementById("state");
   source.addEventListener("logtail", (event) => {
     const data = JSON.parse(event.data);
+    if (data.state && data.state !== pre.dataset.state) {
+      // dispatched, gathering, cancelling...: the page shows the new state
+      source.close();
+      reloadMain().catch(() => {});
+      return;
+    }
     const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
     if (data.logtail) pre.textContent = data.logtail;
     if (atBottom) pre.scrollTop = pre.scrollHeight;
-    if (state && data.state) state.dataset.live = data.state;
   });
   source.addEventListener("end", () => {
     source.close();
