@@ -358,6 +358,7 @@ class _Root(resource.Resource):
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return (
             b"buildmaster\n\n"
+            b"/builders, /builds, /queue: the web pages\n"
             b"/api/v1: the operator API (/api/v1/openapi.json describes it)\n"
             b"/librarian/<id>/<filename>: the librarian (files for builders, logs, results)\n"
             b"/metrics: Prometheus metrics\n"

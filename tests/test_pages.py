@@ -89,7 +89,8 @@ async def test_everything_builders_and_uploaders_wrote_is_escaped(api_world: Any
     others = (await anonymous.get(link.group(1))).body.decode()
     assert f'href="/builds/{odd.id}"' in others
     assert (
-        f'<pre id="logtail" data-stream="/builds/{odd.id}/log/stream">{ESCAPED}</pre>' in build_page
+        f'data-stream="/builds/{odd.id}/log/stream" data-state="BUILDING">{ESCAPED}</pre>'
+        in build_page
     )
     # a query parameter comes back escaped too
     listed = (await anonymous.get("/builds?source=%3Cscript%3E")).body.decode()
@@ -178,7 +179,7 @@ async def test_pages_and_their_errors(api_world: Any) -> None:
     world, anonymous = api_world.world, api_world.anonymous
     builds = [await world.queue(f"p{i}") for i in range(3)]
     home = await anonymous.get("/")
-    assert home.status == 302 and home.header("location") == "/builders"
+    assert home.status == 200 and b"/builders" in home.body
     queue = (await anonymous.get("/queue?processor=386&virtualized=false")).body.decode()
     assert queue.index(f"/builds/{builds[0].id}") < queue.index(f"/builds/{builds[2].id}")
     assert (await anonymous.get("/builders/nobody")).status == 404

@@ -70,21 +70,10 @@ class _Static(resource.Resource):
                 )
 
 
-class _Home(resource.Resource):
-    """``/``: to the builders' page."""
-
-    isLeaf = True
-
-    def render_GET(self, request: server.Request) -> bytes:
-        request.redirect(b"/builders")
-        return b""
-
-
 def mount_pages(root: resource.Resource, ctx: ApiContext) -> None:
     """Mount the pages in ``root`` (the master's web root, beside ``/api/v1``)."""
     env = environment()
     children: list[tuple[bytes, object]] = [
-        (b"", _Home()),
         (b"builders", BuildersPage(ctx, env)),
         (b"builds", BuildsPage(ctx, env)),
         (b"queue", QueuePage(ctx, env)),
