@@ -57,3 +57,26 @@ async def test_the_sampler_counts_finished_builds_and_the_queue_every_minute(
     await FarmSampler(clock, store.db).sample()
     old = "SELECT count(*) FROM farm_sample WHERE minute < now() - interval '1 day'"
     assert (await store.db.query(old))[0][0] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_api_and_the_pages_show_the_same_samples(api_world: Any) -> None:
+    store, anonymous = api_world.store, api_world.anonymous
+    await store.db.execute(
+        "INSERT INTO farm_sample SELECT date_trunc('minute', now()) - i * interval '1 minute',"
+        " i, 10 * i, 1 FROM generate_series(1, 3) i"
+    )
+    await store.db.execute(
+        "INSERT INTO farm_sample VALUES (date_trunc('minute', now()) - interval '7 hours', 9, 9, 9)"
+    )
+    history = (await anonymous.get("/api/v1/queue/history")).json
+    assert [(s["finished"], s["waiting"]) for s in history["samples"]] == [
+        (3, 30),
+        (2, 20),
+        (1, 10),
+    ]
+    assert len((await anonymous.get("/api/v1/queue/history?hours=8")).json["samples"]) == 4
+    assert (await anonymous.get("/api/v1/queue/history?hours=0")).status == 400
+    page = (await anonymous.get("/builders")).body.decode()
+    assert page.count('class="bar"') == 3
+    assert "6 in 6.0 h" in page and "(now 10)" in page
