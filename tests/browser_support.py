@@ -49,9 +49,10 @@ def screenshot_dir() -> Path:
     return where
 
 
-def start_chromium() -> Any:
+def start_chromium() -> tuple[Any, str]:
     """A new headless Chromium with a fresh profile (blocking: call it outside the reactor's
-    turns, e.g. in a fixture). ``driver.profile_dir`` is removed by :func:`quit_chromium`."""
+    turns, e.g. in a fixture): its driver, and the profile's directory for
+    :func:`quit_chromium`."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -63,15 +64,14 @@ def start_chromium() -> Any:
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     driver.set_page_load_timeout(60)
-    driver.profile_dir = profile
-    return driver
+    return driver, profile
 
 
-def quit_chromium(driver: Any) -> None:
+def quit_chromium(driver: Any, profile: str) -> None:
     try:
         driver.quit()
     finally:
-        shutil.rmtree(driver.profile_dir, ignore_errors=True)
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 class Browser:

@@ -29,9 +29,9 @@ HOSTILE = "<script>window.pwned = 1</script> \"boom\" 'x' <img src=x onerror=win
 
 @pytest.fixture(scope="module")
 def driver() -> Iterator[Any]:
-    chromium = start_chromium()
+    chromium, profile = start_chromium()
     yield chromium
-    quit_chromium(chromium)
+    quit_chromium(chromium, profile)
 
 
 @pytest.fixture

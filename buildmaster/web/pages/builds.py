@@ -40,7 +40,7 @@ class BuildsPage(Page):
     """``/builds``: builds newest first; filters (state, archive, source, builder, arch);
     keyset pages (``?before=ID``)."""
 
-    def child(self, segment: str, request: server.Request) -> resource.IResource | None:
+    def child(self, segment: str, request: server.Request) -> resource.Resource | None:
         build_id = numeric_id(segment)
         return BuildPage(self.ctx, self.env, build_id) if build_id is not None else None
 
@@ -111,12 +111,12 @@ class BuildPage(Page):
         super().__init__(ctx, env)
         self.build_id = build_id
 
-    def child(self, segment: str, request: server.Request) -> resource.IResource | None:
+    def child(self, segment: str, request: server.Request) -> resource.Resource | None:
         if segment in ("cancel", "retry", "rescore"):
             return BuildAction(self.ctx, self.env, self.build_id, segment)
         if segment == "log" and request.postpath == [b"stream"]:
-            request.postpath.pop(0)
-            request.prepath.append(b"stream")
+            request.postpath = []
+            request.prepath = [*(request.prepath or []), b"stream"]
             return LogStream(self.ctx, self.build_id)
         return None
 
@@ -131,6 +131,7 @@ class BuildPage(Page):
         state = summary.status
         now = self.now()
         build = summary.build
+        took: float | None
         if build.date_started is not None and build.date_finished is None:
             took = (now - build.date_started).total_seconds()
         else:
@@ -219,9 +220,10 @@ class ArchivesPage(Page):
     (its primary archive) or ``/archives/DISTRO/partner``: an archive's builds, newest
     first, paged, and its waiting builds."""
 
-    def child(self, segment: str, request: server.Request) -> resource.IResource | None:
-        rest = [p.decode("utf-8", "replace") for p in request.postpath]
-        request.prepath.extend(request.postpath)
+    def child(self, segment: str, request: server.Request) -> resource.Resource | None:
+        remaining = request.postpath or []
+        rest = [p.decode("utf-8", "replace") for p in remaining]
+        request.prepath = [*(request.prepath or []), *remaining]
         request.postpath = []
         return ArchivePage(self.ctx, self.env, [segment, *[p for p in rest if p]])
 

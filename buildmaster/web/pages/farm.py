@@ -105,7 +105,7 @@ class BuildersPage(Page):
     """``/builders``: is the farm healthy, how long is the queue per processor for official
     and PPA builds, which builders are down and why; every builder, sortable."""
 
-    def child(self, segment: str, request: server.Request) -> resource.IResource | None:
+    def child(self, segment: str, request: server.Request) -> resource.Resource | None:
         return BuilderPage(self.ctx, self.env, segment)
 
     async def get(self, request: server.Request, viewer: Viewer) -> Html | Redirect:

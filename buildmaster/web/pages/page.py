@@ -107,7 +107,7 @@ class Page(resource.Resource):
         self.ctx = ctx
         self.env = env
 
-    def child(self, segment: str, request: server.Request) -> resource.IResource | None:
+    def child(self, segment: str, request: server.Request) -> resource.Resource | None:
         return None
 
     def getChild(self, path: bytes, request: server.Request) -> resource.IResource:
@@ -118,7 +118,7 @@ class Page(resource.Resource):
         except UnicodeDecodeError:
             segment = ""
         found = self.child(segment, request) if segment else None
-        return found if found is not None else cast(resource.IResource, Missing(self.ctx, self.env))
+        return cast(resource.IResource, found if found is not None else Missing(self.ctx, self.env))
 
     def render(self, request: server.Request) -> int:
         d = defer.Deferred.fromCoroutine(self._answer(request))
