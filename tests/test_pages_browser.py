@@ -39,6 +39,9 @@ def browser(driver: Any, api_world: Any) -> Iterator[Browser]:
     driver.delete_all_cookies()
     driver.get_log("browser")  # what earlier tests left
     yield Browser(api_world.reactor, driver, api_world.harness.base_url)
+    # leave the page before the master goes (its live streams would fail, and their errors
+    # land in the next test's console)
+    driver.get("about:blank")
 
 
 async def _sign_in(browser: Browser, secret: str) -> None:
