@@ -44,6 +44,16 @@ def browser(driver: Any, api_world: Any) -> Iterator[Browser]:
     driver.get("about:blank")
 
 
+def _farm_on_a_clock(api_world: Any, build_time: float | None = None) -> task.Clock:
+    """The simulated builders' time: their builds last until the test advances it."""
+    clock = task.Clock()
+    clock.advance(api_world.reactor.seconds())
+    api_world.world.harness.farm.clock = clock
+    if build_time is not None:
+        api_world.world.harness.farm.build_time = build_time
+    return clock
+
+
 async def _sign_in(browser: Browser, secret: str) -> None:
     await browser.open("/signin")
     await browser.fill("#token", secret)
@@ -56,9 +66,7 @@ async def test_the_builders_page_shows_the_farm_at_a_glance(
     api_world: Any, browser: Browser
 ) -> None:
     world, store = api_world.world, api_world.store
-    clock = task.Clock()
-    clock.advance(api_world.reactor.seconds())
-    world.harness.farm.clock = clock  # the builds last until the test says
+    clock = _farm_on_a_clock(api_world)
     await world.builder("t1")
     await world.builder("t2")
     await world.builder("t3")
@@ -115,10 +123,7 @@ async def test_a_build_page_follows_the_live_log_until_the_build_is_built(
     api_world: Any, browser: Browser
 ) -> None:
     world, store = api_world.world, api_world.store
-    clock = task.Clock()
-    clock.advance(api_world.reactor.seconds())
-    world.harness.farm.clock = clock
-    world.harness.farm.build_time = 30.0
+    clock = _farm_on_a_clock(api_world, build_time=30.0)
     await world.builder("t1")
     build = await world.queue("hello")
     master = world.harness.master

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application import service
-from twisted.internet import defer, task
+from twisted.application import internet
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from buildmaster.store.database import Database, DatabaseError
@@ -37,30 +37,17 @@ ON CONFLICT (minute) DO UPDATE SET finished = EXCLUDED.finished
 PRUNE_SQL = "DELETE FROM farm_sample WHERE minute < now() - interval '2 days'"
 
 
-class FarmSampler(service.Service):
-    """Samples the farm every ``interval`` seconds of ``clock`` (and at start). A sample that
+class FarmSampler(internet.TimerService):
+    """Samples the farm every ``interval`` seconds of ``clock`` (and at start): Twisted's
+    ``TimerService``, whose ``stopService`` waits for a sample under way. A sample that
     fails is logged and taken again at the next interval."""
 
     _log = Logger()
 
     def __init__(self, clock: Any, db: Database, interval: float = 60.0) -> None:
+        super().__init__(interval, self._safe_sample)
+        self.clock = clock
         self.db = db
-        self.interval = interval
-        self._loop = task.LoopingCall(self._safe_sample)
-        self._loop.clock = clock
-        self._running: defer.Deferred[Any] | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._running = self._loop.start(self.interval, now=True)
-
-    def stopService(self) -> defer.Deferred[None]:
-        """Fires once a sample under way is written."""
-        super().stopService()
-        if self._loop.running:
-            self._loop.stop()
-        running, self._running = self._running, None
-        return running if running is not None else defer.succeed(None)
 
     def _safe_sample(self) -> defer.Deferred[None]:
         return defer.Deferred.fromCoroutine(self._sample_logged())
