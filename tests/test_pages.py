@@ -198,3 +198,31 @@ async def test_pages_and_their_errors(api_world: Any) -> None:
         .header("content-type")
         .startswith("text/javascript")
     )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_private_archive_is_shown_only_to_a_token_that_may_read_it(
+    api_world: Any,
+) -> None:
+    world, store, anonymous = api_world.world, api_world.store, api_world.anonymous
+    await store.db.execute(
+        "UPDATE archive SET private = true WHERE id = %s", (world.data.cprov_ppa.id,)
+    )
+    secret = await world.queue("secret", ppa=True)
+    await store.db.execute(
+        "UPDATE build SET buildstate = %s, date_finished = now() WHERE id = %s",
+        (int(BuildStatus.CANCELLED), secret.id),
+    )
+    await store.db.execute("DELETE FROM buildqueue WHERE build = %s", (secret.id,))
+    for path in ("/archives/cprov/ppa", f"/builds/{secret.id}", f"/builds/{secret.id}/log/stream"):
+        assert (await anonymous.get(path)).status == 404, path
+    assert f"/builds/{secret.id}" not in (await anonymous.get("/builds")).body.decode()
+    uploader = await store.tokens.create(archives=[world.data.cprov_ppa], description="cprov")
+    cookie = _cookie(await anonymous.call("POST", "/signin", **_form({"token": uploader.secret})))
+    mine = {"headers": {"Cookie": cookie}}
+    archive = await anonymous.get("/archives/cprov/ppa", **mine)
+    assert archive.status == 200 and f'href="/builds/{secret.id}"' in archive.body.decode()
+    assert (await anonymous.get(f"/builds/{secret.id}", **mine)).status == 200
+    # the page's live log reads the API's stream with the cookie's token
+    stream = await anonymous.get(f"/builds/{secret.id}/log/stream", **mine)
+    assert stream.status == 200 and stream.body.startswith(b"event: end\n")
