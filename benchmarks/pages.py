@@ -133,7 +133,9 @@ async def measure(
                     results[name]["latency"].append(t1 - t0)
                     results[name]["bytes"].append(len(response.body or b""))
             if i % 10 == 9:
-                last = ", ".join(f"{n} {r['latency'][-1] * 1000:.0f}" for n, r in results.items() if r["latency"])
+                last = ", ".join(
+                    f"{n} {r['latency'][-1] * 1000:.0f}" for n, r in results.items() if r["latency"]
+                )
                 print(f"  round {i + 1}: {last} ms", flush=True)
     finally:
         http.close_idle()
