@@ -127,6 +127,14 @@ class Browser:
         entries = await self.run(self.driver.get_log, "browser")
         return [e["message"] for e in entries if e["level"] == "SEVERE"]
 
+    async def wait_for_count(self, css: str, n: int, what: str) -> None:
+        """Wait until ``n`` elements match ``css`` (a page still being parsed has fewer)."""
+
+        async def there() -> bool:
+            return await self.count(css) == n
+
+        await wait_for(self.reactor, there, 90, what)
+
     async def wait_until(self, css: str, check: Callable[[str], bool], what: str) -> str:
         """Wait until the text of ``css`` passes ``check`` (a deadline only ends a hung
         test); the text."""
