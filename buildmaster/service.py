@@ -63,6 +63,7 @@ from buildmaster.store.schema import LATEST, SchemaTooNew, current_version, migr
 from buildmaster.web import bearer_verifier, mount_operator_web
 from buildmaster.web.api import ApiContext
 from buildmaster.web.metrics import FarmMetrics
+from buildmaster.web.samples import FarmSampler
 
 __all__ = [
     "ServiceSettings",
@@ -141,6 +142,7 @@ class BuildmasterService(service.Service):
         self._gc: service.Service | None = None
         self.metrics = Metrics()
         self._farm_metrics: FarmMetrics | None = None
+        self._sampler: FarmSampler | None = None
         self._threads: ThreadPool | None = None
         self._started: defer.Deferred[None] = defer.succeed(None)
         self._readiness = Readiness()
@@ -252,6 +254,8 @@ class BuildmasterService(service.Service):
             self.reactor, self.store, self.metrics, settings.metrics_interval
         )
         self._farm_metrics.startService()
+        self._sampler = FarmSampler(self.reactor, self.store.db)
+        self._sampler.startService()
         if self.demo is not None:
             self.demo.start_queueing()
         self._log.info("buildmaster is running")
@@ -320,6 +324,8 @@ class BuildmasterService(service.Service):
             await self.demo.stop_queueing()
         if self._farm_metrics is not None and self._farm_metrics.running:
             await self._farm_metrics.stopService()
+        if self._sampler is not None and self._sampler.running:
+            await self._sampler.stopService()
         if self.master is not None and self.master.running:
             await self.master.stopService()
         if self.demo is not None:
@@ -355,6 +361,7 @@ class _Root(resource.Resource):
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return (
             b"buildmaster\n\n"
+            b"/builders, /builds, /queue: the web pages\n"
             b"/api/v1: the operator API (/api/v1/openapi.json describes it)\n"
             b"/librarian/<id>/<filename>: the librarian (files for builders, logs, results)\n"
             b"/metrics: Prometheus metrics\n"

@@ -1,4 +1,5 @@
-"""The master's operator web: the operator API (``/api/v1``, :mod:`buildmaster.web.api`),
+"""The master's operator web: the operator API (``/api/v1``, :mod:`buildmaster.web.api`), the
+web pages (``/builders``, ``/builds``, ``/queue``, ..., :mod:`buildmaster.web.pages`),
 Prometheus metrics (``/metrics``, :mod:`buildmaster.web.metrics`) and health checks
 (``/healthz``, ``/readyz``, :mod:`buildmaster.web.health`), mounted in the master's web
 server beside the librarian.
@@ -20,6 +21,7 @@ from buildmaster.web.api import ApiContext, api_resource
 from buildmaster.web.api.endpoint import Call, Endpoint, Reply, ok
 from buildmaster.web.health import Healthz, Readyz
 from buildmaster.web.metrics import MetricsResource
+from buildmaster.web.pages import mount_pages
 
 __all__ = ["mount_operator_web", "bearer_verifier"]
 
@@ -43,7 +45,8 @@ class _ApiNamespace(Endpoint):
 
 
 def mount_operator_web(root: resource.Resource, ctx: ApiContext, max_cycle_age: float) -> None:
-    """Mount the API, ``/metrics``, ``/healthz`` and ``/readyz`` in ``root``.
+    """Mount the API, ``/metrics``, ``/healthz``, ``/readyz`` and the web pages
+    (:mod:`buildmaster.web.pages`) in ``root``.
 
     :param max_cycle_age: seconds after which a scan cycle is late (not ready).
     """
@@ -56,6 +59,7 @@ def mount_operator_web(root: resource.Resource, ctx: ApiContext, max_cycle_age: 
     ]
     for name, child in children:
         root.putChild(name, cast(resource.IResource, child))
+    mount_pages(root, ctx)
 
 
 def bearer_verifier(store: Callable[[], Store | None]) -> Callable[[str], defer.Deferred[bool]]:

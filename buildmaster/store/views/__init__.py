@@ -29,6 +29,7 @@ from buildmaster.store.views.catalog import (
     parse_archive_reference,
 )
 from buildmaster.store.views.queue import QueueKind, QueueViews, Standing, WaitingJob, WaitingPage
+from buildmaster.store.views.samples import FarmHistory, FarmSample, SampleViews
 
 __all__ = [
     "Views",
@@ -47,6 +48,8 @@ __all__ = [
     "parse_archive_reference",
     "ArchitectureView",
     "SeriesView",
+    "FarmHistory",
+    "FarmSample",
 ]
 
 
@@ -58,3 +61,4 @@ class Views:
         self.builds = BuildViews(db)
         self.queue = QueueViews(db)
         self.catalog = CatalogViews(db)
+        self.samples = SampleViews(db)

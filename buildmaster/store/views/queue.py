@@ -289,12 +289,13 @@ class QueueViews:
             )
             args["score"], args["job"] = after
         # the page's jobs first, from the queue alone (its candidate index is in this very
-        # order for one kind), then what the page shows of them
+        # order for one kind), then what the page shows of their builds, found by the
+        # builds' ids (by the jobs' ids, the planner may join every build to find them)
         rows = await self._db.query(
             f"SELECT {SUMMARY_COLUMNS}, q.datecreated, {visible_sql()}"
             f" FROM {SUMMARY_FROM.replace('LEFT JOIN buildqueue q', 'JOIN buildqueue q')}"
-            " WHERE q.id = ANY(ARRAY("
-            f"  SELECT q.id FROM buildqueue q WHERE {' AND '.join(conditions)}"
+            " WHERE b.id = ANY(ARRAY("
+            f"  SELECT q.build FROM buildqueue q WHERE {' AND '.join(conditions)}"
             "  ORDER BY q.lastscore DESC, q.id LIMIT %(limit)s))"
             " ORDER BY q.lastscore DESC, q.id",
             args,

@@ -31,7 +31,7 @@ from buildmaster.web.api.representations import (
     later,
 )
 
-__all__ = ["Builds"]
+__all__ = ["Builds", "operate_build", "LIVE"]
 
 #: states in which a build may still change (its log tail is worth following)
 LIVE = frozenset(
@@ -268,39 +268,53 @@ class BuildAction(Endpoint):
         grant = await (
             call.require_admin(what) if self.action == "rescore" else call.require_token(what)
         )
-        views = self.ctx.store.views
-        summary = await views.builds.summary(self.build_id, grant)
-        if not may_operate(grant, summary.archive):
-            raise forbidden(
-                f"this token may not {self.action} builds of {summary.archive.reference}"
-            )
-        operations = self.ctx.operations
-        state = summary.status
-        if self.action == "cancel":
-            if state not in LIVE:
-                raise conflict(
-                    f"build {self.build_id} already ended {state.name}: there is nothing to cancel"
-                )
-            await operations.cancel(self.build_id)
-        elif self.action == "retry":
-            if state not in RETRYABLE:
-                raise conflict(
-                    f"build {self.build_id} is {state.name}: only builds that failed or were"
-                    f" cancelled ({', '.join(sorted(s.name for s in RETRYABLE))}) can be retried"
-                )
-            await operations.retry(self.build_id)
-        else:
-            body = call.json("Rescore")
-            job = summary.job
-            if job is None or job.status not in (
-                BuildQueueStatus.WAITING,
-                BuildQueueStatus.SUSPENDED,
-            ):
-                doing = job.status.name.lower() if job is not None else state.name
-                raise conflict(
-                    f"build {self.build_id} is not waiting (it is {doing}): only waiting builds"
-                    " can be rescored"
-                )
-            await operations.rescore(self.build_id, int(body["score"]))
-        fresh = await views.builds.summary(self.build_id, grant)
+        score = int(call.json("Rescore")["score"]) if self.action == "rescore" else None
+        fresh = await operate_build(self.ctx, grant, self.build_id, self.action, score)
         return ok(build_summary_json(fresh, self.ctx.now()))
+
+
+async def operate_build(
+    ctx: Any, grant: Grant, build_id: int, action: str, score: int | None = None
+) -> BuildSummary:
+    """Cancel, retry or rescore (to ``score``) a build as ``grant`` may: the API's and the
+    web pages' one way to do it. Fires with the build as it is afterwards.
+
+    :raises Problem: 403 when the grant may not (rescoring is for admins; cancelling and
+        retrying for admins and the archive's uploaders), 409 when the build's state does
+        not allow it; :raises NotFound: for a build the grant may not see.
+    """
+    if action == "rescore" and not grant.admin:
+        raise forbidden("rescoring a build needs an admin token")
+    if not grant.authenticated:
+        raise forbidden(f"{action} of build {build_id} needs a token")
+    views = ctx.store.views
+    summary = await views.builds.summary(build_id, grant)
+    if not may_operate(grant, summary.archive):
+        raise forbidden(f"this token may not {action} builds of {summary.archive.reference}")
+    operations = ctx.operations
+    state = summary.status
+    if action == "cancel":
+        if state not in LIVE:
+            raise conflict(
+                f"build {build_id} already ended {state.name}: there is nothing to cancel"
+            )
+        await operations.cancel(build_id)
+    elif action == "retry":
+        if state not in RETRYABLE:
+            raise conflict(
+                f"build {build_id} is {state.name}: only builds that failed or were"
+                f" cancelled ({', '.join(sorted(s.name for s in RETRYABLE))}) can be retried"
+            )
+        await operations.retry(build_id)
+    elif action == "rescore" and score is not None:
+        job = summary.job
+        if job is None or job.status not in (BuildQueueStatus.WAITING, BuildQueueStatus.SUSPENDED):
+            doing = job.status.name.lower() if job is not None else state.name
+            raise conflict(
+                f"build {build_id} is not waiting (it is {doing}): only waiting builds"
+                " can be rescored"
+            )
+        await operations.rescore(build_id, score)
+    else:
+        raise ValueError(f"no operation {action!r} on builds")
+    return await views.builds.summary(build_id, grant)

@@ -347,6 +347,22 @@ SCHEMAS: dict[str, Any] = {
         }
     ),
     "WaitingPage": obj({"jobs": array(ref("WaitingJob")), "next": nullable(PATH)}),
+    "QueueHistory": obj(
+        {
+            "since": TIME,
+            "until": TIME,
+            "samples": array(
+                obj(
+                    {
+                        "minute": TIME,
+                        "finished": {**INT, "description": "builds that ended in this minute"},
+                        "waiting": {**INT, "description": "waiting builds when sampled"},
+                        "running": {**INT, "description": "running builds when sampled"},
+                    }
+                )
+            ),
+        }
+    ),
     "UploadCreate": obj(
         {"archive": {"type": "string", "maxLength": 200}},
         additionalProperties=False,
@@ -637,6 +653,19 @@ def _paths() -> dict[str, Any]:
             "get": _op(
                 "The queue per processor and virtualization: waiting, oldest, estimated drain time",
                 _answer("200", "the queue", "Queue"),
+            )
+        },
+        "/api/v1/queue/history": {
+            "get": _op(
+                "The farm minute by minute over the last hours: builds finished, queue depth",
+                _answer("200", "the samples, oldest first", "QueueHistory"),
+                params=(
+                    _query(
+                        "hours",
+                        {"type": "integer", "minimum": 1, "maximum": 48},
+                        "how many hours back (6 by default)",
+                    ),
+                ),
             )
         },
         "/api/v1/queue/jobs": {

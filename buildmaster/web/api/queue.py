@@ -1,5 +1,6 @@
 """``/api/v1/queue``: per kind of build its size, oldest job and estimated drain time;
-``/api/v1/queue/jobs``: the waiting jobs in dispatch order."""
+``/api/v1/queue/jobs``: the waiting jobs in dispatch order; ``/api/v1/queue/history``: the
+farm minute by minute (builds finished, queue depth) over the last hours."""
 
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ class Queue(Endpoint):
     methods = ("get",)
 
     def child(self, segment: str) -> Endpoint | None:
+        if segment == "history":
+            return QueueHistory(self.ctx)
         return QueueJobs(self.ctx) if segment == "jobs" else None
 
     async def get(self, call: Call) -> Reply:
@@ -95,3 +98,29 @@ class QueueJobs(Endpoint):
             "hidden": job.build is None,
             "build": build_summary_json(job.build, now) if job.build is not None else None,
         }
+
+
+class QueueHistory(Endpoint):
+    """``/queue/history``: the farm's per-minute samples (what the pages' picture shows)."""
+
+    methods = ("get",)
+
+    async def get(self, call: Call) -> Reply:
+        hours = call.int_param("hours", 6, 1, 48)
+        assert hours is not None
+        history = await self.ctx.store.views.samples.history(float(hours))
+        return ok(
+            {
+                "since": iso(history.since),
+                "until": iso(history.until),
+                "samples": [
+                    {
+                        "minute": iso(s.minute),
+                        "finished": s.finished,
+                        "waiting": s.waiting,
+                        "running": s.running,
+                    }
+                    for s in history.samples
+                ],
+            }
+        )
