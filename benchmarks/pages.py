@@ -76,7 +76,7 @@ FROM generate_series(1, 360) AS i
 
 
 async def load(db: Any, store: Any, builds: int, builders: int) -> dict[str, Any]:
-    world = await api.load(db, store, builds)
+    world = await api.load(db, store, builds, 10)
     t = time.monotonic()
     await db.execute(BUILDERS_SQL, {"builders": builders})
     await db.execute(PROCESSORS_SQL, {})

@@ -1,6 +1,10 @@
 """Request bodies nobody is allowed to send are not kept; large API uploads are streamed;
 librarian uploads are refused before their bodies are sent when the client lets us.
 
+Long: every refusal made from a request's headers alone (librarian uploads, API uploads,
+the answer to ``Expect: 100-continue``) is decided in one place, before twisted.web reads a
+body; split, the order of those checks would be spread over several modules.
+
 twisted.web stores a request's body (in a temporary file past 100 kB) before any resource
 sees the request, so without this an unauthenticated client could fill the master's disk
 with uploads that would only be refused afterwards. :class:`GuardedSite` (the master's web

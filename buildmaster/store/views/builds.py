@@ -1,4 +1,8 @@
-"""Builds as operators see them: listed with filters (keyset pagination), or one in full."""
+"""Builds as operators see them: listed with filters (keyset pagination), or one in full.
+
+Long: a listing and a build in full share their filters, columns and row shaping, and each
+is one statement; read together, the SQL and what is made of its rows stay in step.
+"""
 
 from __future__ import annotations
 
