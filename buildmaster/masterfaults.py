@@ -45,6 +45,7 @@ __all__ = [
     "FILE_DESCRIPTORS",
     "LIBRARIAN",
     "VM_RESET_COMMAND",
+    "DroppedConnectionWatch",
     "FaultLog",
     "MasterFault",
     "classify",
@@ -148,13 +149,19 @@ async def librarian_trouble(
 
     :param since: the librarian's :attr:`~buildmaster.librarian.Librarian.serving_mark`
         when the builder was asked to fetch them: a failure of the librarian's own to serve
-        one of them since then (damaged bytes, out of file descriptors, its database away)
-        is the master's, whatever the file looks like now.
+        one of them since then (damaged bytes, out of file descriptors, its database away),
+        or connections closed unread for lack of file descriptors since then, is the
+        master's, whatever the file looks like now.
 
     Then looks at the files on the master's side: expired, bytes missing or of the wrong
     size (reported by the librarian as corrupt, once), unreadable.
     """
     files = list(files)
+    if since is not None and librarian.dropped_connections_since(since):
+        # the builder's request may never have reached the librarian: it was closed at accept
+        return shortage(
+            OSError(errno.EMFILE, os.strerror(errno.EMFILE)), "closing builders' downloads unread"
+        )
     for file in files:
         failed = librarian.serving_failure(file.id, since) if since is not None else None
         if failed is None:
@@ -298,3 +305,23 @@ class FaultLog:
                 count=cause.count,
                 minutes=(self._clock.seconds() - cause.first) / 60,
             )
+
+
+#: what Twisted's listening ports log when, out of file descriptors, they accept and at once
+#: close the connections waiting (``twisted.internet.tcp._accept``)
+_DROPPED_FORMAT = "EMFILE recovery: Closed socket from {address}"
+
+
+class DroppedConnectionWatch:
+    """A log observer that tells the librarian when the process closed accepted connections
+    unread for lack of file descriptors, so that a builder whose download was cut that way is
+    not blamed for it (:func:`librarian_trouble`). Observe with
+    ``globalLogPublisher.addObserver(watch)``; descriptors are the process's, so any of its
+    listening ports closing connections counts."""
+
+    def __init__(self, librarian: Any) -> None:
+        self._librarian = librarian
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("log_format") == _DROPPED_FORMAT:
+            self._librarian.note_dropped_connections()

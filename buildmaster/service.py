@@ -36,7 +36,7 @@ import psycopg2.errors
 from psycopg2.extensions import make_dsn, parse_dsn
 from twisted.application import service
 from twisted.internet import defer, endpoints, error, threads
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web import pages, resource, server
@@ -47,6 +47,7 @@ from buildmaster.librarian import Librarian
 from buildmaster.librarian.errors import LibrarianError
 from buildmaster.librarian.guard import GuardedSite
 from buildmaster.master import BuilddMaster
+from buildmaster.masterfaults import DroppedConnectionWatch
 from buildmaster.metrics import Metrics
 from buildmaster.readiness import Readiness
 from buildmaster.store import Database, DatabaseUnavailable, Store
@@ -136,6 +137,7 @@ class BuildmasterService(service.Service):
         self.api_store: Store | None = None
         self.store: Store | None = None
         self.librarian: Librarian | None = None
+        self._dropped_watch: DroppedConnectionWatch | None = None
         self.master: BuilddMaster | None = None
         self.web: Any = None
         self.demo: Any = None
@@ -217,6 +219,8 @@ class BuildmasterService(service.Service):
             threadpool=self._threads,
         )
         mount_librarian(site.resource, self.librarian)
+        self._dropped_watch = DroppedConnectionWatch(self.librarian)
+        globalLogPublisher.addObserver(self._dropped_watch)
         self._log.info(
             "Web server on {host}:{port}; librarian at {url}",
             host=host.host,
@@ -334,6 +338,8 @@ class BuildmasterService(service.Service):
             await self._gc.stopService()
         if self.web is not None:
             await self.web.stopListening()
+        if self._dropped_watch is not None:
+            globalLogPublisher.removeObserver(self._dropped_watch)
         if self._threads is not None:
             # joining the threads blocks: do it from another thread
             await threads.deferToThreadPool(

@@ -387,3 +387,61 @@ def test_which_failures_are_the_masters() -> None:
     assert classify(disk).cause == LIBRARIAN  # type: ignore[union-attr]
     assert classify(DatabaseUnavailable("down")).cause == DATABASE  # type: ignore[union-attr]
     assert classify(ValueError("a bug")) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_downloads_closed_unread_for_lack_of_descriptors_are_the_masters(
+    process_world: Any,
+) -> None:
+    """Out of file descriptors, Twisted's listening port accepts the waiting connections and
+    closes them unread: a builder's download of the chroot is cut, and the librarian never
+    sees a request to fail on its side (the file itself opens fine a moment later). The
+    builder is not blamed: the master's side is, as a shortage of file descriptors."""
+    import errno as errnos
+    import socket
+
+    from twisted.internet import tcp
+    from twisted.logger import Logger
+
+    from buildmaster.librarian.catalog import get_file
+    from buildmaster.masterfaults import DroppedConnectionWatch, librarian_trouble
+
+    librarian = process_world.librarian
+    alias = await process_world.add("other-chroot.tar.gz", b"chroot" * 10)
+    chroot = await get_file(process_world.store.db, alias)
+    mark = librarian.serving_mark
+    assert await librarian_trouble(librarian, [chroot], since=mark) is None
+
+    class ShortListener:
+        """A listening socket as the kernel answers when the process is out of descriptors:
+        EMFILE, then (the reserved descriptor released) one waiting connection, then none."""
+
+        def __init__(self) -> None:
+            self.answers: list[Any] = [OSError(errnos.EMFILE, "Too many open files")]
+            self.a, self.b = socket.socketpair()
+            self.answers += [(self.a, ("10.0.0.7", 4242)), OSError(errnos.EAGAIN, "again")]
+
+        def accept(self) -> Any:
+            answer = self.answers.pop(0)
+            if isinstance(answer, OSError):
+                raise answer
+            return answer
+
+    listener = ShortListener()
+    reserved = tcp._FileDescriptorReservation(lambda: open(os.devnull))  # type: ignore[attr-defined]
+    reserved.reserve()
+    logger = Logger(
+        namespace="twisted.internet.tcp.Port", observer=DroppedConnectionWatch(librarian)
+    )
+    try:
+        list(tcp._accept(logger, range(10), listener, reserved))  # type: ignore[attr-defined]
+        assert listener.a.fileno() == -1  # Twisted closed the connection unread
+    finally:
+        listener.b.close()
+        if reserved.available():
+            reserved._fileDescriptor.close()  # type: ignore[attr-defined]
+    fault = await librarian_trouble(librarian, [chroot], since=mark)
+    assert fault is not None and fault.cause == FILE_DESCRIPTORS
+    assert "out of file descriptors" in str(fault)
+    # a download asked for after the shortage is judged on its own again
+    assert await librarian_trouble(librarian, [chroot], since=librarian.serving_mark) is None

@@ -133,6 +133,9 @@ class Librarian:
         #: {alias id: the latest failure to serve it of the librarian's own}, oldest first
         self._serving_failures: dict[int, ServingFailure] = {}
         self._serving_mark = 0
+        #: :attr:`serving_mark` when the process last closed accepted connections unread
+        #: because it was out of file descriptors (see :meth:`note_dropped_connections`)
+        self._dropped_mark: int | None = None
         self.collector = GarbageCollector(
             reactor, db, self.store, self.run_in_thread, lambda: frozenset(self._active)
         )
@@ -372,6 +375,18 @@ class Librarian:
         self._serving_failures[alias_id] = ServingFailure(self._serving_mark, why, damaged, errno)
         while len(self._serving_failures) > MAX_HANDED_OUT:
             del self._serving_failures[next(iter(self._serving_failures))]
+
+    def note_dropped_connections(self) -> None:
+        """The process was out of file descriptors and closed connections it had accepted
+        before reading them (Twisted's listening ports do so rather than spin on EMFILE): a
+        builder fetching a file at that moment saw its connection closed without an answer,
+        and no request reached the librarian to fail on its side."""
+        self._serving_mark += 1
+        self._dropped_mark = self._serving_mark
+
+    def dropped_connections_since(self, since: int) -> bool:
+        """Whether :meth:`note_dropped_connections` was called after the mark ``since``."""
+        return self._dropped_mark is not None and self._dropped_mark > since
 
     def serving_failure(self, alias_id: int, since: int) -> ServingFailure | None:
         """The librarian's last failure of its own to serve ``alias_id``, if it came after
