@@ -59,7 +59,12 @@ from buildmaster.store.cluster import (
     PostgresNotFound,
     first_unsearchable,
 )
-from buildmaster.store.embedded import WORK_ROLE, embedded_cluster, prepare_database
+from buildmaster.store.embedded import (
+    WORK_ROLE,
+    embedded_cluster,
+    prepare_database,
+    relocate_demo,
+)
 from buildmaster.store.schema import LATEST, SchemaTooNew, current_version, migrate
 from buildmaster.web import bearer_verifier, mount_operator_web
 from buildmaster.web.api import ApiContext
@@ -269,7 +274,20 @@ class BuildmasterService(service.Service):
         self.cluster = cluster = embedded_cluster(self.settings.state_dir)
         self._log.info("Starting the private PostgreSQL cluster in {dir}", dir=cluster.directory)
         try:
-            await cluster.start_async(self.reactor)
+            try:
+                await cluster.start_async(self.reactor)
+            except ClusterDirectoryError as e:
+                if not (self.settings.demo and os.geteuid() == 0):
+                    raise
+                # a demo run as root in a checkout the postgres user cannot reach
+                self.cluster = cluster = relocate_demo(self.settings.state_dir)
+                self._log.info(
+                    "The demo runs as root and {why}; its private cluster is in {dir} instead"
+                    " (recorded in the state dir)",
+                    why=str(e).split(". ")[0],
+                    dir=cluster.directory,
+                )
+                await cluster.start_async(self.reactor)
         except (PostgresNotFound, ClusterDirectoryError) as e:
             raise StartupError(str(e)) from None
         except ClusterError as e:

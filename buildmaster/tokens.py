@@ -30,9 +30,9 @@ from buildmaster.store.tokens import ApiToken
 __all__ = ["main"]
 
 
-def _running_port(state_dir: Path) -> int | None:
-    """The port of the embedded cluster's server, if it runs."""
-    pid_file = state_dir / "postgres" / "data" / "postmaster.pid"
+def _running_port(datadir: Path) -> int | None:
+    """The port of the server of the embedded cluster in ``datadir``, if it runs."""
+    pid_file = datadir / "postmaster.pid"
     try:
         lines = pid_file.read_text().splitlines()
     except OSError:
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         from buildmaster.store.cluster import SOCKET_PORT
         from buildmaster.store.embedded import embedded_cluster
 
-        port = _running_port(options.state_dir.absolute())
         cluster = embedded_cluster(options.state_dir.absolute())
+        port = _running_port(cluster.datadir)
         if port is None:
             if not cluster.datadir.exists():
                 print(

@@ -174,3 +174,53 @@ async def test_a_managed_database_is_migrated_by_its_owner_and_worked_by_another
             await service.stopService()
     finally:
         await threads.deferToThread(cluster.stop)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the server runs as another user only under root")
+@pytest_twisted.ensureDeferred
+async def test_as_root_the_demo_in_a_closed_checkout_starts_and_its_token_tool_finds_it(
+    reactor: Any, captured_log: Any
+) -> None:
+    """`tox -e demo` run as root in a checkout the postgres user cannot reach (under /root,
+    or a private temporary directory) starts: the demo's disposable cluster goes where the
+    server can reach it, nothing above the state dir is loosened, and the token tool given
+    the state dir finds the running cluster. A real master there is refused (test_cluster)."""
+    import shutil
+    import tempfile
+
+    closed = Path(tempfile.mkdtemp(prefix="buildmaster-closed-"))  # mode 0700, root's
+    state = closed / "state"
+    service = BuildmasterService(
+        reactor,
+        ServiceSettings(
+            state_dir=state,
+            port="tcp:0:interface=127.0.0.1",
+            master=MasterConfig(scan_interval=3600),
+            demo=True,
+            demo_builders=1,
+            demo_queue_interval=3600,
+        ),
+    )
+    service.startService()
+    cluster_home = None
+    try:
+        await service.when_ready()
+        assert service.cluster is not None
+        cluster_home = service.cluster.directory.parent
+        assert not service.cluster.directory.is_relative_to(closed)
+        assert stat.S_IMODE(closed.stat().st_mode) == 0o700
+        made = await threads.deferToThread(
+            subprocess.run,
+            [sys.executable, "-m", "buildmaster.tokens", "create", "--admin"]
+            + ["--state-dir", str(state)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert made.returncode == 0, made.stderr
+        assert made.stdout.strip().startswith("bm_")
+    finally:
+        await service.stopService()
+        shutil.rmtree(closed)
+        if cluster_home is not None:
+            shutil.rmtree(cluster_home)

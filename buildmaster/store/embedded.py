@@ -16,10 +16,13 @@ The same two-role split serves a managed PostgreSQL (``--dsn``): README.md says 
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from buildmaster.store.cluster import PostgresCluster
+from buildmaster.store.cluster import ClusterDirectoryError, PostgresCluster
 from buildmaster.store.database import Database
 from buildmaster.store.schema import migrate
 
@@ -28,6 +31,7 @@ __all__ = [
     "WORK_ROLE",
     "WORK_GRANTS",
     "embedded_cluster",
+    "relocate_demo",
     "prepare_database",
 ]
 
@@ -47,9 +51,45 @@ WORK_GRANTS = (
 )
 
 
+#: in a state dir: where its cluster lives when not in ``postgres/`` (see :func:`relocate_demo`)
+LOCATION_FILE = "postgres.location"
+
+
 def embedded_cluster(state_dir: Path) -> PostgresCluster:
-    """The durable private cluster in ``state_dir/postgres`` (not started)."""
-    return PostgresCluster(directory=state_dir / "postgres", fsync=True, roles=(WORK_ROLE,))
+    """The durable private cluster of ``state_dir`` (not started): in ``state_dir/postgres``,
+    or where the state dir's :data:`LOCATION_FILE` says (a demo run as root)."""
+    directory = state_dir / "postgres"
+    pointer = state_dir / LOCATION_FILE
+    if pointer.is_file():
+        directory = Path(pointer.read_text().strip())
+    return PostgresCluster(directory=directory, fsync=True, roles=(WORK_ROLE,))
+
+
+def relocate_demo(state_dir: Path) -> PostgresCluster:
+    """The demo's cluster, moved out of a state dir that the server's user cannot reach.
+
+    Run as root, the server runs as ``postgres``, which must pass through every directory
+    above the cluster's, and the master changes no permission outside its state dir: a
+    demo in a checkout under ``/root`` or a private temporary directory could not start.
+    The demo's data is disposable, so its cluster goes to a directory of its own under the
+    system's temporary directory (named after the state dir, made by root, mode 711 above
+    the cluster's 700) and the state dir records where (:data:`LOCATION_FILE`, so that
+    ``python -m buildmaster.tokens --state-dir`` finds it). Not for a real master: there, a
+    database in a temporary directory would be lost, and an unreachable state dir is refused.
+    """
+    digest = hashlib.sha256(str(state_dir.absolute()).encode()).hexdigest()[:16]
+    home = Path(tempfile.gettempdir()) / f"buildmaster-demo-{digest}"
+    home.mkdir(mode=0o711, exist_ok=True)
+    if home.is_symlink() or home.stat().st_uid != os.geteuid():
+        raise ClusterDirectoryError(
+            f"{home} is not this user's: remove it, or give the demo a"
+            " --state-dir the postgres user can reach"
+        )
+    os.chmod(home, 0o711)
+    pointer = state_dir / LOCATION_FILE
+    pointer.write_text(f"{home / 'postgres'}\n")
+    os.chmod(pointer, 0o600)
+    return embedded_cluster(state_dir)
 
 
 async def prepare_database(reactor: Any, cluster: PostgresCluster) -> tuple[str, list[int]]:
