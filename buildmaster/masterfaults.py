@@ -32,7 +32,8 @@ from typing import Any
 
 import attrs
 from twisted.internet import error as twisted_error
-from twisted.logger import Logger, LogLevel
+from twisted.logger import ILogObserver, Logger, LogLevel
+from zope.interface import implementer
 
 from buildmaster.librarian.errors import LibrarianError
 from buildmaster.librarian.storage import SizeMismatch
@@ -312,6 +313,7 @@ class FaultLog:
 _DROPPED_FORMAT = "EMFILE recovery: Closed socket from {address}"
 
 
+@implementer(ILogObserver)
 class DroppedConnectionWatch:
     """A log observer that tells the librarian when the process closed accepted connections
     unread for lack of file descriptors, so that a builder whose download was cut that way is

@@ -36,7 +36,7 @@ import psycopg2.errors
 from psycopg2.extensions import make_dsn, parse_dsn
 from twisted.application import service
 from twisted.internet import defer, endpoints, error, threads
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web import pages, resource, server
@@ -142,7 +142,7 @@ class BuildmasterService(service.Service):
         self.api_store: Store | None = None
         self.store: Store | None = None
         self.librarian: Librarian | None = None
-        self._dropped_watch: DroppedConnectionWatch | None = None
+        self._dropped_watch: ILogObserver | None = None
         self.master: BuilddMaster | None = None
         self.web: Any = None
         self.demo: Any = None
@@ -224,7 +224,7 @@ class BuildmasterService(service.Service):
             threadpool=self._threads,
         )
         mount_librarian(site.resource, self.librarian)
-        self._dropped_watch = DroppedConnectionWatch(self.librarian)
+        self._dropped_watch = cast(ILogObserver, DroppedConnectionWatch(self.librarian))
         globalLogPublisher.addObserver(self._dropped_watch)
         self._log.info(
             "Web server on {host}:{port}; librarian at {url}",

@@ -399,9 +399,10 @@ async def test_downloads_closed_unread_for_lack_of_descriptors_are_the_masters(
     builder is not blamed: the master's side is, as a shortage of file descriptors."""
     import errno as errnos
     import socket
+    from typing import cast
 
     from twisted.internet import tcp
-    from twisted.logger import Logger
+    from twisted.logger import ILogObserver, Logger
 
     from buildmaster.librarian.catalog import get_file
     from buildmaster.masterfaults import DroppedConnectionWatch, librarian_trouble
@@ -428,18 +429,19 @@ async def test_downloads_closed_unread_for_lack_of_descriptors_are_the_masters(
             return answer
 
     listener = ShortListener()
-    reserved = tcp._FileDescriptorReservation(lambda: open(os.devnull))  # type: ignore[attr-defined]
+    reserved = tcp._FileDescriptorReservation(lambda: open(os.devnull))
     reserved.reserve()
     logger = Logger(
-        namespace="twisted.internet.tcp.Port", observer=DroppedConnectionWatch(librarian)
+        namespace="twisted.internet.tcp.Port",
+        observer=cast(ILogObserver, DroppedConnectionWatch(librarian)),
     )
     try:
-        list(tcp._accept(logger, range(10), listener, reserved))  # type: ignore[attr-defined]
+        list(tcp._accept(logger, range(10), listener, reserved))
         assert listener.a.fileno() == -1  # Twisted closed the connection unread
     finally:
         listener.b.close()
-        if reserved.available():
-            reserved._fileDescriptor.close()  # type: ignore[attr-defined]
+        if reserved.available() and reserved._fileDescriptor is not None:
+            reserved._fileDescriptor.close()
     fault = await librarian_trouble(librarian, [chroot], since=mark)
     assert fault is not None and fault.cause == FILE_DESCRIPTORS
     assert "out of file descriptors" in str(fault)
