@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from twisted.internet import defer
-from twisted.internet import reactor as global_reactor
 from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from zope.interface import provider
@@ -22,14 +21,20 @@ from buildmaster.service import BuildmasterService, ServiceSettings, StartupErro
 from buildmaster.store.cluster import free_port
 from buildmaster.testing import MasterTestMixin, TestMaster, wait_for
 
-reactor: Any = global_reactor
+
+def running_reactor() -> Any:
+    """The reactor trial runs the tests in (imported here, not when the module loads: an
+    embedder may install another reactor first)."""
+    from twisted.internet import reactor
+
+    return reactor
 
 
 class EmbeddedMasterTests(MasterTestMixin, unittest.TestCase):
     timeout = 120
 
     async def test_a_queued_build_is_built_collected_and_logged(self) -> None:
-        farm = await self.start_master(reactor, builders=1, build_time=0.2)
+        farm = await self.start_master(running_reactor(), builders=1, build_time=0.2)
         self.assertTrue(farm.service.running and farm.master.running)
         build = await farm.queue("hello")
         built = await farm.wait_for_build(build)
@@ -41,7 +46,7 @@ class EmbeddedMasterTests(MasterTestMixin, unittest.TestCase):
         self.assertIn(b"hello", log)
 
     async def test_the_operations_answer_with_deferreds(self) -> None:
-        farm = await self.start_master(reactor, builders=1, build_time=0.2)
+        farm = await self.start_master(running_reactor(), builders=1, build_time=0.2)
         builder = await farm.store.builders.getByName("trusted0")
         manual = farm.master.set_manual(builder, True)
         self.assertIsInstance(manual, defer.Deferred)
@@ -66,7 +71,7 @@ class EmbeddedMasterTests(MasterTestMixin, unittest.TestCase):
         # callback style works as well as await
         results: list[Any] = []
         farm.master.set_manual(builder, False).addCallback(results.append)
-        await wait_for(reactor, lambda: results, 30, "set_manual to fire")
+        await wait_for(running_reactor(), lambda: results, 30, "set_manual to fire")
         self.assertFalse(results[0].manual)
         await farm.master.scan_all()
         await farm.wait_for_build(build)
@@ -78,7 +83,7 @@ class EmbeddedMasterTests(MasterTestMixin, unittest.TestCase):
             await failed
 
     async def test_a_running_build_is_cancelled_on_its_builder(self) -> None:
-        farm = await self.start_master(reactor, builders=1, build_time=3600)
+        farm = await self.start_master(running_reactor(), builders=1, build_time=3600)
         build = await farm.queue("long")
         await farm.wait_for_build(build, BuildStatus.BUILDING)
         self.assertEqual(await farm.master.cancel(build), BuildStatus.CANCELLING)
@@ -87,7 +92,7 @@ class EmbeddedMasterTests(MasterTestMixin, unittest.TestCase):
         self.assertIn("abort", [call.method for call in sim.history])
 
     async def test_virtualized_builders_build_ppa_jobs(self) -> None:
-        farm = await self.start_master(reactor, builders=0, virtualized_builders=1)
+        farm = await self.start_master(running_reactor(), builders=0, virtualized_builders=1)
         build = await farm.queue("ppa-package", ppa=True)
         await farm.wait_for_build(build)
         self.assertIn("build", [call.method for call in farm.sims["virtual0"].history])
@@ -99,7 +104,7 @@ class ReadinessTests(unittest.TestCase):
     async def test_when_ready_fails_with_the_start_up_error(self) -> None:
         dsn = f"host=127.0.0.1 port={free_port()} user=nobody dbname=x connect_timeout=2"
         service = BuildmasterService(
-            reactor,
+            running_reactor(),
             ServiceSettings(
                 state_dir=Path(self.mktemp()).absolute(),
                 dsn=dsn,
@@ -129,7 +134,7 @@ class ReadinessTests(unittest.TestCase):
         self.assertEqual(said, [f"buildmaster cannot start: {raised.exception}"])
 
     async def test_when_ready_fires_once_the_master_runs(self) -> None:
-        farm = await MasterTestMixin.start_master(self, reactor, builders=0)  # type: ignore[arg-type]
+        farm = await MasterTestMixin.start_master(self, running_reactor(), builders=0)  # type: ignore[arg-type]
         ready = farm.service.when_ready()
         self.assertIsNone(self.successResultOf(ready))  # fired at once: it runs
         self.assertIsInstance(farm, TestMaster)
@@ -140,7 +145,7 @@ class ConfiguredMasterTests(MasterTestMixin, unittest.TestCase):
 
     async def test_a_master_with_its_own_config(self) -> None:
         config = MasterConfig(scan_interval=0.5, vm_resume_command="true %(vm_host)s")
-        farm = await self.start_master(reactor, builders=2, config=config, build_time=0.1)
+        farm = await self.start_master(running_reactor(), builders=2, config=config, build_time=0.1)
         builds = [await farm.queue() for _ in range(4)]
         for build in builds:
             await farm.wait_for_build(build)
