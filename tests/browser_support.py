@@ -103,6 +103,28 @@ class Browser:
     async def click(self, css: str) -> None:
         await self.run(lambda: self.driver.find_element("css selector", css).click())
 
+    async def follow(self, css: str) -> None:
+        """Click a link or a form's button and wait for the page it leads to: a click
+        returns before the browser has left the page, so what is read straight after
+        it may be the old page or none."""
+        from selenium.common.exceptions import WebDriverException
+
+        await self.script("window.__left_behind = true")
+        await self.click(css)
+
+        async def arrived() -> bool:
+            try:
+                return bool(
+                    await self.script(
+                        "return window.__left_behind === undefined"
+                        " && document.readyState === 'complete'"
+                    )
+                )
+            except WebDriverException:
+                return False  # between two pages
+
+        await wait_for(self.reactor, arrived, 90, f"the page after clicking {css}")
+
     async def fill(self, css: str, value: str) -> None:
         def fill() -> None:
             element = self.driver.find_element("css selector", css)

@@ -59,7 +59,7 @@ def _farm_on_a_clock(api_world: Any, build_time: float | None = None) -> task.Cl
 async def _sign_in(browser: Browser, secret: str) -> None:
     await browser.open("/signin")
     await browser.fill("#token", secret)
-    await browser.click("#signin")
+    await browser.follow("#signin")
     await browser.wait_until("#signed-in", bool, "signed in")
 
 
@@ -104,11 +104,11 @@ async def test_the_builders_page_shows_the_farm_at_a_glance(
     assert any("never: no builder takes them" in row for row in kinds)
     assert await browser.count("figure.chart svg") == 1
     # sorting: by state, the failed builder first; again, last
-    await browser.click("#builders th:nth-child(5) a")
+    await browser.follow("#builders th:nth-child(5) a")
     names = [row.split()[0] for row in await browser.texts("#builders tbody tr")]
     assert names[0] == "t3"
     await browser.screenshot("builders")
-    await browser.click("#builders th:nth-child(5) a")
+    await browser.follow("#builders th:nth-child(5) a")
     assert (await browser.texts("#builders tbody tr"))[-1].startswith("t3")
     assert await browser.console_errors() == []
     # one builder's page: its failure, the judgement, in words
@@ -189,7 +189,7 @@ async def test_an_operator_cancels_a_build_and_an_anonymous_reader_sees_no_butto
     await browser.wait_until("#state", lambda t: t == "waiting", "waiting again")
     assert (await store.builds.get(waiting)).status is BuildStatus.NEEDSBUILD
     await browser.screenshot("build-retried")
-    await browser.click("header form button")  # sign out
+    await browser.follow("header form button")  # sign out
     await browser.open(f"/builds/{waiting.id}")
     assert await browser.count("#cancel") == 0
     assert await browser.console_errors() == []
@@ -207,7 +207,7 @@ async def test_builds_are_paged_filtered_and_the_queue_is_in_dispatch_order(
     first = await browser.texts("table.builds tbody tr")
     assert first[0].startswith(f"{ppa.id} tool 1.0")
     await browser.screenshot("builds")
-    await browser.click("#older")
+    await browser.follow("#older")
     # 56 builds of ours and the sample data's two: 8 on the second page
     await browser.wait_for_count("table.builds tbody tr", 8, "the second page")
     second = await browser.texts("table.builds tbody tr")
@@ -218,7 +218,7 @@ async def test_builds_are_paged_filtered_and_the_queue_is_in_dispatch_order(
     # a filter
     await browser.open("/builds")
     await browser.fill("input[name=source]", "pkg7")
-    await browser.click(".filters button")
+    await browser.follow(".filters button")
     rows = await browser.texts("table.builds tbody tr")
     assert len(rows) == 1 and rows[0].startswith(f"{builds[7].id} pkg7")
     # the queue, in dispatch order
