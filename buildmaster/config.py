@@ -100,6 +100,10 @@ class MasterConfig:
     build_url_template: str | None = None
     #: each builder is worked by one master at a time (PostgreSQL advisory locks)
     exclusive_builders: bool = True
+    #: seconds a master works its builders past the last statement its database session
+    #: answered (:mod:`buildmaster.ownership`); the server keeps a silent session for twice
+    #: as long, so the master has stopped before another can take its builders
+    session_lease: float = attrs.field(default=10.0, validator=_positive)
 
     def timeout_for(self, virtualized: bool) -> float:
         return self.virtualized_socket_timeout if virtualized else self.socket_timeout

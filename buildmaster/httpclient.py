@@ -642,12 +642,20 @@ class HTTPClient:
     :param reactor: provides IReactorTCP (and IReactorTime, unless ``clock`` is given).
     :param max_idle_per_host: connections kept open per (host, port) between requests.
     :param clock: the IReactorTime the deadlines run on (default: ``reactor``).
+    :param user_agent: sent as ``User-Agent`` with every request.
     """
 
     _log = Logger()
 
-    def __init__(self, reactor: Any, max_idle_per_host: int = 4, clock: Any = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        max_idle_per_host: int = 4,
+        clock: Any = None,
+        user_agent: bytes | None = None,
+    ) -> None:
         self._reactor = reactor  # IReactorTCP
+        self._user_agent = user_agent
         self.clock = reactor if clock is None else clock
         self._max_idle = max_idle_per_host
         self._idle: dict[tuple[str, int], list[_HTTPClientProtocol]] = {}
@@ -724,6 +732,8 @@ class HTTPClient:
             b"Content-Length: " + str(len(body)).encode("ascii"),
         ]
         lines.extend(name + b": " + value for name, value in headers.items())
+        if self._user_agent is not None:
+            lines.append(b"User-Agent: " + self._user_agent)
         head = b"\r\n".join(lines) + b"\r\n\r\n"
         start = self.clock.seconds()
         deadline = start + timeout

@@ -33,6 +33,8 @@ program or trial test, with or without coroutines.
 from __future__ import annotations
 
 import datetime
+import os
+import socket
 from typing import Any
 
 from twisted.application import service
@@ -94,7 +96,9 @@ class BuilddMaster(service.Service):
         self.store = store
         self.librarian = librarian
         self.config = config or MasterConfig()
-        self.http = HTTPClient(reactor, clock=self.clock)
+        #: how the master introduces itself to builders (which master sent a call)
+        self.user_agent = f"buildmaster ({socket.gethostname()} pid {os.getpid()})"
+        self.http = HTTPClient(reactor, clock=self.clock, user_agent=self.user_agent.encode())
         self.logtails = LogtailBuffer(store)
         #: what the master measures (/metrics)
         self.metrics = metrics if metrics is not None else Metrics()
@@ -107,7 +111,14 @@ class BuilddMaster(service.Service):
         #: which kinds have no waiting job, which idle builders wait for one, the claims
         self.openings = Openings(self.clock, lambda: self._listening, self._works)
         #: the builders this master works (advisory locks held by its database session)
-        self.ownership = Ownership(store.db, self.config.exclusive_builders, self._session_lost)
+        self.ownership = Ownership(
+            store.db,
+            self.config.exclusive_builders,
+            self._session_lost,
+            clock=self.clock,
+            lease=self.config.session_lease,
+            releasable=self._releasable,
+        )
         self._slices = max(1, min(MAX_SCAN_SLICES, int(self.config.scan_interval / SCAN_SLICE)))
         self._next_slice = 0
         self._scan_loop = task.LoopingCall.withCount(self._tick)
@@ -167,6 +178,7 @@ class BuilddMaster(service.Service):
         self.store.db.on_session_lost(self._session_back)
         for das in await self.store.distributions.all_arch_series():
             self._distroarchseries[das.id] = das
+        await self.ownership.start()  # the lease, and how many masters share the farm
         await self._safe_scan(None)  # everything once at start, then a slice at a time
         self._warn_unreset_vms()
         self._loops = [
@@ -193,6 +205,7 @@ class BuilddMaster(service.Service):
         for loop in (self._scan_loop, self._logtail_loop, self._resume_loop):
             if loop.running:
                 loop.stop()
+        self.ownership.stop()
         self._turns.clear()
         self.admission.clear()
         running = [w.current_scan() for w in self.workers.values()]
@@ -363,6 +376,13 @@ class BuilddMaster(service.Service):
         self._listening = False
         self._turns.clear()
         self.http.abort_all()
+
+    def _releasable(self) -> list[int]:
+        """The builders that may go to another master now: no scan under way (no call in
+        flight), the idle ones first."""
+        free = [w for w in self.workers.values() if not w.busy]
+        free.sort(key=lambda w: not w.idle)
+        return [w.builder.id for w in free]
 
     def _session_back(self) -> None:
         if not self.stopping:

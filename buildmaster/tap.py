@@ -264,6 +264,15 @@ class Options(usage.Options):
             _seconds,
         ],
         [
+            "session-lease",
+            None,
+            10.0,
+            "With several masters: seconds this master goes on working its builders when"
+            " its database session does not answer (the server keeps a silent session"
+            " twice as long, so another master takes them only after this one stopped).",
+            _seconds,
+        ],
+        [
             "fault-retry",
             None,
             15.0,
@@ -343,6 +352,7 @@ class Options(usage.Options):
             vm_resume_command=command,
             vm_resume_timeout=self["vm-resume-timeout"],
             stuck_timeout=self["stuck-timeout"],
+            session_lease=self["session-lease"],
             fault_retry_initial=self["fault-retry"],
             fault_retry_max=max(600.0, self["fault-retry"]),
             archive_urls=ArchiveURLs(

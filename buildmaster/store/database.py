@@ -36,6 +36,7 @@ dispatch context's joins cost more than running them).
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache
@@ -476,6 +477,9 @@ class Database:
         self._channels: dict[str, list[Callable[[str], object]]] = {}
         self._session_lost: list[Callable[[], object]] = []
         self._session_dropped: list[Callable[[], object]] = []
+        self._session_opening: defer.Deferred[txpostgres.Connection] | None = None
+        #: seconds of silence after which the server ends the session (``None``: its defaults)
+        self.session_timeout: float | None = None
         self._closed = False
         self.outage = OutageLog(reactor)
 
@@ -490,10 +494,33 @@ class Database:
         # jit is off: our statements are short lookups, and a generic plan's estimates over
         # big tables (a million builds) pass jit_above_cost, so PostgreSQL compiled the
         # builders' view at every execution (850 ms of JIT for a 40 ms statement)
+        # The client's keepalives: a statement on a connection whose packets are dropped
+        # fails after CLIENT_DEAD_AFTER seconds (and the connection reconnects) rather than
+        # after the kernel's quarter of an hour of retransmissions.
         return {
             "options": "-c timezone=UTC -c plan_cache_mode=force_generic_plan -c jit=off",
             "application_name": "buildmaster",
+            **_keepalives(CLIENT_DEAD_AFTER),
         }
+
+    def fence_session(self, lease: float) -> None:
+        """Make the server end the session connection (freeing its advisory locks) only
+        after ``2 x lease`` seconds without a word from this side, and never before: per
+        session TCP keepalives and user timeout (PostgreSQL's ``tcp_keepalives_idle``,
+        ``_interval``, ``_count`` and ``tcp_user_timeout``; :mod:`buildmaster.ownership`
+        gives the builders up after ``lease``). Takes effect with the next session."""
+        self.session_timeout = 2 * lease
+
+    def _session_kwargs(self) -> dict[str, Any]:
+        kwargs = self._connect_kwargs()
+        if self.session_timeout is not None:
+            idle, interval, count = _keepalive_steps(self.session_timeout)
+            kwargs["options"] += (
+                f" -c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval}"
+                f" -c tcp_keepalives_count={count}"
+                f" -c tcp_user_timeout={int(self.session_timeout * 1000)}"
+            )
+        return kwargs
 
     @property
     def unavailable(self) -> bool:
@@ -637,15 +664,59 @@ class Database:
     # -- LISTEN / NOTIFY -----------------------------------------------------------------
 
     async def _session(self) -> txpostgres.Connection:
-        """The dedicated connection for LISTEN and session-level advisory locks."""
-        if self._listener is None:
-            listener = self._new_connection(on_dead=self._session_died)
-            await listener.connect(self.dsn, **self._connect_kwargs())
-            listener.detector.in_service = True
-            listener.addNotifyObserver(self._notified)
-            listener.detector.addRecoveryHandler(self._relisten)
-            self._listener = listener
-        return self._listener
+        """The dedicated connection for LISTEN and session-level advisory locks (opened on
+        first use, and again after :meth:`abandon_session`, listening again then)."""
+        if self._listener is not None:
+            return self._listener
+        if self._closed:
+            raise DatabaseUnavailable("the database pool is closed")
+        if self._session_opening is None:
+            self._session_opening = defer.Deferred.fromCoroutine(self._open_session())
+        opening = self._session_opening
+        try:
+            return await opening
+        finally:
+            if self._session_opening is opening:
+                self._session_opening = None
+
+    async def _open_session(self) -> txpostgres.Connection:
+        listener = self._new_connection(on_dead=self._session_died)
+        connecting = listener.connect(self.dsn, **self._session_kwargs())
+        # libpq's connect_timeout does not hold for asynchronous connections: ours does
+        connecting.addTimeout(SESSION_CONNECT_TIMEOUT, self._reactor)
+        try:
+            await connecting
+        except BaseException:
+            listener.detector.stop()  # and close the half-open connection
+            failure = Failure()
+            if failure.check(defer.TimeoutError, defer.CancelledError):
+                raise DatabaseUnavailable(
+                    "database unavailable: a new session did not open within"
+                    f" {SESSION_CONNECT_TIMEOUT:g} s"
+                ) from None
+            translate_failure(failure).raiseException()
+            raise  # pragma: no cover
+        if self._closed:
+            listener.detector.stop()
+            raise DatabaseUnavailable("the database pool is closed")
+        listener.detector.in_service = True
+        listener.addNotifyObserver(self._notified)
+        listener.detector.addRecoveryHandler(self._relisten)
+        self._listener = listener
+        if self._channels:  # a session that replaces an abandoned one
+            await self._relisten_async()
+        return listener
+
+    def abandon_session(self) -> bool:
+        """Give the session connection up (its statements may never come back: a cut
+        network): close it without waiting and report it dropped (``on_session_dropped``);
+        the next session statement opens a new session. Returns whether one was open."""
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return False
+        listener.detector.stop()  # and close: the server ends the session once it hears
+        self._session_died()
+        return True
 
     async def listen(self, channel: str, callback: Callable[[str], object]) -> None:
         """Call ``callback(payload)`` for every NOTIFY on ``channel``.
@@ -716,6 +787,34 @@ class Database:
     async def notify(self, channel: str, payload: str = "") -> None:
         """Send a NOTIFY (outside any transaction)."""
         await self.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+
+#: Seconds a pool connection may go unanswered before the client gives it up (TCP).
+CLIENT_DEAD_AFTER = 60.0
+#: Seconds a new session connection may take to open.
+SESSION_CONNECT_TIMEOUT = 10.0
+
+
+def _keepalive_steps(dead_after: float) -> tuple[int, int, int]:
+    """TCP keepalive (idle, interval, count) in whole seconds, whose first probe comes after
+    half of ``dead_after`` and whose last unanswered one ends the connection no sooner than
+    ``dead_after``."""
+    idle = max(1, math.ceil(dead_after / 2))
+    interval = max(1, math.ceil(dead_after / 8))
+    count = max(1, math.ceil((dead_after - idle) / interval))
+    return idle, interval, count
+
+
+def _keepalives(dead_after: float) -> dict[str, Any]:
+    """libpq's keepalive and user-timeout parameters for ``dead_after`` seconds."""
+    idle, interval, count = _keepalive_steps(dead_after)
+    return {
+        "keepalives": 1,
+        "keepalives_idle": idle,
+        "keepalives_interval": interval,
+        "keepalives_count": count,
+        "tcp_user_timeout": int(dead_after * 1000),
+    }
 
 
 def _identifier(name: str) -> str:
