@@ -194,6 +194,8 @@ class BuildmasterService(service.Service):
     async def _start(self) -> None:
         settings = self.settings
         _prepare_state_dir(settings.state_dir, separate_server_user=settings.dsn is None)
+        files_dir = settings.files_dir or settings.state_dir / "librarian"
+        await self._check_files_dir(files_dir)
         if settings.dsn is None:
             dsn = await self._start_embedded_database()
         else:
@@ -225,7 +227,6 @@ class BuildmasterService(service.Service):
         # builder host names, and must not wait behind 20 chroot downloads
         self._threads = ThreadPool(minthreads=2, maxthreads=32, name="librarian")
         self._threads.start()
-        files_dir = settings.files_dir or settings.state_dir / "librarian"
         secret = await self._farm_files(files_dir)
         self.librarian = Librarian(
             self.reactor,
@@ -281,19 +282,15 @@ class BuildmasterService(service.Service):
             self.demo.start_queueing()
         self._log.info("buildmaster is running")
 
-    async def _farm_files(self, files_dir: Path) -> bytes:
-        """Check the files directory, make sure it is this farm's (its marker), and return
-        the farm's token secret (see :mod:`buildmaster.librarian.farm`)."""
-        assert self.db is not None
+    def _run_at_start(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        return _in_daemon_thread(self.reactor, f, *args)
 
-        def run(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-            return _in_daemon_thread(self.reactor, f, *args)
-
+    async def _check_files_dir(self, files_dir: Path) -> None:
+        """Make sure the files directory is usable (before anything else starts)."""
         timeout = self.settings.files_dir_timeout
         try:
             # a hung NFS server blocks the thread, not the start: it fails on the deadline
-            await _within(self.reactor, run(check_files_dir, files_dir), timeout)
-            offer = await run(read_secret_file, self.settings.state_dir)
+            await _within(self.reactor, self._run_at_start(check_files_dir, files_dir), timeout)
         except defer.TimeoutError:
             raise StartupError(
                 f"the files directory {files_dir} did not answer within {timeout:g} s: check"
@@ -301,6 +298,13 @@ class BuildmasterService(service.Service):
             ) from None
         except FilesDirError as e:
             raise StartupError(str(e)) from None
+
+    async def _farm_files(self, files_dir: Path) -> bytes:
+        """Make sure the files directory is this farm's (its marker), and return the farm's
+        token secret (see :mod:`buildmaster.librarian.farm`)."""
+        assert self.db is not None
+        try:
+            offer = await self._run_at_start(read_secret_file, self.settings.state_dir)
         except (LibrarianError, OSError) as e:
             raise StartupError(f"the librarian's secret: {e}") from None
         farm = await farm_identity(self.db, offer)
@@ -312,7 +316,7 @@ class BuildmasterService(service.Service):
                 state_dir=str(self.settings.state_dir),
             )
         try:
-            await claim_files_dir(self.db, files_dir, farm.id, run)
+            await claim_files_dir(self.db, files_dir, farm.id, self._run_at_start)
         except FilesDirError as e:
             raise StartupError(str(e)) from None
         self._log.info("Librarian files in {dir} (farm {farm})", dir=str(files_dir), farm=farm.id)
