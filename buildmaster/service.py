@@ -15,9 +15,10 @@ background (``startService`` returns at once): :meth:`BuildmasterService.when_re
 when the master runs, or why it could not start.
 
 Starting fails fast, with :class:`StartupError` and one line that says what to fix, when the
-state directory is unusable, the database cannot be reached or let in, the web server cannot
-listen, builders could not reach the librarian's address, or the process may not open enough
-files for the registered builders.
+state directory or the librarian's files directory is unusable (or the latter belongs to
+another farm), the database cannot be reached or let in, the web server cannot listen,
+builders could not reach the librarian's address, or the process may not open enough files
+for the registered builders.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import pwd
 import resource as rlimits
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -45,7 +47,14 @@ from buildmaster import openfiles
 from buildmaster.config import MasterConfig
 from buildmaster.librarian import Librarian
 from buildmaster.librarian.errors import LibrarianError
+from buildmaster.librarian.farm import (
+    FilesDirError,
+    check_files_dir,
+    claim_files_dir,
+    farm_identity,
+)
 from buildmaster.librarian.guard import GuardedSite
+from buildmaster.librarian.tokens import read_secret_file
 from buildmaster.master import BuilddMaster
 from buildmaster.masterfaults import DroppedConnectionWatch
 from buildmaster.metrics import Metrics
@@ -93,6 +102,11 @@ class ServiceSettings:
     port: str = "tcp:8000:interface=127.0.0.1"
     #: where builders reach the librarian; default ``http://<interface>:<port>/librarian/``
     librarian_url: str | None = None
+    #: the librarian's bytes; ``None``: ``state_dir/librarian``. Masters that share a
+    #: database must share this directory (docs/deployment.md)
+    files_dir: Path | None = None
+    #: seconds the files directory has to answer its start-up checks (a dead NFS server)
+    files_dir_timeout: float = 30.0
     master: MasterConfig = MasterConfig()
     pool_size: int = 8
     #: database connections of the operator API's own (its reads never wait in front of
@@ -180,6 +194,8 @@ class BuildmasterService(service.Service):
     async def _start(self) -> None:
         settings = self.settings
         _prepare_state_dir(settings.state_dir, separate_server_user=settings.dsn is None)
+        files_dir = settings.files_dir or settings.state_dir / "librarian"
+        await self._check_files_dir(files_dir)
         if settings.dsn is None:
             dsn = await self._start_embedded_database()
         else:
@@ -207,18 +223,15 @@ class BuildmasterService(service.Service):
         self.web = await _listening(self.reactor, settings.port, site)
         host = self.web.getHost()
         public = settings.librarian_url or _librarian_url(settings.port, host)
-        try:
-            secret = Librarian.load_or_create_secret(settings.state_dir)
-        except (LibrarianError, OSError) as e:
-            raise StartupError(f"the librarian's secret: {e}") from None
         # the librarian's disk work gets threads of its own: the reactor's pool also resolves
         # builder host names, and must not wait behind 20 chroot downloads
         self._threads = ThreadPool(minthreads=2, maxthreads=32, name="librarian")
         self._threads.start()
+        secret = await self._farm_files(files_dir)
         self.librarian = Librarian(
             self.reactor,
             self.db,
-            settings.state_dir / "librarian",
+            files_dir,
             public,
             secret,
             threadpool=self._threads,
@@ -268,6 +281,46 @@ class BuildmasterService(service.Service):
         if self.demo is not None:
             self.demo.start_queueing()
         self._log.info("buildmaster is running")
+
+    def _run_at_start(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        return _in_daemon_thread(self.reactor, f, *args)
+
+    async def _check_files_dir(self, files_dir: Path) -> None:
+        """Make sure the files directory is usable (before anything else starts)."""
+        timeout = self.settings.files_dir_timeout
+        try:
+            # a hung NFS server blocks the thread, not the start: it fails on the deadline
+            await _within(self.reactor, self._run_at_start(check_files_dir, files_dir), timeout)
+        except defer.TimeoutError:
+            raise StartupError(
+                f"the files directory {files_dir} did not answer within {timeout:g} s: check"
+                " --files-dir and its mount"
+            ) from None
+        except FilesDirError as e:
+            raise StartupError(str(e)) from None
+
+    async def _farm_files(self, files_dir: Path) -> bytes:
+        """Make sure the files directory is this farm's (its marker), and return the farm's
+        token secret (see :mod:`buildmaster.librarian.farm`)."""
+        assert self.db is not None
+        try:
+            offer = await self._run_at_start(read_secret_file, self.settings.state_dir)
+        except (LibrarianError, OSError) as e:
+            raise StartupError(f"the librarian's secret: {e}") from None
+        farm = await farm_identity(self.db, offer)
+        if offer is not None and offer != farm.secret:
+            self._log.warn(
+                "The librarian secret in {state_dir} is not the farm's (another master's"
+                " was adopted first): tokens this master handed out before are no longer"
+                " valid; the file is not used any more",
+                state_dir=str(self.settings.state_dir),
+            )
+        try:
+            await claim_files_dir(self.db, files_dir, farm.id, self._run_at_start)
+        except FilesDirError as e:
+            raise StartupError(str(e)) from None
+        self._log.info("Librarian files in {dir} (farm {farm})", dir=str(files_dir), farm=farm.id)
+        return farm.secret
 
     async def _start_embedded_database(self) -> str:
         """Start the private cluster, prepare its database; the work role's DSN."""
@@ -520,6 +573,50 @@ async def _listening(reactor: Any, description: str, site: server.Site) -> Any:
     except (OverflowError, ValueError, OSError) as e:
         reason = str(e).rstrip(".")
         raise StartupError(f"cannot listen on {description}: {reason}; fix --port") from None
+
+
+def _in_daemon_thread(reactor: Any, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+    """Call the blocking ``f(*args)`` in a thread of its own that the process does not wait
+    for at exit (a thread stuck on a dead network mount must not keep it from exiting, as it
+    would in a thread pool, which is joined); a Deferred of its result."""
+    result: defer.Deferred[Any] = defer.Deferred()
+
+    def call() -> None:
+        try:
+            value = f(*args)
+        except BaseException:
+            reactor.callFromThread(result.errback, Failure())
+        else:
+            reactor.callFromThread(result.callback, value)
+
+    threading.Thread(target=call, name="startup-check", daemon=True).start()
+    return result
+
+
+async def _within(reactor: Any, d: defer.Deferred[Any], timeout: float) -> Any:
+    """What ``d`` fires with, or ``defer.TimeoutError`` after ``timeout`` seconds (``d`` is
+    left to fire later: a thread blocked on a dead mount cannot be interrupted)."""
+    outcome: defer.Deferred[Any] = defer.Deferred()
+
+    def settle(result: object) -> None:
+        if outcome.called:
+            return
+        if isinstance(result, Failure):
+            outcome.errback(result)
+        else:
+            outcome.callback(result)
+
+    def too_late() -> None:
+        if not outcome.called:
+            outcome.errback(defer.TimeoutError())
+
+    deadline = reactor.callLater(timeout, too_late)
+    d.addBoth(settle)
+    try:
+        return await outcome
+    finally:
+        if deadline.active():
+            deadline.cancel()
 
 
 def _librarian_url(description: str, host: Any) -> str:

@@ -154,7 +154,15 @@ class Options(usage.Options):
             "state-dir",
             None,
             "buildmaster-state",
-            "Where the private cluster, the librarian's files and secrets live.",
+            "Where the private cluster lives (and the librarian's files, unless --files-dir).",
+        ],
+        [
+            "files-dir",
+            None,
+            None,
+            "The librarian's files [default: librarian/ in --state-dir]. Masters sharing a"
+            " database must share this directory (NFS, CephFS: any POSIX filesystem with"
+            " atomic rename); see docs/deployment.md.",
         ],
         [
             "port",
@@ -367,6 +375,7 @@ class Options(usage.Options):
             dsn=self["dsn"],
             port=self["port"],
             librarian_url=self["librarian-url"],
+            files_dir=Path(self["files-dir"]).absolute() if self["files-dir"] else None,
             access_log=bool(self["access-log"]),
             master=master,
             demo=bool(self["demo"]),

@@ -46,6 +46,7 @@ from twisted.internet import defer, task
 from buildmaster.config import MasterConfig
 from buildmaster.enums import BuildStatus, PackagePublishingPocket, SourcePackageFileType
 from buildmaster.librarian import Librarian
+from buildmaster.librarian.farm import farm_identity
 from buildmaster.librarian.guard import GuardedSite
 from buildmaster.master import BuilddMaster
 from buildmaster.metrics import Metrics
@@ -579,7 +580,7 @@ class FarmHarness:
         from slavesim import Farm
 
         self = cls(reactor, store, directory)
-        secret = Librarian.load_or_create_secret(directory)
+        secret = (await farm_identity(store.db)).secret  # the farm's, as a master's
         # the public URL is only known once listening: bind first, then build the librarian
         site = GuardedSite(
             self._site_root,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from buildmaster.access import Grant
 from buildmaster.store.embedded import DATABASE as EMBEDDED_DATABASE
 from buildmaster.store.tokens import ApiToken
 
-__all__ = ["main"]
+__all__ = ["main", "locate_database"]
 
 
 def _running_port(datadir: Path) -> int | None:
@@ -128,46 +129,61 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     options = _parser().parse_args(argv)
-    dsn = options.dsn or os.environ.get("BUILDMASTER_DSN") or None
+
+    async def run(reactor: Any, dsn: str) -> int:
+        return await _run(reactor, options, dsn)
+
+    return locate_database("buildmaster.tokens", options.dsn, options.state_dir, run)
+
+
+def locate_database(
+    prog: str,
+    dsn: str | None,
+    state_dir: Path | None,
+    run: Callable[[Any, str], Awaitable[int]],
+) -> int:
+    """Run ``run(reactor, dsn)`` on the database of a command: ``dsn``, else
+    ``$BUILDMASTER_DSN``, else the embedded cluster of ``state_dir`` (its running server's
+    socket; a stopped cluster is started for the command and stopped again). Its exit
+    status; 2, with a line on standard error, when there is no database to use."""
+    dsn = dsn or os.environ.get("BUILDMASTER_DSN") or None
     cluster = None
+    started = False
     if dsn is None:
-        if options.state_dir is None:
+        if state_dir is None:
             print(
-                "buildmaster.tokens: say where the database is: --dsn, $BUILDMASTER_DSN or"
-                " --state-dir",
+                f"{prog}: say where the database is: --dsn, $BUILDMASTER_DSN or --state-dir",
                 file=sys.stderr,
             )
             return 2
         from buildmaster.store.cluster import SOCKET_PORT
         from buildmaster.store.embedded import embedded_cluster
 
-        cluster = embedded_cluster(options.state_dir.absolute())
+        cluster = embedded_cluster(state_dir.absolute())
         port = _running_port(cluster.datadir)
         if port is None:
             if not cluster.datadir.exists():
                 print(
-                    f"buildmaster.tokens: {options.state_dir} has no database yet: start the"
-                    " master once first",
+                    f"{prog}: {state_dir} has no database yet: start the master once first",
                     file=sys.stderr,
                 )
                 return 2
             cluster.start()
+            started = True
         else:
             cluster.port = SOCKET_PORT  # the master's server runs: use its socket
         dsn = cluster.dsn(EMBEDDED_DATABASE)  # its owner: the command may migrate
-        started = port is None
-    else:
-        started = False
 
     from twisted.internet import defer, task
 
     result: list[int] = []
+    where = dsn
 
-    async def run(reactor: Any) -> None:
-        result.append(await _run(reactor, options, dsn))
+    async def react(reactor: Any) -> None:
+        result.append(await run(reactor, where))
 
     try:
-        task.react(lambda reactor: defer.Deferred.fromCoroutine(run(reactor)), [])
+        task.react(lambda reactor: defer.Deferred.fromCoroutine(react(reactor)), [])
     except SystemExit as e:
         if e.code not in (0, None):
             raise

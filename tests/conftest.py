@@ -33,6 +33,7 @@ from zope.interface import implementer
 from buildmaster.config import MasterConfig
 from buildmaster.enums import BuildStatus, PackagePublishingPocket, SourcePackageFileType
 from buildmaster.librarian import Librarian
+from buildmaster.librarian.farm import farm_identity
 from buildmaster.model import Archive, Build, Builder
 from buildmaster.sampledata import SampleData, load_sample_data
 from buildmaster.store import Store
@@ -387,7 +388,7 @@ async def process_world(reactor: Any, store: Store, tmp_path: Path) -> AsyncIter
         store.db,
         state / "librarian",
         "http://unused/",
-        Librarian.load_or_create_secret(state),
+        (await farm_identity(store.db)).secret,  # the master process uses the farm's too
     )
     world = ProcessWorld(store, data, state, librarian)
     chroot = await world.add("chroot.tar.gz", b"chroot" * 50)

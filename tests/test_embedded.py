@@ -102,8 +102,11 @@ async def test_the_embedded_database_is_private_and_the_master_no_superuser(
             f"Private PostgreSQL: Unix socket {socket} only (no TCP)" in m
             for m in captured_log.messages()
         )
-        # the librarian's secret is the master's alone
-        assert stat.S_IMODE((state / "librarian.secret").stat().st_mode) == 0o600
+        # the librarian's secret is the farm's, in its database (no file to leak), and the
+        # files directory (in the state directory by default) is marked as the farm's
+        [(farm_id, secret)] = await service.db.query("SELECT id, librarian_secret FROM farm")
+        assert len(bytes(secret)) == 32 and not (state / "librarian.secret").exists()
+        assert (state / "librarian" / "farm-id").read_text() == f"{farm_id}\n"
         assert stat.S_IMODE(state.stat().st_mode) == (0o710 if os.geteuid() == 0 else 0o700)
     finally:
         await service.stopService()

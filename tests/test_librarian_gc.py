@@ -348,9 +348,11 @@ async def test_the_gc_command(librarian: Librarian, db: Database, dsn: str) -> N
 
 
 @pytest.mark.parametrize("what", [["upload"], ["file", "42"]])
-def test_the_token_command(tmp_path: Path, what: list[str]) -> None:
-    import subprocess
-
+@pytest_twisted.ensureDeferred
+async def test_the_token_command(db: Database, dsn: str, tmp_path: Path, what: list[str]) -> None:
+    """Its tokens are made with the farm's secret (the database's), which every master
+    checks them with; a state directory's old secret is adopted when the farm has none."""
+    from buildmaster.librarian.farm import farm_identity
     from buildmaster.librarian.tokens import (
         UPLOAD_SUBJECT,
         check_token,
@@ -358,14 +360,42 @@ def test_the_token_command(tmp_path: Path, what: list[str]) -> None:
         load_or_create_secret,
     )
 
-    result = subprocess.run(
-        [sys.executable, "-m", "buildmaster.librarian.tokens", "--state-dir", str(tmp_path), *what],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=Path(__file__).resolve().parent.parent,
+    old = load_or_create_secret(tmp_path)  # from before the secret moved into the database
+    code, out, err = await _run_command(
+        "buildmaster.librarian.tokens", "--dsn", dsn, "--state-dir", str(tmp_path), *what
     )
+    assert code == 0, err
     subject = UPLOAD_SUBJECT if what == ["upload"] else file_subject(42)
-    secret = load_or_create_secret(tmp_path)
-    assert check_token(secret, result.stdout.strip(), subject, time.time())
-    assert not check_token(secret, result.stdout.strip(), file_subject(43), time.time())
+    farm = await farm_identity(db)
+    assert farm.secret == old
+    assert check_token(farm.secret, out.strip(), subject, time.time())
+    assert not check_token(farm.secret, out.strip(), file_subject(43), time.time())
+    code, out, err = await _run_command(
+        "buildmaster.librarian.tokens", *what, env={"BUILDMASTER_DSN": dsn}
+    )
+    assert code == 0, err
+    assert check_token(farm.secret, out.strip(), subject, time.time())
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_token_command_needs_a_database(tmp_path: Path) -> None:
+    code, _, err = await _run_command("buildmaster.librarian.tokens", "upload")
+    assert code == 2 and "--dsn, $BUILDMASTER_DSN or --state-dir" in err
+    code, _, err = await _run_command(
+        "buildmaster.librarian.tokens", "--state-dir", str(tmp_path), "upload"
+    )
+    assert code == 2 and "start the master once first" in err
+
+
+async def _run_command(
+    module: str, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    inherited = {k: v for k, v in os.environ.items() if k != "BUILDMASTER_DSN"}
+    root = str(Path(__file__).resolve().parent.parent)
+    out, err, code = await utils.getProcessOutputAndValue(
+        sys.executable,
+        ["-m", module, *args],
+        env={**inherited, "PYTHONPATH": root, **(env or {})},
+        path=root,
+    )
+    return code, out.decode(), err.decode()

@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg2
 import pytest
+import pytest_twisted
 from twisted.python import usage
 
 from buildmaster.store.cluster import PostgresCluster, free_port
@@ -490,3 +491,85 @@ def test_the_demo_of_tox_fails_loudly_when_its_port_is_taken(
     assert "Address already in use" in _reason(output)
     # what had started is stopped again: the private cluster too
     assert not (state / "postgres" / "data" / "postmaster.pid").exists()
+
+
+# -- the librarian's files directory ----------------------------------------------------------
+
+
+def test_files_dir_option() -> None:
+    assert _settings().files_dir is None  # librarian/ in the state directory
+    assert _settings("--files-dir", "shared/files").files_dir == Path("shared/files").absolute()
+
+
+def test_files_dir_that_is_a_file(tmp_path: Path, dsn: str) -> None:
+    (tmp_path / "files").write_text("")
+    output = _failed_start(
+        ["--dsn", dsn, "--state-dir", str(tmp_path / "s"), "--files-dir", str(tmp_path / "files")],
+        tmp_path,
+    )
+    assert _reason(output) == (
+        f"the files directory {tmp_path / 'files'} is not a directory: fix --files-dir"
+    )
+
+
+def test_files_dir_that_cannot_be_made_or_written(tmp_path: Path, dsn: str) -> None:
+    (tmp_path / "file").write_text("")
+    (tmp_path / "ro").mkdir(mode=0o500)
+    prefix = (
+        ["setpriv", "--inh-caps=-dac_override", "--bounding-set=-dac_override"]
+        if os.geteuid() == 0
+        else []
+    )
+    for files, why in [
+        (tmp_path / "file" / "files", "Not a directory"),
+        (tmp_path / "ro", "Permission denied"),
+        (tmp_path / "ro" / "files", "Permission denied"),
+    ]:
+        output = _failed_start(
+            ["--dsn", dsn, "--state-dir", str(tmp_path / "s"), "--files-dir", str(files)],
+            tmp_path,
+            prefix,
+        )
+        assert _reason(output) == (
+            f"the files directory {files} is not usable ({why}): give --files-dir a directory"
+            " this user may write to"
+        )
+
+
+def test_files_dir_of_another_farm(tmp_path: Path, dsn: str) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "farm-id").write_text("0b3cb2a4-54a2-4d57-8d0e-36b7c8e1a0f2\n")
+    output = _failed_start(
+        ["--dsn", dsn, "--state-dir", str(tmp_path / "s"), "--files-dir", str(files)], tmp_path
+    )
+    reason = _reason(output)
+    assert reason.startswith(
+        f"the files directory {files} belongs to another farm (its farm-id names"
+        " 0b3cb2a4-54a2-4d57-8d0e-36b7c8e1a0f2; this database is farm "
+    ), reason
+    assert (files / "farm-id").read_text() == "0b3cb2a4-54a2-4d57-8d0e-36b7c8e1a0f2\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_files_dir_of_its_own_while_the_farm_shares_one(
+    tmp_path: Path, dsn: str, db: Any
+) -> None:
+    """The farm's masters use a shared directory (marked); a master given a fresh local one
+    does not start, and says where the farm's files are."""
+    from twisted.internet import defer
+
+    from buildmaster.librarian.farm import claim_files_dir, farm_identity
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    farm = await farm_identity(db)
+    await claim_files_dir(db, shared, farm.id, defer.maybeDeferred)
+    local = tmp_path / "local"
+    output = _failed_start(
+        ["--dsn", dsn, "--state-dir", str(tmp_path / "s"), "--files-dir", str(local)], tmp_path
+    )
+    reason = _reason(output)
+    assert reason.startswith(f"the files directory {local} has no farm-id file"), reason
+    assert "give --files-dir the directory the other masters of this database use" in reason
+    assert not (local / "farm-id").exists()

@@ -6,8 +6,10 @@ master hands a builder a download token as the basic-auth password of ``ensurepr
 operators use an upload token the same way. Nothing here does I/O except the secret file
 functions, which are meant for start-up (they block briefly).
 
-Run ``python -m buildmaster.librarian.tokens --state-dir DIR upload`` (or ``file ALIAS_ID``)
-to print a token made with the secret in ``DIR``.
+The secret is the farm's, in the database (see :mod:`buildmaster.librarian.farm`): every
+master of the farm makes and accepts the same tokens. Run ``python -m
+buildmaster.librarian.tokens --dsn DSN upload`` (or ``file ALIAS_ID``; ``--state-dir DIR``
+for a master with its embedded database) to print a token.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import hmac
 import os
 import secrets
 import stat
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from buildmaster.librarian.errors import LibrarianError
 
@@ -30,6 +34,7 @@ __all__ = [
     "make_token",
     "check_token",
     "load_or_create_secret",
+    "read_secret_file",
 ]
 
 #: The name of the secret file in the state directory.
@@ -82,7 +87,9 @@ def check_token(secret: bytes, token: str | bytes | None, subject: str, now: flo
 
 
 def load_or_create_secret(state_dir: Path) -> bytes:
-    """The librarian's HMAC secret, kept in ``state_dir/librarian.secret`` (mode 0600).
+    """A librarian HMAC secret kept in ``state_dir/librarian.secret`` (mode 0600): where a
+    master kept it before the farm's secret moved into the database, and still the secret of
+    a librarian used on its own (tests, benchmarks, embedders without a ``farm`` row).
 
     Created once (32 random bytes, hex) if missing; safe against two processes creating it at
     the same time (the file is written aside and linked into place). Blocking: call it at
@@ -107,7 +114,22 @@ def load_or_create_secret(state_dir: Path) -> bytes:
             pass  # another process won the race: use its secret
         finally:
             aside.unlink()
-    mode = path.stat().st_mode
+    secret = read_secret_file(state_dir)
+    assert secret is not None
+    return secret
+
+
+def read_secret_file(state_dir: Path) -> bytes | None:
+    """The secret in ``state_dir/librarian.secret``; ``None`` when there is no such file.
+    Blocking.
+
+    :raises LibrarianError: when the file is readable by others or does not hold a secret.
+    """
+    path = Path(state_dir) / SECRET_FILENAME
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise LibrarianError(f"{path} is accessible to other users: chmod 600 it")
     text = path.read_bytes().strip()
@@ -120,10 +142,17 @@ def load_or_create_secret(state_dir: Path) -> bytes:
     return secret
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m buildmaster.librarian.tokens --state-dir DIR (upload | file ID)``."""
+def main(argv: list[str] | None = None) -> int:
+    """``python -m buildmaster.librarian.tokens (--dsn DSN | --state-dir DIR) (upload | file
+    ID)``: a token made with the farm's secret (the database's; made now if the farm has
+    none yet, as a master would at start)."""
+    from buildmaster.tokens import locate_database
+
     parser = argparse.ArgumentParser(description="Print a librarian access token.")
-    parser.add_argument("--state-dir", required=True, type=Path, help="the master's state dir")
+    parser.add_argument("--dsn", help="libpq connection string (default: $BUILDMASTER_DSN)")
+    parser.add_argument(
+        "--state-dir", type=Path, help="the master's state dir (its embedded database)"
+    )
     parser.add_argument("--lifetime", type=float, default=3600.0, help="seconds (default 3600)")
     parser.add_argument("what", choices=["upload", "file"], help="an upload or a download token")
     parser.add_argument("alias_id", nargs="?", type=int, help="the file, for a download token")
@@ -131,9 +160,25 @@ def main(argv: list[str] | None = None) -> None:
     if options.what == "file" and options.alias_id is None:
         parser.error("a download token needs the file's alias id")
     subject = UPLOAD_SUBJECT if options.what == "upload" else file_subject(options.alias_id)
-    secret = load_or_create_secret(options.state_dir)
-    print(make_token(secret, subject, time.time() + options.lifetime))
+
+    async def run(reactor: Any, dsn: str) -> int:
+        from buildmaster.librarian.farm import farm_identity
+        from buildmaster.store.database import Database
+        from buildmaster.store.schema import migrate
+
+        db = Database(reactor, dsn, size=1)
+        await db.connect()
+        try:
+            await migrate(db)
+            offer = read_secret_file(options.state_dir) if options.state_dir else None
+            farm = await farm_identity(db, offer)
+        finally:
+            await db.close()
+        print(make_token(farm.secret, subject, time.time() + options.lifetime))
+        return 0
+
+    return locate_database("buildmaster.librarian.tokens", options.dsn, options.state_dir, run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
