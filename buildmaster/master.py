@@ -118,6 +118,7 @@ class BuilddMaster(service.Service):
             clock=self.clock,
             lease=self.config.session_lease,
             releasable=self._releasable,
+            on_room=self._room_to_take,
         )
         self._slices = max(1, min(MAX_SCAN_SLICES, int(self.config.scan_interval / SCAN_SLICE)))
         self._next_slice = 0
@@ -383,6 +384,12 @@ class BuilddMaster(service.Service):
         free = [w for w in self.workers.values() if not w.busy]
         free.sort(key=lambda w: not w.idle)
         return [w.builder.id for w in free]
+
+    def _room_to_take(self) -> None:
+        """A master left (its share grew): scan every builder now, taking what is free,
+        rather than a slice at a time over the next scan interval."""
+        if self.running and not self.stopping and self._scan_loop.running:
+            defer.Deferred.fromCoroutine(self._safe_scan(None))
 
     def _session_back(self) -> None:
         if not self.stopping:

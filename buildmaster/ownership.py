@@ -73,6 +73,8 @@ class Ownership:
     :param lease: seconds the builders are worked past the session's last confirmation.
     :param releasable: the builders that may be given to another master right now (no
         call in flight to them), the idle ones first.
+    :param on_room: called when this master's share grew (a master left): it may take
+        builders now, without waiting for their turn in the scan.
     """
 
     _log = Logger()
@@ -85,6 +87,7 @@ class Ownership:
         clock: Any = None,
         lease: float = DEFAULT_LEASE,
         releasable: Callable[[], Iterable[int]] | None = None,
+        on_room: Callable[[], object] | None = None,
     ) -> None:
         self._db = db
         self.exclusive = exclusive
@@ -92,6 +95,7 @@ class Ownership:
         self._clock = db.clock if clock is None else clock
         self.lease = lease
         self._releasable = releasable
+        self._on_room = on_room
         #: the builders whose lock this master's session holds
         self.owned: set[int] = set()
         #: bumped whenever the session is lost
@@ -105,6 +109,7 @@ class Ownership:
         self._expiry: Any = None
         self._renewing = False
         self._present_epoch = -1
+        self._acquiring = defer.DeferredLock()
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self._clock
         if exclusive:
@@ -203,7 +208,11 @@ class Ownership:
             if epoch != self.epoch:
                 return
             self._confirm(sent, epoch)
+            before = self.share
             self.masters, self.builders = int(rows[0][0]), int(rows[0][1])
+            share = self.share
+            if before is not None and share is not None and share > before and self._on_room:
+                self._on_room()
             await self._rebalance(epoch)
         except Exception as e:
             # an outage is logged by the pool, a dropped session by lost(): the lease decides
@@ -246,6 +255,11 @@ class Ownership:
         """
         if not self.exclusive:
             return set(builder_ids)
+        # one at a time: two taking at once would each fill the room left
+        ids = list(builder_ids)
+        return await self._acquiring.run(lambda: defer.Deferred.fromCoroutine(self._acquire(ids)))
+
+    async def _acquire(self, builder_ids: list[int]) -> set[int]:
         wanted = [b for b in builder_ids if b not in self.owned]
         share = self.share
         room = len(wanted) if share is None else min(len(wanted), share - len(self.owned))

@@ -42,6 +42,7 @@ def test_options_defaults_and_validation() -> None:
     assert settings.master.max_collections == 0  # no limit
     assert settings.master.stuck_timeout == 300.0
     assert (settings.master.fault_retry_initial, settings.master.fault_retry_max) == (15.0, 600.0)
+    assert settings.master.session_lease == 10.0
 
     options = Options()
     options.parseOptions(
@@ -62,6 +63,8 @@ def test_options_defaults_and_validation() -> None:
             "900",
             "--fault-retry",
             "2",
+            "--session-lease",
+            "4",
         ]
     )
     settings = options.settings()
@@ -75,6 +78,7 @@ def test_options_defaults_and_validation() -> None:
     assert settings.master.max_collections == 16
     assert settings.master.stuck_timeout == 900.0
     assert settings.master.fault_retry_initial == 2.0
+    assert settings.master.session_lease == 4.0
 
     for bad in (
         ["--scan-interval", "0"],
@@ -82,6 +86,7 @@ def test_options_defaults_and_validation() -> None:
         ["--building-poll-max", "-1"],
         ["--max-collections", "-1"],
         ["--max-collections", "many"],
+        ["--session-lease", "0"],
         ["--vm-resume-command", "reset %(nope)s"],
     ):
         with pytest.raises(usage.UsageError):

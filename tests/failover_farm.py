@@ -1,0 +1,125 @@
+"""A farm of simulated builders that records who called each of them, and when.
+
+Run as a script (a process of its own, as a real farm is)::
+
+    python tests/failover_farm.py --count 300 --build-time 5 --list farm.jsonl \\
+        --record calls.jsonl --cache-dir cache
+
+Every XML-RPC call a builder receives is written, as it arrives (before the builder acts
+on it), as one JSON line: ``{"b": builder, "m": method, "ua": the caller's User-Agent,
+"t": time.time(), "id": the build id of a build() call}``. Each master names itself in its
+User-Agent (host and pid), so the record tells which master worked which builder when.
+The calls take the general path (twisted.web), where the request's headers are at hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import xmlrpc.client
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class Call:
+    builder: str
+    method: str
+    master: str
+    t: float
+    build_id: str | None
+
+
+def read_calls(record: Path) -> list[Call]:
+    """The calls recorded so far, in the order they arrived (a torn last line is skipped)."""
+    calls = []
+    if record.exists():
+        for line in record.read_text().splitlines():
+            try:
+                c = json.loads(line)
+            except ValueError:
+                continue
+            calls.append(Call(c["b"], c["m"], c["ua"], c["t"], c.get("id")))
+    return calls
+
+
+def runs(calls: list[Call]) -> Iterator[tuple[str, str, float, float]]:
+    """Per builder, the stretches of consecutive calls from one master: (builder, master,
+    first call, last call)."""
+    by_builder: dict[str, list[Call]] = {}
+    for c in calls:
+        by_builder.setdefault(c.builder, []).append(c)
+    for builder, seq in by_builder.items():
+        seq.sort(key=lambda c: c.t)
+        start = 0
+        for i in range(1, len(seq) + 1):
+            if i == len(seq) or seq[i].master != seq[start].master:
+                yield builder, seq[start].master, seq[start].t, seq[i - 1].t
+                start = i
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--build-time", type=float, required=True)
+    parser.add_argument("--list", required=True)
+    parser.add_argument("--record", required=True)
+    parser.add_argument("--cache-dir", required=True)
+    args = parser.parse_args()
+
+    from twisted.internet import defer
+    from twisted.internet import reactor as the_reactor
+
+    from slavesim import Farm
+    from slavesim.web import BuilderRPC
+
+    reactor: Any = the_reactor
+    record = open(args.record, "a", buffering=1)
+    general = BuilderRPC.render_POST
+
+    def render_recorded(self: BuilderRPC, request: Any) -> Any:
+        assert request.content is not None
+        request.content.seek(0)
+        try:
+            params, method = xmlrpc.client.loads(request.content.read())
+        except Exception:
+            params, method = (), "?"
+        request.content.seek(0)
+        line = {
+            "b": self._builder.name,
+            "m": method,
+            "ua": (request.getHeader(b"user-agent") or b"").decode("ascii", "replace"),
+            "t": time.time(),
+        }
+        if method == "build" and params:
+            line["id"] = str(params[0])
+        record.write(json.dumps(line) + "\n")
+        return general(self, request)
+
+    BuilderRPC.render_POST = render_recorded  # type: ignore[method-assign]
+    farm = Farm(reactor, Path(args.cache_dir), build_time=args.build_time, history_size=10)
+
+    async def start() -> None:
+        sims = await farm.start_builders(args.count, ("i386",))
+        for sim in sims:
+            sim.fast_path = False  # the general path, where the headers are
+        lines = "".join(json.dumps(listing.to_json()) + "\n" for listing in farm.listings())
+        Path(f"{args.list}.tmp").write_text(lines)
+        os.replace(f"{args.list}.tmp", args.list)
+
+    def failed(failure: Any) -> None:
+        failure.printTraceback()
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(start()).addErrback(failed))
+    reactor.addSystemEventTrigger("before", "shutdown", farm.stop)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""Fail-over with real processes: three ``twistd buildmaster`` masters (state directories of
+their own, one database, one files directory) working 300 simulated builders (one farm
+process) with builds flowing.
+
+* One master is killed (SIGKILL): the others work its builders within two scan intervals.
+* It comes back: the builders spread over the three again.
+* The database connection of another (not the process) is cut silently: a relay between it
+  and PostgreSQL forwards nothing more and keeps its sockets open; the relay closes the
+  server's side only after twice the lease, as the server's keepalives do (the session's
+  settings are checked in test_fencing.py). That master stops working its builders before
+  the others take them.
+
+Throughout: no builder is worked by two masters at once (the builders record the User-Agent,
+which names the master's process, and the time of every call), no build is lost or given to
+two builders, no file is stored twice.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from failover_farm import Call, read_calls, runs
+from tcp_relay import Relay, relayed_dsn
+from twisted.internet import defer, task
+
+from buildmaster.enums import BuildStatus, PackagePublishingPocket, SourcePackageFileType
+from buildmaster.ownership import OWNERSHIP_LOCK
+from buildmaster.store import Store
+from buildmaster.testing import master_process, wait_for
+
+HERE = Path(__file__).resolve().parent
+BUILDERS = 300
+SCAN = 2.0  # scan interval, s
+LEASE = 3.0  # the masters' session lease, s: the server keeps a silent session 2 x LEASE
+BUILD_TIME = 8.0
+BUILDS = 1500
+#: deadlines that only end a test that hangs (verdicts come from recorded times)
+PATIENCE = 90.0
+#: states a build must never end in here (every builder builds everything)
+BAD = {BuildStatus.FAILEDTOBUILD, BuildStatus.CHROOTWAIT, BuildStatus.FAILEDTOUPLOAD}
+
+
+class Masters:
+    """The master processes, by name; each names itself "... pid N)" to the builders."""
+
+    def __init__(self, dsn: str, files: Path, tmp_path: Path) -> None:
+        self.dsn = dsn
+        self.files = files
+        self.tmp_path = tmp_path
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.by_pid: dict[int, str] = {}
+        self.logs: dict[str, Path] = {}
+
+    def start(self, name: str, dsn: str | None = None) -> None:
+        state = self.tmp_path / name.split("-")[0]
+        state.mkdir(exist_ok=True)
+        log = self.tmp_path / f"{name}.log"
+        proc = master_process(
+            dsn or self.dsn,
+            state,
+            log,
+            "--files-dir",
+            str(self.files),
+            "--scan-interval",
+            str(SCAN),
+            "--session-lease",
+            str(LEASE),
+            "--socket-timeout",
+            "20",
+        )
+        self.procs[name], self.by_pid[proc.pid], self.logs[name] = proc, name, log
+
+    def name_of(self, call: Call) -> str:
+        pid = int(call.master.rsplit("pid ", 1)[1].rstrip(")"))
+        return self.by_pid[pid]
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def _holders(store: Store) -> list[int]:
+    """How many builders each database session holds (the truth of who works what)."""
+    rows = await store.db.query(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND classid = %s::oid AND objsubid = 2"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " GROUP BY pid ORDER BY 1",
+        (OWNERSHIP_LOCK,),
+    )
+    return [int(r[0]) for r in rows]
+
+
+async def _queue_builds(store: Store, world: Any, count: int) -> list[int]:
+    dsc = await world.add("pkg_1.0.dsc", b"Source: pkg\n")
+    ids: list[int] = []
+
+    async def one(i: int) -> int:
+        spr = await store.sources.new(
+            f"p{i}", "1.0", world.data.hoary, files=[(dsc, SourcePackageFileType.DSC)]
+        )
+        build = await store.builds.createBuild(
+            spr, world.data.hoary_i386, PackagePublishingPocket.RELEASE, world.data.primary
+        )
+        await store.queue.createBuildQueueEntry(build)
+        return int(build.id)
+
+    for start in range(0, count, 50):
+        ids.extend(
+            await defer.gatherResults(
+                [defer.Deferred.fromCoroutine(one(i)) for i in range(start, start + 50)]
+            )
+        )
+    return ids
+
+
+def _last_worker(calls: list[Call], masters: Masters, before: float) -> dict[str, str]:
+    """Which master made the last call to each builder before ``before``."""
+    last: dict[str, tuple[float, str]] = {}
+    for c in calls:
+        if c.t < before and (c.builder not in last or c.t >= last[c.builder][0]):
+            last[c.builder] = (c.t, masters.name_of(c))
+    return {b: m for b, (_, m) in last.items()}
+
+
+def _firsts_after(
+    calls: list[Call], masters: Masters, after: float, excluded: str
+) -> dict[str, float]:
+    """Each builder's first call after ``after`` from a master other than ``excluded``."""
+    first: dict[str, float] = {}
+    for c in calls:
+        if c.t > after and masters.name_of(c) != excluded:
+            first[c.builder] = min(first.get(c.builder, c.t), c.t)
+    return first
+
+
+@pytest_twisted.ensureDeferred
+async def test_three_masters_fail_over_and_fence(
+    reactor: Any, store: Store, dsn: str, process_world: Any, tmp_path: Path
+) -> None:
+    world = process_world
+    files = world.state / "librarian"  # where the world's librarian put the chroot
+    listing, record = tmp_path / "farm.jsonl", tmp_path / "calls.jsonl"
+    with open(tmp_path / "farm.stderr", "wb") as stderr:
+        farm = subprocess.Popen(
+            [sys.executable, str(HERE / "failover_farm.py"), "--count", str(BUILDERS)]
+            + ["--build-time", str(BUILD_TIME), "--list", str(listing)]
+            + ["--record", str(record), "--cache-dir", str(tmp_path / "cache")],
+            env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    path, through = relayed_dsn(dsn)
+    relay = Relay(path)
+    masters = Masters(dsn, files, tmp_path)
+    try:
+        await wait_for(reactor, listing.exists, PATIENCE, "the farm to listen")
+        sims = [json.loads(line) for line in listing.read_text().splitlines()]
+        for start in range(0, len(sims), 50):
+            await defer.gatherResults(
+                [
+                    defer.Deferred.fromCoroutine(
+                        store.builders.new(s["name"], s["url"], [world.data.processor_386])
+                    )
+                    for s in sims[start : start + 50]
+                ]
+            )
+        builds = await _queue_builds(store, world, BUILDS)
+
+        async def holders_are(check: Any) -> bool:
+            return bool(check(await _holders(store)))
+
+        def spread(held: list[int]) -> bool:
+            return held == [BUILDERS // 3] * 3  # each its share
+
+        async def built() -> int:
+            rows = await store.db.query(
+                "SELECT count(*) FROM build WHERE id = ANY(%s) AND buildstate = %s",
+                (builds, int(BuildStatus.FULLYBUILT)),
+            )
+            return int(rows[0][0])
+
+        async def built_at_least(n: int) -> bool:
+            return await built() >= n
+
+        # -- three masters share the farm ------------------------------------------------
+        masters.start("a")
+        masters.start("b")
+        masters.start("c", through.format(port=relay.port))  # the one to be cut off
+        await wait_for(reactor, lambda: holders_are(spread), PATIENCE, "the masters to spread")
+        spread_at = time.time()
+        await wait_for(reactor, lambda: built_at_least(20), PATIENCE, "builds to flow")
+
+        # -- SIGKILL one ---------------------------------------------------------------
+        killed_at = time.time()
+        masters.procs["a"].kill()
+        masters.procs["a"].wait()
+        held_by_a = {
+            b for b, m in _last_worker(read_calls(record), masters, killed_at).items() if m == "a"
+        }
+        assert held_by_a
+        await wait_for(
+            reactor,
+            lambda: holders_are(lambda h: len(h) == 2 and sum(h) == BUILDERS),
+            PATIENCE,
+            "the others to take a's builders",
+        )
+
+        def taken_over(held: set[str], since: float, gone: str) -> bool:
+            return held <= set(_firsts_after(read_calls(record), masters, since, gone))
+
+        await wait_for(
+            reactor, lambda: taken_over(held_by_a, killed_at, "a"), PATIENCE, "calls to them"
+        )
+        firsts = _firsts_after(read_calls(record), masters, killed_at, "a")
+        takeover = max(firsts[b] - killed_at for b in held_by_a)
+        assert takeover <= 2 * SCAN, f"a's builders worked again after {takeover:.2f} s"
+        before_revival = await built()
+
+        # -- it comes back ------------------------------------------------------------
+        masters.start("a-again")
+        await wait_for(reactor, lambda: holders_are(spread), PATIENCE, "the masters to spread")
+        await wait_for(
+            reactor, lambda: built_at_least(before_revival + 20), PATIENCE, "builds to go on"
+        )
+
+        await task.deferLater(reactor, SCAN, lambda: None)  # the last give-backs worked on
+
+        # -- c's database connection is cut, silently ---------------------------------
+        relay.blackhole()
+        assert relay.blackholed_at is not None
+        cut_at = relay.blackholed_at
+        # the server gives up on the silent client after 2 x LEASE (its keepalives)
+        drop = reactor.callLater(2 * LEASE, relay.drop_servers)
+        held_by_c = {
+            b for b, m in _last_worker(read_calls(record), masters, cut_at).items() if m == "c"
+        }
+        assert held_by_c
+        await wait_for(
+            reactor,
+            lambda: holders_are(lambda h: len(h) == 2 and sum(h) == BUILDERS),
+            PATIENCE,
+            "the others to take c's builders",
+        )
+        await wait_for(
+            reactor, lambda: taken_over(held_by_c, cut_at, "c"), PATIENCE, "calls to them"
+        )
+        assert not drop.active()
+        await task.deferLater(reactor, SCAN, lambda: None)  # anything c might still send
+    finally:
+        stopping_at = time.time()
+        relay.close()
+        masters.stop_all()
+        farm.send_signal(signal.SIGTERM)
+        try:
+            farm.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            farm.kill()
+            farm.wait()
+
+    calls = read_calls(record)
+    # c stopped working its builders within its lease: before the server could free them
+    last_from_c = max(c.t for c in calls if masters.name_of(c) == "c")
+    assert last_from_c < cut_at + 2 * LEASE, f"c called a builder {last_from_c - cut_at:.2f} s in"
+    firsts = _firsts_after(calls, masters, cut_at, "c")
+    for builder in held_by_c:
+        last_c = max(c.t for c in calls if c.builder == builder and masters.name_of(c) == "c")
+        assert last_c < firsts[builder], builder
+    assert "did not answer within its lease" in masters.logs["c"].read_text(errors="replace")
+
+    # no builder worked by two masters at once: once spread, each master works a builder in
+    # one stretch (a master never gets back a builder it gave up, and a killed or cut-off
+    # master never comes back under the same process)
+    stretches = collections.Counter(
+        (builder, master) for builder, master, _, end in runs(calls) if end >= spread_at
+    )
+    twice = {k: n for k, n in stretches.items() if n > 1}
+    assert not twice, f"builders worked by two masters in turn: {sorted(twice)[:5]}"
+
+    # no build lost, none given to two builders, no file stored twice
+    rows = await store.db.query(
+        "SELECT buildstate, count(*) FROM build WHERE id = ANY(%s) GROUP BY 1", (builds,)
+    )
+    states = {BuildStatus(s): int(n) for s, n in rows}
+    assert not BAD & set(states), states
+    assert sum(states.values()) == BUILDS and states[BuildStatus.FULLYBUILT] >= 60, states
+    sent = collections.defaultdict(set)
+    for c in calls:
+        if c.method == "build":
+            sent[c.build_id].add(c.builder)
+    assert sent and all(len(b) == 1 for b in sent.values())
+    # Files stored for a build but linked to none: a collection that never finished. The
+    # only ones allowed are those of the collections the SIGKILL (or the final stop) broke
+    # off: still expiring (the collector reclaims them), and made before the kill (or after
+    # the stop began). Any other would be a second collection of a build.
+    strays = await store.db.query(
+        "SELECT extract(epoch FROM a.datecreated), a.expires IS NOT NULL"
+        " FROM libraryfilealias a WHERE NOT EXISTS"
+        " (SELECT 1 FROM buildfile f WHERE f.libraryfile = a.id)"
+        " AND NOT EXISTS (SELECT 1 FROM build b WHERE b.log = a.id)"
+        " AND NOT EXISTS (SELECT 1 FROM sourcepackagereleasefile s WHERE s.libraryfile = a.id)"
+        " AND NOT EXISTS (SELECT 1 FROM distroarchseries d WHERE d.chroot = a.id)"
+    )
+    broken_off = [(float(t), e) for t, e in strays]
+    assert all(e and (t <= killed_at or t >= stopping_at) for t, e in broken_off), broken_off
+    [(results,)] = await store.db.query("SELECT count(*) FROM buildfile")
+    assert results >= 2 * states[BuildStatus.FULLYBUILT]  # a .deb and a .changes each
+    print(
+        f"\nkill: a's {len(held_by_a)} builders worked again after {takeover:.2f} s at most;"
+        f" cut: c's last call {last_from_c - cut_at:.2f} s after the cut (lease {LEASE:g} s,"
+        f" server gives up at {2 * LEASE:g} s), its {len(held_by_c)} builders worked again"
+        f" after {min(firsts[b] for b in held_by_c) - cut_at:.2f} s at the earliest;"
+        f" builds {dict((s.name, n) for s, n in states.items())};"
+        f" {len(broken_off)} files of collections broken off, expiring"
+    )
