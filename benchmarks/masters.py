@@ -15,8 +15,8 @@ share of the builders' locks) and ``--warmup`` seconds, and measured for ``--win
 seconds; then they are stopped (what they had in flight is collected by the next ones):
 
 * completed builds per second (``date_finished`` in the window);
-* CPU per completed build of each master process, and of PostgreSQL (every process of the
-  cluster);
+* CPU per completed build of each master process, of PostgreSQL (every process of the
+  cluster) and of the farm;
 * statements per build (``pg_stat_statements``, every statement of the masters, their
   session's included) and transactions per build (``pg_stat_database.xact_commit``);
 * lock waits: backends waiting for a lock (``pg_stat_activity.wait_event_type = 'Lock'``,
@@ -139,6 +139,7 @@ async def measure(
         sampler = LoopingCall(sample)
         cpu0 = [common.cpu_seconds(m.pid) for m in masters]
         pg0 = common.postgres_cpu(cluster)
+        farm0 = common.cpu_seconds(ctx["farm_pid"])
         statements0, commits0, deadlocks0 = await _counters(db)
         t0 = time.time()
         done = sampler.start(0.25)
@@ -148,6 +149,7 @@ async def measure(
         t1 = time.time()
         cpu1 = [common.cpu_seconds(m.pid) for m in masters]
         pg1 = common.postgres_cpu(cluster)
+        farm1 = common.cpu_seconds(ctx["farm_pid"])
         statements1, commits1, deadlocks1 = await _counters(db)
         built = await _finished_between(db, t0, t1)
         (waiting,) = await _one(db, "SELECT count(*) FROM buildqueue WHERE status = 0")
@@ -163,6 +165,8 @@ async def measure(
         "master CPU share": [(b - a) / (t1 - t0) for a, b in zip(cpu0, cpu1, strict=True)],
         "postgres CPU ms/build": (pg1 - pg0) * 1000 / per,
         "postgres CPU share": (pg1 - pg0) / (t1 - t0),
+        "farm CPU ms/build": (farm1 - farm0) * 1000 / per,
+        "farm CPU share": (farm1 - farm0) / (t1 - t0),
         "statements/build": (statements1 - statements0) / per,
         "commits/build": (commits1 - commits0) / per,
         "lock waits mean": statistics.fmean(waiting_samples) if waiting_samples else 0.0,
@@ -220,6 +224,7 @@ def _line(r: dict[str, Any]) -> str:
         f"{r['masters']} master(s): {r['builds/s']:.1f} builds/s ({r['built']} in the window);"
         f" master CPU/build {cpu} ms (each busy {share}); PostgreSQL"
         f" {r['postgres CPU ms/build']:.1f} ms/build (busy {r['postgres CPU share']:.0%});"
+        f" farm {r['farm CPU ms/build']:.1f} ms/build (busy {r['farm CPU share']:.0%});"
         f" {r['statements/build']:.1f} statements, {r['commits/build']:.1f} commits per build;"
         f" backends waiting for a lock: mean {r['lock waits mean']:.2f}, peak"
         f" {r['lock waits peak']}; deadlocks {r['deadlocks']}; load {r['load']}"
@@ -239,7 +244,8 @@ def _summary(results: list[dict[str, Any]]) -> None:
         total_cpu = statistics.median(sum(r["master CPU ms/build"]) for r in rs)
         print(
             f"  {count}: {med('builds/s'):.1f} builds/s; masters' CPU {total_cpu:.1f} ms/build"
-            f" together; PostgreSQL {med('postgres CPU ms/build'):.1f} ms/build;"
+            f" together; PostgreSQL {med('postgres CPU ms/build'):.1f} ms/build; farm"
+            f" {med('farm CPU ms/build'):.1f} ms/build;"
             f" {med('statements/build'):.1f} statements/build; lock waits mean"
             f" {med('lock waits mean'):.2f} (n={len(rs)})"
         )
@@ -280,7 +286,7 @@ def main() -> None:
         try:
             dsn = common.create_database(cluster)
             common.run_autocommit(dsn, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-            _farm, listing = common.start_slavesim(
+            farm, listing = common.start_slavesim(
                 children, workdir, args.builders, None, build_time=args.build_time
             )
             ctx = {
@@ -289,6 +295,7 @@ def main() -> None:
                 "listing": listing,
                 "cluster": cluster,
                 "children": children,
+                "farm_pid": farm.pid,
             }
             results = common.run_async(lambda reactor: run(reactor, args, ctx))
         finally:
