@@ -493,7 +493,7 @@ class Database:
         # the plan never depends on the arguments and planning once per connection is enough.
         # jit is off: our statements are short lookups, and a generic plan's estimates over
         # big tables (a million builds) pass jit_above_cost, so PostgreSQL compiled the
-        # builders' view at every execution (850 ms of JIT for a 40 ms statement)
+        # builders' view at every execution (850 ms of JIT for a 40 ms statement).
         # The client's keepalives: a statement on a connection whose packets are dropped
         # fails after CLIENT_DEAD_AFTER seconds (and the connection reconnects) rather than
         # after the kernel's quarter of an hour of retransmissions.
