@@ -13,18 +13,20 @@ import datetime
 import hashlib
 import io
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.web.client import HTTPConnectionPool
 
 from buildmaster.config import MasterConfig
 from buildmaster.librarian import Librarian
 from buildmaster.librarian.catalog import LOCK_NAMESPACE, lock_key
+from buildmaster.librarian.collector import GarbageCollector
 from buildmaster.librarian.farm import MARKER, claim_files_dir, farm_identity
 from buildmaster.librarian.storage import ContentStore
 from buildmaster.librarian.tokens import load_or_create_secret
@@ -312,3 +314,32 @@ async def test_two_unmarked_directories_claimed_at_once_only_one_is_the_farms(
     marked = [d for d in ("one", "two") if (tmp_path / d / MARKER).exists()]
     assert len(marked) == 1
     assert os.listdir(tmp_path / ("two" if marked == ["one"] else "one")) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_collector_whose_clock_runs_ahead_of_the_file_servers_keeps_fresh_files(
+    reactor: Any, db: Database, tmp_path: Path
+) -> None:
+    """A master's clock is an hour ahead of the clock that stamps the shared files (a file
+    server's): a file another master has just put in place, not yet recorded, still counts
+    as fresh; one written long ago by the files' clock is collected."""
+    ahead = ContentStore(tmp_path / "shared", clock=lambda: time.time() + 3600)
+
+    def run(f: Any, *args: Any) -> defer.Deferred[Any]:
+        return threads.deferToThread(f, *args)
+
+    collector = GarbageCollector(reactor, db, ahead, run)
+    paths = []
+    for data in (b"just put in place", b"left by a crash long ago"):
+        sha256 = hashlib.sha256(data).hexdigest()
+        temp = ahead.temp_path()
+        writer = ahead.create_temp(temp, direct=False)
+        writer.write([data])
+        writer.seal()
+        paths.append(ahead.publish(temp, sha256))
+    fresh, old = paths
+    long_ago = time.time() - 7200
+    os.utime(old, (long_ago, long_ago))
+    stats = await collector.collect()
+    assert stats.orphan_files == 1
+    assert fresh.exists() and not old.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -188,7 +189,7 @@ async def _two_masters(
         root = resource.Resource()
         mount_librarian(root, librarian)
         port = reactor.listenTCP(
-            0, GuardedSite(root, lambda lib=librarian: lib), interface="127.0.0.1"
+            0, GuardedSite(root, functools.partial(_same, librarian)), interface="127.0.0.1"
         )
         ports.append(port)
         librarian.public_url = f"http://127.0.0.1:{port.getHost().port}/librarian/"
@@ -207,6 +208,10 @@ async def _two_masters(
             await port.stopListening()
         for pool in pools:
             await pool.close()
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 async def _at_least(count: Any, n: int) -> bool:
