@@ -34,7 +34,7 @@ import attrs
 from twisted.internet import defer
 
 from buildmaster.librarian.errors import LibrarianError
-from buildmaster.librarian.storage import INCOMING
+from buildmaster.librarian.storage import INCOMING, TEMP_SUFFIX
 from buildmaster.store.database import Database, Transaction
 
 __all__ = [
@@ -93,7 +93,8 @@ def check_files_dir(root: Path) -> str | None:
     """
     if root.exists() and not root.is_dir():
         raise FilesDirError(f"the files directory {root} is not a directory: fix --files-dir")
-    probe = root / INCOMING / f".probe-{secrets.token_hex(8)}"
+    # named as an upload's temporary file: one left by a crash is swept as abandoned
+    probe = root / INCOMING / f".probe-{secrets.token_hex(8)}{TEMP_SUFFIX}"
     placed = root / f".probe-{secrets.token_hex(8)}"
     try:
         (root / INCOMING).mkdir(parents=True, exist_ok=True)

@@ -93,7 +93,8 @@ class ContentStore:
         if not self.root.exists():
             return self._clock()
         self.incoming.mkdir(exist_ok=True)
-        path = self.incoming / f".clock-{secrets.token_hex(8)}"
+        # named as an upload's temporary file: one left by a crash is swept as abandoned
+        path = self.incoming / f".clock-{secrets.token_hex(8)}{TEMP_SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             return os.fstat(fd).st_mtime
