@@ -18,7 +18,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import psycopg2
+import pytest
 import pytest_twisted
 from twisted.internet import defer, threads
 from twisted.web.client import HTTPConnectionPool
@@ -344,3 +346,32 @@ async def test_a_collector_whose_clock_runs_ahead_of_the_file_servers_keeps_fres
     stats = await collector.collect()
     assert stats.orphan_files == 1
     assert fresh.exists() and not old.exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_files_directory_that_does_not_answer_fails_the_start_on_time(
+    reactor: Any, dsn: str, tmp_path: Path, captured_log: Any
+) -> None:
+    """A hung network mount blocks whoever touches it: the start fails on the deadline,
+    saying so, instead of hanging (here the marker is a FIFO nobody writes to, which blocks
+    its reader the same way)."""
+    captured_log.allow_errors(StartupError)
+    files = tmp_path / "files"
+    files.mkdir()
+    os.mkfifo(files / MARKER)
+    settings = attrs.evolve(_settings(tmp_path / "s", dsn, files), files_dir_timeout=0.5)
+    service = BuildmasterService(reactor, settings)
+    started = time.monotonic()
+    service.startService()
+    try:
+        with pytest.raises(StartupError) as info:
+            await service.when_ready()
+        assert time.monotonic() - started < 30
+        assert str(info.value) == (
+            f"the files directory {files} did not answer within 0.5 s: check --files-dir and"
+            " its mount"
+        )
+    finally:
+        await service.stopService()
+        # let the blocked reader go (it finds the marker empty; nobody waits for it now)
+        os.close(os.open(files / MARKER, os.O_WRONLY | os.O_NONBLOCK))
