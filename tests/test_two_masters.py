@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,11 +12,16 @@ import psycopg2
 import pytest
 import pytest_twisted
 from twisted.internet import defer, task
+from twisted.web import resource
 
 from buildmaster.config import MasterConfig
 from buildmaster.enums import BuildStatus, PackagePublishingPocket
+from buildmaster.librarian import Librarian
+from buildmaster.librarian.farm import farm_identity
+from buildmaster.librarian.guard import GuardedSite
 from buildmaster.master import OWNERSHIP_LOCK, BuilddMaster
 from buildmaster.masterfaults import MasterFault
+from buildmaster.service import mount_librarian
 from buildmaster.store import Database, Store
 from buildmaster.testing import wait_for
 from slavesim import Outcome, OutcomeRule
@@ -164,12 +170,34 @@ async def test_a_second_master_takes_over_without_building_anything_twice(
 async def _two_masters(
     reactor: Any, dsn: str, world: Any, config: MasterConfig
 ) -> AsyncIterator[tuple[list[Database], BuilddMaster, BuilddMaster]]:
-    """Two masters, not started, each on its own connection pool to the one database."""
+    """Two masters, not started, each on its own connection pool to the one database and
+    with a librarian of its own, served by its own web server, over the one files
+    directory the farm shares (the world's), with the farm's token secret: what each
+    hands a builder, the builder fetches from that master."""
     pools = [Database(reactor, dsn, size=4) for _ in range(2)]
     for pool in pools:
         await pool.connect()
+    ports = []
+    librarians = []
+    for pool in pools:
+        librarian = Librarian(
+            reactor,
+            pool,
+            world.harness.librarian.root,  # the shared files directory
+            "http://127.0.0.1:1/librarian/",  # until it listens
+            (await farm_identity(pool)).secret,
+        )
+        root = resource.Resource()
+        mount_librarian(root, librarian)
+        port = reactor.listenTCP(
+            0, GuardedSite(root, functools.partial(_same, librarian)), interface="127.0.0.1"
+        )
+        ports.append(port)
+        librarian.public_url = f"http://127.0.0.1:{port.getHost().port}/librarian/"
+        librarians.append(librarian)
     first, second = (
-        BuilddMaster(reactor, Store(p), world.harness.librarian, config) for p in pools
+        BuilddMaster(reactor, Store(p), lib, config)
+        for p, lib in zip(pools, librarians, strict=True)
     )
     try:
         yield pools, first, second
@@ -177,8 +205,14 @@ async def _two_masters(
         for master in (first, second):
             if master.running:
                 await master.stopService()
+        for port in ports:
+            await port.stopListening()
         for pool in pools:
             await pool.close()
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 async def _at_least(count: Any, n: int) -> bool:

@@ -13,14 +13,17 @@ before it sends its body.
 
 ::
 
-    lib = Librarian(reactor, db, root=state_dir / "librarian",
+    farm = await farm_identity(db)   # buildmaster.librarian.farm: the farm's secret
+    lib = Librarian(reactor, db, root=files_dir,
                     public_url="http://master:8000/librarian/",
-                    secret=Librarian.load_or_create_secret(state_dir))
+                    secret=farm.secret)
     alias_id = await lib.addFile("hello_1.0.dsc", size, fileobj, "text/plain")
     url = await lib.getURL(alias_id)
     data = await lib.read_bytes(alias_id)
 
-Blocking disk I/O runs in a thread pool (the reactor's unless one is given), never on the
+Every master of a farm uses the same ``files_dir`` and the same secret (the database's):
+any of them serves any file (:mod:`buildmaster.librarian.farm`). Blocking disk I/O runs in a
+thread pool (the reactor's unless one is given), never on the
 reactor thread. Garbage collection: :meth:`Librarian.collect_garbage`, the service
 :meth:`Librarian.garbage_collector`, or ``python -m buildmaster.librarian.gc``.
 """

@@ -20,7 +20,10 @@ One pass (:meth:`GarbageCollector.collect`):
    except those of uploads in flight in this process.
 
 It is safe to run while uploads are in flight, in this process or another (the ``gc``
-command), and several collectors may run at once.
+command, another master sharing the files directory), and several collectors may run at once:
+the locks are the database's, and the ages of files are judged by the earlier of this host's
+clock and the filesystem's (a file server's clock that runs behind this host's does not make
+a file just written look old).
 """
 
 from __future__ import annotations
@@ -99,6 +102,8 @@ class GarbageCollector:
         #: seconds during which a content file just put in place is never deleted (its
         #: upload records it right after; see ContentStore.remove_unless_fresh)
         self.fresh_grace = DEFAULT_FRESH_GRACE
+        #: the files' clock when the latest pass began (None: before the first)
+        self._filesystem_now: float | None = None
 
     def collect(self, temp_grace: float = 86400.0) -> defer.Deferred[GarbageStats]:
         """One pass (see the module docstring).
@@ -113,6 +118,8 @@ class GarbageCollector:
 
     async def _collect(self, temp_grace: float) -> GarbageStats:
         now = datetime.datetime.fromtimestamp(self._clock.seconds(), datetime.UTC)
+        # the ages of files are judged by the clock that stamped them too (a file server's)
+        self._filesystem_now = await self._run(self._store.filesystem_now)
         aliases = await self._expired_aliases(now)
         contents, content_bytes = await self._unreferenced_contents()
         orphans = await self._orphan_files()
@@ -213,7 +220,9 @@ class GarbageCollector:
         for content_id, sha256, size in candidates:
             # an upload may have just put these bytes in place, to be recorded once it has
             # the lock: a fresh file is left alone, and so is its row
-            removed = await self._run(self._store.remove_unless_fresh, sha256, self.fresh_grace)
+            removed = await self._run(
+                self._store.remove_unless_fresh, sha256, self.fresh_grace, self._filesystem_now
+            )
             if removed is not False:
                 doomed.append(content_id)
                 gone.append((str(sha256), int(size)))
@@ -245,13 +254,17 @@ class GarbageCollector:
         removed = 0
         for sha256 in sorted(still):
             # a fresh file belongs to an upload that is about to record it
-            if await self._run(self._store.remove_unless_fresh, sha256, self.fresh_grace):
+            if await self._run(
+                self._store.remove_unless_fresh, sha256, self.fresh_grace, self._filesystem_now
+            ):
                 self._log.info("Removed orphan librarian file {sha256}", sha256=sha256)
                 removed += 1
         return removed
 
     async def _stale_temps(self, temp_grace: float) -> int:
-        stale = await self._run(self._store.stale_temps, temp_grace, frozenset(self._active()))
+        stale = await self._run(
+            self._store.stale_temps, temp_grace, frozenset(self._active()), self._filesystem_now
+        )
         for path in stale:
             await self._run(self._store.discard, path)
             self._log.info("Removed abandoned upload {path}", path=str(path))

@@ -34,7 +34,7 @@ import attrs
 from twisted.internet import defer
 
 from buildmaster.librarian.errors import LibrarianError
-from buildmaster.librarian.storage import INCOMING
+from buildmaster.librarian.storage import INCOMING, TEMP_SUFFIX
 from buildmaster.store.database import Database, Transaction
 
 __all__ = [
@@ -86,15 +86,17 @@ async def farm_identity(db: Database, offer: bytes | None = None) -> FarmIdentit
 def check_files_dir(root: Path) -> str | None:
     """Make sure ``root`` can hold the librarian's files: a directory (created if missing)
     this process may write to, where a file written in ``incoming/`` can be renamed into
-    place. Blocking.
+    place and linked. Blocking.
 
     :returns: the farm id its :data:`MARKER` names, ``None`` when it has none.
     :raises FilesDirError: saying what is wrong.
     """
     if root.exists() and not root.is_dir():
         raise FilesDirError(f"the files directory {root} is not a directory: fix --files-dir")
-    probe = root / INCOMING / f".probe-{secrets.token_hex(8)}"
+    # named as an upload's temporary file: one left by a crash is swept as abandoned
+    probe = root / INCOMING / f".probe-{secrets.token_hex(8)}{TEMP_SUFFIX}"
     placed = root / f".probe-{secrets.token_hex(8)}"
+    step = "write"
     try:
         (root / INCOMING).mkdir(parents=True, exist_ok=True)
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -103,7 +105,11 @@ def check_files_dir(root: Path) -> str | None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        step = "rename"
         os.rename(probe, placed)
+        step = "link"  # the collector and the marker link files into place
+        os.link(placed, probe)
+        os.unlink(probe)
         os.unlink(placed)
     except OSError as e:
         for leftover in (probe, placed):
@@ -111,11 +117,16 @@ def check_files_dir(root: Path) -> str | None:
                 leftover.unlink()
             except OSError:
                 pass
-        if e.errno == errno.EXDEV:
+        if step == "rename" and e.errno == errno.EXDEV:
             raise FilesDirError(
                 f"the files directory {root}: a file in {root / INCOMING} cannot be renamed"
                 " into it (another filesystem is mounted there): incoming/ must be on the"
                 " files directory's own filesystem"
+            ) from None
+        if step == "link":
+            raise FilesDirError(
+                f"the files directory {root} does not take hard links ({e.strerror}): give"
+                " --files-dir a directory on a POSIX filesystem (NFS, CephFS, a local one)"
             ) from None
         raise FilesDirError(
             f"the files directory {root} is not usable ({e.strerror}): give --files-dir a"

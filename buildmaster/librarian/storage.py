@@ -19,7 +19,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
@@ -74,11 +74,39 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
 
 
 class ContentStore:
-    """Content files under ``root``, named by their SHA-256."""
+    """Content files under ``root``, named by their SHA-256.
 
-    def __init__(self, root: Path) -> None:
+    :param clock: this host's time (``time.time``); the age of a file is judged by the
+        earlier of it and :meth:`filesystem_now`, so that a host whose clock runs ahead of a
+        file server's never takes a file just written for an old one.
+    """
+
+    def __init__(self, root: Path, clock: Callable[[], float] = time.time) -> None:
         self.root = Path(root)
         self.incoming = self.root / INCOMING
+        self._clock = clock
+
+    def filesystem_now(self) -> float:
+        """The time by the clock that stamps this store's files (a file server's, on a
+        network filesystem shared by several masters): the modification time of a file
+        made now in ``incoming/``. This host's time while the store does not exist yet."""
+        if not self.root.exists():
+            return self._clock()
+        self.incoming.mkdir(exist_ok=True)
+        # named as an upload's temporary file: one left by a crash is swept as abandoned
+        path = self.incoming / f".clock-{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            return os.fstat(fd).st_mtime
+        finally:
+            os.close(fd)
+            path.unlink()
+
+    def _now(self, filesystem_now: float | None) -> float:
+        """Now, for judging ages: the earlier of this host's clock and ``filesystem_now``
+        (files look younger, never older, than they are by either clock)."""
+        now = self._clock()
+        return now if filesystem_now is None else min(now, filesystem_now)
 
     def path_for(self, sha256: str) -> Path:
         """Where the content with this SHA-256 lives.
@@ -128,9 +156,12 @@ class ContentStore:
         except FileNotFoundError:
             pass
 
-    def remove_unless_fresh(self, sha256: str, fresh_grace: float) -> bool | None:
+    def remove_unless_fresh(
+        self, sha256: str, fresh_grace: float, filesystem_now: float | None = None
+    ) -> bool | None:
         """Delete the content file ``sha256`` unless it was written less than ``fresh_grace``
-        seconds ago (an upload has just put it in place and is about to record it).
+        seconds ago (an upload, of this master or another, has just put it in place and is
+        about to record it); ``filesystem_now``: :meth:`filesystem_now`, taken a moment ago.
 
         The file is first renamed aside, atomically, then judged by its age: an upload that
         puts the same bytes in place meanwhile is never undone, and a fresh file is put back.
@@ -144,7 +175,7 @@ class ContentStore:
         except FileNotFoundError:
             return None
         try:
-            if time.time() - os.stat(aside).st_mtime < fresh_grace:
+            if self._now(filesystem_now) - os.stat(aside).st_mtime < fresh_grace:
                 try:
                     os.link(aside, path)
                 except FileExistsError:
@@ -196,13 +227,15 @@ class ContentStore:
                                 continue
                             yield StoredFile(entry.name, Path(entry.path), mtime)
 
-    def stale_temps(self, older_than: float, keep: frozenset[Path]) -> list[Path]:
+    def stale_temps(
+        self, older_than: float, keep: frozenset[Path], filesystem_now: float | None = None
+    ) -> list[Path]:
         """Temporary files not written to for ``older_than`` seconds, except ``keep``."""
         try:
             entries = list(os.scandir(self.incoming))
         except FileNotFoundError:
             return []
-        limit = time.time() - older_than
+        limit = self._now(filesystem_now) - older_than
         stale = []
         for entry in entries:
             path = Path(entry.path)

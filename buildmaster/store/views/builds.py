@@ -250,6 +250,91 @@ def _columns(arrays: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     return list(zip(*arrays, strict=True))
 
 
+def page_statement(
+    grant: Grant, where: BuildFilter, before: int | None, limit: int
+) -> tuple[str, dict[str, Any]]:
+    """The statement of :meth:`BuildViews.page` and its arguments (named placeholders)."""
+    conditions = [visible_sql()]
+    args: dict[str, Any] = {"limit": limit, **visibility_args(grant)}
+    if before is not None:
+        conditions.append("b.id < %(before)s")
+        args["before"] = before
+    # The statement is prepared, and its plan generic: planned once, without the
+    # values. Given "builder = $1 ORDER BY id DESC LIMIT $2", that plan walks every build
+    # from the newest looking for the builder's, expecting one build in ten to match;
+    # for a builder with none (or a state or an archive with few builds) it read all of
+    # them: 200 ms at a million builds. So one column drives the walk: the page is
+    # ordered by it and then by id, which only its (column, id) index gives without a
+    # sort, and it is compared as a range of one value, which the plan cannot fold
+    # into a constant (as it does an equality, and then orders by id alone).
+    driver = None
+    if where.source_name is None and where.finished_after is None:
+        if where.builder_id is not None:
+            driver = "builder"
+        elif where.archive_id is not None:
+            driver = "archive"
+        elif len(where.states) == 1:
+            driver = "buildstate"
+    for column, key, value in (
+        ("buildstate", "state", int(where.states[0]) if len(where.states) == 1 else None),
+        ("archive", "archive", where.archive_id),
+        ("builder", "builder", where.builder_id),
+    ):
+        if value is None:
+            continue
+        args[key] = value
+        if column == driver:
+            conditions.append(f"b.{column} >= %({key})s AND b.{column} <= %({key})s")
+        else:
+            conditions.append(f"b.{column} = %({key})s")
+    if len(where.states) > 1:
+        conditions.append("b.buildstate = ANY(%(states)s::integer[])")
+        args["states"] = [int(s) for s in where.states]
+    if where.source_name is not None:
+        # the releases first (an array), then their builds by index: never a walk
+        # through every build looking for them
+        conditions.append(
+            "b.sourcepackagerelease = ANY(ARRAY(SELECT id FROM sourcepackagerelease"
+            " WHERE name = %(name)s))"
+        )
+        args["name"] = where.source_name
+    if where.arch_tag is not None:
+        conditions.append("das.architecturetag = %(arch)s")
+        args["arch"] = where.arch_tag
+    for name, column, op in (
+        ("created_after", "b.datecreated", ">="),
+        ("created_before", "b.datecreated", "<"),
+        ("finished_after", "b.date_finished", ">="),
+        ("finished_before", "b.date_finished", "<"),
+    ):
+        value = getattr(where, name)
+        if value is not None:
+            conditions.append(f"{column} {op} %({name})s")
+            args[name] = value
+    if where.finished_after is not None:
+        # the builds finished in the window, found through their index first: walking
+        # the builds from the newest would pass every build finished after the window
+        window = "date_finished >= %(finished_after)s" + (
+            " AND date_finished < %(finished_before)s" if where.finished_before is not None else ""
+        )
+        conditions.append(f"b.id = ANY(ARRAY(SELECT id FROM build WHERE {window}))")
+    # The page's ids first, from the build table alone (an index in id order), then
+    # what the page shows of those ids: the plan of the ids does not depend on the
+    # joins, nor the joins' on how many builds match. Prepared: planning the joins costs
+    # PostgreSQL more than running them, and the texts are few (one per combination of
+    # the filters a client uses).
+    joined = " JOIN distroarchseries das ON das.id = b.distroarchseries" if where.arch_tag else ""
+    sql = (
+        f"SELECT {SUMMARY_COLUMNS} FROM {SUMMARY_FROM}"
+        " WHERE b.id = ANY(ARRAY("
+        f"  SELECT b.id FROM build b JOIN archive a ON a.id = b.archive{joined}"
+        f"  WHERE {' AND '.join(conditions)}"
+        f"  ORDER BY {f'b.{driver} DESC, ' if driver else ''}b.id DESC LIMIT %(limit)s))"
+        " ORDER BY b.id DESC"
+    )
+    return sql, args
+
+
 class BuildViews:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -292,70 +377,8 @@ class BuildViews:
     ) -> BuildPage:
         """Builds newest first, ``limit`` of them with ids below ``before``; private ones
         only if the grant may see them."""
-        conditions = [visible_sql()]
-        args: dict[str, Any] = {"limit": limit, **visibility_args(grant)}
-        if before is not None:
-            conditions.append("b.id < %(before)s")
-            args["before"] = before
-        if len(where.states) == 1:
-            conditions.append("b.buildstate = %(state)s")
-            args["state"] = int(where.states[0])
-        elif where.states:
-            conditions.append("b.buildstate = ANY(%(states)s::integer[])")
-            args["states"] = [int(s) for s in where.states]
-        if where.archive_id is not None:
-            conditions.append("b.archive = %(archive)s")
-            args["archive"] = where.archive_id
-        if where.builder_id is not None:
-            conditions.append("b.builder = %(builder)s")
-            args["builder"] = where.builder_id
-        if where.source_name is not None:
-            # the releases first (an array), then their builds by index: never a walk
-            # through every build looking for them
-            conditions.append(
-                "b.sourcepackagerelease = ANY(ARRAY(SELECT id FROM sourcepackagerelease"
-                " WHERE name = %(name)s))"
-            )
-            args["name"] = where.source_name
-        if where.arch_tag is not None:
-            conditions.append("das.architecturetag = %(arch)s")
-            args["arch"] = where.arch_tag
-        for name, column, op in (
-            ("created_after", "b.datecreated", ">="),
-            ("created_before", "b.datecreated", "<"),
-            ("finished_after", "b.date_finished", ">="),
-            ("finished_before", "b.date_finished", "<"),
-        ):
-            value = getattr(where, name)
-            if value is not None:
-                conditions.append(f"{column} {op} %({name})s")
-                args[name] = value
-        if where.finished_after is not None:
-            # the builds finished in the window, found through their index first: walking
-            # the builds from the newest would pass every build finished after the window
-            window = "date_finished >= %(finished_after)s" + (
-                " AND date_finished < %(finished_before)s"
-                if where.finished_before is not None
-                else ""
-            )
-            conditions.append(f"b.id = ANY(ARRAY(SELECT id FROM build WHERE {window}))")
-        # The page's ids first, from the build table alone (an index in id order), then
-        # what the page shows of those ids: the plan of the ids does not depend on the
-        # joins, nor the joins' on how many builds match. Prepared: planning the joins costs
-        # PostgreSQL more than running them, and the texts are few (one per combination of
-        # the filters a client uses).
-        joined = (
-            " JOIN distroarchseries das ON das.id = b.distroarchseries" if where.arch_tag else ""
-        )
-        rows = await self._db.query(
-            f"SELECT {SUMMARY_COLUMNS} FROM {SUMMARY_FROM}"
-            " WHERE b.id = ANY(ARRAY("
-            f"  SELECT b.id FROM build b JOIN archive a ON a.id = b.archive{joined}"
-            f"  WHERE {' AND '.join(conditions)} ORDER BY b.id DESC LIMIT %(limit)s))"
-            " ORDER BY b.id DESC",
-            args,
-            prepared=True,
-        )
+        sql, args = page_statement(grant, where, before, limit)
+        rows = await self._db.query(sql, args, prepared=True)
         archives: dict[tuple[Any, ...], Archive] = {}
         builds = tuple(summary_from_row(r, archives) for r in rows)
         more = len(builds) == limit and limit > 0
