@@ -59,7 +59,8 @@ CREATE TRIGGER buildqueue_shareowner BEFORE INSERT ON buildqueue
 -- circle).
 CREATE FUNCTION shareusage_apply(d_processor integer[], d_virtualized boolean[],
                                  d_owner integer[], d_waiting integer[], d_usage float8[])
-RETURNS void LANGUAGE sql AS $$
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO shareusage AS s (processor, virtualized, owner, waiting, usage, stamp)
     SELECT d.processor, d.virtualized, d.owner, sum(d.waiting), sum(d.usage), now()
     FROM unnest(d_processor, d_virtualized, d_owner, d_waiting, d_usage)
@@ -71,7 +72,24 @@ RETURNS void LANGUAGE sql AS $$
         usage = greatest(0, s.usage * power(0.5,
             greatest(0, extract(epoch FROM excluded.stamp - s.stamp))
             / (SELECT half_life FROM fairshare)) + excluded.usage),
-        stamp = greatest(s.stamp, excluded.stamp)
+        stamp = greatest(s.stamp, excluded.stamp);
+END;
+$$;
+
+-- the same for one (processor, virtualized, owner): what a claim changes
+CREATE FUNCTION shareusage_add(d_processor integer, d_virtualized boolean, d_owner integer,
+                               d_waiting integer, d_usage float8)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO shareusage AS s (processor, virtualized, owner, waiting, usage, stamp)
+    VALUES (d_processor, d_virtualized, d_owner, d_waiting, d_usage, now())
+    ON CONFLICT (processor, virtualized, owner) DO UPDATE
+    SET waiting = s.waiting + excluded.waiting,
+        usage = greatest(0, s.usage * power(0.5,
+            greatest(0, extract(epoch FROM excluded.stamp - s.stamp))
+            / (SELECT half_life FROM fairshare)) + excluded.usage),
+        stamp = greatest(s.stamp, excluded.stamp);
+END;
 $$;
 
 -- 1 for a waiting job (a candidate), else 0
@@ -97,34 +115,37 @@ $$;
 CREATE TRIGGER buildqueue_share_insert AFTER INSERT ON buildqueue
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION buildqueue_share_insert();
 
+-- A row trigger (a claim changes one row; cheaper than a statement's transition tables),
+-- fired only when a job's place changes (not by its log tail, nor by its dispatch).
 CREATE FUNCTION buildqueue_share_update() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    old_usage float8 := CASE WHEN OLD.builder IS NOT NULL AND NEW.builder IS NULL
+        THEN buildqueue_used(OLD.date_started, OLD.estimated_duration) ELSE 0 END;
+    new_usage float8 := CASE WHEN OLD.builder IS NULL AND NEW.builder IS NOT NULL
+        THEN extract(epoch FROM NEW.estimated_duration) ELSE 0 END;
 BEGIN
-    PERFORM shareusage_apply(array_agg(d.processor), array_agg(d.virtualized),
-        array_agg(d.owner), array_agg(d.waiting), array_agg(d.usage))
-    FROM (
-        SELECT o.processor, o.virtualized, o.shareowner AS owner,
-            -buildqueue_is_waiting(o.status, o.builder) AS waiting,
-            CASE WHEN o.builder IS NOT NULL AND n.builder IS NULL
-                THEN buildqueue_used(o.date_started, o.estimated_duration) ELSE 0 END AS usage
-        FROM old_rows o JOIN new_rows n ON n.id = o.id
-        WHERE o.status <> n.status OR o.builder IS DISTINCT FROM n.builder
-            OR o.shareowner <> n.shareowner OR o.processor <> n.processor
-            OR o.virtualized <> n.virtualized
-        UNION ALL
-        SELECT n.processor, n.virtualized, n.shareowner,
-            buildqueue_is_waiting(n.status, n.builder),
-            CASE WHEN o.builder IS NULL AND n.builder IS NOT NULL
-                THEN extract(epoch FROM n.estimated_duration) ELSE 0 END
-        FROM old_rows o JOIN new_rows n ON n.id = o.id
-        WHERE o.status <> n.status OR o.builder IS DISTINCT FROM n.builder
-            OR o.shareowner <> n.shareowner OR o.processor <> n.processor
-            OR o.virtualized <> n.virtualized) d;
+    IF (OLD.processor, OLD.virtualized, OLD.shareowner)
+            = (NEW.processor, NEW.virtualized, NEW.shareowner) THEN
+        PERFORM shareusage_add(NEW.processor, NEW.virtualized, NEW.shareowner,
+            buildqueue_is_waiting(NEW.status, NEW.builder)
+                - buildqueue_is_waiting(OLD.status, OLD.builder),
+            old_usage + new_usage);
+    ELSE
+        PERFORM shareusage_apply(ARRAY[OLD.processor, NEW.processor],
+            ARRAY[OLD.virtualized, NEW.virtualized], ARRAY[OLD.shareowner, NEW.shareowner],
+            ARRAY[-buildqueue_is_waiting(OLD.status, OLD.builder),
+                buildqueue_is_waiting(NEW.status, NEW.builder)],
+            ARRAY[old_usage, new_usage]);
+    END IF;
     RETURN NULL;
 END;
 $$;
-CREATE TRIGGER buildqueue_share_update AFTER UPDATE ON buildqueue
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION buildqueue_share_update();
+CREATE TRIGGER buildqueue_share_update
+    AFTER UPDATE OF status, builder, shareowner, processor, virtualized ON buildqueue
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status
+        OR OLD.builder IS DISTINCT FROM NEW.builder OR OLD.shareowner <> NEW.shareowner
+        OR OLD.processor <> NEW.processor OR OLD.virtualized <> NEW.virtualized)
+    EXECUTE FUNCTION buildqueue_share_update();
 
 CREATE FUNCTION buildqueue_share_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
