@@ -168,7 +168,9 @@ SHARE_TRIGGERS = ("buildqueue_share_update", "buildqueue_share_delete")
 
 async def share_triggers(db: Any, enable: bool) -> None:
     for name in SHARE_TRIGGERS:
-        await db.execute(f"ALTER TABLE buildqueue {'ENABLE' if enable else 'DISABLE'} TRIGGER {name}")
+        await db.execute(
+            f"ALTER TABLE buildqueue {'ENABLE' if enable else 'DISABLE'} TRIGGER {name}"
+        )
 
 
 async def measure(
@@ -264,9 +266,7 @@ async def run(reactor: Any, args: argparse.Namespace, dsn: str) -> dict[str, Any
         try:
             store = Store(db)
             fresh = [await store.builders.get(b) for b in builders]
-            results[label] = await measure(
-                reactor, db, store, fresh, args.iterations, args.warmup
-            )
+            results[label] = await measure(reactor, db, store, fresh, args.iterations, args.warmup)
             r = results[label]
             print(
                 f"synchronous_commit={setting}: find {common.fmt_ms(r['find'])}\n"

@@ -67,7 +67,7 @@ class FairShareConfig:
     """The rules' settings (the database's ``fairshare`` row and ``shareweight`` table)."""
 
     #: seconds after which a charge counts half
-    half_life: float = attrs.field(default=3600.0, validator=_positive)
+    half_life: float = attrs.field(default=900.0, validator=_positive)
     #: no job should wait longer than this (seconds) while builders of its kind free up
     aging_bound: float = attrs.field(default=4 * 3600.0, validator=_positive)
     #: a job is aged this long before the bound (the time it may still need to start)

@@ -268,7 +268,7 @@ async def test_the_candidate_query_is_an_index_scan(store: Store, seeded: Sample
         finally:
             await tx.execute("DEALLOCATE candidate_generic")
 
-    for query, index in zip(queries, ("buildqueue_age_idx", "buildqueue_share_idx")):
+    for query, index in zip(queries, ("buildqueue_age_idx", "buildqueue_share_idx"), strict=True):
         text = "\n".join(r[0] for r in await store.db.transaction(explain_generic, query))
         assert f"Index Scan using {index}" in text, text
         assert "Seq Scan on buildqueue" not in text and "Sort Key: q." not in text, text

@@ -128,7 +128,7 @@ claimed AS MATERIALIZED (
 dirty AS (
     UPDATE builder SET clean_status = 1, date_clean_status_changed = now()
     WHERE id IN (SELECT builder FROM claimed) AND clean_status <> 1)
-SELECT {queue_columns('claimed')}, {_CONTEXT_COLUMNS}
+SELECT {queue_columns("claimed")}, {_CONTEXT_COLUMNS}
 FROM claimed JOIN build b ON b.id = claimed.build {_CONTEXT_JOINS}"""
 
 #: what claims of one kind have in common: the builders' processors and virtualization

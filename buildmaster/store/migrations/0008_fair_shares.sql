@@ -10,7 +10,7 @@
 -- The settings, one row (seconds): see buildmaster/fairshare.py's FairShareConfig.
 CREATE TABLE fairshare (
     one             boolean PRIMARY KEY DEFAULT true CHECK (one),
-    half_life       double precision NOT NULL DEFAULT 3600 CHECK (half_life > 0),
+    half_life       double precision NOT NULL DEFAULT 900 CHECK (half_life > 0),
     aging_bound     double precision NOT NULL DEFAULT 14400 CHECK (aging_bound > 0),
     aging_slack     double precision NOT NULL DEFAULT 1800
         CHECK (aging_slack >= 0 AND aging_slack < aging_bound),
