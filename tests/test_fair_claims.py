@@ -193,6 +193,6 @@ async def test_two_masters_claiming_at_once_share_builders_and_never_share_a_job
     # by score alone ann's 30 jobs (900) would have taken all 24 builders; with shares the
     # owners alternate until bob's six are gone (18 + 6), give or take the claims the two
     # masters make at the same moment, each before the other's charge is committed
-    served = dict(rows)
+    served: dict[int, int] = dict(rows)
     assert served[ann] + served[bob] == 24 and served[bob] >= 4, served
     await bookkeeping_is_true(store)
