@@ -10,7 +10,7 @@ benchmarks/results/fairness.md: the other owners' waits (every owner but ``flood
 and per owner for the busiest), the longest wait against the aging bound, the chroot bytes
 fetched per build, and how long each replay took.
 
-    python benchmarks/fairness.py [--seed 25]
+    python benchmarks/fairness.py [--seed 25] [--load 0.5]
 """
 
 from __future__ import annotations
@@ -30,15 +30,23 @@ from buildmaster.simulate import generate, percentile, read_trace, simulate
 POLICIES = ("score", "fair", "fair-no-affinity")
 
 
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=25)
+    parser.add_argument("--load", type=float, default=0.5, help="mean load (see generate)")
     args = parser.parse_args()
     config = FairShareConfig()
     results: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
     for kind in ("steady", "flood"):
         for policy in POLICIES:
-            farm, uploads = read_trace(json.dumps(line) for line in generate(kind, args.seed))
+            farm, uploads = read_trace(json.dumps(line) for line in generate(kind, args.seed, args.load))
             t = time.perf_counter()
             report = simulate(farm, uploads, policy, config, keep_waits=True)
             took = time.perf_counter() - t
@@ -47,6 +55,7 @@ def main() -> None:
                 [w for owner, ws in waits.items() if owner != "flood" for w in ws], 99
             )
             results[(kind, policy)] = (report, took)
+    print(f"seed {args.seed}, mean load {args.load}; load average {_loadavg()}")
     print(
         f"settings: half-life {config.half_life:.0f} s, aging bound {config.aging_bound:.0f} s"
         f" (aged after {config.aging_after:.0f} s), affinity window {config.affinity_window}"
