@@ -46,7 +46,9 @@ def main() -> None:
     results: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
     for kind in ("steady", "flood"):
         for policy in POLICIES:
-            farm, uploads = read_trace(json.dumps(line) for line in generate(kind, args.seed, args.load))
+            farm, uploads = read_trace(
+                json.dumps(line) for line in generate(kind, args.seed, args.load)
+            )
             t = time.perf_counter()
             report = simulate(farm, uploads, policy, config, keep_waits=True)
             took = time.perf_counter() - t
@@ -64,13 +66,16 @@ def main() -> None:
     print(
         "| trace | policy | builds | replay s | other owners' p99 wait, s (pooled) |"
         " longest wait, s (bound 14,400) | chroot MB fetched per build |"
+        " the same, trusted builders (the primary's builds) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for (kind, policy), (report, took) in results.items():
         pooled = report["others_p99"]
+        primary = report["owners"]["primary"]
         print(
             f"| {kind} | {policy} | {report['builds']} | {took:.1f} | {pooled:.0f} |"
             f" {report['wait_max']:.0f} | {report['chroot_bytes_per_build'] / 1e6:.0f} |"
+            f" {primary['chroot_bytes'] / primary['builds'] / 1e6:.0f} |"
         )
     print()
     print("Other owners' p99 wait, flood / steady (same policy):")

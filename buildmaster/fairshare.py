@@ -20,10 +20,12 @@ simulator, :mod:`buildmaster.simulate`, runs them; tests hold the three to one a
    of its kind keep freeing up, no job waits much past ``aging_after``; ``aging_slack`` is the
    time the aged jobs ahead of it and the next free builder may take (the promise is
    ``aging_bound``).
-5. **Affinity.** Once the owner is chosen, among its jobs of the best score (the first
-   ``affinity_window`` of them in order) the builder takes the first whose chroot it already
-   holds, else the first. It never changes whose turn it is nor a score's order, only which
-   of equally scored jobs goes first (aged jobs are not reordered).
+5. **Affinity.** Builders that claim together share out the chosen jobs so that each goes
+   to one that holds its chroot (the claim's SQL; the simulator: a job arriving at a farm
+   with several idle builders). Optionally (``affinity_window``, not in the SQL yet): once
+   the owner is chosen, among its jobs of the best score (the first ``affinity_window`` of
+   them in order) the builder takes the first whose chroot it holds, else the first. Neither
+   changes whose turn it is nor a score's order (aged jobs are not reordered).
 """
 
 from __future__ import annotations
@@ -75,8 +77,9 @@ class FairShareConfig:
     #: the weight of owners not in ``weights``
     default_weight: float = attrs.field(default=1.0, validator=_positive)
     weights: Mapping[Any, float] = attrs.field(factory=dict, validator=_weights)
-    #: how many of an owner's best jobs affinity looks at (0: no affinity)
-    affinity_window: int = attrs.field(default=16, validator=attrs.validators.ge(0))
+    #: how many of an owner's best jobs affinity looks at (0, the default: the claim's SQL
+    #: does not do this yet; the simulator can: ``--affinity-window``)
+    affinity_window: int = attrs.field(default=0, validator=attrs.validators.ge(0))
 
     def __attrs_post_init__(self) -> None:
         if self.aging_slack >= self.aging_bound:

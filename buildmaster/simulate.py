@@ -11,16 +11,17 @@ checks that both choose the same jobs on the same state; tests/test_simulate.py 
 module's queue chooses what :func:`buildmaster.fairshare.choose` chooses).
 
 **Trace.** The first line is the farm: ``{"farm": [{"processor": "amd64", "virtualized":
-true, "count": 160, "cache": 2}, ...]}`` (``cache``: how many chroots a builder keeps).
+true, "count": 160, "cache": 0}, ...]}`` (``cache``: how many chroots a builder keeps).
 Every other line is an upload: ``{"t": seconds, "owner": "ppa-07", "processor": "amd64",
 "virtualized": true, "seconds": 600, "chroot": "noble-amd64", "chroot_bytes": 400000000,
 "score": 0}`` (``score`` and ``chroot_bytes`` are optional: 0). A build takes ``seconds``
 and that is also its estimate.
 
 **Policies.** ``score``: today's order (highest score, then the oldest). ``fair``: fair
-shares, aging and chroot affinity (a builder prefers, among the chosen owner's best-scored
-jobs, one whose chroot it holds; a job arriving at a farm with several free builders goes
-to one holding its chroot). ``fair-no-affinity``: the same without affinity.
+shares, aging and chroot affinity (a job arriving at a farm with several idle builders goes
+to one holding its chroot, as builders claiming together share out their jobs in the
+master; with ``--affinity-window N``, also the pure rules' window, which the master does
+not do yet). ``fair-no-affinity``: the same without affinity.
 
 **Report**, per owner: builds, waits (start - arrival) p50/p99/max in seconds (p-th
 percentile: the value of rank ``ceil(p/100 * n)`` in the sorted waits), builder share
@@ -407,7 +408,13 @@ def generate(kind: str, seed: int, load: float = 0.5) -> Iterator[dict[str, Any]
     if kind not in ("steady", "flood"):
         raise ValueError("kind is steady or flood")
     rng = random.Random(seed)
-    yield {"farm": [{"processor": p, "virtualized": v, "count": c, "cache": 2} for p, v, c in FARM]}
+    # a virtualized builder's VM is reset to a clean image: it keeps no chroot
+    yield {
+        "farm": [
+            {"processor": p, "virtualized": v, "count": c, "cache": 0 if v else 2}
+            for p, v, c in FARM
+        ]
+    }
     lines: list[dict[str, Any]] = []
     activity = [1.0 / (i + 1) ** 0.8 for i in range(PPA_OWNERS)]  # a few busy PPAs, many quiet
     for processor, virtualized, count in FARM:
@@ -470,6 +477,7 @@ def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
     run.add_argument("--half-life", type=float, default=FairShareConfig().half_life)
     run.add_argument("--aging-bound", type=float, default=FairShareConfig().aging_bound)
     run.add_argument("--aging-slack", type=float, default=FairShareConfig().aging_slack)
+    run.add_argument("--affinity-window", type=int, default=FairShareConfig().affinity_window)
     gen = sub.add_parser("generate", help="write a generated trace (JSON lines)")
     gen.add_argument("kind", choices=("steady", "flood"))
     gen.add_argument("--seed", type=int, default=25)
@@ -481,7 +489,10 @@ def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
         return 0
     try:
         config = FairShareConfig(
-            half_life=args.half_life, aging_bound=args.aging_bound, aging_slack=args.aging_slack
+            half_life=args.half_life,
+            aging_bound=args.aging_bound,
+            aging_slack=args.aging_slack,
+            affinity_window=args.affinity_window,
         )
         if args.trace == "-":
             farm, uploads = read_trace(sys.stdin)

@@ -5,13 +5,15 @@ masters claiming at once never hand one job to two builders while sharing builde
 from __future__ import annotations
 
 import collections
+import datetime
+import hashlib
 import random
 from typing import Any
 
 import pytest_twisted
 from twisted.internet import defer
 
-from buildmaster.enums import PackagePublishingPocket
+from buildmaster.enums import BuildStatus, PackagePublishingPocket
 from buildmaster.fairshare import FairShareConfig, Waiting, choose, decayed
 from buildmaster.model import Builder
 from buildmaster.sampledata import SampleData, load_sample_data
@@ -196,3 +198,82 @@ async def test_two_masters_claiming_at_once_share_builders_and_never_share_a_job
     served: dict[int, int] = dict(rows)
     assert served[ann] + served[bob] == 24 and served[bob] >= 4, served
     await bookkeeping_is_true(store)
+
+
+async def a_chroot(store: Store, name: str) -> int:
+    """A chroot's library file record (the claim only compares ids; no bytes needed)."""
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    [(alias,)] = await store.db.query(
+        "WITH c AS (INSERT INTO libraryfilecontent (filesize, sha1, sha256, md5)"
+        " VALUES (1, %s, %s, %s) RETURNING id)"
+        " INSERT INTO libraryfilealias (content, filename) SELECT id, %s FROM c RETURNING id",
+        (digest[:40], digest, digest[:32], name),
+    )
+    return int(alias)
+
+
+@pytest_twisted.ensureDeferred
+async def test_builders_claiming_together_take_the_jobs_whose_chroot_they_hold(
+    store: Store,
+) -> None:
+    """A trusted builder keeps the chroots it was sent (its two latest, recorded with the
+    dispatch). When builders claim together, each job goes to one that holds its chroot:
+    the jobs claimed are the same (no job's turn changes), only who takes which."""
+    data = await load_sample_data(store)
+    await store.queue.destroySelf(data.lost_job_id)
+    await store.queue.destroySelf(data.waiting_job_id)
+    breezy = await store.distributions.new_series(data.hoary.distribution_id, "breezy", "5.10")
+    breezy_i386 = await store.distributions.new_arch_series(breezy, "i386", data.processor_386)
+    hoary_chroot, breezy_chroot = (
+        await a_chroot(store, "hoary.tar"),
+        await a_chroot(store, "breezy.tar"),
+    )
+    await store.db.execute(
+        "UPDATE distroarchseries SET chroot = CASE id WHEN %s THEN %s WHEN %s THEN %s END"
+        " WHERE id IN (%s, %s)",
+        (
+            data.hoary_i386.id,
+            hoary_chroot,
+            breezy_i386.id,
+            breezy_chroot,
+            data.hoary_i386.id,
+            breezy_i386.id,
+        ),
+    )
+
+    async def job(name: str, das: Any, score: int) -> int:
+        spr = await store.sources.new(name, "1", data.hoary)
+        build = await store.builds.createBuild(
+            spr, das, PackagePublishingPocket.RELEASE, data.primary
+        )
+        queued = await store.queue.createBuildQueueEntry(build)
+        await store.db.execute(
+            "UPDATE buildqueue SET lastscore = %s WHERE id = %s", (score, queued.id)
+        )
+        return queued.id
+
+    first, second = await builders(store, data, "aff", 2)
+    # each builder builds once: first on breezy, second on hoary
+    for builder, das in ((first, breezy_i386), (second, data.hoary_i386)):
+        claimed = await store.jobs.claim(await job(f"warm-{builder.name}", das, 0), builder)
+        await store.jobs.record_dispatch(claimed, builder, datetime.datetime.now(datetime.UTC))
+        await store.jobs.finish(
+            claimed, builder, BuildStatus.FULLYBUILT, datetime.datetime.now(datetime.UTC)
+        )
+    held = dict(
+        await store.db.query(
+            "SELECT id, chroots FROM builder WHERE id IN (%s, %s)", (first.id, second.id)
+        )
+    )
+    assert held == {first.id: [breezy_chroot], second.id: [hoary_chroot]}
+    # the shared claim statement (what builders claiming at the same moment run), asked
+    # by first, then second
+    best = await job("best", data.hoary_i386, 900)  # hoary: second holds its chroot
+    other = await job("other", breezy_i386, 100)  # breezy: first holds its chroot
+    first, second = await store.builders.get(first), await store.builders.get(second)
+    claims = await store.jobs._claim_many([first, second])
+    got = {c.job.builder_id: c.job.id for c in claims if c is not None}
+    # by asking order alone, first would have taken the best job and fetched its chroot
+    assert (got[second.id], got[first.id]) == (best, other)
+    assert claims[0] is not None and claims[0].context.chroot is not None
+    assert claims[0].context.chroot.id == breezy_chroot

@@ -111,8 +111,9 @@ _CLAIM_FOR_DISPATCH_SQL = (
 
 #: Claims for several builders of one kind (the same processors and virtualization) in one
 #: statement: one claim after the other in the database (each one's charge to its owner's
-#: usage counts for the next: :mod:`buildmaster.fairshare`), the best to the builder that
-#: asked first. Each candidate is locked with SKIP LOCKED, so no other master's claim can
+#: usage counts for the next: :mod:`buildmaster.fairshare`), each job to the first builder
+#: that holds its chroot (chroot affinity: it changes no job's turn), else the best to the
+#: builder that asked first. Each candidate is locked with SKIP LOCKED, so no other master's claim can
 #: take one. A builder that has a job already is left out (it gets nothing, as its lone
 #: claim would); one given a job by another master while the statement runs breaks the
 #: unique key, and the claims are then made one by one.
@@ -304,7 +305,12 @@ _RECORD_DISPATCH_SQL = (
     " b AS (UPDATE build SET buildstate = 6, builder = q.builder, date_started = q.now,"
     "  date_first_dispatched = coalesce(build.date_first_dispatched, q.now), date_finished = NULL"
     "  FROM q WHERE build.id = q.build AND build.buildstate = 0"
-    "  RETURNING build.id, q.job, q.builder, q.message),"
+    "  RETURNING build.id, q.job, q.builder, q.message, build.distroarchseries),"
+    # the chroot the builder now holds (trusted builders keep their two latest: affinity)
+    " held AS (UPDATE builder br SET chroots = (ARRAY[das.chroot] || array_remove(br.chroots,"
+    "  das.chroot))[1:2] FROM b JOIN distroarchseries das ON das.id = b.distroarchseries"
+    "  WHERE br.id = b.builder AND NOT br.virtualized AND das.chroot IS NOT NULL"
+    "  AND br.chroots[1] IS DISTINCT FROM das.chroot),"
     " e AS (INSERT INTO event (build, builder, kind, message)"
     "  SELECT id, builder, 'dispatched', message FROM b)"
     " SELECT job FROM b"

@@ -224,20 +224,37 @@ BEGIN
 END;
 $$;
 
+-- Chroot affinity: the chroots (library file aliases) a trusted builder was last sent, most
+-- recent first (it keeps them in its cache; a virtualized builder's VM is reset to a clean
+-- image, so nothing is kept for it). Written when a dispatch is recorded.
+ALTER TABLE builder ADD COLUMN chroots bigint[] NOT NULL DEFAULT '{}';
+
 -- Claims for several builders of one kind, one after the other (each claim's charge counts
--- for the next), the best to the first builder; stops when nothing is left. Returns the
--- claimed jobs.
+-- for the next): the jobs in the order the rules give; each to the first builder (in asking
+-- order) that holds its chroot, else to the first builder left. Stops when nothing is left.
+-- Returns the claimed jobs.
 CREATE FUNCTION buildqueue_claim_many(builders integer[], processors integer[], virt boolean)
 RETURNS SETOF buildqueue LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    b integer;
+    left_ integer[] := builders;
+    job integer;
+    chosen integer;
     claimed buildqueue;
 BEGIN
-    FOREACH b IN ARRAY builders LOOP
-        UPDATE buildqueue q SET builder = b, status = 1
-        WHERE q.id = (SELECT buildqueue_candidate(processors, virt, '{}'))
+    WHILE cardinality(left_) > 0 LOOP
+        job := buildqueue_candidate(processors, virt, '{}');  -- locked
+        EXIT WHEN job IS NULL;
+        SELECT r.b INTO chosen
+        FROM unnest(left_) WITH ORDINALITY AS r(b, n) JOIN builder br ON br.id = r.b
+        WHERE br.chroots <> '{}' AND (
+            SELECT das.chroot FROM buildqueue q JOIN build bd ON bd.id = q.build
+                JOIN distroarchseries das ON das.id = bd.distroarchseries
+            WHERE q.id = job) = ANY(br.chroots)
+        ORDER BY r.n LIMIT 1;
+        chosen := coalesce(chosen, left_[1]);
+        left_ := array_remove(left_, chosen);
+        UPDATE buildqueue q SET builder = chosen, status = 1 WHERE q.id = job
         RETURNING q.* INTO claimed;
-        EXIT WHEN NOT FOUND;
         RETURN NEXT claimed;
     END LOOP;
 END;
