@@ -260,7 +260,7 @@ async def test_builders_claiming_together_take_the_jobs_whose_chroot_they_hold(
         await store.jobs.finish(
             claimed, builder, BuildStatus.FULLYBUILT, datetime.datetime.now(datetime.UTC)
         )
-    held = dict(
+    held: dict[int, list[int]] = dict(
         await store.db.query(
             "SELECT id, chroots FROM builder WHERE id IN (%s, %s)", (first.id, second.id)
         )
