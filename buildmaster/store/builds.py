@@ -225,9 +225,6 @@ async def queue_build(tx: Transaction, build: HasId | int) -> BuildQueue:
     return await get_queue_entry(tx, row[0])
 
 
-#: The id of the best waiting job for a builder's processors and virtualization, locking it
-#: (other transactions skip it). One index scan per processor of the builder
-#: (buildqueue_candidate_idx), merged by score then age.
 _CANDIDATE_ID = (
     "SELECT buildqueue_candidate(%(processors)s::integer[], %(virtualized)s, %(avoid)s::integer[])"
 )

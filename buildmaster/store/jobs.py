@@ -113,10 +113,10 @@ _CLAIM_FOR_DISPATCH_SQL = (
 #: statement: one claim after the other in the database (each one's charge to its owner's
 #: usage counts for the next: :mod:`buildmaster.fairshare`), each job to the first builder
 #: that holds its chroot (chroot affinity: it changes no job's turn), else the best to the
-#: builder that asked first. Each candidate is locked with SKIP LOCKED, so no other master's claim can
-#: take one. A builder that has a job already is left out (it gets nothing, as its lone
-#: claim would); one given a job by another master while the statement runs breaks the
-#: unique key, and the claims are then made one by one.
+#: builder that asked first. Each candidate is locked with SKIP LOCKED, so no other
+#: master's claim can take one. A builder that has a job already is left out (it gets
+#: nothing, as its lone claim would); one given a job by another master while the statement
+#: runs breaks the unique key, and the claims are then made one by one.
 _CLAIM_MANY_SQL = f"""
 WITH req AS MATERIALIZED (
     SELECT array_agg(r.builder ORDER BY r.n) AS builders
@@ -384,8 +384,10 @@ class JobQueries:
     # -- claiming and dispatching ------------------------------------------------------
 
     async def claim_next(self, builder: Builder, avoid: Sequence[int] = ()) -> BuildQueue | None:
-        """Claim the best waiting job for ``builder`` (one statement; never one job for two
-        builders, whatever other masters do). The builder is dirty from now on.
+        """Claim the next waiting job for ``builder`` (one statement; never one job for two
+        builders, whatever other masters do): aged jobs first, then the best job of the owner
+        with the largest fair-share deficit (:mod:`buildmaster.fairshare`). The builder is
+        dirty from now on.
 
         :param avoid: ids of jobs not to take (they just failed on this builder).
         :returns: the claimed job, or ``None`` when there is nothing to do (or the builder
