@@ -304,3 +304,6 @@ async def test_a_waiting_build_says_how_fair_shares_and_aging_place_it(api_world
     aged = (await admin.get(f"/api/v1/builds/{first.id}")).json["waiting"]["share"]
     assert aged["aged"] is True and aged["waited_seconds"] >= 14400
     assert "goes before fair shares, the longest waiting first" in aged["text"]
+    # and the build's page says it in a sentence
+    page = (await api_world.anonymous.get(f"/builds/{second.id}")).body.decode()
+    assert "Whose turn: cprov (weight 1) used 0 builder-seconds lately" in page
