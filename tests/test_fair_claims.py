@@ -10,6 +10,7 @@ import hashlib
 import random
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer
 
@@ -277,3 +278,46 @@ async def test_builders_claiming_together_take_the_jobs_whose_chroot_they_hold(
     assert (got[second.id], got[first.id]) == (best, other)
     assert claims[0] is not None and claims[0].context.chroot is not None
     assert claims[0].context.chroot.id == breezy_chroot
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_owner_is_charged_what_its_builds_really_used(store: Store) -> None:
+    """A claim charges the job's estimate at once; a claim released before the build started
+    is refunded; a build that ends is charged what it ran (from its dispatch to its end), not
+    its estimate. The waiting counts follow every step."""
+    data = await load_sample_data(store)
+    await store.queue.destroySelf(data.lost_job_id)
+    await store.queue.destroySelf(data.waiting_job_id)
+    [job_id] = await queue_jobs(store, data, "u", 1)
+    [owner] = await owners(store, ["ann"])
+    await store.db.execute(
+        "UPDATE buildqueue SET estimated_duration = interval '300 seconds', shareowner = %s"
+        " WHERE id = %s",
+        (owner, job_id),
+    )
+    [builder] = await builders(store, data, "u", 1)
+
+    async def usage() -> float:
+        [(value,)] = await store.db.query(
+            "SELECT sum(usage * power(0.5, extract(epoch FROM now() - stamp)"
+            " / (SELECT half_life FROM fairshare))) FROM shareusage WHERE owner = %s",
+            (owner,),
+        )
+        return float(value)
+
+    assert await usage() == 0.0
+    claimed = await store.jobs.claim(job_id, builder)
+    assert await usage() == pytest.approx(300.0, abs=1.0)
+    await bookkeeping_is_true(store)
+    assert await store.jobs.release_claim(claimed, builder, "never sent")
+    assert await usage() == pytest.approx(0.0, abs=1.0)
+    await bookkeeping_is_true(store)
+    claimed = await store.jobs.claim(job_id, builder)
+    started = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=120)
+    await store.jobs.record_dispatch(claimed, builder, started)
+    await store.jobs.finish(
+        claimed, builder, BuildStatus.FULLYBUILT, datetime.datetime.now(datetime.UTC)
+    )
+    # charged 300, corrected by 120 - 300 when it ended: 120 (a little decayed meanwhile)
+    assert await usage() == pytest.approx(120.0, abs=2.0)
+    await bookkeeping_is_true(store)
