@@ -270,3 +270,40 @@ async def test_readers_of_the_queue_share_a_recent_reading(api_world: Any) -> No
     fresh = await queue.kinds()
     assert [k.waiting for k in fresh if k.name == "trusted 386"] == [2]
     assert fresh[0].as_of >= first[0].as_of
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_waiting_build_says_how_fair_shares_and_aging_place_it(api_world: Any) -> None:
+    """Two owners' builds wait for the same kind of builder: the owner who used builders
+    lately is behind (its deficit and rank), the other is next; a build that has waited past
+    the aging threshold says it goes before fair shares."""
+    world, admin, store = api_world.world, api_world.admin, api_world.store
+    # (read with a token: answered afresh, not a second old as an anonymous read may be)
+    first = await world.queue("busy-owner")
+    second = await world.queue("idle-owner")
+    cprov = world.data.cprov_ppa.owner_id
+    await store.db.execute(
+        "UPDATE buildqueue SET shareowner = %s WHERE build = %s", (cprov, second.id)
+    )
+    await store.db.execute(
+        "UPDATE shareusage SET usage = 1800, stamp = now() WHERE owner = %s",
+        (world.data.primary.owner_id,),
+    )
+    behind = (await admin.get(f"/api/v1/builds/{first.id}")).json["waiting"]["share"]
+    assert behind["owner"] == "ubuntu-team" and behind["owners_waiting"] == 2
+    assert behind["usage_seconds"] > 1700 and behind["deficit"] < 0 < 1 < behind["owner_rank"]
+    assert behind["aged"] is False and behind["aged_after_seconds"] == 12600.0
+    assert "1 owner(s) ahead by fair share" in behind["text"]
+    ahead = (await admin.get(f"/api/v1/builds/{second.id}")).json["waiting"]["share"]
+    assert ahead["owner"] == "cprov" and ahead["owner_rank"] == 1 and ahead["deficit"] == 0.5
+    assert "its owner's turn is next" in ahead["text"]
+    await store.db.execute(
+        "UPDATE buildqueue SET datecreated = now() - interval '4 hours' WHERE build = %s",
+        (first.id,),
+    )
+    aged = (await admin.get(f"/api/v1/builds/{first.id}")).json["waiting"]["share"]
+    assert aged["aged"] is True and aged["waited_seconds"] >= 14400
+    assert "goes before fair shares, the longest waiting first" in aged["text"]
+    # and the build's page says it in a sentence
+    page = (await api_world.anonymous.get(f"/builds/{second.id}")).body.decode()
+    assert "Whose turn: cprov (weight 1) used 0 builder-seconds lately" in page

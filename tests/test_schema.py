@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ import pytest_twisted
 from buildmaster.enums import BuildQueueStatus, PackagePublishingPocket
 from buildmaster.sampledata import SampleData, load_sample_data
 from buildmaster.store import ConstraintViolation, Database, Store
-from buildmaster.store.database import Transaction, prepared_statement
+from buildmaster.store.database import Transaction
 from buildmaster.store.schema import LATEST, SchemaTooNew, current_version, load_migrations, migrate
 
 
@@ -232,25 +233,33 @@ async def test_the_candidate_query_is_an_index_scan(store: Store, seeded: Sample
         (seeded.primary.id,),
     )
     await store.db.execute(
-        "INSERT INTO buildqueue (build, lastscore, processor, virtualized)"
-        " SELECT id, (id * 7919) % 5000, processor, (id % 3 = 0) FROM build WHERE id > 2"
+        "INSERT INTO buildqueue (build, lastscore, processor, virtualized, shareowner)"
+        " SELECT id, (id * 7919) %% 5000, processor, (id %% 3 = 0),"
+        "  CASE WHEN id %% 4 = 0 THEN (SELECT owner FROM archive WHERE id = %s) END"
+        " FROM build WHERE id > 2",
+        (seeded.cprov_ppa.id,),  # a quarter of them another owner's
     )
     await store.db.execute("ANALYZE buildqueue")
-    plan = await store.db.query(
-        "EXPLAIN " + _CANDIDATE_ID,
-        {"processors": [seeded.processor_386.id], "virtualized": False, "avoid": [7, 8]},
+    await store.db.execute("ANALYZE shareusage")
+    # the claim runs buildqueue_candidate(): its two queries, as stored in the database (the
+    # aged jobs, then the owners' best), planned once for any arguments as PL/pgSQL does
+    [(source,)] = await store.db.query(
+        "SELECT prosrc FROM pg_proc WHERE proname = 'buildqueue_candidate'"
     )
-    text = "\n".join(r[0] for r in plan)
-    assert "Index Scan using buildqueue_candidate_idx" in text, text
-    assert "Seq Scan" not in text and "Sort Key: q." not in text, text
+    queries = re.findall(r"(SELECT c\.id INTO found .*?);", source, re.S)
+    assert len(queries) == 2, source
 
-    # the master runs it prepared, planned once for any arguments (a generic plan): the
-    # same index scan
-    statement = prepared_statement(_CANDIDATE_ID)
+    def generic(query: str) -> str:
+        query = query.replace(" INTO found", "")
+        for n, name in enumerate(("processors", "virt", "avoid"), start=1):
+            query = re.sub(rf"\b{name}\b", f"${n}", query)
+        return query
 
-    async def explain_generic(tx: Transaction) -> list[tuple[Any, ...]]:
+    async def explain_generic(tx: Transaction, query: str) -> list[tuple[Any, ...]]:
         await tx.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        await tx.execute(statement.prepare.replace(statement.name, "candidate_generic", 1))
+        await tx.execute(
+            "PREPARE candidate_generic (integer[], boolean, integer[]) AS " + generic(query)
+        )
         try:
             return await tx.query(
                 "EXPLAIN EXECUTE candidate_generic (%s, %s, %s)",
@@ -259,6 +268,14 @@ async def test_the_candidate_query_is_an_index_scan(store: Store, seeded: Sample
         finally:
             await tx.execute("DEALLOCATE candidate_generic")
 
-    text = "\n".join(r[0] for r in await store.db.transaction(explain_generic))
-    assert "Index Scan using buildqueue_candidate_idx" in text, text
-    assert "Seq Scan" not in text and "Sort Key: q." not in text, text
+    for query, index in zip(queries, ("buildqueue_age_idx", "buildqueue_share_idx"), strict=True):
+        text = "\n".join(r[0] for r in await store.db.transaction(explain_generic, query))
+        assert f"Index Scan using {index}" in text, text
+        assert "Seq Scan on buildqueue" not in text and "Sort Key: q." not in text, text
+    # and the claim calls it once (an InitPlan), not once per row
+    plan = await store.db.query(
+        f"EXPLAIN UPDATE buildqueue q SET status = 1 WHERE q.id = ({_CANDIDATE_ID})",
+        {"processors": [seeded.processor_386.id], "virtualized": False, "avoid": [7, 8]},
+    )
+    text = "\n".join(r[0] for r in plan)
+    assert "InitPlan" in text and "Index Scan using buildqueue_pkey" in text, text

@@ -225,24 +225,19 @@ async def queue_build(tx: Transaction, build: HasId | int) -> BuildQueue:
     return await get_queue_entry(tx, row[0])
 
 
-#: The id of the best waiting job for a builder's processors and virtualization, locking it
-#: (other transactions skip it). One index scan per processor of the builder
-#: (buildqueue_candidate_idx), merged by score then age.
-_CANDIDATE_ID = """
-    SELECT c.id FROM unnest(%(processors)s::integer[]) AS p(processor)
-    CROSS JOIN LATERAL (
-        SELECT q.id, q.lastscore FROM buildqueue q
-        WHERE q.status = 0 AND q.builder IS NULL
-          AND q.processor = p.processor AND q.virtualized = %(virtualized)s
-          AND q.id <> ALL(%(avoid)s::integer[])
-        ORDER BY q.lastscore DESC, q.id
-        LIMIT 1 FOR UPDATE SKIP LOCKED) c
-    ORDER BY c.lastscore DESC, c.id
-    LIMIT 1"""
+_CANDIDATE_ID = (
+    "SELECT buildqueue_candidate(%(processors)s::integer[], %(virtualized)s, %(avoid)s::integer[])"
+)
+"""The id of the job a builder takes, locked (other transactions skip it): the rules of
+:mod:`buildmaster.fairshare` (aged jobs first, then the owner with the largest deficit, its
+best score first), in the database function of migration 0008."""
 
 
-#: The same, without taking the row lock: a look, not a claim.
-_CANDIDATE_PEEK = _CANDIDATE_ID.replace(" FOR UPDATE SKIP LOCKED", "")
+class _Peeked(Exception):
+    """Rolls back a look at the candidate (its lock goes with the transaction)."""
+
+    def __init__(self, row: tuple[Any, ...] | None) -> None:
+        self.row = row
 
 
 class BuildSet:
@@ -347,21 +342,31 @@ class BuildQueueSet:
         """The best waiting job for ``builder``, without claiming it.
 
         Best means: for one of the builder's processors, virtualized exactly when the builder
-        is, highest ``lastscore`` first, then oldest. Builders that are not ok, in manual
-        mode or inactive get nothing.
+        is, by the rules of :mod:`buildmaster.fairshare` (the job :meth:`JobQueries.claim_next`
+        would claim now: it is looked at in a transaction rolled back at once). Builders that
+        are not ok, in manual mode or inactive get nothing.
         """
         if not builder_may_take_jobs(builder):
             return None
-        rows = await self._db.query(
-            f"SELECT {QUEUE_COLUMNS} FROM buildqueue q WHERE q.id = ({_CANDIDATE_PEEK})",
-            {
-                "processors": list(builder.processor_ids),
-                "virtualized": builder.virtualized,
-                "avoid": [],
-            },
-            prepared=True,
-        )
-        return queue_from_row(rows[0]) if rows else None
+        args = {
+            "processors": list(builder.processor_ids),
+            "virtualized": builder.virtualized,
+            "avoid": [],
+        }
+
+        async def peek(tx: Transaction) -> None:
+            raise _Peeked(
+                await tx.query_one(
+                    f"SELECT {QUEUE_COLUMNS} FROM buildqueue q WHERE q.id = ({_CANDIDATE_ID})",
+                    args,
+                )
+            )
+
+        try:
+            await self._db.transaction(peek)
+        except _Peeked as peeked:
+            return queue_from_row(peeked.row) if peeked.row else None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def count_waiting(self) -> int:
         rows = await self._db.query(

@@ -110,37 +110,26 @@ _CLAIM_FOR_DISPATCH_SQL = (
 )
 
 #: Claims for several builders of one kind (the same processors and virtualization) in one
-#: statement: the best waiting jobs, as many as there are builders, the best to the builder
-#: that asked first. Each processor's index scan locks at most that many rows (other
-#: transactions skip them), so the jobs are distinct and no other master's claim can take one.
-#: A builder that has a job already is left out (it gets nothing, as its lone claim would);
-#: one given a job by another master while the statement runs breaks the unique key, and
-#: the claims are then made one by one.
+#: statement: one claim after the other in the database (each one's charge to its owner's
+#: usage counts for the next: :mod:`buildmaster.fairshare`), each job to the first builder
+#: that holds its chroot (chroot affinity: it changes no job's turn), else the best to the
+#: builder that asked first. Each candidate is locked with SKIP LOCKED, so no other
+#: master's claim can take one. A builder that has a job already is left out (it gets
+#: nothing, as its lone claim would); one given a job by another master while the statement
+#: runs breaks the unique key, and the claims are then made one by one.
 _CLAIM_MANY_SQL = f"""
 WITH req AS MATERIALIZED (
-    SELECT r.builder, row_number() OVER (ORDER BY r.n) AS n
+    SELECT array_agg(r.builder ORDER BY r.n) AS builders
     FROM unnest(%(builders)s::integer[]) WITH ORDINALITY AS r(builder, n)
     WHERE NOT EXISTS (SELECT 1 FROM buildqueue o WHERE o.builder = r.builder)),
-cand AS MATERIALIZED (
-    SELECT c.id, row_number() OVER (ORDER BY c.lastscore DESC, c.id) AS n
-    FROM (SELECT c.id, c.lastscore FROM unnest(%(processors)s::integer[]) AS p(processor)
-          CROSS JOIN LATERAL (
-              SELECT q.id, q.lastscore FROM buildqueue q
-              WHERE q.status = 0 AND q.builder IS NULL
-                AND q.processor = p.processor AND q.virtualized = %(virtualized)s
-              ORDER BY q.lastscore DESC, q.id
-              LIMIT %(count)s FOR UPDATE SKIP LOCKED) c
-          ORDER BY c.lastscore DESC, c.id
-          LIMIT %(count)s) c),
-claimed AS (
-    UPDATE buildqueue q SET builder = req.builder, status = 1
-    FROM cand JOIN req ON req.n = cand.n
-    WHERE q.id = cand.id
-    RETURNING {QUEUE_COLUMNS}),
+claimed AS MATERIALIZED (
+    SELECT c.* FROM req, buildqueue_claim_many(req.builders, %(processors)s::integer[],
+        %(virtualized)s) AS c
+    WHERE req.builders IS NOT NULL),
 dirty AS (
     UPDATE builder SET clean_status = 1, date_clean_status_changed = now()
     WHERE id IN (SELECT builder FROM claimed) AND clean_status <> 1)
-SELECT claimed.*, {_CONTEXT_COLUMNS}
+SELECT {queue_columns("claimed")}, {_CONTEXT_COLUMNS}
 FROM claimed JOIN build b ON b.id = claimed.build {_CONTEXT_JOINS}"""
 
 #: what claims of one kind have in common: the builders' processors and virtualization
@@ -316,7 +305,12 @@ _RECORD_DISPATCH_SQL = (
     " b AS (UPDATE build SET buildstate = 6, builder = q.builder, date_started = q.now,"
     "  date_first_dispatched = coalesce(build.date_first_dispatched, q.now), date_finished = NULL"
     "  FROM q WHERE build.id = q.build AND build.buildstate = 0"
-    "  RETURNING build.id, q.job, q.builder, q.message),"
+    "  RETURNING build.id, q.job, q.builder, q.message, build.distroarchseries),"
+    # the chroot the builder now holds (trusted builders keep their two latest: affinity)
+    " held AS (UPDATE builder br SET chroots = (ARRAY[das.chroot] || array_remove(br.chroots,"
+    "  das.chroot))[1:2] FROM b JOIN distroarchseries das ON das.id = b.distroarchseries"
+    "  WHERE br.id = b.builder AND NOT br.virtualized AND das.chroot IS NOT NULL"
+    "  AND br.chroots[1] IS DISTINCT FROM das.chroot),"
     " e AS (INSERT INTO event (build, builder, kind, message)"
     "  SELECT id, builder, 'dispatched', message FROM b)"
     " SELECT job FROM b"
@@ -390,8 +384,10 @@ class JobQueries:
     # -- claiming and dispatching ------------------------------------------------------
 
     async def claim_next(self, builder: Builder, avoid: Sequence[int] = ()) -> BuildQueue | None:
-        """Claim the best waiting job for ``builder`` (one statement; never one job for two
-        builders, whatever other masters do). The builder is dirty from now on.
+        """Claim the next waiting job for ``builder`` (one statement; never one job for two
+        builders, whatever other masters do): aged jobs first, then the best job of the owner
+        with the largest fair-share deficit (:mod:`buildmaster.fairshare`). The builder is
+        dirty from now on.
 
         :param avoid: ids of jobs not to take (they just failed on this builder).
         :returns: the claimed job, or ``None`` when there is nothing to do (or the builder
@@ -448,7 +444,6 @@ class JobQueries:
                 "builders": [b.id for b in builders],
                 "processors": list(first.processor_ids),
                 "virtualized": first.virtualized,
-                "count": len(builders),
             },
             prepared=True,
         )

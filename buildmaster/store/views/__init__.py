@@ -30,6 +30,7 @@ from buildmaster.store.views.catalog import (
 )
 from buildmaster.store.views.queue import QueueKind, QueueViews, Standing, WaitingJob, WaitingPage
 from buildmaster.store.views.samples import FarmHistory, FarmSample, SampleViews
+from buildmaster.store.views.shares import ShareStanding, ShareViews
 
 __all__ = [
     "Views",
@@ -44,6 +45,7 @@ __all__ = [
     "WaitingJob",
     "WaitingPage",
     "Standing",
+    "ShareStanding",
     "ArchiveReference",
     "parse_archive_reference",
     "ArchitectureView",
@@ -62,3 +64,4 @@ class Views:
         self.queue = QueueViews(db)
         self.catalog = CatalogViews(db)
         self.samples = SampleViews(db)
+        self.shares = ShareViews(db)

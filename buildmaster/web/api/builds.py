@@ -12,7 +12,13 @@ from buildmaster.access import Grant, may_operate, may_read
 from buildmaster.enums import BuildQueueStatus, BuildStatus
 from buildmaster.model import BuildQueue
 from buildmaster.store.database import DatabaseUnavailable, NotFound
-from buildmaster.store.views import BuildDetail, BuildFilter, BuildSummary, Standing
+from buildmaster.store.views import (
+    BuildDetail,
+    BuildFilter,
+    BuildSummary,
+    ShareStanding,
+    Standing,
+)
 from buildmaster.transitions import RETRYABLE
 from buildmaster.web.api.endpoint import (
     STREAMED,
@@ -111,9 +117,16 @@ class Build(Endpoint):
         views = self.ctx.store.views
         detail = await views.builds.detail(self.build_id, grant)
         standing = await views.queue.standing(detail.summary)
-        return ok(self.detail_json(detail, standing, grant))
+        share = await views.shares.standing(detail.summary) if standing is not None else None
+        return ok(self.detail_json(detail, standing, grant, share))
 
-    def detail_json(self, detail: BuildDetail, standing: Standing | None, grant: Grant) -> Any:
+    def detail_json(
+        self,
+        detail: BuildDetail,
+        standing: Standing | None,
+        grant: Grant,
+        share: ShareStanding | None = None,
+    ) -> Any:
         librarian = self.ctx.librarian
         summary = detail.summary
         tokens = summary.archive.private and may_read(grant, summary.archive)
@@ -125,16 +138,35 @@ class Build(Endpoint):
             files=[file_json(librarian, f.file, tokens) for f in detail.files],
             logtail=_logtail(self.ctx, summary),
             score_parts=[{"reason": p.reason, "points": p.points} for p in detail.score_parts],
-            waiting=_standing_json(standing),
+            waiting=_standing_json(standing, share),
         )
         return shown
 
 
-def _standing_json(standing: Standing | None) -> Any:
+def _share_json(share: ShareStanding | None) -> Any:
+    if share is None:
+        return None
+    return {
+        "owner": share.owner,
+        "weight": share.weight,
+        "usage_seconds": share.usage_seconds,
+        "half_life_seconds": share.half_life,
+        "deficit": share.deficit,
+        "owner_rank": share.owner_rank,
+        "owners_waiting": share.owners_waiting,
+        "waited_seconds": share.waited_seconds,
+        "aged_after_seconds": share.aged_after_seconds,
+        "aged": share.aged,
+        "text": share.text,
+    }
+
+
+def _standing_json(standing: Standing | None, share: ShareStanding | None = None) -> Any:
     if standing is None:
         return None
     start = standing.start_in_seconds
     return {
+        "share": _share_json(share),
         "position": standing.position,
         "position_exact": standing.position_exact,
         "ahead_seconds": standing.ahead_seconds,

@@ -180,6 +180,7 @@ SCHEMAS: dict[str, Any] = {
                 " ahead are counted)",
             },
             "ahead_seconds": NUMBER,
+            "share": nullable(ref("Share")),
             "estimated_start_in": N_NUMBER,
             "estimated_start": N_TIME,
             "reason": obj(
@@ -199,6 +200,31 @@ SCHEMAS: dict[str, Any] = {
                     "text": STRING,
                 }
             ),
+        }
+    ),
+    "Share": obj(
+        {
+            "owner": {**STRING, "description": "the archive's owner (the primary archive is one)"},
+            "weight": NUMBER,
+            "usage_seconds": {
+                **NUMBER,
+                "description": "builder-seconds the owner used of this kind, decayed",
+            },
+            "half_life_seconds": NUMBER,
+            "deficit": {
+                **NUMBER,
+                "description": "weight share minus usage share among the owners with waiting"
+                " builds of this kind: the largest is served first",
+            },
+            "owner_rank": {"type": "integer", "minimum": 1},
+            "owners_waiting": {"type": "integer", "minimum": 1},
+            "waited_seconds": NUMBER,
+            "aged_after_seconds": NUMBER,
+            "aged": {
+                **BOOL,
+                "description": "it goes before fair shares, the longest waiting first",
+            },
+            "text": STRING,
         }
     ),
     "BuildDetail": {

@@ -125,6 +125,7 @@ class BuildPage(Page):
         detail = await views.builds.detail(self.build_id, viewer.grant)
         summary = detail.summary
         standing = await views.queue.standing(summary)
+        share = await views.shares.standing(summary) if standing is not None else None
         tokens = summary.archive.private and may_read(viewer.grant, summary.archive)
         librarian = self.ctx.librarian
         operator = viewer.signed_in and may_operate(viewer.grant, summary.archive)
@@ -145,6 +146,7 @@ class BuildPage(Page):
             took=took,
             detail=detail,
             standing=standing,
+            share=share,
             start_at=(
                 standing.as_of + datetime.timedelta(seconds=standing.start_in_seconds)
                 if standing is not None and standing.start_in_seconds is not None

@@ -1,0 +1,115 @@
+"""How a waiting build's turn is decided: its owner's fair share and its aging.
+
+The numbers the claim (``buildqueue_candidate()``, migration 0008; the rules in
+:mod:`buildmaster.fairshare`) reads, shown for builders of the build's own processor and
+virtualization (a builder of several processors weighs the owners over all of them).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from buildmaster.enums import BuildQueueStatus
+from buildmaster.store.database import Database
+from buildmaster.store.views.builds import BuildSummary
+
+__all__ = ["ShareStanding", "ShareViews"]
+
+
+@attrs.frozen
+class ShareStanding:
+    owner: str
+    weight: float
+    #: the owner's usage of this kind: builder-seconds, decayed (half-life ``half_life``)
+    usage_seconds: float
+    #: weight share minus usage share among the owners with waiting work of this kind
+    deficit: float
+    #: the owner's turn: 1 = the next builder of this kind takes this owner's best job
+    owner_rank: int
+    owners_waiting: int
+    waited_seconds: float
+    #: once it has waited this long it goes before fair shares (longest waiting first)
+    aged_after_seconds: float
+    aged: bool
+    half_life: float
+    #: how its place is decided, in a sentence
+    text: str
+
+
+_SHARE_SQL = """
+WITH f AS (SELECT * FROM fairshare),
+q AS (SELECT * FROM buildqueue WHERE id = %(job)s),
+u AS (
+    SELECT s.owner, max(coalesce(w.weight, f.default_weight)) AS weight,
+        sum(s.usage * power(0.5, greatest(0, extract(epoch FROM now() - s.stamp)) / f.half_life))
+            AS usage
+    FROM shareusage s CROSS JOIN f LEFT JOIN shareweight w ON w.owner = s.owner
+    WHERE s.processor = %(processor)s AND s.virtualized = %(virtualized)s
+      AND (s.waiting > 0 OR s.owner = (SELECT shareowner FROM q))
+    GROUP BY s.owner),
+d AS (
+    SELECT u.owner, u.weight, u.usage,
+        u.weight / sum(u.weight) OVER ()
+            - coalesce(u.usage / nullif(sum(u.usage) OVER (), 0), 0) AS deficit
+    FROM u),
+r AS (SELECT d.*, rank() OVER (ORDER BY d.deficit DESC, d.owner) AS rank, count(*) OVER () AS n
+      FROM d)
+SELECT p.name, r.weight, r.usage, r.deficit, r.rank, r.n,
+    extract(epoch FROM now() - q.datecreated), f.aging_bound - f.aging_slack, f.half_life
+FROM r JOIN person p ON p.id = r.owner CROSS JOIN f JOIN q ON q.shareowner = r.owner
+"""
+
+
+def _text(s: ShareStanding) -> str:
+    if s.aged:
+        return (
+            f"waited {s.waited_seconds:.0f} s, over {s.aged_after_seconds:.0f} s: it goes before"
+            " fair shares, the longest waiting first"
+        )
+    turn = (
+        "its owner's turn is next"
+        if s.owner_rank == 1
+        else f"{s.owner_rank - 1} owner(s) ahead by fair share"
+    )
+    return (
+        f"{s.owner} (weight {s.weight:g}) used {s.usage_seconds:.0f} builder-seconds lately:"
+        f" deficit {s.deficit:+.3f} among {s.owners_waiting} owner(s) with waiting builds;"
+        f" {turn}; within the owner, by score; aged after {s.aged_after_seconds:.0f} s"
+    )
+
+
+class ShareViews:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def standing(self, summary: BuildSummary) -> ShareStanding | None:
+        """The fair-share standing of a waiting build (``None`` unless it waits)."""
+        job = summary.job
+        if job is None or job.status is not BuildQueueStatus.WAITING or job.builder_id is not None:
+            return None
+        rows = await self._db.query(
+            _SHARE_SQL,
+            {
+                "processor": job.processor_id,
+                "virtualized": job.virtualized,
+                "job": job.id,
+            },
+        )
+        if not rows:
+            return None
+        name, weight, usage, deficit, rank, n, waited, after, half_life = rows[0]
+        waited = float(waited)
+        standing = ShareStanding(
+            name,
+            float(weight),
+            float(usage),
+            float(deficit),
+            int(rank),
+            int(n),
+            waited,
+            float(after),
+            waited >= float(after),
+            float(half_life),
+            "",
+        )
+        return attrs.evolve(standing, text=_text(standing))
