@@ -132,7 +132,7 @@ async def load(reactor: Any, db: Any, store: Any, jobs: int) -> tuple[Any, list[
     await db.execute("VACUUM ANALYZE sourcepackagerelease")
     await db.execute("VACUUM ANALYZE build")
     await db.execute("VACUUM ANALYZE buildqueue")
-    await db.execute("VACUUM ANALYZE shareusage")
+    await db.execute("VACUUM ANALYZE shareusage_stripe")
     await db.execute("CHECKPOINT")
     rows = await db.query(
         "SELECT p.name, q.virtualized, count(*) FROM buildqueue q JOIN processor p"

@@ -771,6 +771,8 @@ def main() -> None:
             {
                 "shared_preload_libraries": "'pg_stat_statements'",
                 "pg_stat_statements.track_planning": "on",
+                # the statements of triggers and functions too, each under its own text
+                "pg_stat_statements.track": "all",
             }
             if args.pg_stats
             else {}

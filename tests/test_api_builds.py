@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest_twisted
+from share_support import set_share_usage
 from test_api_basics import assert_problem
 from test_api_builders import _state
 from twisted.internet import defer, task
@@ -285,10 +286,7 @@ async def test_a_waiting_build_says_how_fair_shares_and_aging_place_it(api_world
     await store.db.execute(
         "UPDATE buildqueue SET shareowner = %s WHERE build = %s", (cprov, second.id)
     )
-    await store.db.execute(
-        "UPDATE shareusage SET usage = 1800, stamp = now() WHERE owner = %s",
-        (world.data.primary.owner_id,),
-    )
+    await set_share_usage(store, world.data.primary.owner_id, 1800)
     behind = (await admin.get(f"/api/v1/builds/{first.id}")).json["waiting"]["share"]
     assert behind["owner"] == "ubuntu-team" and behind["owners_waiting"] == 2
     assert behind["usage_seconds"] > 1700 and behind["deficit"] < 0 < 1 < behind["owner_rank"]

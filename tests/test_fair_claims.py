@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from share_support import set_share_usage
 from twisted.internet import defer
 
 from buildmaster.enums import BuildStatus, PackagePublishingPocket
@@ -125,10 +126,7 @@ async def test_the_claim_chooses_what_the_pure_rules_choose(store: Store) -> Non
     await store.db.execute(
         "INSERT INTO shareweight VALUES (%s, 3), (%s, 0.5)", (people[1], people[2])
     )
-    await store.db.execute(
-        "UPDATE shareusage SET usage = %s, stamp = now() - interval '5 minutes' WHERE owner = %s",
-        (2000.0, people[0]),
-    )
+    await set_share_usage(store, people[0], 2000.0, age=300)
     await bookkeeping_is_true(store)
     free = await builders(store, data, "fb", 40)
     rules_seen: collections.Counter[str] = collections.Counter()
@@ -321,3 +319,67 @@ async def test_an_owner_is_charged_what_its_builds_really_used(store: Store) -> 
     # charged 300, corrected by 120 - 300 when it ended: 120 (a little decayed meanwhile)
     assert await usage() == pytest.approx(120.0, abs=2.0)
     await bookkeeping_is_true(store)
+
+
+async def _session_with_stripe(reactor: Any, dsn: str, avoid: int | None) -> tuple[Database, int]:
+    """A one-connection pool whose session writes a stripe other than ``avoid``."""
+    for _ in range(32):
+        db = Database(reactor, dsn, size=1)
+        await db.connect()
+        [(stripe,)] = await db.query("SELECT shareusage_my_stripe()")
+        if stripe != avoid:
+            return db, int(stripe)
+        await db.close()
+    raise AssertionError("no session with another stripe in 32 tries")
+
+
+@pytest_twisted.ensureDeferred
+async def test_claims_of_one_owner_in_two_sessions_do_not_wait_for_each_other(
+    reactor: Any, store: Store, dsn: str
+) -> None:
+    """A farm whose jobs mostly belong to one owner (the primary archive) claims from many
+    sessions at once: one session's uncommitted claim must not hold up another's (its
+    usage bookkeeping once sat in one row per owner, locked until commit)."""
+    data = await load_sample_data(store)
+    await store.queue.destroySelf(data.lost_job_id)
+    await store.queue.destroySelf(data.waiting_job_id)
+    first, second = await queue_jobs(store, data, "hot", 2)
+    one, two = await builders(store, data, "hot", 2)
+    usage_sql = (
+        "SELECT coalesce(sum(usage), 0) FROM shareusage"
+        " WHERE owner = %s AND processor = %s AND NOT virtualized"
+    )
+    kind = (data.primary.owner_id, data.processor_386.id)
+    [(before,)] = await store.db.query(usage_sql, kind)
+    a, stripe_a = await _session_with_stripe(reactor, dsn, None)
+    b, stripe_b = await _session_with_stripe(reactor, dsn, stripe_a)
+    claim = "UPDATE buildqueue SET builder = %s, status = 1 WHERE id = %s"
+    holding: defer.Deferred[None] = defer.Deferred()
+    release: defer.Deferred[None] = defer.Deferred()
+
+    async def hold_a_claim(tx: Any) -> None:
+        await tx.execute(claim, (one.id, first))
+        holding.callback(None)
+        await release
+
+    try:
+        held = a.transaction(hold_a_claim, retries=0)
+        await holding
+        # without stripes this waited for the first claim's commit: here, a lock error
+        await b.execute("SET lock_timeout = '5s'")
+        await b.execute(claim, (two.id, second))
+        release.callback(None)
+        await held
+    finally:
+        if not release.called:
+            release.callback(None)
+        await a.close()
+        await b.close()
+    await bookkeeping_is_true(store)
+    [(after,)] = await store.db.query(usage_sql, kind)
+    estimates = await store.db.query(
+        "SELECT sum(extract(epoch FROM estimated_duration)) FROM buildqueue WHERE id = ANY(%s)",
+        ([first, second],),
+    )
+    # both charged (what the first had decays by a few seconds' worth meanwhile)
+    assert float(after) - float(before) == pytest.approx(float(estimates[0][0]), abs=10)

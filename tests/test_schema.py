@@ -240,7 +240,7 @@ async def test_the_candidate_query_is_an_index_scan(store: Store, seeded: Sample
         (seeded.cprov_ppa.id,),  # a quarter of them another owner's
     )
     await store.db.execute("ANALYZE buildqueue")
-    await store.db.execute("ANALYZE shareusage")
+    await store.db.execute("ANALYZE shareusage_stripe")
     # the claim runs buildqueue_candidate(): its two queries, as stored in the database (the
     # aged jobs, then the owners' best), planned once for any arguments as PL/pgSQL does
     [(source,)] = await store.db.query(
