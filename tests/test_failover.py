@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -151,6 +152,19 @@ def _firsts_after(
     return first
 
 
+def _scan_period(
+    calls: list[Call], masters: Masters, start: float, end: float, skipped: set[str]
+) -> float:
+    """The median time between two status polls of one builder, over the builders not in
+    ``skipped``, from ``start`` to ``end``: how often the masters really scanned."""
+    polls: dict[str, list[float]] = {}
+    for c in calls:
+        if c.method == "status" and c.builder not in skipped and start <= c.t <= end:
+            polls.setdefault(c.builder, []).append(c.t)
+    gaps = [b - a for times in polls.values() for a, b in itertools.pairwise(sorted(times))]
+    return statistics.median(gaps) if gaps else 0.0
+
+
 def _story(calls: list[Call], masters: Masters, given_twice: dict[str, list[str]]) -> str:
     """What the builders given one build saw (not their status calls), for a failure."""
     lines = [f"builds on two builders at once: {given_twice}"]
@@ -246,9 +260,16 @@ async def test_three_masters_fail_over_and_fence(
         await wait_for(
             reactor, lambda: taken_over(held_by_a, killed_at, "a"), PATIENCE, "calls to them"
         )
-        firsts = _firsts_after(read_calls(record), masters, killed_at, "a")
+        calls = read_calls(record)
+        firsts = _firsts_after(calls, masters, killed_at, "a")
         takeover = max(firsts[b] - killed_at for b in held_by_a)
-        assert takeover <= 2 * SCAN, f"a's builders worked again after {takeover:.2f} s"
+        # two scan intervals as the survivors really scanned meanwhile (a loaded machine
+        # stretches their rounds; quiet, this is 2 x SCAN)
+        period = _scan_period(calls, masters, killed_at, killed_at + takeover, held_by_a)
+        assert takeover <= 2 * max(SCAN, period), (
+            f"a's builders worked again after {takeover:.2f} s"
+            f" (the others' builders were polled every {period:.2f} s)"
+        )
         before_revival = await built()
 
         # -- it comes back ------------------------------------------------------------
