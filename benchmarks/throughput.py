@@ -43,7 +43,10 @@ length one after the other, once with ``benchmarks/api_readers.py`` reading the 
 API at RATE requests per second (a process of its own, on the builders' CPU) and once
 without; which comes first alternates from one interval to the next (so give the same
 interval several times: ``--intervals 0.5,0.5,0.5,0.5``). The summary then compares the
-builds per second of each pair.
+builds per second of each pair. With ``--api-process`` the readers ask a web-only process
+(``twistd buildmaster --web-only``, on ``--api-cpu``, the builders' CPU by default) on the
+same database and files directory instead of the scanning master, as a farm that keeps the
+API off its scanning master does (docs/deployment.md); its CPU per read is reported.
 
 Then, with a profiler on the reactor thread (``--profiler cprofile`` or ``pyinstrument``), a
 ``--profile`` s window: where the master's CPU goes per completed build.
@@ -513,6 +516,9 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
                     await common.sleep(reactor, 0.2)
                 if n == 0:
                     await common.put_chroot_on_every_builder(service)
+                if n == 0 and args.api_process and args.api_readers:
+                    # after the first master: the farm's secret is the one it offered
+                    ctx["api_url"] = await start_web_process(reactor, args, ctx, state)
                 batch = (
                     builds[queued : queued + shares[n]]
                     if n + 1 < len(intervals)
@@ -562,6 +568,8 @@ async def measure_and_print(
     service = ctx["service"]
     readers = None
     label = f"interval {interval:g} s" + (" with API readers" if with_readers else "")
+    web_pid = ctx.get("api_pid")
+    web_cpu0 = common.cpu_seconds(web_pid) if web_pid else 0.0
     if with_readers:
         out = ctx["dir"] / f"readers-{len(results['windows'])}.json"
         readers = ctx["children"].start(
@@ -569,7 +577,7 @@ async def measure_and_print(
                 common.PYTHON,
                 str(Path(__file__).resolve().parent / "api_readers.py"),
                 "--url",
-                f"http://127.0.0.1:{service.web.getHost().port}",
+                ctx.get("api_url") or f"http://127.0.0.1:{service.web.getHost().port}",
                 "--rate",
                 str(args.api_readers),
                 "--seconds",
@@ -586,6 +594,7 @@ async def measure_and_print(
         while readers.poll() is None:
             await common.sleep(reactor, 0.2)
         window["readers"] = json.loads(out.read_text()) if out.exists() else {"failed": "no output"}
+    window["web_cpu"] = common.cpu_seconds(web_pid) - web_cpu0 if web_pid else None
     results["windows"].append(window)
     rate = window["rate"]
 
@@ -642,6 +651,52 @@ async def measure_and_print(
             f" {r.get('failed')}; readers' CPU {r.get('cpu', 0):.1f} s; {latency}",
             flush=True,
         )
+    if window["web_cpu"] is not None:
+        answered = (window["readers"] or {}).get("answered") or 0
+        per_read = f", {window['web_cpu'] / answered * 1000:.2f} ms per read" if answered else ""
+        print(
+            f"  web-only process: CPU {window['web_cpu'] / args.window:.0%}{per_read}",
+            flush=True,
+        )
+
+
+async def start_web_process(
+    reactor: Any, args: argparse.Namespace, ctx: dict[str, Any], state: Path
+) -> str:
+    """``twistd buildmaster --web-only`` on the benchmark's database and files directory,
+    pinned to ``--api-cpu``; its base URL once its /readyz answers 200."""
+    from buildmaster.httpclient import HTTPClient
+    from buildmaster.store.cluster import free_port
+
+    port = free_port()
+    process = ctx["children"].start(
+        [common.TWISTD, "-n", "--pidfile=", "--logfile", str(ctx["dir"] / "web.log")]
+        + ["buildmaster", "--web-only", "--dsn", ctx["dsn"], "--port", str(port)]
+        + ["--files-dir", str(state / "librarian"), "--state-dir", str(ctx["dir"] / "web")],
+        cpus=args.api_cpu if args.api_cpu is not None else args.builders_cpu,
+        cwd=ctx["dir"],
+    )
+    ctx["api_pid"] = process.pid
+    url = f"http://127.0.0.1:{port}"
+    http = HTTPClient(reactor)
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the web-only process ended: see {ctx['dir'] / 'web.log'}")
+            try:
+                answer = await http.request(b"GET", url + "/readyz", timeout=5.0)
+                if answer.status == 200:
+                    break
+            except Exception:  # not listening yet
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the web-only process was not ready within 120 s")
+            await common.sleep(reactor, 0.5)
+    finally:
+        http.close_idle()
+    print(f"web-only process (pid {process.pid}) ready at {url}", flush=True)
+    return url
 
 
 def main() -> None:
@@ -738,6 +793,17 @@ def main() -> None:
         default=0.0,
         help="measure each interval with and without this many operator API reads per second"
         " (benchmarks/api_readers.py, on the builders' CPU)",
+    )
+    parser.add_argument(
+        "--api-process",
+        action="store_true",
+        help="with --api-readers: the readers ask a web-only process (twistd buildmaster"
+        " --web-only on the same database) instead of the scanning master",
+    )
+    parser.add_argument(
+        "--api-cpu",
+        default=None,
+        help="CPU(s) for the web-only process of --api-process (default: --builders-cpu)",
     )
     parser.add_argument("--log", help="write the master's log to this file")
     parser.add_argument("--master-cpu", default="0", help="CPU(s) for this process ('' = any)")

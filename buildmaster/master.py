@@ -13,6 +13,9 @@ It holds one :class:`~buildmaster.scan.BuilderWorker` per builder and
 * on ``NOTIFY buildqueue_waiting`` (a job became available) wakes an idle builder of the
   right kind at once, and every successful claim wakes the next one, so a burst of jobs
   spreads over the idle builders without waiting for a tick;
+* on ``NOTIFY builder_scan`` (another process cancelled a running build or changed a
+  builder's manual mode: :mod:`buildmaster.operations`) scans that builder at once, if it
+  holds it;
 * remembers which (processor, virtualized) kinds have no waiting job, so idle builders do
   not ask the database again until a notification says otherwise;
 * writes log tails in batches;
@@ -49,6 +52,7 @@ from buildmaster.logtails import LogtailBuffer
 from buildmaster.masterfaults import DATABASE, FaultLog, MasterFault
 from buildmaster.metrics import Metrics
 from buildmaster.model import Builder, BuilderSnapshot, BuildQueue, DistroArchSeries, HasId, id_of
+from buildmaster.operations import SCAN_CHANNEL, FarmOperations, parse_scan_wanted
 from buildmaster.ownership import OWNERSHIP_LOCK, Ownership, OwnershipLost
 from buildmaster.protocol import BuilderError
 from buildmaster.readiness import Readiness
@@ -144,6 +148,12 @@ class BuilddMaster(service.Service):
         #: snapshot of it, when it started waiting
         self._turns: dict[int, tuple[BuilderWorker, BuilderSnapshot, float]] = {}
         self._taking_turns = False
+        #: the operations through the database alone (a builder held elsewhere is woken)
+        self._farm_operations = FarmOperations(store)
+
+    #: a master scans (:class:`~buildmaster.web.api.context.FarmReader`; a web-only
+    #: process does not)
+    scans = True
 
     # -- the service -------------------------------------------------------------------
 
@@ -175,6 +185,7 @@ class BuilddMaster(service.Service):
 
     async def _start(self) -> None:
         await self.store.db.listen("buildqueue_waiting", self._queue_changed)
+        await self.store.db.listen(SCAN_CHANNEL, self.scan_wanted)
         self._listening = True
         self.store.db.on_session_lost(self._session_back)
         for das in await self.store.distributions.all_arch_series():
@@ -434,6 +445,33 @@ class BuilddMaster(service.Service):
             jobs = len(self.workers)
         self.openings.job_waiting(keys, count=jobs)
 
+    def scan_wanted(self, payload: str) -> None:
+        """NOTIFY builder_scan: ``"<builder id>"``, a builder another process wants looked at
+        now (:mod:`buildmaster.operations`); scanned if this master holds it. The empty
+        payload after a reconnection asks for nothing: the scans catch up by themselves."""
+        builder_id = parse_scan_wanted(payload)
+        if builder_id is None:
+            if payload:
+                self._log.warn(
+                    "Ignored a builder_scan notification that names no builder: {payload!r}",
+                    payload=payload[:80],
+                )
+            return
+        worker = self.workers.get(builder_id)
+        if worker is None or self.stopping or not self._works(builder_id):
+            return  # another master's, or one this master does not know yet (its next scan)
+        worker.request_scan()
+
+    def _wake(self, builder_id: int) -> defer.Deferred[None]:
+        """Have the builder scanned now: by this master if it holds it (a master not started,
+        driven through its API, holds what it has a worker for), else by the master that does
+        (NOTIFY builder_scan)."""
+        worker = self.workers.get(builder_id)
+        if worker is not None and (not self.running or self._works(builder_id)):
+            worker.request_scan()
+            return defer.succeed(None)
+        return self._farm_operations.wake_owner(builder_id)
+
     def note_idle(self, worker: BuilderWorker) -> None:
         """A worker finished a scan: list it under its kinds if it can take a job."""
         self.openings.note_idle(worker, listed=worker.builder.id in self.workers)
@@ -556,8 +594,8 @@ class BuilddMaster(service.Service):
         state = await self.store.jobs.cancel(build)
         if state is BuildStatus.CANCELLING:
             job = await self.store.queue.get_for_build(build)
-            if job is not None and job.builder_id in self.workers:
-                self.workers[job.builder_id].request_scan()
+            if job is not None and job.builder_id is not None:
+                await self._wake(job.builder_id)
         return state
 
     def retry(self, build: HasId | int) -> defer.Deferred[BuildQueue]:
@@ -588,8 +626,13 @@ class BuilddMaster(service.Service):
 
     async def _set_manual(self, builder: HasId | int, manual: bool) -> Builder:
         fresh = await self.store.builders.set_manual(builder, manual)
-        if fresh.id in self.workers:
-            self.workers[fresh.id].update(fresh)
+        worker = self.workers.get(fresh.id)
+        if worker is not None and (not self.running or self._works(fresh.id)):
+            worker.update(fresh)
+            if self.running and not manual:
+                worker.request_scan()  # it may take a waiting job now
+        else:
+            await self._farm_operations.wake_owner(fresh.id)
         return fresh
 
     def addOrUpdateChroot(

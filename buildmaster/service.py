@@ -9,6 +9,13 @@ scanning master, and the demo (if asked). Stop: the same, backwards: scanning st
 the web server, and the database (and its private cluster) closes last. Twisted's
 ``MultiService`` stops its children all at once, so the order is written out here.
 
+Web only (``ServiceSettings(web_only=True)``, ``twistd buildmaster --web-only``): the same
+web server (API, pages, ``/metrics``, health checks, the librarian's URLs) over a farm's
+database, with no scanning master: the process holds no builder and does not count among the
+masters that share them (:mod:`buildmaster.ownership`). Its operations go through the
+database (:class:`~buildmaster.operations.FarmOperations`); docs/deployment.md says when to
+run one and which periodic tasks it runs.
+
 Embeddable: ``BuildmasterService(reactor, settings)`` can live in any Twisted application
 (docs/embedding.md); ``tap.py`` builds one for ``twistd buildmaster``. Its start runs in the
 background (``startService`` returns at once): :meth:`BuildmasterService.when_ready` tells
@@ -58,6 +65,7 @@ from buildmaster.librarian.tokens import read_secret_file
 from buildmaster.master import BuilddMaster
 from buildmaster.masterfaults import DroppedConnectionWatch
 from buildmaster.metrics import Metrics
+from buildmaster.operations import FarmOperations
 from buildmaster.readiness import Readiness
 from buildmaster.store import Database, DatabaseUnavailable, Store
 from buildmaster.store.cluster import (
@@ -76,7 +84,8 @@ from buildmaster.store.embedded import (
 )
 from buildmaster.store.schema import LATEST, SchemaTooNew, current_version, migrate
 from buildmaster.web import bearer_verifier, mount_operator_web
-from buildmaster.web.api import ApiContext
+from buildmaster.web.api import ApiContext, FarmReader, Operations
+from buildmaster.web.api.context import WebOnlyFarm
 from buildmaster.web.metrics import FarmMetrics
 from buildmaster.web.samples import FarmSampler
 
@@ -122,6 +131,9 @@ class ServiceSettings:
     demo_queue_interval: float = 2.0
     #: seconds between readings of the farm's state for /metrics
     metrics_interval: float = 15.0
+    #: serve the web (API, pages, /metrics, health, librarian) over the farm's database
+    #: (``dsn``: required) without scanning: no builder held, no share of them taken
+    web_only: bool = False
 
 
 class BuildmasterService(service.Service):
@@ -158,6 +170,9 @@ class BuildmasterService(service.Service):
         self.librarian: Librarian | None = None
         self._dropped_watch: ILogObserver | None = None
         self.master: BuilddMaster | None = None
+        #: what the operator API's operations go through: the master, or (web only) the
+        #: database alone
+        self.operations: Operations | None = None
         self.web: Any = None
         self.demo: Any = None
         self._gc: service.Service | None = None
@@ -193,6 +208,8 @@ class BuildmasterService(service.Service):
 
     async def _start(self) -> None:
         settings = self.settings
+        if settings.web_only:
+            _check_web_only(settings)
         _prepare_state_dir(settings.state_dir, separate_server_user=settings.dsn is None)
         files_dir = settings.files_dir or settings.state_dir / "librarian"
         await self._check_files_dir(files_dir)
@@ -248,30 +265,38 @@ class BuildmasterService(service.Service):
         self._gc = self.librarian.garbage_collector(settings.gc_interval)
         self._gc.startService()
 
-        self.master = BuilddMaster(
-            self.reactor, self.store, self.librarian, settings.master, self.metrics
-        )
+        farm: FarmReader
+        if settings.web_only:
+            self.operations, farm = FarmOperations(self.store), WebOnlyFarm()
+        else:
+            self.master = BuilddMaster(
+                self.reactor, self.store, self.librarian, settings.master, self.metrics
+            )
+            self.operations = farm = self.master
         mount_operator_web(
             site.resource,
             ApiContext(
                 store=self.api_store,
                 librarian=self.librarian,
                 clock=self.reactor,
-                operations=self.master,
-                farm=self.master,
+                operations=self.operations,
+                farm=farm,
                 metrics=self.metrics,
             ),
             max_cycle_age=max(3 * settings.master.scan_interval, 30.0),
         )
-        if settings.demo:
+        if settings.demo and self.master is not None:
             from buildmaster.demo import Demo
 
             self.demo = Demo(self.reactor, self.store, self.librarian, self.master, settings)
             await self.demo.prepare()
-        # the pool's connections, and the session's (LISTEN, builder locks)
-        _check_open_files(await self.store.builders.count(), settings.pool_size + 1)
-        self.master.startService()
-        await self.master.when_ready()
+        if self.master is not None:
+            # the pool's connections, and the session's (LISTEN, builder locks)
+            _check_open_files(await self.store.builders.count(), settings.pool_size + 1)
+            self.master.startService()
+            await self.master.when_ready()
+        else:
+            _check_open_files(0, settings.pool_size + settings.api_pool_size)
         self._farm_metrics = FarmMetrics(
             self.reactor, self.store, self.metrics, settings.metrics_interval
         )
@@ -280,7 +305,10 @@ class BuildmasterService(service.Service):
         self._sampler.startService()
         if self.demo is not None:
             self.demo.start_queueing()
-        self._log.info("buildmaster is running")
+        if self.master is None:
+            self._log.info("buildmaster is running, web only: it scans no builder")
+        else:
+            self._log.info("buildmaster is running")
 
     def _run_at_start(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         return _in_daemon_thread(self.reactor, f, *args)
@@ -501,6 +529,17 @@ def _prepare_state_dir(state_dir: Path, separate_server_user: bool) -> None:
                     f" {state_dir}: `chgrp {server_user.pw_name} {state_dir} && chmod g+x"
                     f" {state_dir}`, or run the master as an ordinary user"
                 )
+
+
+def _check_web_only(settings: ServiceSettings) -> None:
+    """A web-only process serves an existing farm: its database, and nothing to simulate."""
+    if settings.dsn is None:
+        raise StartupError(
+            "a web-only process serves the farm's database and needs its connection string"
+            " (--dsn, as the scanning masters'): it starts no private cluster"
+        )
+    if settings.demo:
+        raise StartupError("a web-only process runs no builders: --demo needs a scanning master")
 
 
 def _shown_dsn(dsn: str) -> str:

@@ -9,6 +9,8 @@ a whole; and this is the only module that may import the reactor.
     twistd -n buildmaster --dsn "host=db dbname=buildmaster" --port tcp:8000 \\
         --librarian-url http://master.example:8000/librarian/ \\
         --vm-resume-command "/usr/local/bin/resume-vm %(vm_host)s %(buildd_name)s"
+    twistd -n buildmaster --web-only --dsn "host=db dbname=buildmaster" --port tcp:8080 \\
+        --files-dir /srv/buildmaster/files   # the API and pages only: no scans, no builders
 
 How the process ends: a bad option is a usage error (status 1) before anything starts; a
 start-up that fails logs one line saying what to fix (``buildmaster cannot start: ...``),
@@ -58,6 +60,32 @@ URL_OPTIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "ppa-url": (_ARCHIVE_FIELDS, frozenset({"owner", "name"})),
     "private-ppa-url": (_ARCHIVE_FIELDS, frozenset({"owner", "name"})),
 }
+
+
+#: the options only a scanning master (or the demo) uses: refused with --web-only
+SCANNER_OPTIONS = (
+    "scan-interval",
+    "building-poll-max",
+    "max-collections",
+    "socket-timeout",
+    "virtualized-socket-timeout",
+    "max-result-bytes",
+    "max-result-files",
+    "result-downloads",
+    "download-idle-timeout",
+    "download-min-rate",
+    "vm-resume-command",
+    "vm-resume-timeout",
+    "stuck-timeout",
+    "session-lease",
+    "fault-retry",
+    "primary-archive-url",
+    "ppa-url",
+    "private-ppa-url",
+    "build-url",
+    "demo-builders",
+    "demo-interval",
+)
 
 
 def check_url(option: str, value: str, fields: frozenset[str], required: frozenset[str]) -> None:
@@ -320,9 +348,18 @@ class Options(usage.Options):
     optFlags = [
         ["demo", None, "Load the sample data, start simulated builders and queue builds."],
         ["access-log", None, "Log every request to the web server."],
+        [
+            "web-only",
+            None,
+            "Serve the API, the pages, /metrics, the health checks and the librarian over"
+            " the farm's database (--dsn) without scanning: this process holds no builder"
+            " and takes no share of them (docs/deployment.md).",
+        ],
     ]
 
     def postOptions(self) -> None:
+        if self["web-only"]:
+            self._check_web_only()
         command = self["vm-resume-command"]
         if command:
             try:
@@ -337,6 +374,24 @@ class Options(usage.Options):
                 parse_dsn(self["dsn"])
             except ProgrammingError as e:
                 raise usage.UsageError(f"--dsn {self['dsn']!r}: {e}".strip()) from None
+
+    def _check_web_only(self) -> None:
+        """--web-only needs the farm's database, and refuses what only a scanning master
+        (or the demo) uses."""
+        if self["demo"]:
+            raise usage.UsageError(
+                "--web-only does not go with --demo: the demo's builders need a scanning master"
+            )
+        if self["dsn"] is None:
+            raise usage.UsageError(
+                "--web-only needs --dsn: the farm's database (a web-only process starts no"
+                " private cluster)"
+            )
+        for option in SCANNER_OPTIONS:
+            if self[option] != self.defaults[option]:
+                raise usage.UsageError(
+                    f"--{option} is for a master that scans: a --web-only process scans no builder"
+                )
 
     def settings(self) -> ServiceSettings:
         """The service's settings; --demo changes only the defaults of what was not given."""
@@ -381,6 +436,7 @@ class Options(usage.Options):
             demo=bool(self["demo"]),
             demo_builders=self["demo-builders"],
             demo_queue_interval=self["demo-interval"],
+            web_only=bool(self["web-only"]),
         )
 
 

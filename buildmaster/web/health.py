@@ -1,5 +1,6 @@
 """``/healthz`` (the process answers) and ``/readyz`` (the database answers and the scanner
-runs): for load balancers and orchestrators."""
+runs; in a web-only process, which does not scan, the database answers): for load balancers
+and orchestrators."""
 
 from __future__ import annotations
 
@@ -83,7 +84,8 @@ async def answers_within(d: defer.Deferred[Any], clock: Any, seconds: float) -> 
 
 class Readyz(PlainResource):
     """Ready when ``SELECT 1`` answers within ``timeout`` seconds and the scan loop runs
-    with a cycle within ``max_cycle_age`` seconds."""
+    with a cycle within ``max_cycle_age`` seconds; in a process that does not scan (web
+    only), when the database answers."""
 
     def __init__(
         self,
@@ -105,7 +107,9 @@ class Readyz(PlainResource):
         database = {"ok": problem is None, "detail": problem or "answers"}
         last = self.farm.last_scan_cycle
         age = self.clock.seconds() - last if last is not None else None
-        if not self.farm.scanning:
+        if not self.farm.scans:
+            scanner = {"ok": True, "detail": "this process does not scan: it serves the web only"}
+        elif not self.farm.scanning:
             scanner = {"ok": False, "detail": "the scan loop is not running"}
         elif age is None or age > self.max_cycle_age:
             since = f"{age:.0f} s ago" if age is not None else "never"

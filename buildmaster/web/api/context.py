@@ -17,11 +17,15 @@ from buildmaster.model import Builder, BuildQueue, DistroArchSeries, HasId
 from buildmaster.store import Store
 from buildmaster.web.api.answers import SharedAnswers
 
-__all__ = ["FarmReader", "Operations", "ApiLimits", "ApiContext"]
+__all__ = ["FarmReader", "WebOnlyFarm", "Operations", "ApiLimits", "ApiContext"]
 
 
 class FarmReader(Protocol):
     """What the master knows that the database does not have yet."""
+
+    @property
+    def scans(self) -> bool:
+        """Whether this process scans builders at all (``False``: a web-only process)."""
 
     def live_logtail(self, job_id: int) -> str | None:
         """The newest log tail of a running job, if not yet written to the database."""
@@ -33,6 +37,19 @@ class FarmReader(Protocol):
     @property
     def last_scan_cycle(self) -> float | None:
         """When (the master's clock) the last scan cycle read the database."""
+
+
+class WebOnlyFarm:
+    """The :class:`FarmReader` of a process that holds no builder (``twistd buildmaster
+    --web-only``): it knows nothing the database does not. A running build's log tail is
+    the one the scanning master last wrote (every ``logtail_interval`` seconds)."""
+
+    scans = False
+    scanning = False
+    last_scan_cycle: float | None = None
+
+    def live_logtail(self, job_id: int) -> str | None:
+        return None
 
 
 class Operations(Protocol):
