@@ -3,9 +3,10 @@
 A :class:`Metrics` holds its instruments in a registry of its own (never the process-wide
 default), so that two masters in one process do not clash. The master and the scanner call
 its methods at the few places where something is measured (a scan, a collection, a
-hand-over, a builder failure, a database or librarian error); what the database already
-knows (builders by state, the queue, finished builds, dispatch latency) is read from it by
-:mod:`buildmaster.web.metrics`, into the same registry.
+hand-over, a builder failure, a file a builder fetched or had in its cache, a database or
+librarian error); what the database already knows (builders by state, the queue, finished
+builds, dispatch latency) is read from it by :mod:`buildmaster.web.metrics`, into the same
+registry.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from buildmaster.builderclient import BuilderFault, BuilderUnreachable
 from buildmaster.protocol import BuilderProtocolError
 from buildmaster.vmreset import VMResetFailed
 
-__all__ = ["Metrics", "failure_kind", "LATENCY_BUCKETS"]
+__all__ = ["Metrics", "failure_kind", "LATENCY_BUCKETS", "FILE_KINDS"]
 
 #: seconds: from a few milliseconds (a hand-over on a quiet farm) to an hour (a long queue)
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
     3600.0,
 )  # fmt: skip
+#: the kinds of file a dispatch sends a builder to fetch
+FILE_KINDS = ("chroot", "source")
 _BYTES_BUCKETS = (1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10)
 
 
@@ -96,6 +99,25 @@ class Metrics:
             ["method", "status"],
             registry=r,
         )
+        self.builder_files = Counter(
+            "buildmaster_builder_files",
+            "Files a dispatch made sure a builder has (ensurepresent), by kind (chroot,"
+            " source) and whether the builder fetched them (true), had them in its cache"
+            " (false) or said something else (unknown).",
+            ["kind", "fetched"],
+            registry=r,
+        )
+        self.builder_fetched_bytes = Counter(
+            "buildmaster_builder_fetched_bytes",
+            "Bytes of the files builders said they fetched for a dispatch (their sizes in the"
+            " librarian), by kind (chroot, source).",
+            ["kind"],
+            registry=r,
+        )
+        for kind in FILE_KINDS:
+            self.builder_fetched_bytes.labels(kind)
+            for fetched in ("true", "false", "unknown"):
+                self.builder_files.labels(kind, fetched)
         for kind in ("unreachable", "fault", "protocol", "vm-reset", "other"):
             self.builder_failures.labels(kind)
         for where in ("scan", "api"):
@@ -114,6 +136,14 @@ class Metrics:
 
     def builder_failed(self, error: BaseException) -> None:
         self.builder_failures.labels(failure_kind(error)).inc()
+
+    def file_ensured(self, kind: str, fetched: bool | None, size: int) -> None:
+        """A builder has a file for a dispatch: it ``fetched`` it (then ``size`` bytes), had
+        it in its cache, or did not say (``None``)."""
+        label = "unknown" if fetched is None else "true" if fetched else "false"
+        self.builder_files.labels(kind, label).inc()
+        if fetched:
+            self.builder_fetched_bytes.labels(kind).inc(size)
 
     def database_error(self, where: str) -> None:
         self.database_errors.labels(where).inc()

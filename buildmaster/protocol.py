@@ -92,10 +92,23 @@ class StatusReport:
     dependencies: str | None = None
 
 
+#: what a builder that has a file says about it: launchpad-buildd answers ``[True, "Cache"]``
+#: when it had the file in its cache, ``[True, "Download"]`` when it fetched it
+_FETCHED = {"Download": True, "Cache": False}
+
+
 @attrs.frozen
 class EnsurePresentResult:
     present: bool
+    #: the builder's words (its own, clipped; a description of what it sent when that was
+    #: not a string)
     message: str
+
+    @property
+    def fetched(self) -> bool | None:
+        """Whether the builder fetched the file (``True``) or had it in its cache
+        (``False``); ``None`` when it does not have it or said something else."""
+        return _FETCHED.get(self.message) if self.present else None
 
 
 @attrs.frozen
@@ -189,12 +202,15 @@ def parse_status(value: Any) -> StatusReport:
 
 
 def parse_ensurepresent(value: Any) -> EnsurePresentResult:
+    """``[present, message]``: ``present`` must be a bool; the message is only words (an
+    unknown one, even one that is not a string, is kept as a description, not refused)."""
     if not isinstance(value, list | tuple) or len(value) != 2 or not isinstance(value[0], bool):
         raise BuilderProtocolError(
             f"ensurepresent() should return [bool, message], got {_describe(value)}"
         )
+    message = value[1]
     return EnsurePresentResult(
-        value[0], _clip(_text(value[1], "ensurepresent message", 64 * 1024), 1000)
+        value[0], _clip(message, 1000) if isinstance(message, str) else _describe(message)
     )
 
 

@@ -272,6 +272,9 @@ class SimulatedBuilder:
         if not d.called:
             self._downloads += 1
             d.addBoth(self._download_over)
+        said = self.faults.ensurepresent_message
+        if said is not None:
+            d.addCallback(lambda answer: [answer[0], said])
         return d
 
     def _download_over(self, result: object) -> object:

@@ -99,6 +99,8 @@ class Faults:
       answer is held back (on the farm's clock), as when the reply is lost on the network
       after the builder acted on the request.
     - ``protocol_version``: ``info`` reports this protocol version instead of ``"1.0"``.
+    - ``ensurepresent_message``: ``ensurepresent`` answers this instead of ``"Cache"`` or
+      ``"Download"`` (the file is cached all the same), as a builder of another make might.
     - ``crash_mid_build``: the next build dies half-way: the builder stops listening and
       loses its state (back to IDLE, log and build id gone). Switches itself off once used.
       The builder stays down until ``start()``, or for ``crash_downtime`` seconds if set.
@@ -140,6 +142,7 @@ class Faults:
     wrong_cookie: str | None = None
     withhold_answer: dict[str, float] = field(factory=dict)
     protocol_version: str | None = None
+    ensurepresent_message: str | None = None
     crash_mid_build: bool = False
     hostile_results: str | None = field(default=None, converter=_to_hostile)
     crash_downtime: float | None = field(default=None, validator=_optional_non_negative)
@@ -197,4 +200,5 @@ class Faults:
         self.blocking_downloads = False
         self.hostile_results = None
         self.protocol_version = None
+        self.ensurepresent_message = None
         self.refuse = False

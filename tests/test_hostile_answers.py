@@ -160,3 +160,34 @@ async def test_an_ensurepresent_answer_beyond_its_size_is_refused(
     finally:
         http.abort_all()
     assert f"exceeds the limit of {OTHER.max_bytes}" in str(caught.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_ensurepresent_answer_says_whether_the_file_was_fetched(
+    reactor: Any, server: RawServer
+) -> None:
+    """``[True, "Download"]``: fetched; ``[True, "Cache"]``: the builder had it; other words,
+    even a number, are the builder's own (not trusted): present, how unknown, no error. A
+    first element that is not a bool stays a protocol error."""
+    http = HTTPClient(reactor, clock=Clock())
+    client = BuilderClient(http, server.url, timeout=30)
+    seen = []
+    try:
+        for answer in ([True, "Download"], [True, "Cache"], [True, "Beamed"], [True, 42]):
+            body = xmlrpc.client.dumps((answer,), methodresponse=True).encode()
+            server.respond = answering(body, "length")
+            result = await client.ensurepresent("0" * 40, "http://librarian/x")
+            seen.append((result.present, result.fetched, result.message))
+        body = xmlrpc.client.dumps((["yes", "Cache"],), methodresponse=True).encode()
+        server.respond = answering(body, "length")
+        with pytest.raises(BuilderProtocolError) as caught:
+            await client.ensurepresent("0" * 40, "http://librarian/x")
+    finally:
+        http.abort_all()
+    assert seen == [
+        (True, True, "Download"),
+        (True, False, "Cache"),
+        (True, None, "Beamed"),
+        (True, None, "42"),
+    ]
+    assert "should return [bool, message], got ['yes', 'Cache']" in str(caught.value)

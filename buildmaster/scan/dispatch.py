@@ -32,6 +32,7 @@ from buildmaster.model import Builder, BuilderSnapshot, BuildQueue
 from buildmaster.policy import builder_may_take_jobs
 from buildmaster.protocol import BuilderError, BuilderProtocolError, StatusReport
 from buildmaster.scan.context import Scope
+from buildmaster.scan.fetches import FileFetch, fetch_note
 from buildmaster.scan.judge import evict, failed
 from buildmaster.scan.machine import ready, reset_vm, set_clean_status
 from buildmaster.store.jobs import Claimed, JobGone
@@ -144,12 +145,13 @@ async def dispatch(s: Scope, job: BuildQueue, ctx: BuildContext | None = None) -
         await jobs.fail_job(job, builder, f"not dispatched: {e}")
         return False
     build_sent = False
+    files_note = ""
     try:
         if services.faults.active:
             await check_librarian(s, ctx)
         if builder.virtualized:
             await reset_vm(s)
-        await ensure_files(s, ctx)
+        files_note = await ensure_files(s, ctx)
         args = build_args(ctx, services.config.archive_urls, builder.virtualized, build_url(s, ctx))
         build_sent = True
         result = await s.client.build(
@@ -190,7 +192,7 @@ async def dispatch(s: Scope, job: BuildQueue, ctx: BuildContext | None = None) -
                 build=ctx.build.cookie,
                 error=e,
             )
-            return await record_dispatch(s, job, builder, ctx)
+            return await record_dispatch(s, job, builder, ctx, files_note)
         _log.warn(
             "Dispatching {build} to {builder} failed: {error}",
             build=ctx.build.cookie,
@@ -213,7 +215,7 @@ async def dispatch(s: Scope, job: BuildQueue, ctx: BuildContext | None = None) -
                     error=again,
                 )
         return False
-    return await record_dispatch(s, job, builder, ctx)
+    return await record_dispatch(s, job, builder, ctx, files_note)
 
 
 async def status_after_build(s: Scope) -> StatusReport | None:
@@ -227,14 +229,17 @@ async def status_after_build(s: Scope) -> StatusReport | None:
         return None
 
 
-async def record_dispatch(s: Scope, job: BuildQueue, builder: Builder, ctx: BuildContext) -> bool:
-    """The builder has the build: record it (and the end of the collection that led here)."""
+async def record_dispatch(
+    s: Scope, job: BuildQueue, builder: Builder, ctx: BuildContext, note: str = ""
+) -> bool:
+    """The builder has the build: record it (and the end of the collection that led here),
+    with ``note`` in its "dispatched" event (what the builder fetched)."""
     services = s.services
     # the builder has its next build: a collection that led here is over and stops
     # counting against the limit (what is left is bookkeeping, not the hand-over)
     services.admission.collection_ended(builder.id)
     try:
-        await services.store.jobs.record_dispatch(job, builder, now(s))
+        await services.store.jobs.record_dispatch(job, builder, now(s), note)
     except JobGone:
         # cancelled meanwhile: the next scan finds the builder busy with nothing and aborts
         _log.info("{build} went away while it was dispatched", build=ctx.build.cookie)
@@ -270,8 +275,10 @@ def build_url(s: Scope, ctx: BuildContext) -> str | None:
     return template.format(build_id=ctx.build.id) if template else None
 
 
-async def ensure_files(s: Scope, ctx: BuildContext) -> None:
-    """``ensurepresent`` of the chroot and every source file, all at once."""
+async def ensure_files(s: Scope, ctx: BuildContext) -> str:
+    """``ensurepresent`` of the chroot and every source file, all at once. Counts what
+    the builder fetched and what it had in its cache (its answers' second element), and
+    says it in words for the build's "dispatched" event."""
     assert ctx.chroot is not None
     librarian = s.services.librarian
     wanted = [ctx.chroot] + [f.file for f in ctx.files]
@@ -286,6 +293,15 @@ async def ensure_files(s: Scope, ctx: BuildContext) -> None:
             )
         )
     results = await defer.DeferredList(calls, consumeErrors=True)
+    # what the builder has now, and whether it fetched it (counted even if the dispatch
+    # fails below: the bytes were fetched)
+    metrics = s.services.metrics
+    had = []
+    for i, (file, (ok, value)) in enumerate(zip(wanted, results, strict=True)):
+        if ok and value.present:
+            kind = "chroot" if i == 0 else "source"
+            metrics.file_ensured(kind, value.fetched, file.filesize)
+            had.append(FileFetch(kind, file.filesize, value.fetched, value.message))
     missing = [
         file
         for file, (ok, value) in zip(wanted, results, strict=True)
@@ -301,6 +317,7 @@ async def ensure_files(s: Scope, ctx: BuildContext) -> None:
             value.raiseException()  # type: ignore[attr-defined]
         if not value.present:
             raise BuilderProtocolError(f"ensurepresent of {file.filename} failed: {value.message}")
+    return fetch_note(had)
 
 
 async def check_librarian(s: Scope, ctx: BuildContext) -> None:
