@@ -9,6 +9,7 @@ import pytest_twisted
 from prometheus_client.parser import text_string_to_metric_families
 
 from buildmaster.scan.fetches import FileFetch, fetch_note, size_text
+from buildmaster.testing import wait_for
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -25,6 +26,16 @@ def files(found: dict[Any, float], kind: str, fetched: str) -> float:
 
 def fetched_bytes(found: dict[Any, float], kind: str) -> float:
     return found[("buildmaster_builder_fetched_bytes_total", (("kind", kind),))]
+
+
+async def built(api_world: Any, *builds: Any) -> None:
+    store = api_world.store
+
+    async def done() -> bool:
+        states = [(await store.builds.get(b)).status.name for b in builds]
+        return states == ["FULLYBUILT"] * len(builds)
+
+    await wait_for(api_world.reactor, done, 60, "the builds")
 
 
 async def dispatched_text(api_world: Any, build_id: int) -> str:
@@ -54,8 +65,7 @@ async def test_a_trusted_builder_fetches_a_series_chroot_once_then_has_it(
     master = world.harness.master
     master.startService()
     await master.when_ready()
-    await world.wait_for_build(first)
-    await world.wait_for_build(second)
+    await built(api_world, first, second)
     # the builder's own record: the chroot's SHA-1 was asked for twice, downloaded once
     asked = [c for c in sim.history if c.method == "ensurepresent"]
     assert [c.args[0] for c in asked].count(context.chroot.sha1) == 2
@@ -94,7 +104,7 @@ async def test_a_builder_that_says_something_else_is_counted_as_unknown(api_worl
     master = world.harness.master
     master.startService()
     await master.when_ready()
-    await world.wait_for_build(build)
+    await built(api_world, build)
     found = samples((await api_world.anonymous.get("/metrics")).body.decode())
     assert files(found, "chroot", "unknown") == 1 and files(found, "source", "unknown") == 1
     assert files(found, "chroot", "true") == 0 and fetched_bytes(found, "chroot") == 0
