@@ -149,7 +149,7 @@ class BuilddMaster(service.Service):
         self._turns: dict[int, tuple[BuilderWorker, BuilderSnapshot, float]] = {}
         self._taking_turns = False
         #: the operations through the database alone (a builder held elsewhere is woken)
-        self._farm_operations = FarmOperations(store)
+        self._farm_operations = FarmOperations(store, wake=self._wake)
 
     #: a master scans (:class:`~buildmaster.web.api.context.FarmReader`; a web-only
     #: process does not)
@@ -588,15 +588,7 @@ class BuilddMaster(service.Service):
         :class:`~buildmaster.transitions.IllegalTransition` for a build that cannot be
         cancelled (it has ended).
         """
-        return defer.Deferred.fromCoroutine(self._cancel(build))
-
-    async def _cancel(self, build: HasId | int) -> BuildStatus:
-        state = await self.store.jobs.cancel(build)
-        if state is BuildStatus.CANCELLING:
-            job = await self.store.queue.get_for_build(build)
-            if job is not None and job.builder_id is not None:
-                await self._wake(job.builder_id)
-        return state
+        return self._farm_operations.cancel(build)
 
     def retry(self, build: HasId | int) -> defer.Deferred[BuildQueue]:
         """Queue a failed or cancelled build again, with a fresh score.
@@ -644,11 +636,4 @@ class BuilddMaster(service.Service):
         Fires with the architecture as it is now; fails with
         :class:`~buildmaster.store.NotFound` for an unknown architecture.
         """
-        return defer.Deferred.fromCoroutine(self._add_or_update_chroot(distroarchseries, chroot))
-
-    async def _add_or_update_chroot(
-        self, distroarchseries: HasId | int, chroot: HasId | int
-    ) -> DistroArchSeries:
-        das = await self.store.distributions.addOrUpdateChroot(distroarchseries, chroot)
-        await self.store.jobs.resume_suspended(das)
-        return das
+        return self._farm_operations.addOrUpdateChroot(distroarchseries, chroot)

@@ -14,6 +14,8 @@ listening, a session that dropped) costs only time: the next scan sees the chang
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -45,8 +47,13 @@ class FarmOperations:
 
     _log = Logger()
 
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self, store: Store, wake: Callable[[int], defer.Deferred[None]] | None = None
+    ) -> None:
         self.store = store
+        #: has a builder looked at now: :meth:`wake_owner` (NOTIFY), unless a master that
+        #: may hold the builder itself passes its own
+        self._wake = wake or self.wake_owner
 
     def wake_owner(self, builder_id: int) -> defer.Deferred[None]:
         """Have the master that holds the builder scan it now (whichever process that is).
@@ -74,7 +81,7 @@ class FarmOperations:
         if state is BuildStatus.CANCELLING:
             job = await self.store.queue.get_for_build(build)
             if job is not None and job.builder_id is not None:
-                await self.wake_owner(job.builder_id)
+                await self._wake(job.builder_id)
         return state
 
     def retry(self, build: HasId | int) -> defer.Deferred[BuildQueue]:

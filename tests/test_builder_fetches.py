@@ -6,18 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest_twisted
-from prometheus_client.parser import text_string_to_metric_families
+from test_metrics_health import samples
 
 from buildmaster.scan.fetches import FileFetch, fetch_note, size_text
 from buildmaster.testing import wait_for
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
 
 
 def files(found: dict[Any, float], kind: str, fetched: str) -> float:
