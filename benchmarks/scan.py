@@ -161,6 +161,8 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
                 for _ in range(args.warm):
                     await master.scan_all()
                 profiler.stop()
+                if args.profile_out:
+                    profiler.dump(args.profile_out)
             master.http.close_idle()
             await common.sleep(reactor, args.pause)
             f = await measure(reactor, floor, sim_pid, cluster)
@@ -216,6 +218,9 @@ def main() -> None:
         help="then profile --warm more warm scans (not counted)",
     )
     parser.add_argument("--profiler", choices=("cprofile", "pyinstrument"), default="cprofile")
+    parser.add_argument(
+        "--profile-out", default="", help="also write the cProfile stats here (for pstats)"
+    )
     parser.add_argument("--master-cpu", default="0", help="CPU(s) for this process ('' = any)")
     parser.add_argument("--builders-cpu", default="1", help="CPU(s) for slavesim ('' = any)")
     args = parser.parse_args()

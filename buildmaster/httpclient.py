@@ -278,6 +278,8 @@ class _HTTPClientProtocol(protocol.Protocol):
         self._interim = 0  # 100 Continue answers so far
         self._trailer = 0  # bytes of trailer section so far
         self.key: tuple[str, int] = ("", 0)  # (host, port), set by the client
+        self.reuse = True  # whether the client keeps the connection after this request
+        self.timed_out = False  # the request's plain deadline passed (see :meth:`expire`)
         self.on_connected: Callable[[_HTTPClientProtocol], None] | None = None
         self.on_idle: Callable[[_HTTPClientProtocol], None] | None = None
         self.on_lost: Callable[[_HTTPClientProtocol], None] | None = None
@@ -302,12 +304,22 @@ class _HTTPClientProtocol(protocol.Protocol):
         self._received = 0
         self._body = bytearray()
         self._any_data = False  # (the rest of the state is clean after a complete answer)
+        self.timed_out = False
         self.transport.write(request.head + request.body)
 
     def abort(self) -> None:
         if self.transport is not None:
             self._aborted = True
             self.transport.abortConnection()
+
+    def expire(self) -> None:
+        """The request's deadline passed: end it (as a timeout)."""
+        self.timed_out = True
+        self.abort()
+
+    def cancel(self, _: object) -> None:
+        """The request's Deferred was cancelled: that aborts the connection."""
+        self.abort()
 
     # -- parsing ---------------------------------------------------------------------
 
@@ -636,6 +648,20 @@ def _target(url: str) -> tuple[str, int, bytes, bytes]:
     return parts.hostname, parts.port or 80, path.encode("ascii"), host_header
 
 
+@functools.lru_cache(maxsize=8192)
+def _head_parts(
+    method: bytes, url: str, headers: tuple[tuple[bytes, bytes], ...], user_agent: bytes | None
+) -> tuple[str, int, bytes, bytes]:
+    """``(host, port, before, after)``: a request's head is ``before``, the body's length in
+    decimal, ``after`` (cached: the builder client sends the same few heads over and over)."""
+    host, port, path, host_header = _target(url)
+    after = b"".join(b"\r\n" + name + b": " + value for name, value in headers)
+    if user_agent is not None:
+        after += b"\r\nUser-Agent: " + user_agent
+    before = method + b" " + path + b" HTTP/1.1\r\n" + host_header + b"\r\nContent-Length: "
+    return host, port, before, after + b"\r\n\r\n"
+
+
 class HTTPClient:
     """Requests over kept-alive connections, with deadlines and size limits.
 
@@ -660,6 +686,7 @@ class HTTPClient:
         self._max_idle = max_idle_per_host
         self._idle: dict[tuple[str, int], list[_HTTPClientProtocol]] = {}
         self._all: set[_HTTPClientProtocol] = set()
+        self._on_idle = self._idle_after  # (one bound method for every request)
 
     async def request(
         self,
@@ -699,44 +726,13 @@ class HTTPClient:
         :raises: :class:`HTTPError` subclasses, ``twisted.internet.error.ConnectError``
             subclasses (e.g. ``ConnectionRefusedError``), or :class:`RequestTimeout`.
         """
-        return await self._request(
-            method,
-            url,
-            body,
-            headers or {},
-            timeout,
-            max_body,
-            sink,
-            reuse,
-            retry,
-            (idle_timeout, min_rate),
+        host, port, before, after = _head_parts(
+            method, url, tuple(headers.items()) if headers else (), self._user_agent
         )
-
-    async def _request(
-        self,
-        method: bytes,
-        url: str,
-        body: bytes,
-        headers: dict[bytes, bytes],
-        timeout: float,
-        max_body: int,
-        sink: Sink | None,
-        reuse: bool,
-        retry: bool,
-        pace: tuple[float | None, float | None],
-    ) -> Response:
-        host, port, path, host_header = _target(url)
-        lines = [
-            method + b" " + path + b" HTTP/1.1",
-            host_header,
-            b"Content-Length: " + str(len(body)).encode("ascii"),
-        ]
-        lines.extend(name + b": " + value for name, value in headers.items())
-        if self._user_agent is not None:
-            lines.append(b"User-Agent: " + self._user_agent)
-        head = b"\r\n".join(lines) + b"\r\n\r\n"
+        head = before + str(len(body)).encode("ascii") + after
         start = self.clock.seconds()
         deadline = start + timeout
+        pace = (idle_timeout, min_rate)
 
         attempts = 2 if reuse and retry and sink is None else 1
         for attempt in range(attempts):
@@ -828,34 +824,24 @@ class HTTPClient:
         reuse: bool,
     ) -> Response:
         # cancelling the request aborts its connection
-        done: defer.Deferred[Response] = defer.Deferred(lambda d: conn.abort())
+        done: defer.Deferred[Response] = defer.Deferred(conn.cancel)
         request = _Request(method, head, body, max_body, sink, done)
-        timed_out = []
         timer: Any = None
         if pace == (None, None):  # a plain deadline (every XML-RPC call): the cheap timer
-
-            def expire() -> None:
-                timed_out.append(True)
-                conn.abort()
-
-            timer = self.clock.callLater(max(start + timeout - self.clock.seconds(), 0.0), expire)
+            timer = self.clock.callLater(
+                max(start + timeout - self.clock.seconds(), 0.0), conn.expire
+            )
         else:
             request.watch = _Watchdog(self.clock, start, timeout, *pace, conn.abort)
-
-        def idle(c: _HTTPClientProtocol) -> None:
-            if reuse:
-                self._keep(key, c)
-            else:
-                c.transport.loseConnection()
-
         conn.key = key
-        conn.on_idle = idle
+        conn.reuse = reuse
+        conn.on_idle = self._on_idle
         conn.on_lost = self._forget
         conn.send(request)
         try:
             return await done
         except ConnectionClosed:
-            if timed_out:
+            if conn.timed_out:
                 raise RequestTimeout(timeout) from None
             if request.watch is not None and request.watch.expired is not None:
                 raise request.watch.expired from None
@@ -866,6 +852,13 @@ class HTTPClient:
                     timer.cancel()
             elif request.watch is not None:
                 request.watch.cancel()
+
+    def _idle_after(self, conn: _HTTPClientProtocol) -> None:
+        """A connection's answer is complete: keep it for the next request, or close it."""
+        if conn.reuse:
+            self._keep(conn.key, conn)
+        else:
+            conn.transport.loseConnection()
 
     def _keep(self, key: tuple[str, int], conn: _HTTPClientProtocol) -> None:
         idle = self._idle.setdefault(key, [])

@@ -17,7 +17,7 @@ class IdleBuilder:
 
     def __init__(self, builder_id: int, keys: list[Key]) -> None:
         self.builder_id = builder_id
-        self.keys = keys
+        self.keys = tuple(keys)
         self.idle = True
         self.idle_keys: tuple[Key, ...] = ()
         self.scans = 0

@@ -71,7 +71,7 @@ class Waiter(Protocol):
     def idle(self) -> bool: ...
 
     @property
-    def keys(self) -> list[Key]: ...
+    def keys(self) -> tuple[Key, ...]: ...
 
     @property
     def builder_id(self) -> int: ...
@@ -127,8 +127,8 @@ class Openings:
 
     def known_empty(self, keys: Iterable[Key]) -> bool:
         """Whether no job of these kinds waits (trusted only while notifications arrive)."""
-        keys = list(keys)
-        return self._listening() and bool(keys) and all(k in self._empty for k in keys)
+        keys = tuple(keys)
+        return self._listening() and bool(keys) and self._empty.issuperset(keys)
 
     def generations(self, keys: Iterable[Key]) -> dict[Key, int]:
         return {k: self._generation.get(k, 0) for k in keys}
@@ -157,7 +157,7 @@ class Openings:
         master still lists it: ``listed``)."""
         self.forget_idle(worker)
         if worker.idle and listed:
-            worker.idle_keys = tuple(worker.keys)
+            worker.idle_keys = worker.keys
             for key in worker.idle_keys:
                 self._idle.setdefault(key, set()).add(worker)
 

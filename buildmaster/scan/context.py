@@ -11,6 +11,7 @@ builder's client, and the worker's :class:`Memory` of that builder.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -210,6 +211,11 @@ class Scope:
         return self.memory.builder
 
     @property
-    def keys(self) -> list[Key]:
-        builder = self.memory.builder
-        return [(p, builder.virtualized) for p in builder.processor_ids]
+    def keys(self) -> tuple[Key, ...]:
+        return _keys(self.memory.builder.processor_ids, self.memory.builder.virtualized)
+
+
+@functools.lru_cache(maxsize=256)
+def _keys(processor_ids: tuple[int, ...], virtualized: bool) -> tuple[Key, ...]:
+    """The kinds of job a builder with these processors takes (few combinations)."""
+    return tuple((p, virtualized) for p in processor_ids)

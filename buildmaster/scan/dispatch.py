@@ -84,7 +84,7 @@ async def claim_next(s: Scope) -> Claimed | None:
         return None
     if services.faults.holds_back(builder.virtualized) is not None:
         return None
-    keys = tuple(s.keys)
+    keys = s.keys
     if not await claiming.claims.wait_turn(keys):
         return None  # a claim for the same kind just found nothing: do not ask again
     generations = claiming.generations(keys)

@@ -142,12 +142,15 @@ class BuilderWorker:
 
     def update(self, builder: Builder) -> None:
         """Take a fresher view of the builder's row."""
-        if (builder.url, builder.virtualized) != (self.builder.url, self.builder.virtualized):
+        known = self.memory.builder
+        if builder is known:
+            return  # (a scan asked for with the snapshot the master just gave it)
+        if builder.url != known.url or builder.virtualized != known.virtualized:
             self.scope.client = self._new_client(builder)
-        self.builder = builder
+        self.memory.builder = builder
 
     @property
-    def keys(self) -> list[Key]:
+    def keys(self) -> tuple[Key, ...]:
         return self.scope.keys
 
     @property
@@ -285,10 +288,10 @@ class BuilderWorker:
     async def scan(self, snapshot: BuilderSnapshot | None = None) -> None:
         """One scan of the builder (see the module docstring)."""
         ownership, memory = self.master.ownership, self.memory
-        if not ownership.holds(self.builder.id):
+        if not ownership.holds(memory.builder.id):
             return  # another master's (or nobody's, until the session is back)
         self.ownership_epoch = ownership.epoch
-        snap = snapshot or await self.master.store.jobs.snapshot(self.builder.id)
+        snap = snapshot or await self.master.store.jobs.snapshot(memory.builder.id)
         self.update(snap.builder)
         builder = snap.builder
         if not builder.active or self._cut():
