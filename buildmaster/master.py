@@ -627,6 +627,18 @@ class BuilddMaster(service.Service):
             await self._farm_operations.wake_owner(fresh.id)
         return fresh
 
+    def builder_changed(self, builder: HasId | int) -> defer.Deferred[None]:
+        """An operator changed the builder's row (enabled or disabled it, moved it to another
+        URL, gave it other processors): the master that holds it looks at it now, with the
+        new row, rather than at its next poll. Fires with ``None``."""
+        builder_id = builder if isinstance(builder, int) else builder.id
+        worker = self.workers.get(builder_id)
+        if worker is not None and (not self.running or self._works(builder_id)):
+            if self.running and not self.stopping:
+                worker.request_scan()
+            return defer.succeed(None)
+        return self._farm_operations.wake_owner(builder_id)
+
     def addOrUpdateChroot(
         self, distroarchseries: HasId | int, chroot: HasId | int
     ) -> defer.Deferred[DistroArchSeries]:

@@ -4,8 +4,9 @@ look at it now.
 
 Every operation is a change in the database (:mod:`buildmaster.store`). Some want the
 builder's master to act at once rather than at its next poll: a running build that is
-cancelled must be aborted on its builder, and a builder taken out of manual mode may take a
-waiting job. The master that holds the builder (:mod:`buildmaster.ownership`) does so
+cancelled must be aborted on its builder, a builder taken out of manual mode or enabled may
+take a waiting job, and a builder disabled, moved to another URL or given other processors
+is to be seen that way before its next poll. The master that holds the builder (:mod:`buildmaster.ownership`) does so
 itself; any other process, once the change is committed, sends ``NOTIFY builder_scan`` with
 the builder's id, and the master that holds it (every master LISTENs) scans that builder
 (:meth:`buildmaster.master.BuilddMaster.scan_wanted`). A notification lost (no master
@@ -98,6 +99,9 @@ class FarmOperations:
         fresh = await self.store.builders.set_manual(builder, manual)
         await self.wake_owner(fresh.id)
         return fresh
+
+    def builder_changed(self, builder: HasId | int) -> defer.Deferred[None]:
+        return self._wake(builder if isinstance(builder, int) else builder.id)
 
     def addOrUpdateChroot(
         self, distroarchseries: HasId | int, chroot: HasId | int

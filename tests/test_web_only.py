@@ -3,7 +3,8 @@ database and one files directory.
 
 The web process serves the API, the pages, ``/metrics``, the health checks and the
 librarian's URLs; it holds no builder and does not count among the masters that share them.
-What its operations ask of a builder (a cancel of a running build, manual mode) reaches the
+What its operations ask of a builder (a cancel of a running build, any change to the
+builder) reaches the
 master that holds the builder through ``NOTIFY builder_scan``, before that master's next
 scan; the same goes between two scanning masters.
 
@@ -272,6 +273,43 @@ async def test_manual_mode_and_cancel_from_another_process_reach_the_builder_at_
         assert sim.state.build_id == (await farm.store.builds.get(build.id)).cookie
         assert a.master.ownership.owned == {builder.id}  # A held it all along
         assert any("names no builder: 'not a builder'" in w for w in captured_log.warnings())
+
+
+@pytest.mark.parametrize("second", ["web-only", "scanning"])
+@pytest_twisted.ensureDeferred
+async def test_a_builder_disabled_and_enabled_from_another_process_is_seen_at_once(
+    reactor: Any, dsn: str, process_world: Any, tmp_path: Path, second: str
+) -> None:
+    """Master A holds the builder and scans only on its own once an hour. An operator
+    disables it through the second process: A sees it out of service at once, and a build
+    queued meanwhile waits; enabled again, A dispatches that build at once, not at its next
+    scan (the queue's own notification came while the builder was out of service)."""
+    async with _processes(reactor, dsn, process_world, tmp_path) as farm:
+        sim, builder = await farm.i386_builder("b1")
+        a = await farm.start("a")
+        assert a.master is not None and a.master.ownership.owned == {builder.id}
+        b = await farm.start("b", web_only=second == "web-only")
+        admin = farm.admin(b)
+        worker = a.master.workers[builder.id]
+        assert worker.builder.builderok
+
+        changed = await admin.patch("/api/v1/builders/b1", {"enabled": False, "reason": "disks"})
+        assert changed.status == 200, changed.body
+        await wait_for(reactor, lambda: not worker.builder.builderok, 60, "A to see it disabled")
+        assert worker.builder.failnotes == "disabled by an operator: disks"
+        build = await farm.world.queue("waits")
+        await task.deferLater(reactor, 1.0, lambda: None)  # the queue's NOTIFY is heard
+        assert await _state(farm.store, build) == "NEEDSBUILD"
+        assert sim.state.state == "BuilderStatus.IDLE"
+
+        changed = await admin.patch("/api/v1/builders/b1", {"enabled": True})
+        assert changed.status == 200, changed.body
+
+        async def dispatched() -> bool:
+            return sim.state.state == BUILDING and await _state(farm.store, build) == "BUILDING"
+
+        await wait_for(reactor, dispatched, 60, "A to dispatch the build")
+        assert a.master.ownership.owned == {builder.id}
 
 
 @pytest_twisted.ensureDeferred

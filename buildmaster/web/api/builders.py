@@ -184,6 +184,8 @@ class Builder(Endpoint):
             changes.append(f"processors {', '.join(p.name for p in processors)}")
         if changes:
             await store.events.record("updated", "; ".join(changes), builder=builder.id)
+        if set(body) - {"manual", "reason"}:  # (manual mode tells the master itself)
+            await self.ctx.operations.builder_changed(builder)
         overview = await store.views.builders.overview(self.name, grant)
         return ok(overview_json(self.ctx, overview))
 
