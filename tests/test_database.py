@@ -12,7 +12,12 @@ from twisted.internet import defer, task, threads
 
 from buildmaster.store import ConstraintViolation, Database, DatabaseUnavailable, NotFound, Store
 from buildmaster.store.cluster import PostgresCluster
-from buildmaster.store.database import MAX_PREPARED, Transaction, prepared_statement
+from buildmaster.store.database import (
+    MAX_PREPARED,
+    StatementRefused,
+    Transaction,
+    prepared_statement,
+)
 from buildmaster.testing import wait_for
 
 
@@ -263,3 +268,54 @@ async def test_an_unreachable_server_is_reported_clearly(reactor: Any) -> None:
     )
     with pytest.raises(DatabaseUnavailable, match="database unavailable"):
         await db.connect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_statement_the_server_cancels_costs_that_statement_only(
+    reactor: Any, dsn: str, captured_log: Any
+) -> None:
+    """A statement the server cancels (here: a lock timeout) fails with a clear error, one
+    to try again later, and nothing more: the pool keeps its connections, with their
+    sessions' locks, and does not report a database outage. (The pool once took any such
+    error for a dead connection and reconnected: a lock timeout in one claim cut every
+    session's advisory locks on that connection and logged an outage.)"""
+    pool = Database(reactor, dsn, size=1)
+    other = Database(reactor, dsn, size=1)
+    await pool.connect()
+    await other.connect()
+    try:
+        [(pid,)] = await pool.query("SELECT pg_backend_pid()")
+        await pool.query("SELECT pg_advisory_lock(4343)")  # a session lock, as ownership's
+        release: defer.Deferred[None] = defer.Deferred()
+        locked: defer.Deferred[None] = defer.Deferred()
+
+        async def hold(tx: Transaction) -> None:
+            await tx.execute("LOCK TABLE schema_version IN ACCESS EXCLUSIVE MODE")
+            locked.callback(None)
+            await release
+
+        holding = other.transaction(hold)
+        await locked
+
+        async def wait_for_the_lock(tx: Transaction) -> None:
+            await tx.execute("SET LOCAL lock_timeout = '100ms'")
+            await tx.query("SELECT count(*) FROM schema_version")
+
+        with pytest.raises(StatementRefused, match="lock timeout") as refused:
+            await pool.transaction(wait_for_the_lock)
+        assert isinstance(refused.value, DatabaseUnavailable)  # the API answers 503
+        release.callback(None)
+        await holding
+
+        assert await pool.query("SELECT pg_backend_pid()") == [(pid,)]  # the same session
+        rows = await other.query(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 4343 AND granted"
+        )
+        assert rows == [(pid,)]  # its lock held all along
+        assert not pool.unavailable
+        assert captured_log.warnings() == []
+    finally:
+        if not release.called:
+            release.callback(None)
+        await pool.close()
+        await other.close()

@@ -58,6 +58,7 @@ __all__ = [
     "DatabaseUnavailable",
     "NotFound",
     "OutageLog",
+    "StatementRefused",
 ]
 
 T = TypeVar("T")
@@ -86,6 +87,13 @@ class DatabaseUnavailable(DatabaseError):
     """The database cannot be reached right now; the pool is reconnecting."""
 
 
+class StatementRefused(DatabaseUnavailable):
+    """The server cancelled or refused a statement on a working connection (a lock or
+    statement timeout, no disk space, out of memory): the statement's transaction is lost,
+    the connection stays in service. Like :class:`DatabaseUnavailable`, worth trying again
+    later."""
+
+
 class NotFound(DatabaseError, LookupError):
     """The row asked for does not exist."""
 
@@ -104,18 +112,36 @@ def translate_failure(failure: Failure) -> Failure:
         if diag.message_detail:
             detail = f"{detail} ({diag.message_detail})"
         return Failure(ConstraintViolation(diag.constraint_name, detail))
-    if isinstance(
-        exc,
-        psycopg2.OperationalError
-        | psycopg2.InterfaceError
-        | reconnection.ConnectionDead
-        | error.ConnectionLost
-        | txpostgres.RollbackFailed,
-    ) and not isinstance(exc, _RETRYABLE):
+    if isinstance(exc, reconnection.ConnectionDead) or _ends_session(exc):
         return Failure(
             DatabaseUnavailable(f"database unavailable: {str(exc).strip() or type(exc).__name__}")
         )
+    if isinstance(exc, psycopg2.OperationalError) and not isinstance(exc, _RETRYABLE):
+        return Failure(StatementRefused(f"the database refused a statement: {_first_line(exc)}"))
     return failure
+
+
+#: SQLSTATEs of an error after which the server has ended the session: an administrator's
+#: or a crash's shutdown, a server starting or stopping, an idle session or transaction
+#: timed out (besides class 08, connection exceptions)
+_SESSION_ENDED = frozenset({"57P01", "57P02", "57P03", "57P05", "25P03"})
+
+
+def _ends_session(exc: BaseException | None) -> bool:
+    """Whether the connection ``exc`` came from is gone. An error the server raised for one
+    statement (a lock or statement timeout, a deadlock, no disk space) leaves it usable:
+    reconnecting for those would end the session's locks and notifications for nothing."""
+    if isinstance(exc, psycopg2.InterfaceError | txpostgres.RollbackFailed | error.ConnectionLost):
+        return True
+    if isinstance(exc, psycopg2.OperationalError):
+        code = exc.pgcode
+        return code is None or code.startswith("08") or code in _SESSION_ENDED
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Transaction:
@@ -146,14 +172,7 @@ class Transaction:
 
 
 def _connection_is_dead(failure: Failure) -> bool:
-    return bool(
-        failure.check(
-            psycopg2.InterfaceError,
-            psycopg2.OperationalError,
-            txpostgres.RollbackFailed,
-            error.ConnectionLost,
-        )
-    )
+    return _ends_session(failure.value)
 
 
 #: At most this many statements are prepared on one connection; beyond, they run unprepared.
