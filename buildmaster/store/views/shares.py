@@ -153,7 +153,7 @@ class ShareViews:
             waited >= float(after),
             float(half_life),
             int(running),
-            bool(held),
+            bool(held) and waited < float(after),  # an aged build is never held back
             builders,
             idle,
             int(reserve),
