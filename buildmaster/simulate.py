@@ -18,10 +18,12 @@ Every other line is an upload: ``{"t": seconds, "owner": "ppa-07", "processor": 
 and that is also its estimate.
 
 **Policies.** ``score``: today's order (highest score, then the oldest). ``fair``: fair
-shares, aging and chroot affinity (a job arriving at a farm with several idle builders goes
-to one holding its chroot, as builders claiming together share out their jobs in the
-master; with ``--affinity-window N``, also the pure rules' window, which the master does
-not do yet). ``fair-no-affinity``: the same without affinity.
+shares, aging, the reserve (``--reserve``) and chroot affinity (a job that a farm with
+several idle builders takes goes to one holding its chroot, as builders claiming together
+share out their jobs in the master; with ``--affinity-window N``, also the pure rules'
+window, which the master does not do yet). ``fair-no-affinity``: the same without affinity.
+Idle builders ask again whenever something happens to their kind (an upload, a build
+ending) and when a waiting job ages, as the master's builders ask every scan.
 
 **Report**, per owner: builds, waits (start - arrival) p50/p99/max in seconds (p-th
 percentile: the value of rank ``ceil(p/100 * n)`` in the sorted waits), builder share
@@ -43,7 +45,15 @@ from typing import IO, Any
 
 import attrs
 
-from buildmaster.fairshare import FairShareConfig, Waiting, charged, deficits, is_aged
+from buildmaster.fairshare import (
+    FairShareConfig,
+    Farm,
+    Waiting,
+    charged,
+    deficits,
+    held_back,
+    is_aged,
+)
 
 __all__ = ["Upload", "Kind", "FarmKind", "KindQueue", "simulate", "read_trace", "percentile"]
 
@@ -161,9 +171,11 @@ class KindQueue:
     """The waiting jobs of one kind of builder, and its owners' usage: the rules of
     :func:`buildmaster.fairshare.choose`, kept in structures that answer in a few steps."""
 
-    def __init__(self, config: FairShareConfig, policy: str) -> None:
+    def __init__(self, config: FairShareConfig, policy: str, builders: int = 1) -> None:
         self.config = config
         self.policy = policy
+        #: the builders of the kind (the reserve's share of them)
+        self.builders = builders
         self._age: list[tuple[float, int, Upload]] = []
         self._all: list[tuple[int, int, Upload]] = []  # (-score, id): the score policy
         #: per owner: its scores (a heap of -score) and, per score, its jobs oldest first
@@ -172,6 +184,8 @@ class KindQueue:
             dict
         )
         self.waiting: collections.Counter[str] = collections.Counter()
+        #: each owner's jobs on a builder
+        self.running: collections.Counter[str] = collections.Counter()
         #: owner: (usage, as of)
         self.usage: dict[str, tuple[float, float]] = {}
 
@@ -206,19 +220,38 @@ class KindQueue:
                 return bucket
             del buckets[-heapq.heappop(scores)]
 
-    def take(self, now: float, held: Iterable[str] = ()) -> tuple[Upload, str] | None:
-        """The job a free builder takes now (it holds the chroots ``held``), taken; with the
-        rule that chose it."""
-        job, rule = self._choose(now, held)
+    def take(
+        self, now: float, held: Iterable[str] = (), idle: int | None = None
+    ) -> tuple[Upload, str] | None:
+        """The job a free builder takes now (it holds the chroots ``held``; ``idle``
+        builders of the kind are idle, itself included: the reserve), taken; with the rule
+        that chose it."""
+        job, rule = self.choose(now, held, idle)
         if job is None:
             return None
         job.taken = True
         self.waiting[job.owner] -= 1
         if not self.waiting[job.owner]:
             del self.waiting[job.owner]
+        self.running[job.owner] += 1
         return job, rule
 
-    def _choose(self, now: float, held: Iterable[str]) -> tuple[Upload | None, str]:
+    def finish(self, job: Upload) -> None:
+        """``job`` left its builder."""
+        self.running[job.owner] -= 1
+        if not self.running[job.owner]:
+            del self.running[job.owner]
+
+    def oldest(self) -> Upload | None:
+        """The longest waiting job."""
+        while self._age and self._age[0][2].taken:
+            heapq.heappop(self._age)
+        return self._age[0][2] if self._age else None
+
+    def choose(
+        self, now: float, held: Iterable[str] = (), idle: int | None = None
+    ) -> tuple[Upload | None, str]:
+        """The job :meth:`take` would take, not taken (``None``: none)."""
         if not self.waiting:
             return None, ""
         if self.policy == "score":
@@ -233,6 +266,15 @@ class KindQueue:
         shares = {o: (self.config.weight(o), self.usage_at(o, now)) for o in self.waiting}
         d = deficits(shares)
         owner = min(d, key=lambda o: (-d[o], o))
+        rule = "fair share"
+        if idle is not None:
+            over = held_back(self.waiting, Farm(self.builders, idle, self.running), self.config)
+            if owner in over:
+                rule = "reserve"
+                left = [o for o in d if o not in over]
+                if not left:
+                    return None, ""
+                owner = min(left, key=lambda o: (-d[o], o))
         bucket = self._best_bucket(owner)
         held = set(held)
         if held and self.policy == "fair" and self.config.affinity_window:
@@ -241,11 +283,11 @@ class KindQueue:
                 if job.taken:
                     continue
                 if job.chroot in held:
-                    return job, "fair share"
+                    return job, rule
                 seen += 1
                 if seen == self.config.affinity_window:
                     break
-        return bucket[0], "fair share"
+        return bucket[0], rule
 
     def as_waiting(self) -> list[Waiting]:
         """The waiting jobs as :func:`buildmaster.fairshare.choose` takes them."""
@@ -260,6 +302,7 @@ class _Builder:
     kind: Kind
     cache: int
     chroots: collections.OrderedDict[str, None] = attrs.field(factory=collections.OrderedDict)
+    job: Upload | None = None
 
     def fetch(self, chroot: str) -> bool:
         """Use ``chroot``: whether it had to be downloaded."""
@@ -285,14 +328,16 @@ def simulate(
     policy: str,
     config: FairShareConfig,
     keep_waits: bool = False,
+    keep_runs: bool = False,
 ) -> dict[str, Any]:
     """Replay ``uploads`` on ``farm``; the report (see the module's docstring), with every
-    wait per owner under ``"waits"`` if ``keep_waits``."""
+    wait per owner under ``"waits"`` if ``keep_waits``, and every build's ``(start, end,
+    processor, virtualized, owner)`` under ``"runs"`` if ``keep_runs``."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {', '.join(POLICIES)}")
     for u in uploads:
         u.taken = False
-    queues = {(k.processor, k.virtualized): KindQueue(config, policy) for k in farm}
+    queues = {(k.processor, k.virtualized): KindQueue(config, policy, k.count) for k in farm}
     free: dict[Kind, list[_Builder]] = {kind: [] for kind in queues}
     n = 0
     for k in farm:
@@ -305,19 +350,53 @@ def simulate(
     used: dict[str, float] = collections.defaultdict(float)
     fetched: collections.Counter[str] = collections.Counter()
     rules: collections.Counter[str] = collections.Counter()
-    events: list[tuple[float, int, int, Any]] = []  # (time, order, seq, payload)
+    runs: list[tuple[float, float, str, bool, str]] = []
+    # (time, order, seq, payload): a build ending (order 0, its builder), a waiting job
+    # aging while builders of its kind are idle (order 1, the kind)
+    events: list[tuple[float, int, int, Any]] = []
     seq = 0
     affinity = policy == "fair"
+    reserve = policy != "score"
+    wakes: set[tuple[float, Kind]] = set()
 
     def start(builder: _Builder, job: Upload, now: float) -> None:
         nonlocal seq
         waits[job.owner].append(now - job.t)
         used[job.owner] += job.seconds
+        if keep_runs:
+            runs.append((now, now + job.seconds, job.processor, job.virtualized, job.owner))
         if builder.fetch(job.chroot):
             fetched[job.owner] += job.chroot_bytes
         queues[builder.kind].charge(job.owner, now, job.seconds)
+        builder.job = job
         seq += 1
         heapq.heappush(events, (now + job.seconds, 0, seq, builder))
+
+    def dispatch(kind: Kind, now: float) -> None:
+        """The idle builders of ``kind`` claim, one after the other, until one gets nothing;
+        the job chosen goes to one holding its chroot (fair policy), else the first."""
+        nonlocal seq
+        queue, idle = queues[kind], free[kind]
+        while idle and queue.waiting:
+            job, _ = queue.choose(now, (), len(idle) if reserve else None)
+            if job is None:
+                # held back by the reserve: ask again when the oldest job ages
+                oldest = queue.oldest()
+                assert oldest is not None
+                at = oldest.t + config.aging_after
+                if at > now and (at, kind) not in wakes:
+                    wakes.add((at, kind))
+                    seq += 1
+                    heapq.heappush(events, (at, 1, seq, kind))
+                return
+            pick = 0
+            if affinity:
+                pick = next((i for i, b in enumerate(idle) if job.chroot in b.chroots), 0)
+            builder = idle.pop(pick)
+            taken = queue.take(now, builder.chroots, len(idle) + 1 if reserve else None)
+            assert taken is not None
+            rules[taken[1]] += 1
+            start(builder, taken[0], now)
 
     arrivals = iter(uploads)
     upcoming = next(arrivals, None)
@@ -326,28 +405,24 @@ def simulate(
         if upcoming is not None and (not events or upcoming.t < events[0][0]):
             now, job = upcoming.t, upcoming
             upcoming = next(arrivals, None)
-            queue = queues[job.kind]
-            queue.add(job)
-            idle = free[job.kind]
-            if idle:
-                # the builders free now claim; one holding the chroot first (fair policy)
-                pick = 0
-                if affinity:
-                    pick = next((i for i, b in enumerate(idle) if job.chroot in b.chroots), 0)
-                builder = idle.pop(pick)
-                taken = queue.take(now, builder.chroots)
-                assert taken is not None
-                rules[taken[1]] += 1
-                start(builder, taken[0], now)
+            queues[job.kind].add(job)
+            dispatch(job.kind, now)
             continue
-        now, _, _, builder = heapq.heappop(events)
+        now, order, _, payload = heapq.heappop(events)
+        if order == 1:
+            wakes.discard((now, payload))
+            dispatch(payload, now)
+            continue
+        builder = payload
         end = now
-        taken = queues[builder.kind].take(now, builder.chroots)
-        if taken is None:
-            free[builder.kind].append(builder)
+        assert builder.job is not None
+        queues[builder.kind].finish(builder.job)
+        builder.job = None
+        if queues[builder.kind].waiting:
+            free[builder.kind].insert(0, builder)  # it asks first
         else:
-            rules[taken[1]] += 1
-            start(builder, taken[0], now)
+            free[builder.kind].append(builder)  # the longest idle is asked first
+        dispatch(builder.kind, now)
     total = sum(used.values()) or 1.0
     owners = {
         owner: {
@@ -373,6 +448,8 @@ def simulate(
     }
     if keep_waits:
         report["waits"] = dict(waits)
+    if keep_runs:
+        report["runs"] = runs
     return report
 
 
@@ -478,6 +555,12 @@ def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
     run.add_argument("--aging-bound", type=float, default=FairShareConfig().aging_bound)
     run.add_argument("--aging-slack", type=float, default=FairShareConfig().aging_slack)
     run.add_argument("--affinity-window", type=int, default=FairShareConfig().affinity_window)
+    run.add_argument(
+        "--reserve",
+        type=float,
+        default=FairShareConfig().reserve,
+        help="the fraction of a kind's builders kept for owners under their share (0: none)",
+    )
     gen = sub.add_parser("generate", help="write a generated trace (JSON lines)")
     gen.add_argument("kind", choices=("steady", "flood"))
     gen.add_argument("--seed", type=int, default=25)
@@ -493,6 +576,7 @@ def main(argv: list[str] | None = None, out: IO[str] | None = None) -> int:
             aging_bound=args.aging_bound,
             aging_slack=args.aging_slack,
             affinity_window=args.affinity_window,
+            reserve=args.reserve,
         )
         if args.trace == "-":
             farm, uploads = read_trace(sys.stdin)

@@ -295,12 +295,37 @@ async def test_a_waiting_build_says_how_fair_shares_and_aging_place_it(api_world
     ahead = (await admin.get(f"/api/v1/builds/{second.id}")).json["waiting"]["share"]
     assert ahead["owner"] == "cprov" and ahead["owner_rank"] == 1 and ahead["deficit"] == 0.5
     assert "its owner's turn is next" in ahead["text"]
+    assert behind["held_back"] is False and ahead["held_back"] is False
+    # the reserve: two builders of the kind, one kept (reserve 0.5); the primary runs a
+    # build on the other, its fair share of it, and is held back; cprov (under its share)
+    # is not
+    [(name,)] = await store.db.query(
+        "SELECT p.name FROM buildqueue q JOIN processor p ON p.id = q.processor WHERE q.build = %s",
+        (first.id,),
+    )
+    processor = await store.processors.getByName(name)
+    busy, _ = [
+        await store.builders.new(f"rsv{i}", f"http://rsv{i}:8221/", [processor]) for i in (1, 2)
+    ]
+    third = await world.queue("running-owner")
+    [(third_job,)] = await store.db.query("SELECT id FROM buildqueue WHERE build = %s", (third.id,))
+    await store.jobs.claim(third_job, busy)
+    await store.db.execute("UPDATE fairshare SET reserve = 0.5")
+    held = (await admin.get(f"/api/v1/builds/{first.id}")).json["waiting"]["share"]
+    assert held["held_back"] is True, held["text"]
+    assert [held[k] for k in ("running", "builders", "idle_builders", "reserve")] == [1, 2, 1, 1]
+    assert held["share_builders"] == 0.5
+    assert "Held back by the reserve: ubuntu-team runs 1 build(s) of this kind" in held["text"]
+    free = (await admin.get(f"/api/v1/builds/{second.id}")).json["waiting"]["share"]
+    assert free["held_back"] is False and free["running"] == 0
     await store.db.execute(
         "UPDATE buildqueue SET datecreated = now() - interval '4 hours' WHERE build = %s",
         (first.id,),
     )
     aged = (await admin.get(f"/api/v1/builds/{first.id}")).json["waiting"]["share"]
     assert aged["aged"] is True and aged["waited_seconds"] >= 14400
+    assert aged["held_back"] is False  # an aged build goes first, reserve or not
+    assert "Held back" not in aged["text"]
     assert "goes before fair shares, the longest waiting first" in aged["text"]
     # and the build's page says it in a sentence
     page = (await api_world.anonymous.get(f"/builds/{second.id}")).body.decode()

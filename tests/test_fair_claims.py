@@ -1,6 +1,8 @@
 """The claim with fair shares against real PostgreSQL: it chooses what the pure rules
-(buildmaster/fairshare.py) choose on the same state, its bookkeeping stays true, and two
-masters claiming at once never hand one job to two builders while sharing builders out."""
+(buildmaster/fairshare.py) choose on the same state (the reserve included), its bookkeeping
+stays true, and two masters claiming at once never hand one job to two builders while
+sharing builders out and keeping the reserve (a soft rule: claims at the same moment may
+each give away one builder of it, the slack the tests allow and check)."""
 
 from __future__ import annotations
 
@@ -15,11 +17,13 @@ import pytest_twisted
 from share_support import set_share_usage
 from twisted.internet import defer
 
+from buildmaster.access import Grant
 from buildmaster.enums import BuildStatus, PackagePublishingPocket
-from buildmaster.fairshare import FairShareConfig, Waiting, choose, decayed
+from buildmaster.fairshare import FairShareConfig, Farm, Waiting, choose, decayed
 from buildmaster.model import Builder
 from buildmaster.sampledata import SampleData, load_sample_data
 from buildmaster.store import Database, Store
+from buildmaster.store.views import Views
 
 
 async def queue_jobs(store: Store, data: SampleData, prefix: str, n: int) -> list[int]:
@@ -45,26 +49,31 @@ async def builders(store: Store, data: SampleData, prefix: str, n: int) -> list[
 
 
 async def bookkeeping_is_true(store: Store) -> None:
-    """shareusage.waiting is what is really waiting, per kind and owner."""
+    """shareusage.waiting and .running are what is really waiting and on a builder, per kind
+    and owner."""
     rows = await store.db.query(
         "SELECT coalesce(s.processor, q.processor), coalesce(s.virtualized, q.virtualized),"
-        " coalesce(s.owner, q.owner), coalesce(s.waiting, 0), coalesce(q.n, 0)"
+        " coalesce(s.owner, q.owner), coalesce(s.waiting, 0), coalesce(q.waiting, 0),"
+        " coalesce(s.running, 0), coalesce(q.running, 0)"
         " FROM shareusage s FULL JOIN (SELECT processor, virtualized, shareowner AS owner,"
-        "  count(*) AS n FROM buildqueue WHERE status = 0 AND builder IS NULL GROUP BY 1, 2, 3) q"
+        "  count(*) FILTER (WHERE status = 0 AND builder IS NULL) AS waiting,"
+        "  count(*) FILTER (WHERE builder IS NOT NULL) AS running"
+        "  FROM buildqueue GROUP BY 1, 2, 3) q"
         " ON (q.processor, q.virtualized, q.owner) = (s.processor, s.virtualized, s.owner)"
     )
-    wrong = [r for r in rows if r[3] != r[4]]
+    wrong = [r for r in rows if r[3] != r[4] or r[5] != r[6]]
     assert not wrong, wrong
 
 
 async def rules_state(
     store: Store, processor: int
-) -> tuple[list[Waiting], dict[int, float], float, FairShareConfig]:
-    """The waiting jobs of (processor, trusted), each owner's decayed usage and the settings,
-    read from the database as the pure rules take them."""
-    [(now, half_life, bound, slack, default)] = await store.db.query(
-        "SELECT extract(epoch FROM now()), half_life, aging_bound, aging_slack, default_weight"
-        " FROM fairshare"
+) -> tuple[list[Waiting], dict[int, float], float, FairShareConfig, Farm]:
+    """The waiting jobs of (processor, trusted), each owner's decayed usage, the settings and
+    the kind's builders, read from the database as the pure rules take them (the builders and
+    jobs on them from the tables themselves, not from the claim's bookkeeping)."""
+    [(now, half_life, bound, slack, default, reserve)] = await store.db.query(
+        "SELECT extract(epoch FROM now()), half_life, aging_bound, aging_slack, default_weight,"
+        " reserve FROM fairshare"
     )
     now = float(now)
     jobs = [
@@ -90,16 +99,33 @@ async def rules_state(
         default_weight=default,
         weights=weights,
         affinity_window=0,
+        reserve=reserve,
     )
-    return jobs, usage, now, config
+    [(builders, idle)] = await store.db.query(
+        "SELECT count(*), count(*) FILTER (WHERE NOT EXISTS ("
+        "  SELECT 1 FROM buildqueue q WHERE q.builder = br.id))"
+        " FROM builder br JOIN builderprocessor bp ON bp.builder = br.id"
+        " WHERE bp.processor = %s AND NOT br.virtualized AND br.builderok AND br.active"
+        " AND NOT br.manual",
+        (processor,),
+    )
+    running: dict[Any, int] = dict(
+        await store.db.query(
+            "SELECT shareowner, count(*) FROM buildqueue WHERE builder IS NOT NULL"
+            " AND processor = %s AND NOT virtualized GROUP BY 1",
+            (processor,),
+        )
+    )
+    return jobs, usage, now, config, Farm(builders, idle, running)
 
 
 @pytest_twisted.ensureDeferred
 async def test_the_claim_chooses_what_the_pure_rules_choose(store: Store) -> None:
     """A queue of four owners (different weights, earlier usage, estimates and scores, some
-    jobs already aged): claim after claim, the database takes the job that
-    :func:`buildmaster.fairshare.choose` takes on the state read just before. The simulator
-    runs the pure rules, so this is what makes it faithful to the master."""
+    jobs already aged) and 42 builders, 8 of them the reserve (0.2): claim after claim, the
+    database takes the job that :func:`buildmaster.fairshare.choose` takes on the state read
+    just before, or nothing when the rules keep the builder idle. The simulator runs the pure
+    rules, so this is what makes it faithful to the master."""
     data = await load_sample_data(store)
     await store.queue.destroySelf(data.lost_job_id)
     await store.queue.destroySelf(data.waiting_job_id)
@@ -121,7 +147,7 @@ async def test_the_claim_chooses_what_the_pure_rules_choose(store: Store) -> Non
             ),
         )
     await store.db.execute(
-        "UPDATE fairshare SET half_life = 600, aging_bound = 4000, aging_slack = 500"
+        "UPDATE fairshare SET half_life = 600, aging_bound = 4000, aging_slack = 500, reserve = 0.2"
     )
     await store.db.execute(
         "INSERT INTO shareweight VALUES (%s, 3), (%s, 0.5)", (people[1], people[2])
@@ -131,13 +157,21 @@ async def test_the_claim_chooses_what_the_pure_rules_choose(store: Store) -> Non
     free = await builders(store, data, "fb", 40)
     rules_seen: collections.Counter[str] = collections.Counter()
     for builder in free:
-        waiting, usage, now, config = await rules_state(store, data.processor_386.id)
-        expected = choose(waiting, usage, now, config)
+        waiting, usage, now, config, farm = await rules_state(store, data.processor_386.id)
+        assert farm.builders == 42  # bob and frog (idle throughout) and these 40
+        expected = choose(waiting, usage, now, config, farm=farm)
         got = await store.jobs.claim_next(builder)
-        assert expected is not None and got is not None
-        assert got.id == expected.job.id, (expected, usage)
+        if expected is None:
+            assert got is None, (got, farm)
+            rules_seen["kept idle"] += 1
+            continue
+        assert got is not None, (expected, farm)
+        assert got.id == expected.job.id, (expected, usage, farm)
         rules_seen[expected.rule] += 1
     assert rules_seen["aged"] >= 2 and rules_seen["fair share"] >= 20, rules_seen
+    # the reserve (8 builders) decided some of the last claims: one went to an owner whose
+    # turn it was not, some builders stayed idle
+    assert rules_seen["reserve"] >= 1 and rules_seen["kept idle"] >= 1, rules_seen
     await bookkeeping_is_true(store)
     # the claims' owners: every owner served, not the best scores first
     served = collections.Counter(
@@ -383,3 +417,166 @@ async def test_claims_of_one_owner_in_two_sessions_do_not_wait_for_each_other(
     )
     # both charged (what the first had decays by a few seconds' worth meanwhile)
     assert float(after) - float(before) == pytest.approx(float(estimates[0][0]), abs=10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_masters_keep_the_reserve_for_an_owner_under_its_share(
+    reactor: Any, store: Store, dsn: str
+) -> None:
+    """22 builders, 4 of them the reserve (0.2). Owner cat runs one build; ann floods the
+    queue with 40. The 20 idle builders ask two masters at once: never one job twice, and
+    ann gets her share of the 18 builders beyond the reserve (17: cat's demand is 1), plus
+    the reserve's soft slack: the rule has no lock, so a claim does not see the other
+    master's claims in flight and each may hand out builders of the reserve (at most 3
+    here: only 20 builders ask). After that, claims see the truth: cat, who used far more
+    than ann lately (by deficit ann's turn), uploads a build and an idle builder takes it at
+    once; the next idle builder takes nothing of ann's; an aged job of ann's is taken all
+    the same."""
+    data = await load_sample_data(store)
+    await store.queue.destroySelf(data.lost_job_id)
+    await store.queue.destroySelf(data.waiting_job_id)
+    ann, cat = await owners(store, ["ann", "cat"])
+    await store.db.execute("UPDATE fairshare SET reserve = 0.2")
+    [cats_first] = await queue_jobs(store, data, "c", 1)
+    await store.db.execute("UPDATE buildqueue SET shareowner = %s WHERE id = %s", (cat, cats_first))
+    frog = await store.builders.get(data.frog)
+    await store.jobs.claim(cats_first, frog)
+    ann_jobs = await queue_jobs(store, data, "a", 40)
+    await store.db.execute(
+        "UPDATE buildqueue SET shareowner = %s, lastscore = 900 WHERE id = ANY(%s)", (ann, ann_jobs)
+    )
+    free = await builders(store, data, "rm", 20)
+    bob = await store.builders.get(data.bob)
+    other_db = Database(reactor, dsn, size=4)
+    await other_db.connect()
+    try:
+        other = Store(other_db)
+        other.jobs.claim_pace = store.jobs.claim_pace = 0
+        claims = await defer.gatherResults(
+            [
+                defer.Deferred.fromCoroutine(
+                    (store if i % 2 else other).jobs.claim_next_for_dispatch(b)
+                )
+                for b in free
+                for i in range(2)
+            ]
+        )
+    finally:
+        await other_db.close()
+    claimed = [c.job for c in claims if c is not None]
+    assert len({j.id for j in claimed}) == len(claimed)  # never one job twice
+    assert len({j.builder_id for j in claimed}) == len(claimed)
+    assert {j.id for j in claimed} <= set(ann_jobs)
+    # 17 is what claims one after the other give (the reserve's four stay idle: bob and
+    # three of these); the soft slack lets the two masters' claims in flight give more
+    assert 17 <= len(claimed) <= 20, len(claimed)
+    await bookkeeping_is_true(store)
+    idle = [b for b in free if b.id not in {j.builder_id for j in claimed}] + [bob]
+    running = len(claimed)
+    # cat used far more than ann lately: by deficit alone, ann's turn
+    await set_share_usage(store, cat, 1e6)
+    [cats_second] = await queue_jobs(store, data, "c2", 1)
+    await store.db.execute(
+        "UPDATE buildqueue SET shareowner = %s WHERE id = %s", (cat, cats_second)
+    )
+    got = await store.jobs.claim_next(idle[0])
+    assert got is not None and got.id == cats_second
+    if len(idle) < 2:
+        return  # the slack took every other builder (not seen here so far)
+    assert await store.jobs.claim_next(idle[1]) is None  # ann is over her share
+    # what an operator is told about one of ann's waiting builds
+    [(waiting_build,)] = await store.db.query(
+        "SELECT build FROM buildqueue WHERE shareowner = %s AND builder IS NULL"
+        " ORDER BY id LIMIT 1",
+        (ann,),
+    )
+    views = Views(store.db)
+    share = await views.shares.standing(await views.builds.summary(waiting_build, Grant(1, True)))
+    assert share is not None and share.held_back
+    assert (share.running, share.builders, share.idle_builders, share.reserve) == (
+        running,
+        22,
+        len(idle) - 1,
+        4,
+    )
+    assert share.share_builders == 16.0  # 18 beyond the reserve, less cat's 2
+    assert f"Held back by the reserve: ann runs {running} build(s) of this kind" in share.text
+    oldest = min(set(ann_jobs) - {j.id for j in claimed})
+    await store.db.execute(
+        "UPDATE buildqueue SET datecreated = now() - interval '5 hours' WHERE id = %s", (oldest,)
+    )
+    got = await store.jobs.claim_next(idle[1])
+    assert got is not None and got.id == oldest  # aged: never held back
+    await bookkeeping_is_true(store)
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_claims_at_the_same_moment_neither_wait_nor_see_each_other_for_the_reserve(
+    reactor: Any, store: Store, dsn: str
+) -> None:
+    """The reserve is a soft rule without a lock. 12 builders, 2 of them the reserve (0.2);
+    cat runs one build, ann 8 and has 9 more waiting: her share of the 10 builders beyond
+    the reserve is 9 (cat's demand is 1). 3 builders are idle, one more than the reserve, so
+    claims one after the other give ann one builder and then nothing. Two sessions claim at
+    the same moment, one holding its claim uncommitted: the other does not wait for it (a
+    lock timeout would fail it; a lock per kind would wait here) and, not seeing it, counts
+    3 idle too: both give ann a builder, one of the reserve's. That is the soft slack, one
+    builder per claim in flight; the next claim sees the truth and gives ann nothing."""
+    data = await load_sample_data(store)
+    await store.queue.destroySelf(data.lost_job_id)
+    await store.queue.destroySelf(data.waiting_job_id)
+    ann, cat = await owners(store, ["ann", "cat"])
+    await store.db.execute("UPDATE fairshare SET reserve = 0.2")
+    [cats] = await queue_jobs(store, data, "c", 1)
+    await store.db.execute("UPDATE buildqueue SET shareowner = %s WHERE id = %s", (cat, cats))
+    await store.jobs.claim(cats, await store.builders.get(data.frog))
+    ann_jobs = await queue_jobs(store, data, "a", 17)
+    await store.db.execute(
+        "UPDATE buildqueue SET shareowner = %s WHERE id = ANY(%s)", (ann, ann_jobs)
+    )
+    busy = await builders(store, data, "busy", 8)
+    for job, builder in zip(ann_jobs, busy, strict=False):
+        await store.jobs.claim(job, builder)
+    one, two = await builders(store, data, "idle", 2)
+    bob = await store.builders.get(data.bob)
+    kind = [data.processor_386.id]
+    [(n, idle, reserve)] = await store.db.query(
+        "SELECT builders, idle, reserve FROM fairshare_reserve(%s, false)", (kind,)
+    )
+    assert (n, idle, reserve) == (12, 3, 2)
+    # what a master's claim runs (one builder asking)
+    claim = "SELECT id FROM buildqueue_claim_many(ARRAY[%s], %s, false)"
+    a, stripe_a = await _session_with_stripe(reactor, dsn, None)
+    b, _ = await _session_with_stripe(reactor, dsn, stripe_a)
+    holding: defer.Deferred[None] = defer.Deferred()
+    release: defer.Deferred[None] = defer.Deferred()
+    firsts: list[int] = []
+
+    async def hold_a_claim(tx: Any) -> None:
+        firsts.extend(r[0] for r in await tx.query(claim, (one.id, kind)))
+        holding.callback(None)
+        await release
+
+    try:
+        held = a.transaction(hold_a_claim, retries=0)
+        await holding
+        await b.execute("SET lock_timeout = '5s'")
+        seconds = [r[0] for r in await b.query(claim, (two.id, kind))]
+        release.callback(None)
+        await held
+    finally:
+        if not release.called:
+            release.callback(None)
+        await a.close()
+        await b.close()
+    # both counted 3 idle, more than the reserve: both took one of ann's jobs (one after
+    # the other, the second would have counted 2 and taken nothing)
+    assert len(firsts) == len(seconds) == 1 and firsts != seconds
+    assert set(firsts + seconds) <= set(ann_jobs)
+    await bookkeeping_is_true(store)
+    # now 1 idle and ann runs 10: held back (bob stays idle for an owner under its share)
+    assert await store.jobs.claim_next(bob) is None
+    [(idle, held_back)] = await store.db.query(
+        "SELECT idle, held FROM fairshare_reserve(%s, false)", (kind,)
+    )
+    assert (idle, held_back) == (1, [ann])

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import attrs
 import pytest
 
 from buildmaster.fairshare import (
     FairShareConfig,
+    Farm,
     Waiting,
     charged,
     choose,
     decayed,
     deficits,
+    held_back,
     is_aged,
     rank_owners,
+    reserve_size,
+    share_level,
 )
 
 HOUR = 3600.0
@@ -207,8 +213,155 @@ def test_weights_change_whose_turn_it_is() -> None:
         ({"aging_slack": -1.0}, "aging_slack must not be negative"),
         ({"weights": {"a": 0.0}}, "the weight of 'a' must be positive"),
         ({"affinity_window": -1}, "affinity_window"),
+        ({"reserve": -0.1}, "reserve must be a fraction from 0 to below 1"),
+        ({"reserve": 1.0}, "reserve must be a fraction from 0 to below 1"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_error(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FairShareConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("builders", "reserve", "expected"),
+    [
+        (160, 0.03, 4),  # the default: 3 % rounded down
+        (160, 0.02, 3),
+        (80, 0.02, 1),  # at least one
+        (10, 0.02, 1),
+        (2, 0.02, 1),
+        (1, 0.02, 0),  # never the only builder
+        (160, 0.0, 0),  # off
+        (10, 0.5, 5),
+        (4, 0.9, 3),  # never all of them
+    ],
+)
+def test_the_reserve_is_a_fraction_of_the_kinds_builders(
+    builders: int, reserve: float, expected: int
+) -> None:
+    assert reserve_size(builders, FairShareConfig(reserve=reserve)) == expected
+
+
+@pytest.mark.parametrize(
+    ("owners", "capacity", "level"),
+    [
+        # a wants 1, b 10 of 5 builders: a gets its 1, b the 4 left
+        ({"a": (1.0, 1), "b": (1.0, 10)}, 5, 4.0),
+        # every demand fits: no level
+        ({"a": (1.0, 1), "b": (1.0, 2)}, 5, math.inf),
+        # both want more than half: half each
+        ({"a": (1.0, 5), "b": (1.0, 5)}, 6, 3.0),
+        # weight 3 against 1: 6 and 2 of 8
+        ({"a": (3.0, 100), "b": (1.0, 100)}, 8, 2.0),
+        # exactly fits: b's share is its demand
+        ({"a": (1.0, 2), "b": (1.0, 4)}, 6, 4.0),
+        # three owners, two small
+        ({"a": (1.0, 1), "b": (1.0, 2), "flood": (1.0, 2000)}, 157, 154.0),
+    ],
+)
+def test_fair_shares_are_max_min_shares_of_the_builders(
+    owners: dict[str, tuple[float, int]], capacity: int, level: float
+) -> None:
+    found = share_level(owners, capacity)
+    assert found == level
+    if level < math.inf:  # the shares add up to the builders
+        assert sum(min(d, level * w) for w, d in owners.values()) == pytest.approx(capacity)
+
+
+RESERVE = FairShareConfig(aging_bound=1000.0, aging_slack=100.0, reserve=0.2)  # 2 of 10
+
+
+@pytest.mark.parametrize(
+    ("waiting", "farm", "config", "expected"),
+    [
+        # 2 of 10 idle, the flood runs 6 and wants 50 more, q runs 2: the flood's share of
+        # the 8 beyond the reserve is 6 (q's demand, 2, fits): it is held back, q is not
+        ({"flood": 50}, Farm(10, 2, {"flood": 6, "q": 2}), RESERVE, {"flood"}),
+        # 3 idle: more than the reserve, nobody is held back
+        ({"flood": 50}, Farm(10, 3, {"flood": 6, "q": 2}), RESERVE, set()),
+        # the flood alone with work of the kind: nobody to keep builders for
+        ({"flood": 50}, Farm(10, 2, {"flood": 8}), RESERVE, set()),
+        # q waits too (7 in all): the level is 4; the flood runs 6 (held), q 2 (not)
+        ({"flood": 50, "q": 5}, Farm(10, 2, {"flood": 6, "q": 2}), RESERVE, {"flood"}),
+        # a and b both run their share (4 of 8): both held, the reserve stays idle
+        ({"a": 3, "b": 3}, Farm(10, 2, {"a": 4, "b": 4}), RESERVE, {"a", "b"}),
+        # b weighs 3: its share is 6, a's 2; only a is held back
+        (
+            {"a": 3, "b": 3},
+            Farm(10, 2, {"a": 4, "b": 4}),
+            attrs.evolve(RESERVE, weights={"b": 3.0}),
+            {"a"},
+        ),
+        # no reserve
+        (
+            {"flood": 50},
+            Farm(10, 1, {"flood": 8, "q": 1}),
+            attrs.evolve(RESERVE, reserve=0.0),
+            set(),
+        ),
+        # a single builder is never a reserve
+        ({"a": 5, "b": 5}, Farm(1, 1, {}), RESERVE, set()),
+    ],
+)
+def test_owners_over_their_share_may_not_take_the_last_idle_builders(
+    waiting: dict[str, int], farm: Farm, config: FairShareConfig, expected: set[str]
+) -> None:
+    assert held_back(waiting, farm, config) == expected
+
+
+FLOOD_FARM = Farm(10, 2, {"flood": 6, "q": 2})
+
+
+@pytest.mark.parametrize(
+    ("jobs", "usage", "now", "farm", "expected", "rule"),
+    [
+        # the flood's turn by deficit (q used more lately), but it is over its share and the
+        # builder is one of the reserve: q's job, by the reserve
+        (
+            [job(1, "flood", 900), job(2, "q", 0)],
+            {"flood": 100.0, "q": 1000.0},
+            0.0,
+            FLOOD_FARM,
+            2,
+            "reserve",
+        ),
+        # one more idle builder: the flood's job
+        (
+            [job(1, "flood", 900), job(2, "q", 0)],
+            {"flood": 100.0, "q": 1000.0},
+            0.0,
+            Farm(10, 3, {"flood": 6, "q": 2}),
+            1,
+            "fair share",
+        ),
+        # only the flood waits: the builder stays idle
+        ([job(1, "flood", 900)], {"flood": 100.0}, 0.0, FLOOD_FARM, None, None),
+        # an aged job is never held back
+        ([job(1, "flood", 900, at=0.0)], {"flood": 100.0}, 950.0, FLOOD_FARM, 1, "aged"),
+        # q's turn anyway: the reserve changes nothing
+        (
+            [job(1, "flood", 900), job(2, "q", 0)],
+            {"flood": 1000.0, "q": 100.0},
+            0.0,
+            FLOOD_FARM,
+            2,
+            "fair share",
+        ),
+    ],
+)
+def test_the_reserve_keeps_the_last_idle_builders_for_owners_under_their_share(
+    jobs: list[Waiting],
+    usage: dict[str, float],
+    now: float,
+    farm: Farm,
+    expected: int | None,
+    rule: str | None,
+) -> None:
+    choice = choose(jobs, usage, now, RESERVE, farm=farm)
+    if expected is None:
+        assert choice is None
+        # without the farm (no reserve) the flood's job
+        assert choose(jobs, usage, now, RESERVE) is not None
+        return
+    assert choice is not None
+    assert (choice.job.id, choice.rule) == (expected, rule)

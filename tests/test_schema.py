@@ -242,7 +242,8 @@ async def test_the_candidate_query_is_an_index_scan(store: Store, seeded: Sample
     await store.db.execute("ANALYZE buildqueue")
     await store.db.execute("ANALYZE shareusage_stripe")
     # the claim runs buildqueue_candidate(): its two queries, as stored in the database (the
-    # aged jobs, then the owners' best), planned once for any arguments as PL/pgSQL does
+    # aged jobs, then the owners' best but those the reserve holds back), planned once for
+    # any arguments as PL/pgSQL does
     [(source,)] = await store.db.query(
         "SELECT prosrc FROM pg_proc WHERE proname = 'buildqueue_candidate'"
     )
@@ -251,19 +252,20 @@ async def test_the_candidate_query_is_an_index_scan(store: Store, seeded: Sample
 
     def generic(query: str) -> str:
         query = query.replace(" INTO found", "")
-        for n, name in enumerate(("processors", "virt", "avoid"), start=1):
+        for n, name in enumerate(("processors", "virt", "avoid", "held_back"), start=1):
             query = re.sub(rf"\b{name}\b", f"${n}", query)
         return query
 
     async def explain_generic(tx: Transaction, query: str) -> list[tuple[Any, ...]]:
         await tx.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         await tx.execute(
-            "PREPARE candidate_generic (integer[], boolean, integer[]) AS " + generic(query)
+            "PREPARE candidate_generic (integer[], boolean, integer[], integer[]) AS "
+            + generic(query)
         )
         try:
             return await tx.query(
-                "EXPLAIN EXECUTE candidate_generic (%s, %s, %s)",
-                ([seeded.processor_386.id], False, [7, 8]),
+                "EXPLAIN EXECUTE candidate_generic (%s, %s, %s, %s)",
+                ([seeded.processor_386.id], False, [7, 8], [9]),
             )
         finally:
             await tx.execute("DEALLOCATE candidate_generic")

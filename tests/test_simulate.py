@@ -1,8 +1,9 @@
-"""The replay simulator (python -m buildmaster.simulate): its report on a small trace worked
-out by hand, its queue against the pure rules, and bad traces."""
+"""The replay simulator (python -m buildmaster.simulate): its report on small traces worked
+out by hand (the reserve's too), its queue against the pure rules, and bad traces."""
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import random
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from buildmaster.fairshare import FairShareConfig, choose
+from buildmaster.fairshare import FairShareConfig, Farm, choose
 from buildmaster.simulate import KindQueue, TraceError, Upload, main, read_trace, simulate
 
 FARM = {"farm": [{"processor": "amd64", "virtualized": True, "count": 2, "cache": 1}]}
@@ -37,12 +38,15 @@ SMALL = [
     up(10, "b", 50, "Y", 20),
     up(10, "b", 50, "Y", 20),
 ]
-CONFIG = FairShareConfig(half_life=100, aging_bound=1000, aging_slack=100)
+#: without the reserve (the traces worked out before it; it has a trace of its own)
+CONFIG = FairShareConfig(half_life=100, aging_bound=1000, aging_slack=100, reserve=0)
 
 
-def replay(lines: list[dict[str, Any]], policy: str) -> dict[str, Any]:
+def replay(
+    lines: list[dict[str, Any]], policy: str, config: FairShareConfig = CONFIG
+) -> dict[str, Any]:
     farm, uploads = read_trace(json.dumps(line) for line in lines)
-    return simulate(farm, uploads, policy, CONFIG)
+    return simulate(farm, uploads, policy, config)
 
 
 def test_fair_shares_on_a_small_trace_worked_out_by_hand() -> None:
@@ -128,16 +132,75 @@ def test_aging_puts_the_longest_waiting_job_first() -> None:
     assert report["rules"] == {"fair share": 1, "aged": 2}
 
 
+def test_the_reserve_on_a_small_trace_worked_out_by_hand() -> None:
+    """Four builders, one of them the reserve (the default 3 %, at least 1), no chroots
+    cached, half-life 100 s. Owner q uploads q1 (1000 s) at 0 s, f floods with f1-f5 (100 s)
+    at 1 s, q uploads q2 (10 s) at 50 s.
+
+    - 0 s: q1 to B1. 1 s: f1 to B2, f2 to B3 (3, then 2 idle: more than the reserve). f3:
+      one idle builder, the reserve. Demands: q 1 (running), f 3 (2 running, f3); the 4 - 1
+      builders beyond the reserve: q's 1 fits, f's share is 3 - 1 = 2 and f runs 2: held
+      back. B4 stays idle, f3-f5 wait (f's demand grows, its share stays 2).
+    - 50 s: q2. q's demand 2, f's 5: the level is 3 / 2; f runs 2 (over), q 1 (under). By
+      deficit f's turn (q's 1000 builder-seconds, decayed, against f's 200), but B4 is the
+      reserve: q2 (wait 0; the rule "reserve"). 60 s: q2 ends; B4 idle again (f held back).
+    - 101 s: f1 ends: two idle, f3 to B2 (wait 100); f2 ends: f4 to B3 (wait 100); B4
+      stays idle. 201 s: f3 ends: f5 to B2 (wait 200). 1000 s: q1 ends.
+
+    Without the reserve f3 takes B4 at 1 s and q2 waits until 101 s (51 s)."""
+    farm = {"farm": [{"processor": "amd64", "virtualized": True, "count": 4, "cache": 0}]}
+    trace = [
+        farm,
+        up(0, "q", 1000, "X", 0),
+        *[up(1, "f", 100, "X", 0) for _ in range(5)],
+        up(50, "q", 10, "X", 0),
+    ]
+    with_reserve = replay(trace, "fair", FairShareConfig(half_life=100))
+    waits = simulate_waits(trace, FairShareConfig(half_life=100))
+    assert waits == {"q": [0.0, 0.0], "f": [0.0, 0.0, 100.0, 100.0, 200.0]}
+    assert with_reserve["rules"] == {"fair share": 6, "reserve": 1}
+    assert with_reserve["end"] == 1000.0
+    without = simulate_waits(trace, CONFIG)
+    assert without == {"q": [0.0, 51.0], "f": [0.0, 0.0, 0.0, 100.0, 100.0]}
+
+
+def simulate_waits(lines: list[dict[str, Any]], config: FairShareConfig) -> dict[str, list[float]]:
+    farm, uploads = read_trace(json.dumps(line) for line in lines)
+    waits: dict[str, list[float]] = simulate(farm, uploads, "fair", config, keep_waits=True)[
+        "waits"
+    ]
+    return waits
+
+
+def test_a_job_held_back_by_the_reserve_starts_when_it_ages() -> None:
+    """Three builders (one the reserve): q's long build on B1 at 0 s, f's on B2 at 1 s. f's
+    second at 2 s: one idle builder, the reserve; of the two beyond it q's demand takes 1,
+    f's share is 1 and f runs 1: held back. Nothing else happens: it starts when it ages
+    (aged after 900 s: at 902 s), on the reserve."""
+    farm = {"farm": [{"processor": "amd64", "virtualized": True, "count": 3, "cache": 0}]}
+    trace = [farm, up(0, "q", 5000, "X", 0), up(1, "f", 5000, "X", 0), up(2, "f", 10, "X", 0)]
+    config = FairShareConfig(half_life=100, aging_bound=1000, aging_slack=100)
+    report = replay(trace, "fair", config)
+    assert report["owners"]["f"]["wait_max"] == 900.0
+    assert report["rules"] == {"fair share": 2, "aged": 1}
+    assert replay(trace, "fair")["owners"]["f"]["wait_max"] == 0.0  # without the reserve
+
+
 def test_the_simulators_queue_chooses_what_the_pure_rules_choose() -> None:
-    """Random queues (owners, scores, chroots, arrival times, earlier usage): the fast
-    queue the simulator runs takes, step after step, the job that
-    :func:`buildmaster.fairshare.choose` takes."""
+    """Random queues (owners, scores, chroots, arrival times, earlier usage, builders busy
+    and idle): the fast queue the simulator runs takes, step after step, the job that
+    :func:`buildmaster.fairshare.choose` takes, the reserve included (a quarter of 8
+    builders)."""
     rng = random.Random(25)
-    config = FairShareConfig(half_life=300, aging_bound=2000, aging_slack=500, affinity_window=4)
+    config = FairShareConfig(
+        half_life=300, aging_bound=2000, aging_slack=500, affinity_window=4, reserve=0.25
+    )
+    rules: collections.Counter[str] = collections.Counter()
     for _ in range(40):
-        queue = KindQueue(config, "fair")
+        queue = KindQueue(config, "fair", 8)
         now = 0.0
         next_id = 1
+        running: list[Upload] = []
         for _ in range(60):
             if rng.random() < 0.6:
                 owner = rng.choice("abcde")
@@ -155,18 +218,25 @@ def test_the_simulators_queue_chooses_what_the_pure_rules_choose() -> None:
                     )
                 )
                 next_id += 1
-            else:
+            elif running and rng.random() < 0.3:
+                queue.finish(running.pop(rng.randrange(len(running))))
+            elif len(running) < 8:
                 held = set(rng.sample("XYZ", rng.randint(0, 2)))
                 usage = {o: queue.usage_at(o, now) for o in "abcde"}
-                expected = choose(queue.as_waiting(), usage, now, config, held)
-                taken = queue.take(now, held)
+                farm = Farm(8, 8 - len(running), dict(queue.running))
+                expected = choose(queue.as_waiting(), usage, now, config, held, farm)
+                taken = queue.take(now, held, farm.idle)
                 if expected is None:
                     assert taken is None
+                    rules["none"] += 1
                 else:
                     assert taken is not None
                     assert (taken[0].id, taken[1]) == (expected.job.id, expected.rule)
+                    rules[expected.rule] += 1
+                    running.append(taken[0])
                     queue.charge(taken[0].owner, now, rng.choice((50.0, 500.0)))
             now += rng.choice((0.0, 10.0, 100.0))
+    assert min(rules["fair share"], rules["aged"], rules["reserve"]) >= 5, rules
 
 
 @pytest.mark.parametrize(
@@ -214,6 +284,8 @@ def test_the_command_generates_and_replays_and_refuses_bad_input(
                 "1000",
                 "--aging-slack",
                 "100",
+                "--reserve",
+                "0",
             ],
             out,
         )

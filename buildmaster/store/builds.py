@@ -229,8 +229,9 @@ _CANDIDATE_ID = (
     "SELECT buildqueue_candidate(%(processors)s::integer[], %(virtualized)s, %(avoid)s::integer[])"
 )
 """The id of the job a builder takes, locked (other transactions skip it): the rules of
-:mod:`buildmaster.fairshare` (aged jobs first, then the owner with the largest deficit, its
-best score first), in the database function of migration 0008."""
+:mod:`buildmaster.fairshare` (aged jobs first, then the owner with the largest deficit that
+the reserve does not hold back, its best score first), in the database function of
+migrations 0008 and 0011."""
 
 
 class _Peeked(Exception):

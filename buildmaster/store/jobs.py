@@ -386,12 +386,12 @@ class JobQueries:
     async def claim_next(self, builder: Builder, avoid: Sequence[int] = ()) -> BuildQueue | None:
         """Claim the next waiting job for ``builder`` (one statement; never one job for two
         builders, whatever other masters do): aged jobs first, then the best job of the owner
-        with the largest fair-share deficit (:mod:`buildmaster.fairshare`). The builder is
-        dirty from now on.
+        with the largest fair-share deficit, passing over the owners the reserve holds back
+        (:mod:`buildmaster.fairshare`). The builder is dirty from now on.
 
         :param avoid: ids of jobs not to take (they just failed on this builder).
-        :returns: the claimed job, or ``None`` when there is nothing to do (or the builder
-            already has a job).
+        :returns: the claimed job, or ``None`` when there is nothing to do, or nothing it
+            may take (the reserve), or the builder already has a job.
         """
         rows = await self._claim(_CLAIM_NEXT_SQL + " SELECT * FROM claimed", builder, avoid)
         return queue_from_row(rows[0]) if rows else None

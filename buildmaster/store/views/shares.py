@@ -1,6 +1,6 @@
-"""How a waiting build's turn is decided: its owner's fair share and its aging.
+"""How a waiting build's turn is decided: its owner's fair share, the reserve and aging.
 
-The numbers the claim (``buildqueue_candidate()``, migration 0008; the rules in
+The numbers the claim (``buildqueue_candidate()``, migrations 0008 and 0011; the rules in
 :mod:`buildmaster.fairshare`) reads, shown for builders of the build's own processor and
 virtualization (a builder of several processors weighs the owners over all of them).
 """
@@ -32,6 +32,18 @@ class ShareStanding:
     aged_after_seconds: float
     aged: bool
     half_life: float
+    #: the owner's builds of this kind on a builder now
+    running: int
+    #: whether the reserve holds the owner back now: it runs at least its fair share
+    #: (``share_builders``) while at most the reserve (``reserve`` of ``builders``) is idle
+    held_back: bool
+    #: the kind's builders and how many are idle (``None`` when the reserve is off or no
+    #: other owner has work of the kind: then it holds nobody back)
+    builders: int | None
+    idle_builders: int | None
+    reserve: int
+    #: its fair share of the builders beyond the reserve (``None`` unless they are scarce)
+    share_builders: float | None
     #: how its place is decided, in a sentence
     text: str
 
@@ -53,10 +65,16 @@ d AS (
             - coalesce(u.usage / nullif(sum(u.usage) OVER (), 0), 0) AS deficit
     FROM u),
 r AS (SELECT d.*, rank() OVER (ORDER BY d.deficit DESC, d.owner) AS rank, count(*) OVER () AS n
-      FROM d)
+      FROM d),
+res AS (SELECT * FROM fairshare_reserve(ARRAY[%(processor)s]::integer[], %(virtualized)s))
 SELECT p.name, r.weight, r.usage, r.deficit, r.rank, r.n,
-    extract(epoch FROM now() - q.datecreated), f.aging_bound - f.aging_slack, f.half_life
+    extract(epoch FROM now() - q.datecreated), f.aging_bound - f.aging_slack, f.half_life,
+    (SELECT coalesce(sum(s.running), 0) FROM shareusage s WHERE s.processor = %(processor)s
+        AND s.virtualized = %(virtualized)s AND s.owner = q.shareowner),
+    q.shareowner = ANY(res.held), res.builders, res.idle, res.reserve,
+    CASE WHEN res.level < 'Infinity' THEN res.level * r.weight END
 FROM r JOIN person p ON p.id = r.owner CROSS JOIN f JOIN q ON q.shareowner = r.owner
+    CROSS JOIN res
 """
 
 
@@ -71,11 +89,19 @@ def _text(s: ShareStanding) -> str:
         if s.owner_rank == 1
         else f"{s.owner_rank - 1} owner(s) ahead by fair share"
     )
-    return (
+    text = (
         f"{s.owner} (weight {s.weight:g}) used {s.usage_seconds:.0f} builder-seconds lately:"
         f" deficit {s.deficit:+.3f} among {s.owners_waiting} owner(s) with waiting builds;"
         f" {turn}; within the owner, by score; aged after {s.aged_after_seconds:.0f} s"
     )
+    if s.held_back and s.share_builders is not None:
+        text += (
+            f". Held back by the reserve: {s.owner} runs {s.running} build(s) of this kind, at"
+            f" least its fair share ({s.share_builders:.1f}), and only {s.idle_builders} of"
+            f" {s.builders} builders are idle (the last {s.reserve} are kept for owners under"
+            " their share): it waits for another builder to free up"
+        )
+    return text
 
 
 class ShareViews:
@@ -97,7 +123,23 @@ class ShareViews:
         )
         if not rows:
             return None
-        name, weight, usage, deficit, rank, n, waited, after, half_life = rows[0]
+        (
+            name,
+            weight,
+            usage,
+            deficit,
+            rank,
+            n,
+            waited,
+            after,
+            half_life,
+            running,
+            held,
+            builders,
+            idle,
+            reserve,
+            share,
+        ) = rows[0]
         waited = float(waited)
         standing = ShareStanding(
             name,
@@ -110,6 +152,12 @@ class ShareViews:
             float(after),
             waited >= float(after),
             float(half_life),
+            int(running),
+            bool(held) and waited < float(after),  # an aged build is never held back
+            builders,
+            idle,
+            int(reserve),
+            None if share is None else float(share),
             "",
         )
         return attrs.evolve(standing, text=_text(standing))

@@ -157,6 +157,12 @@ def _share_json(share: ShareStanding | None) -> Any:
         "waited_seconds": share.waited_seconds,
         "aged_after_seconds": share.aged_after_seconds,
         "aged": share.aged,
+        "running": share.running,
+        "held_back": share.held_back,
+        "builders": share.builders,
+        "idle_builders": share.idle_builders,
+        "reserve": share.reserve,
+        "share_builders": share.share_builders,
         "text": share.text,
     }
 

@@ -224,6 +224,30 @@ SCHEMAS: dict[str, Any] = {
                 **BOOL,
                 "description": "it goes before fair shares, the longest waiting first",
             },
+            "running": {
+                **INT,
+                "description": "the owner's builds of this kind on builders now",
+            },
+            "held_back": {
+                **BOOL,
+                "description": "the owner runs at least its fair share while at most the"
+                " reserve is idle: it waits for a builder beyond the reserve",
+            },
+            "builders": {
+                **N_INT,
+                "description": "the kind's builders (null: the reserve is off, or no other"
+                " owner has work of the kind)",
+            },
+            "idle_builders": N_INT,
+            "reserve": {
+                **INT,
+                "description": "the idle builders kept for owners under their fair share",
+            },
+            "share_builders": {
+                **N_NUMBER,
+                "description": "the owner's fair share of the builders beyond the reserve"
+                " (null unless they are scarce)",
+            },
             "text": STRING,
         }
     ),
