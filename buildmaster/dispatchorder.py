@@ -7,7 +7,9 @@ and over to the jobs waiting now, as if builders freed up one after the other, a
 the order the jobs would go in. It gives the same order as calling
 :func:`buildmaster.fairshare.choose` again and again, charging each chosen job's estimate to
 its owner and taking it out of the queue (``tests/test_dispatch_order.py`` holds the two,
-and the claim's SQL, to one answer); it is only quicker: a queue of 100,000 jobs is ordered
+and the claim's SQL, to one answer; where two owners' deficits are equal in real numbers,
+each adds the usages up in its own order, and the rounding may break the tie either way);
+it is only quicker: a queue of 100,000 jobs is ordered
 in about a second, where choosing again and again would look at every job for every one.
 
 What the forecast assumes (usage changes as jobs are claimed, so the order is a forecast):

@@ -131,6 +131,8 @@ class Forecast:
         self.as_of = as_of
         self.read_at = read_at
         self._listings: dict[tuple[int | None, bool | None], Listing] = {}
+        if len(kinds) > 1:  # every kind's listing is made here (in the reading's thread)
+            self.listing(None, None)
 
     def kind(self, processor_id: int, virtualized: bool) -> KindOrder | None:
         return self.kinds.get((processor_id, virtualized))
@@ -150,7 +152,7 @@ class Forecast:
 
 
 def _order(rows: list[tuple[Any, ...]]) -> dict[tuple[int, bool], KindOrder]:
-    """Every kind's order, from the rows of :data:`_READ_SQL` (in a thread: no I/O)."""
+    """Every kind's order, from the rows of :data:`_READ_SQL` (no I/O)."""
     kinds: dict[tuple[int, bool], KindOrder] = {}
     for row in rows:
         processor, virtualized, ids, builds, owners, scores, queued, seconds = row[:8]
@@ -221,10 +223,11 @@ class DispatchOrders:
         reactor = self._db.clock
         read_at = reactor.seconds()
         rows = await self._db.query(_READ_SQL, prepared=True)
-        kinds: dict[tuple[int, bool], KindOrder] = {}
-        if rows:
-            as_of = rows[0][12]
-            kinds = await threads.deferToThreadPool(reactor, reactor.getThreadPool(), _order, rows)
-        else:
+        if not rows:
             [(as_of,)] = await self._db.query("SELECT now()", prepared=True)
-        return Forecast(kinds, as_of, read_at)
+            return Forecast({}, as_of, read_at)
+
+        def forecast() -> Forecast:
+            return Forecast(_order(rows), rows[0][12], read_at)
+
+        return await threads.deferToThreadPool(reactor, reactor.getThreadPool(), forecast)
