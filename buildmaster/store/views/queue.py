@@ -319,10 +319,13 @@ class QueueViews:
             next_after = (end, last_kind.job_ids[last])
         return WaitingPage(tuple(jobs), next_after, forecast.as_of)
 
-    async def standing(self, summary: BuildSummary, max_age: float = 0.0) -> Standing | None:
+    async def standing(
+        self, summary: BuildSummary, max_age: float = 0.0, missing_max_age: float = 0.0
+    ) -> Standing | None:
         """Where a waiting or suspended build stands and why it is not running; ``None``
         for a build that is not waiting. Its place is from a forecast of the dispatch order
-        at most ``max_age`` seconds old (a new one when the job is not in it yet)."""
+        at most ``max_age`` seconds old, or ``missing_max_age`` when the job is not in that
+        one (queued since)."""
         job = summary.job
         if job is None or job.status not in (BuildQueueStatus.WAITING, BuildQueueStatus.SUSPENDED):
             return None
@@ -330,8 +333,8 @@ class QueueViews:
         forecast = await self.orders.forecast(max_age)
         kind_order = forecast.kind(job.processor_id, job.virtualized)
         position = kind_order.position(job.id) if kind_order is not None else None
-        if position is None and not suspended and max_age > 0:
-            forecast = await self.orders.forecast(0)  # queued since the last reading
+        if position is None and not suspended and missing_max_age < max_age:
+            forecast = await self.orders.forecast(missing_max_age)  # queued since
             kind_order = forecast.kind(job.processor_id, job.virtualized)
             position = kind_order.position(job.id) if kind_order is not None else None
         waiting = len(kind_order) if kind_order is not None else 0

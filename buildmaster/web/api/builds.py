@@ -116,7 +116,10 @@ class Build(Endpoint):
         grant = await call.grant()
         views = self.ctx.store.views
         detail = await views.builds.detail(self.build_id, grant)
-        standing = await views.queue.standing(detail.summary, self.ctx.limits.queue_max_age)
+        limits = self.ctx.limits
+        standing = await views.queue.standing(
+            detail.summary, limits.order_max_age, limits.queue_max_age
+        )
         share = await views.shares.standing(detail.summary) if standing is not None else None
         return ok(self.detail_json(detail, standing, grant, share))
 

@@ -88,7 +88,7 @@ class QueueJobs(Endpoint):
             virtualized,
             after,
             call.page_size(),
-            max_age=self.ctx.limits.queue_max_age,
+            max_age=self.ctx.limits.order_max_age,
         )
         next_url = None
         if page.next_after is not None:

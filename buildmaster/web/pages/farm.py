@@ -193,7 +193,7 @@ class QueuePage(Page):
             virtualized,
             after,
             50,
-            max_age=self.ctx.limits.queue_max_age,
+            max_age=self.ctx.limits.order_max_age,
         )
         history = await views.samples.history(HISTORY_HOURS)
         return self.render_template(
