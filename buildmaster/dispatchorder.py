@@ -10,7 +10,7 @@ its owner and taking it out of the queue (``tests/test_dispatch_order.py`` holds
 and the claim's SQL, to one answer; where two owners' deficits are equal in real numbers,
 each adds the usages up in its own order, and the rounding may break the tie either way);
 it is only quicker: a queue of 100,000 jobs is ordered
-in about a second, where choosing again and again would look at every job for every one.
+in a second or two, where choosing again and again would look at every job for every one.
 
 What the forecast assumes (usage changes as jobs are claimed, so the order is a forecast):
 

@@ -3,10 +3,9 @@ of :mod:`buildmaster.fairshare` applied by :func:`buildmaster.dispatchorder.disp
 to the queue as it is now, with each owner's usage and the settings the claim reads).
 
 A reading orders every kind at once: one statement gathers the waiting jobs (a walk through
-the whole queue), the ordering runs in a thread (at 100,000 waiting jobs a reading is about
-a second of work: ``benchmarks/results/queue.md``). Readers within ``max_age`` seconds of a
-reading share it, and readers asking while one is made wait for it rather than make their
-own (``as_of`` says when it was made).
+the whole queue), the ordering runs in a thread (at 100,000 waiting jobs a reading is a few
+seconds of work on a loaded machine: ``benchmarks/results/queue.md``). Readers within ``max_age`` seconds of a reading share it, and readers asking
+while one is made wait for it rather than make their own (``as_of`` says when it was made).
 """
 
 from __future__ import annotations
@@ -25,23 +24,21 @@ from buildmaster.store.database import Database
 
 __all__ = ["KindOrder", "Listing", "Forecast", "DispatchOrders"]
 
-#: every waiting job, per kind, with what the rules need (one text per kind, "id build owner
-#: score queued seconds" joined by commas: one string arrives on the reactor, and is taken
-#: apart in the ordering's thread; arrays of 100,000 numbers are parsed on the reactor);
-#: each owner's usage of the kind and when it was recorded; the settings; and the
-#: database's clock, all in one statement
+#: every waiting job, per kind, with what the rules need; each owner's usage of the kind and
+#: when it was recorded; the settings; and the database's clock, all in one statement
 _READ_SQL = """
 WITH j AS (
-    SELECT processor, virtualized,
-        string_agg(concat_ws(' ', id, build, shareowner, lastscore,
-            extract(epoch FROM datecreated)::float8,
-            extract(epoch FROM estimated_duration)::float8), ',') AS jobs
+    SELECT processor, virtualized, array_agg(id) AS ids, array_agg(build) AS builds,
+        array_agg(shareowner) AS owners, array_agg(lastscore) AS scores,
+        array_agg(extract(epoch FROM datecreated)::float8) AS queued,
+        array_agg(extract(epoch FROM estimated_duration)::float8) AS seconds
     FROM buildqueue WHERE status = 0 AND builder IS NULL GROUP BY 1, 2),
 u AS (
     SELECT processor, virtualized, array_agg(owner) AS owners, array_agg(usage) AS usage,
         array_agg(extract(epoch FROM stamp)::float8) AS stamps
     FROM shareusage WHERE usage > 0 GROUP BY 1, 2)
-SELECT j.processor, j.virtualized, j.jobs, u.owners, u.usage, u.stamps,
+SELECT j.processor, j.virtualized, j.ids, j.builds, j.owners, j.scores, j.queued, j.seconds,
+    u.owners, u.usage, u.stamps,
     extract(epoch FROM now())::float8, now(),
     f.half_life, f.aging_bound, f.aging_slack, f.default_weight,
     (SELECT array_agg(owner) FROM shareweight), (SELECT array_agg(weight) FROM shareweight)
@@ -158,8 +155,9 @@ def _order(rows: list[tuple[Any, ...]]) -> dict[tuple[int, bool], KindOrder]:
     """Every kind's order, from the rows of :data:`_READ_SQL` (no I/O)."""
     kinds: dict[tuple[int, bool], KindOrder] = {}
     for row in rows:
-        processor, virtualized, text, usage_owners, usages, stamps, now = row[:7]
-        half_life, bound, slack, default, weight_owners, weights = row[8:14]
+        processor, virtualized, ids, builds, owners, scores, queued, seconds = row[:8]
+        usage_owners, usages, stamps, now = row[8:12]
+        half_life, bound, slack, default, weight_owners, weights = row[13:19]
         config = FairShareConfig(
             half_life=half_life,
             aging_bound=bound,
@@ -170,18 +168,11 @@ def _order(rows: list[tuple[Any, ...]]) -> dict[tuple[int, bool], KindOrder]:
         usage: dict[int, float] = {}
         for owner, value, stamp in zip(usage_owners or (), usages or (), stamps or (), strict=True):
             usage[owner] = decayed(value, stamp, now, half_life)
-        jobs = []
-        builds: dict[int, int] = {}
-        estimates: dict[int, float] = {}
-        for record in text.split(","):
-            job, build, owner, score, queued, seconds = record.split(" ")
-            job_id = int(job)
-            jobs.append(Waiting(job_id, int(owner), int(score), float(queued)))
-            builds[job_id] = int(build)
-            estimates[job_id] = float(seconds)
+        jobs = [Waiting(*fields) for fields in zip(ids, owners, scores, queued, strict=True)]
+        estimates = dict(zip(ids, seconds, strict=True))
         order, aged = dispatch_order(jobs, estimates, usage, now, config)
         kinds[(processor, virtualized)] = KindOrder(
-            processor, virtualized, order, aged, builds, estimates
+            processor, virtualized, order, aged, dict(zip(ids, builds, strict=True)), estimates
         )
     return kinds
 
@@ -237,6 +228,6 @@ class DispatchOrders:
             return Forecast({}, as_of, read_at)
 
         def forecast() -> Forecast:
-            return Forecast(_order(rows), rows[0][7], read_at)
+            return Forecast(_order(rows), rows[0][12], read_at)
 
         return await threads.deferToThreadPool(reactor, reactor.getThreadPool(), forecast)

@@ -737,8 +737,8 @@ def _paths() -> dict[str, Any]:
                 " longest waiting first), then the owner with the largest fair-share deficit,"
                 " each job taken charging its estimate to its owner, by score within an owner"
                 " (docs/api.md says what the forecast assumes). Of several kinds: the first"
-                " of each kind, then the second of each, and so on. Readers within a couple"
-                " of seconds share one forecast (as_of).",
+                " of each kind, then the second of each, and so on. Readers within ten"
+                " seconds share one forecast (as_of).",
             )
         },
         "/api/v1/builds": {
