@@ -3,7 +3,7 @@
 The queue listing (``/api/v1/queue/jobs``), a waiting build's position and its estimated
 start follow the order builders will take the jobs in: a forecast of the fair-share rules
 over the whole queue (:mod:`buildmaster.store.views.order`), which readers within
-``queue_max_age`` seconds (2) share. This measures what that costs, through the store's
+``order_max_age`` seconds (10) share. This measures what that costs, through the store's
 views as the API calls them (no HTTP: the listing's statement and the forecast are the
 price; the JSON is the same as before).
 
@@ -13,9 +13,11 @@ spread over 20 owners; the primary archive's trusted), then two owners get a wei
 0.5) and every owner some usage. Then ``--rounds`` rounds, each:
 
 * a new forecast (``forecast(max_age=0)``): the whole of it as a reader waits for it, and
-  apart, the statement alone and the ordering alone (in this thread); meanwhile a 5 ms
-  ``LoopingCall`` on the reactor records how late it runs (what the reading blocks the
-  reactor: the rows are parsed on it, the ordering's thread shares the interpreter);
+  apart, its reading alone (one snapshot, the jobs fetched through a cursor in slices) and
+  its ordering alone (in slices on the reactor); meanwhile a 5 ms ``LoopingCall`` on the
+  reactor records how late it runs (how long the reading holds the reactor at a time), and
+  then, as long again with nothing read, the same timer's lateness (the baseline: what
+  the machine's load alone does to it);
 * with that forecast shared (as readers within 2 s get it): the first page (50) of one kind
   (amd64 virtualized), of every kind, a page 20,000 jobs deep, and a waiting build's standing
   (its position, estimated start and why);
@@ -73,7 +75,6 @@ async def run(reactor: Any, args: argparse.Namespace, dsn: str) -> dict[str, lis
 
     from buildmaster.access import ANONYMOUS
     from buildmaster.store import Database, Store
-    from buildmaster.store.views import order
 
     db = Database(reactor, dsn, size=4)
     await db.connect()
@@ -85,32 +86,51 @@ async def run(reactor: Any, args: argparse.Namespace, dsn: str) -> dict[str, lis
         await db.execute(
             "INSERT INTO shareweight VALUES (%s, 3), (%s, 0.5)", (owners[0], owners[1])
         )
-        await db.execute(
-            "UPDATE shareusage SET usage = 100 + (owner * 7919) % 20000, stamp = now()"
+        # every owner some usage (shareusage is a view over per-session stripes: one
+        # stripe of each owner and kind gets it)
+        await db.execute("UPDATE shareusage_stripe SET usage = 0, stamp = now()")
+        await db.query(
+            "SELECT shareusage_add(processor, virtualized, owner, 0,"
+            " 100 + (owner * 7919) % 20000) FROM shareusage"
         )
         amd64 = await store.processors.getByName("amd64")
         kind = {"processor": amd64.id, "virtualized": True}
         views = store.views
         rng = random.Random(25)
         lateness: list[float] = []
-        for n in range(args.rounds):
-            # a new forecast, and how late a 5 ms timer runs meanwhile
-            last = [reactor.seconds()]
+        idle: list[float] = []
+        held: dict[int, list[float]] = {}
 
-            def tick(last: list[float] = last) -> None:
-                now = reactor.seconds()
-                lateness.append(now - last[0] - 0.005)
-                last[0] = now
+        async def ticking(into: list[float], work: Any) -> Any:
+            """Run ``work`` while a 5 ms LoopingCall records how late each tick is."""
+            last = [reactor.seconds(), time.thread_time()]
+
+            def tick() -> None:
+                now, cpu = reactor.seconds(), time.thread_time()
+                into.append(now - last[0] - 0.005)
+                # the CPU this (the reactor's) thread used since the last tick: what held
+                # the reactor, whatever the machine's load did to the wall clock
+                held.setdefault(id(into), []).append(cpu - last[1])
+                last[0], last[1] = now, cpu
 
             ticker = task.LoopingCall(tick)
             ticker.clock = reactor
             ticker.start(0.005, now=False)
-            forecast = await timed(results, "forecast", views.queue.orders.forecast(0))
-            ticker.stop()
-            rows = await timed(results, "statement", db.query(order._READ_SQL))
-            started = time.perf_counter()
-            order._order(rows)
-            results.setdefault("ordering", []).append(time.perf_counter() - started)
+            try:
+                return await work
+            finally:
+                ticker.stop()
+
+        for n in range(args.rounds):
+            # a new forecast, and how late a 5 ms timer runs meanwhile; then as long again
+            # with nothing read (the baseline: what the machine's load alone does)
+            forecast = await ticking(
+                lateness, timed(results, "forecast", views.queue.orders.forecast(0))
+            )
+            await ticking(idle, task.deferLater(reactor, results["forecast"][-1], lambda: None))
+            orders = views.queue.orders
+            reading = await timed(results, "statement", orders.read_queue())
+            await timed(results, "ordering", orders.order(reading))
             kind_order = forecast.kind(amd64.id, True)
             assert kind_order is not None
             # readers sharing it
@@ -155,6 +175,9 @@ async def run(reactor: Any, args: argparse.Namespace, dsn: str) -> dict[str, lis
                 flush=True,
             )
         results["lateness"] = lateness
+        results["idle"] = idle
+        results["held"] = held.get(id(lateness), [])
+        results["held_idle"] = held.get(id(idle), [])
     finally:
         await db.close()
     return results
@@ -187,9 +210,12 @@ def main() -> None:
     print("|---|---|---|---|")
     for key, name in (
         ("forecast", "a new forecast, as a reader waits for it"),
-        ("statement", "  its statement alone"),
-        ("ordering", "  its ordering alone (one thread)"),
+        ("statement", "  its reading alone (snapshot, cursor fetched in slices)"),
+        ("ordering", "  its ordering alone (slices on the reactor)"),
         ("lateness", "a 5 ms reactor timer's lateness during a new forecast"),
+        ("idle", "  baseline: the same timer, as long again, nothing read"),
+        ("held", "the reactor thread's CPU between two ticks, during a new forecast"),
+        ("held_idle", "  baseline: the same, as long again, nothing read"),
         ("page", "first page, one kind, forecast shared"),
         ("page_all", "first page, every kind, forecast shared"),
         ("page_deep", "a page 20,000 deep, every kind, forecast shared"),
@@ -199,6 +225,17 @@ def main() -> None:
     ):
         s = common.summary(results[key])
         print(f"| {name} | {s['p50'] * 1000:.1f} | {s['p90'] * 1000:.1f} | {s['max'] * 1000:.1f} |")
+    for busy_key, quiet_key, what in (
+        ("lateness", "idle", "timer lateness"),
+        ("held", "held_idle", "reactor thread CPU between ticks"),
+    ):
+        busy, quiet = common.summary(results[busy_key]), common.summary(results[quiet_key])
+        print(
+            f"{what}, reading - nothing read: p50 {(busy['p50'] - quiet['p50']) * 1000:+.1f} ms,"
+            f" p90 {(busy['p90'] - quiet['p90']) * 1000:+.1f} ms,"
+            f" max {(busy['max'] - quiet['max']) * 1000:+.1f} ms"
+            f" (max ratio {busy['max'] / quiet['max']:.2f}); ticks {busy['n']} / {quiet['n']}"
+        )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ the order the jobs would go in. It gives the same order as calling
 its owner and taking it out of the queue (``tests/test_dispatch_order.py`` holds the two,
 and the claim's SQL, to one answer; where two owners' deficits are equal in real numbers,
 each adds the usages up in its own order, and the rounding may break the tie either way);
-it is only quicker: a queue of 100,000 jobs is ordered
-in a second or two, where choosing again and again would look at every job for every one.
+it is only quicker: choosing again and again would look at every job for every one; this
+looks at one owner per weight for each job taken.
 
 What the forecast assumes (usage changes as jobs are claimed, so the order is a forecast):
 
@@ -24,6 +24,10 @@ What the forecast assumes (usage changes as jobs are claimed, so the order is a 
   of them (its claim may then differ).
 * Chroot affinity changes which builder takes a job, never the order.
 
+:func:`take_turns` is the fair-share part on its own, one job at a time, for a caller that has
+the jobs already in each owner's order (the store reads them so from PostgreSQL's index, and
+orders a large queue in slices between which the reactor runs).
+
 How it is quick: owners of the same weight are served in the order of their usage (the
 smaller first: with equal weights the deficit only differs by usage), so each weight's
 owners are kept in a heap by usage, and only the first of each weight is compared by
@@ -33,12 +37,14 @@ deficit (:func:`buildmaster.fairshare.deficits`) at each step.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from buildmaster.fairshare import FairShareConfig, Waiting, deficits, is_aged
 
-__all__ = ["dispatch_order"]
+__all__ = ["dispatch_order", "take_turns"]
+
+T = TypeVar("T")
 
 
 class _Others:
@@ -69,7 +75,6 @@ def dispatch_order(
     )
     for job in aged:
         used[job.owner] = used.get(job.owner, 0.0) + seconds.get(job.id, 0.0)
-    order = list(aged)
     aged_ids = {j.id for j in aged}
     # each owner's jobs, the best last (taken with pop())
     queues: dict[Any, list[Waiting]] = {}
@@ -78,6 +83,23 @@ def dispatch_order(
             queues.setdefault(job.owner, []).append(job)
     for queue in queues.values():
         queue.sort(key=lambda j: (j.score, -j.id))
+    order = list(aged)
+    order.extend(take_turns(queues, lambda job: seconds.get(job.id, 0.0), used, config))
+    return order, len(aged)
+
+
+def take_turns(
+    queues: dict[Any, list[T]],
+    charge_of: Callable[[T], float],
+    usage: Mapping[Any, float],
+    config: FairShareConfig,
+) -> Iterator[T]:
+    """The jobs of ``queues`` (each owner's, its best *last*; emptied as they are taken) one
+    at a time in the order the fair-share rule takes them: the owner with the largest
+    deficit, each job taken charging ``charge_of(job)`` to its owner. ``usage``: each
+    owner's usage now (the aged jobs, which go before, already charged)."""
+    used = {owner: float(value) for owner, value in usage.items()}
+    queues = {owner: queue for owner, queue in queues.items() if queue}
     # per weight, the owners by usage (then by key: the rules' tie-break)
     heaps: dict[float, list[tuple[float, Any]]] = {}
     for owner in queues:
@@ -87,8 +109,6 @@ def dispatch_order(
     live = {weight: heap for weight, heap in heaps.items() if heap}
     total_weight = sum(config.weight(o) for o in queues)
     total_usage = sum(used.get(o, 0.0) for o in queues)
-    charge_of = seconds.get
-    take = order.append
     while len(live) > 1:
         firsts = {heap[0][1]: (weight, heap[0][0]) for weight, heap in live.items()}
         d = deficits(
@@ -106,8 +126,8 @@ def dispatch_order(
         owner_usage, owner = heap[0]
         queue = queues[owner]
         job = queue.pop()
-        take(job)
-        charge = charge_of(job.id, 0.0)
+        yield job
+        charge = charge_of(job)
         owner_usage += charge
         total_usage += charge
         if queue:
@@ -124,9 +144,8 @@ def dispatch_order(
             owner_usage, owner = heap[0]
             queue = queues[owner]
             job = queue.pop()
-            take(job)
+            yield job
             if queue:
-                heapq.heapreplace(heap, (owner_usage + charge_of(job.id, 0.0), owner))
+                heapq.heapreplace(heap, (owner_usage + charge_of(job), owner))
             else:
                 heapq.heappop(heap)
-    return order, len(aged)

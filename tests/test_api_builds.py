@@ -172,10 +172,7 @@ async def test_the_queue_lists_jobs_in_the_order_builders_will_take_them(api_wor
     await store.db.execute(
         "UPDATE buildqueue SET shareowner = %s WHERE build = %s", (cprov, other.id)
     )
-    await store.db.execute(
-        "UPDATE shareusage SET usage = 36000, stamp = now() WHERE owner = %s AND NOT virtualized",
-        (world.data.primary.owner_id,),
-    )
+    await set_share_usage(store, world.data.primary.owner_id, 36000)
     await store.db.execute(
         "UPDATE buildqueue SET datecreated = now() - interval '4 hours' WHERE build = %s",
         (old.id,),

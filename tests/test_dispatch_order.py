@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from share_support import set_share_usage
 
 from buildmaster.dispatchorder import dispatch_order
 from buildmaster.fairshare import FairShareConfig, Waiting, choose
 from buildmaster.sampledata import load_sample_data
 from buildmaster.store import Store
+from buildmaster.store.views import order
 
 
 def chosen_one_by_one(
@@ -97,10 +99,16 @@ async def queue_jobs(store: Store, data: Any, n: int) -> list[int]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_builders_claim_the_jobs_in_the_forecast_order(store: Store) -> None:
+async def test_builders_claim_the_jobs_in_the_forecast_order(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Three owners (one of weight 3, one with earlier usage), mixed scores and estimates, two
     jobs aged: the forecast read from the database lists the jobs in the very order in which
-    builders then claim them, one after the other (the claim's SQL, migration 0008)."""
+    builders then claim them, one after the other (the claim's SQL, migration 0008). The
+    reading is made as on a large queue: the jobs fetched a few at a time, the turns taken
+    a few per slice."""
+    monkeypatch.setattr(order, "FETCH_ROWS", 7)
+    monkeypatch.setattr(order, "_STEP_JOBS", 3)
     data = await load_sample_data(store)
     await store.queue.destroySelf(data.lost_job_id)
     await store.queue.destroySelf(data.waiting_job_id)
@@ -125,9 +133,7 @@ async def test_builders_claim_the_jobs_in_the_forecast_order(store: Store) -> No
         "UPDATE fairshare SET half_life = 1e9, aging_bound = 4000, aging_slack = 500"
     )
     await store.db.execute("INSERT INTO shareweight VALUES (%s, 3)", (people[1],))
-    await store.db.execute(
-        "UPDATE shareusage SET usage = 4321.5, stamp = now() WHERE owner = %s", (people[0],)
-    )
+    await set_share_usage(store, people[0], 4321.5)
     by_score = [
         r[0]
         for r in await store.db.query(
@@ -143,5 +149,32 @@ async def test_builders_claim_the_jobs_in_the_forecast_order(store: Store) -> No
         job = await store.jobs.claim_next(builder)
         assert job is not None
         claimed.append(job.id)
-    assert claimed == kind.job_ids
+    assert claimed == list(kind.job_ids)
     assert claimed != by_score  # (the queue is one where the rules are not the score)
+
+
+def test_a_listing_of_several_kinds_takes_one_of_each_in_turn() -> None:
+    """The listing of several kinds (the first of each kind, then the second of each...) is
+    computed from the kinds' lengths: every page and every job's place is the one of the
+    list written out in full, whatever the lengths (a kind ran out, an empty one)."""
+    rng = random.Random(7)
+    for _ in range(50):
+        kinds = []
+        for k in range(rng.randint(1, 5)):
+            kind = order.KindOrder(k, False)
+            for _ in range(rng.choice([0, 1, 3, rng.randint(0, 40)])):
+                job = rng.randrange(10**9)
+                if kind.position(job) is None:
+                    kind._take(job, job + 1, 60.0)
+            kinds.append(kind)
+        written = [
+            (kind, i) for i in range(max(len(k) for k in kinds)) for kind in kinds if i < len(kind)
+        ]
+        listing = order.Listing(kinds)
+        assert len(listing) == len(written)
+        for start in range(len(written) + 2):
+            limit = rng.randint(1, 10)
+            assert listing.slice(start, limit) == written[start : start + limit]
+        for place, (kind, i) in enumerate(written):
+            assert listing.place(kind.job_ids[i]) == place
+        assert listing.place(-1) is None

@@ -1,72 +1,101 @@
 """The waiting jobs in the order builders will take them (a forecast of the claim: the rules
-of :mod:`buildmaster.fairshare` applied by :func:`buildmaster.dispatchorder.dispatch_order`
-to the queue as it is now, with each owner's usage and the settings the claim reads).
+of :mod:`buildmaster.fairshare`, applied by :func:`buildmaster.dispatchorder.take_turns` to
+the queue as it is now, with each owner's usage and the settings the claim reads).
 
-A reading orders every kind at once: one statement gathers the waiting jobs (a walk through
-the whole queue), the ordering runs in a thread (at 100,000 waiting jobs a reading is a few
-seconds of work on a loaded machine: ``benchmarks/results/queue.md``). Readers within ``max_age`` seconds of a reading share it, and readers asking
-while one is made wait for it rather than make their own (``as_of`` says when it was made).
+A reading orders every kind at once, without holding the reactor for more than a few
+milliseconds at a time (the queue may hold 100,000 jobs; ``benchmarks/results/queue.md``):
+
+* PostgreSQL does the sorting: one read-only snapshot gives the settings and each owner's
+  usage (a few rows), then every waiting job through a cursor, ``FETCH``-ed
+  :data:`FETCH_ROWS` at a time, already in the order the rules need (per kind: the aged
+  jobs, the longest waiting first; then each owner's jobs by score, then id: the claim's
+  own index). Each slice is parsed by psycopg2 and kept in flat arrays (no object per job).
+* The fair-share turns (:func:`~buildmaster.dispatchorder.take_turns`) then run on the
+  reactor's thread in slices of at most :data:`SLICE_SECONDS`, through a
+  :class:`~twisted.internet.task.Cooperator`; the reactor runs between slices. (Not in a
+  thread: a CPU-bound thread holds the interpreter lock against the reactor.)
+* A listing of several kinds (the first of each kind, then the second of each...) is not
+  stored: a job's place and a page are computed from the kinds' lengths.
+
+Readers within ``max_age`` seconds of a reading share it, and readers asking while one is
+made wait for it rather than make their own (``as_of`` says when it was made).
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime
-import itertools
-from collections.abc import Sequence
+import time
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
-from buildmaster.dispatchorder import dispatch_order
-from buildmaster.fairshare import FairShareConfig, Waiting, decayed
-from buildmaster.store.database import Database
+from buildmaster.dispatchorder import take_turns
+from buildmaster.fairshare import FairShareConfig
+from buildmaster.store.database import Database, Transaction
 
-__all__ = ["KindOrder", "Listing", "Forecast", "DispatchOrders"]
+__all__ = ["KindOrder", "Listing", "Forecast", "DispatchOrders", "FETCH_ROWS", "SLICE_SECONDS"]
 
-#: every waiting job, per kind, with what the rules need; each owner's usage of the kind and
-#: when it was recorded; the settings; and the database's clock, all in one statement
-_READ_SQL = """
-WITH j AS (
-    SELECT processor, virtualized, array_agg(id) AS ids, array_agg(build) AS builds,
-        array_agg(shareowner) AS owners, array_agg(lastscore) AS scores,
-        array_agg(extract(epoch FROM datecreated)::float8) AS queued,
-        array_agg(extract(epoch FROM estimated_duration)::float8) AS seconds
-    FROM buildqueue WHERE status = 0 AND builder IS NULL GROUP BY 1, 2),
-u AS (
-    SELECT processor, virtualized, array_agg(owner) AS owners, array_agg(usage) AS usage,
-        array_agg(extract(epoch FROM stamp)::float8) AS stamps
-    FROM shareusage WHERE usage > 0 GROUP BY 1, 2)
-SELECT j.processor, j.virtualized, j.ids, j.builds, j.owners, j.scores, j.queued, j.seconds,
-    u.owners, u.usage, u.stamps,
-    extract(epoch FROM now())::float8, now(),
-    f.half_life, f.aging_bound, f.aging_slack, f.default_weight,
-    (SELECT array_agg(owner) FROM shareweight), (SELECT array_agg(weight) FROM shareweight)
-FROM j LEFT JOIN u ON u.processor = j.processor AND u.virtualized = j.virtualized
-CROSS JOIN fairshare f
+#: rows a ``FETCH`` brings (psycopg2 parses them on the reactor's thread)
+FETCH_ROWS = 1000
+#: the longest the ordering holds the reactor at a time
+SLICE_SECONDS = 0.002
+#: jobs taken between two looks at the clock
+_STEP_JOBS = 64
+
+#: the settings and each owner's usage of each kind (decayed to now: the view does it), and
+#: the database's clock (the snapshot's)
+_SETTINGS_SQL = """
+SELECT f.half_life, f.aging_bound, f.aging_slack, f.default_weight,
+    (SELECT array_agg(owner) FROM shareweight), (SELECT array_agg(weight) FROM shareweight),
+    (SELECT array_agg(processor) FROM shareusage WHERE usage > 0),
+    (SELECT array_agg(virtualized) FROM shareusage WHERE usage > 0),
+    (SELECT array_agg(owner) FROM shareusage WHERE usage > 0),
+    (SELECT array_agg(usage) FROM shareusage WHERE usage > 0),
+    now()
+FROM fairshare f
+"""
+
+#: every waiting job in the order the rules take them apart: per kind, the aged ones first
+#: (the longest waiting first: the claim's test, migration 0008), then each owner's by score
+#: (buildqueue_share_idx's order)
+_JOBS_SQL = """
+DECLARE dispatch_order NO SCROLL CURSOR FOR
+SELECT q.processor, q.virtualized, q.aged, q.id, q.build, q.shareowner,
+    coalesce(extract(epoch FROM q.estimated_duration)::float8, 0)
+FROM (
+    SELECT q.*, q.datecreated <= now() - make_interval(secs => f.aging_bound - f.aging_slack)
+        AS aged
+    FROM buildqueue q CROSS JOIN fairshare f
+    WHERE q.status = 0 AND q.builder IS NULL) q
+ORDER BY q.processor, q.virtualized, q.aged DESC,
+    CASE WHEN q.aged THEN q.datecreated END, CASE WHEN q.aged THEN q.id END,
+    q.shareowner, q.lastscore DESC, q.id
 """
 
 
 class KindOrder:
     """The waiting jobs of one kind (processor x virtualization) in dispatch order."""
 
-    def __init__(
-        self,
-        processor_id: int,
-        virtualized: bool,
-        jobs: Sequence[Waiting],
-        aged: int,
-        builds: dict[int, int],
-        seconds: dict[int, float],
-    ) -> None:
+    def __init__(self, processor_id: int, virtualized: bool) -> None:
         self.processor_id = processor_id
         self.virtualized = virtualized
-        self.job_ids = [j.id for j in jobs]
-        self.build_ids = [builds[j.id] for j in jobs]
+        self.job_ids = array("q")
+        self.build_ids = array("q")
         #: how many at the head are aged (they go first, the longest waiting first)
-        self.aged = aged
-        self._positions = {job_id: i + 1 for i, job_id in enumerate(self.job_ids)}
-        self._ahead = list(itertools.accumulate((seconds[i] for i in self.job_ids), initial=0.0))
+        self.aged = 0
+        self._positions: dict[int, int] = {}
+        #: the estimates of the jobs before each place (``[0]``: none)
+        self._ahead = array("d", [0.0])
+
+    def _take(self, job_id: int, build_id: int, seconds: float) -> None:
+        self.job_ids.append(job_id)
+        self.build_ids.append(build_id)
+        self._positions[job_id] = len(self.job_ids)
+        self._ahead.append(self._ahead[-1] + seconds)
 
     def __len__(self) -> int:
         return len(self.job_ids)
@@ -82,42 +111,45 @@ class KindOrder:
 
 class Listing:
     """The jobs of some kinds in one list: the first of each kind, then the second of each,
-    and so on (each kind's builders take its jobs; the kinds by processor, trusted first)."""
+    and so on (each kind's builders take its jobs; the kinds by processor, trusted first).
+    Places are computed from the kinds' lengths (nothing per job is stored)."""
 
     def __init__(self, kinds: Sequence[KindOrder]) -> None:
         self.kinds = list(kinds)
-        self._entries: list[tuple[int, int]] | None = None
-        self._places: dict[int, int] | None = None
-        if len(self.kinds) > 1:
-            entries = []
-            longest = max(len(k) for k in self.kinds)
-            for i in range(longest):
-                for n, kind in enumerate(self.kinds):
-                    if i < len(kind):
-                        entries.append((n, i))
-            self._entries = entries
-            self._places = {self.kinds[n].job_ids[i]: p for p, (n, i) in enumerate(entries)}
+        self._lengths = [len(k) for k in self.kinds]
 
     def __len__(self) -> int:
-        return sum(len(k) for k in self.kinds)
+        return sum(self._lengths)
+
+    def _before_round(self, i: int) -> int:
+        """How many entries come before every kind's ``i``-th job (0-based)."""
+        return sum(min(n, i) for n in self._lengths)
 
     def place(self, job_id: int) -> int | None:
         """The job's index in the listing (0: first), ``None`` when it is not listed."""
-        if self._places is not None:
-            return self._places.get(job_id)
-        if not self.kinds:
-            return None
-        position = self.kinds[0].position(job_id)
-        return position - 1 if position is not None else None
+        for k, kind in enumerate(self.kinds):
+            position = kind.position(job_id)
+            if position is not None:
+                i = position - 1
+                return self._before_round(i) + sum(1 for n in self._lengths[:k] if n > i)
+        return None
 
     def slice(self, start: int, limit: int) -> list[tuple[KindOrder, int]]:
         """``limit`` entries from index ``start``: each a kind and the index in its order."""
-        if self._entries is not None:
-            return [(self.kinds[n], i) for n, i in self._entries[start : start + limit]]
-        if not self.kinds:
+        if start >= len(self) or limit <= 0:
             return []
-        kind = self.kinds[0]
-        return [(kind, i) for i in range(start, min(start + limit, len(kind)))]
+        # the round (an index in every kind's order) the entry ``start`` is in
+        i = bisect.bisect_right(range(max(self._lengths) + 1), start, key=self._before_round) - 1
+        skip = start - self._before_round(i)
+        found: list[tuple[KindOrder, int]] = []
+        while len(found) < limit:
+            in_round = [kind for kind, n in zip(self.kinds, self._lengths, strict=True) if n > i]
+            if not in_round:
+                break
+            found.extend((kind, i) for kind in in_round[skip : skip + limit - len(found)])
+            skip = 0
+            i += 1
+        return found
 
 
 class Forecast:
@@ -131,8 +163,6 @@ class Forecast:
         self.as_of = as_of
         self.read_at = read_at
         self._listings: dict[tuple[int | None, bool | None], Listing] = {}
-        if len(kinds) > 1:  # every kind's listing is made here (in the reading's thread)
-            self.listing(None, None)
 
     def kind(self, processor_id: int, virtualized: bool) -> KindOrder | None:
         return self.kinds.get((processor_id, virtualized))
@@ -151,30 +181,93 @@ class Forecast:
         return found
 
 
-def _order(rows: list[tuple[Any, ...]]) -> dict[tuple[int, bool], KindOrder]:
-    """Every kind's order, from the rows of :data:`_READ_SQL` (no I/O)."""
-    kinds: dict[tuple[int, bool], KindOrder] = {}
-    for row in rows:
-        processor, virtualized, ids, builds, owners, scores, queued, seconds = row[:8]
-        usage_owners, usages, stamps, now = row[8:12]
-        half_life, bound, slack, default, weight_owners, weights = row[13:19]
-        config = FairShareConfig(
+class _KindJobs:
+    """The waiting jobs of one kind as read (flat arrays, a job by its index in them)."""
+
+    def __init__(self) -> None:
+        self.job_ids = array("q")
+        self.build_ids = array("q")
+        self.seconds = array("d")
+        self.aged = 0
+        #: each owner's jobs (indices), the best first while reading
+        self.queues: dict[int, list[int]] = {}
+        self.owners_aged: list[tuple[int, float]] = []
+
+
+class _Reading:
+    """What one snapshot of the queue gave: the settings, usage, and each kind's jobs."""
+
+    def __init__(self, settings: tuple[Any, ...]) -> None:
+        half_life, bound, slack, default, weight_owners, weights = settings[:6]
+        usage_processors, usage_virtualized, usage_owners, usages, self.as_of = settings[6:11]
+        self.config = FairShareConfig(
             half_life=half_life,
             aging_bound=bound,
             aging_slack=slack,
             default_weight=default,
             weights=dict(zip(weight_owners or (), weights or (), strict=True)),
         )
-        usage: dict[int, float] = {}
-        for owner, value, stamp in zip(usage_owners or (), usages or (), stamps or (), strict=True):
-            usage[owner] = decayed(value, stamp, now, half_life)
-        jobs = [Waiting(*fields) for fields in zip(ids, owners, scores, queued, strict=True)]
-        estimates = dict(zip(ids, seconds, strict=True))
-        order, aged = dispatch_order(jobs, estimates, usage, now, config)
-        kinds[(processor, virtualized)] = KindOrder(
-            processor, virtualized, order, aged, dict(zip(ids, builds, strict=True)), estimates
-        )
-    return kinds
+        self.usage: dict[tuple[int, bool], dict[int, float]] = {}
+        for processor, virtualized, owner, value in zip(
+            usage_processors or (),
+            usage_virtualized or (),
+            usage_owners or (),
+            usages or (),
+            strict=True,
+        ):
+            self.usage.setdefault((processor, virtualized), {})[owner] = float(value)
+        self.kinds: dict[tuple[int, bool], _KindJobs] = {}
+
+    def add(self, rows: list[tuple[Any, ...]]) -> None:
+        """A slice of :data:`_JOBS_SQL`'s rows."""
+        kinds = self.kinds
+        for processor, virtualized, aged, job_id, build_id, owner, seconds in rows:
+            jobs = kinds.get((processor, virtualized))
+            if jobs is None:
+                jobs = kinds[(processor, virtualized)] = _KindJobs()
+            index = len(jobs.job_ids)
+            jobs.job_ids.append(job_id)
+            jobs.build_ids.append(build_id)
+            jobs.seconds.append(seconds)
+            if aged:
+                jobs.aged += 1
+                jobs.owners_aged.append((owner, seconds))
+            else:
+                queue = jobs.queues.get(owner)
+                if queue is None:
+                    queue = jobs.queues[owner] = []
+                queue.append(index)
+
+
+def _ordering(reading: _Reading, done: dict[tuple[int, bool], KindOrder]) -> Iterator[None]:
+    """Every kind's order into ``done``, a few jobs per step (a :class:`Cooperator`'s task)."""
+    for key, jobs in sorted(reading.kinds.items()):
+        kind = done[key] = KindOrder(*key)
+        kind.aged = jobs.aged
+        used = dict(reading.usage.get(key, {}))
+        for owner, seconds in jobs.owners_aged:
+            used[owner] = used.get(owner, 0.0) + seconds
+        job_ids, build_ids, seconds_of = jobs.job_ids, jobs.build_ids, jobs.seconds
+        take = kind._take
+        for index in range(jobs.aged):
+            take(job_ids[index], build_ids[index], seconds_of[index])
+            if index % _STEP_JOBS == 0:
+                yield None
+        for queue in jobs.queues.values():
+            queue.reverse()  # the best last: taken with pop()
+        yield None
+        step = 0
+        for index in take_turns(jobs.queues, seconds_of.__getitem__, used, reading.config):
+            take(job_ids[index], build_ids[index], seconds_of[index])
+            step += 1
+            if step == _STEP_JOBS:
+                step = 0
+                yield None
+
+
+def _slice_predicate() -> Callable[[], bool]:
+    ends = time.perf_counter() + SLICE_SECONDS
+    return lambda: time.perf_counter() >= ends
 
 
 class DispatchOrders:
@@ -185,6 +278,10 @@ class DispatchOrders:
         self._last: Forecast | None = None
         #: the readers waiting for the reading being made
         self._waiting: list[defer.Deferred[Forecast]] | None = None
+        self._cooperator = task.Cooperator(
+            terminationPredicateFactory=_slice_predicate,
+            scheduler=lambda work: db.clock.callLater(0, work),
+        )
 
     def forget(self) -> None:
         """The queue changed (an operator's rescore, cancel, retry): the next reader gets a
@@ -219,15 +316,28 @@ class DispatchOrders:
         for waiter in waiters:
             waiter.callback(result)
 
+    async def read_queue(self) -> _Reading:
+        """The settings, usage and waiting jobs, from one snapshot (in slices)."""
+
+        async def read(tx: Transaction) -> _Reading:
+            await tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            reading = _Reading((await tx.query(_SETTINGS_SQL))[0])
+            await tx.execute(_JOBS_SQL)
+            while True:
+                rows = await tx.query(f"FETCH {FETCH_ROWS} FROM dispatch_order")
+                reading.add(rows)
+                if len(rows) < FETCH_ROWS:
+                    return reading
+
+        return await self._db.transaction(read)
+
+    async def order(self, reading: _Reading) -> dict[tuple[int, bool], KindOrder]:
+        """Every kind's order, made in slices on the reactor's thread."""
+        done: dict[tuple[int, bool], KindOrder] = {}
+        await self._cooperator.cooperate(_ordering(reading, done)).whenDone()
+        return done
+
     async def _read(self) -> Forecast:
-        reactor = self._db.clock
-        read_at = reactor.seconds()
-        rows = await self._db.query(_READ_SQL, prepared=True)
-        if not rows:
-            [(as_of,)] = await self._db.query("SELECT now()", prepared=True)
-            return Forecast({}, as_of, read_at)
-
-        def forecast() -> Forecast:
-            return Forecast(_order(rows), rows[0][12], read_at)
-
-        return await threads.deferToThreadPool(reactor, reactor.getThreadPool(), forecast)
+        read_at = self._db.clock.seconds()
+        reading = await self.read_queue()
+        return Forecast(await self.order(reading), reading.as_of, read_at)
