@@ -107,7 +107,7 @@ async def test_builders_claim_the_jobs_in_the_forecast_order(
     builders then claim them, one after the other (the claim's SQL, migration 0008). The
     reading is made as on a large queue: the jobs fetched a few at a time, the turns taken
     a few per slice."""
-    monkeypatch.setattr(order, "FETCH_ROWS", 7)
+    monkeypatch.setattr(order, "CHUNK_JOBS", 7)
     monkeypatch.setattr(order, "_STEP_JOBS", 3)
     data = await load_sample_data(store)
     await store.queue.destroySelf(data.lost_job_id)

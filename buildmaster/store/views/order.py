@@ -7,9 +7,11 @@ milliseconds at a time (the queue may hold 100,000 jobs; ``benchmarks/results/qu
 
 * PostgreSQL does the sorting: one read-only snapshot gives the settings and each owner's
   usage (a few rows), then every waiting job through a cursor, ``FETCH``-ed
-  :data:`FETCH_ROWS` at a time, already in the order the rules need (per kind: the aged
-  jobs, the longest waiting first; then each owner's jobs by score, then id: the claim's
-  own index). Each slice is parsed by psycopg2 and kept in flat arrays (no object per job).
+  :data:`CHUNK_JOBS` at a time as a row of arrays, already in the order the rules need
+  (per kind: the aged jobs, the longest waiting first; then each owner's jobs by score, then
+  id: the claim's own index). Each chunk is parsed by psycopg2 and kept in flat arrays: no
+  object per job (the garbage collector's full collections, which hold the interpreter,
+  grow with the objects kept).
 * The fair-share turns (:func:`~buildmaster.dispatchorder.take_turns`) then run on the
   reactor's thread in slices of at most :data:`SLICE_SECONDS`, through a
   :class:`~twisted.internet.task.Cooperator`; the reactor runs between slices. (Not in a
@@ -37,10 +39,10 @@ from buildmaster.dispatchorder import take_turns
 from buildmaster.fairshare import FairShareConfig
 from buildmaster.store.database import Database, Transaction
 
-__all__ = ["KindOrder", "Listing", "Forecast", "DispatchOrders", "FETCH_ROWS", "SLICE_SECONDS"]
+__all__ = ["KindOrder", "Listing", "Forecast", "DispatchOrders", "CHUNK_JOBS", "SLICE_SECONDS"]
 
-#: rows a ``FETCH`` brings (psycopg2 parses them on the reactor's thread)
-FETCH_ROWS = 1000
+#: jobs a ``FETCH`` brings (psycopg2 parses them on the reactor's thread)
+CHUNK_JOBS = 1000
 #: the longest the ordering holds the reactor at a time
 SLICE_SECONDS = 0.002
 #: jobs taken between two looks at the clock
@@ -61,19 +63,26 @@ FROM fairshare f
 
 #: every waiting job in the order the rules take them apart: per kind, the aged ones first
 #: (the longest waiting first: the claim's test, migration 0008), then each owner's by score
-#: (buildqueue_share_idx's order)
+#: (buildqueue_share_idx's order); in chunks of ``%(chunk)s`` jobs, a chunk a row of arrays
+#: (what psycopg2 makes of a row of arrays is a few lists, not a tuple per job)
 _JOBS_SQL = """
 DECLARE dispatch_order NO SCROLL CURSOR FOR
-SELECT q.processor, q.virtualized, q.aged, q.id, q.build, q.shareowner,
-    coalesce(extract(epoch FROM q.estimated_duration)::float8, 0)
+SELECT processor, virtualized, array_agg(aged ORDER BY n), array_agg(id ORDER BY n),
+    array_agg(build ORDER BY n), array_agg(shareowner ORDER BY n),
+    array_agg(seconds ORDER BY n)
 FROM (
-    SELECT q.*, q.datecreated <= now() - make_interval(secs => f.aging_bound - f.aging_slack)
-        AS aged
-    FROM buildqueue q CROSS JOIN fairshare f
-    WHERE q.status = 0 AND q.builder IS NULL) q
-ORDER BY q.processor, q.virtualized, q.aged DESC,
-    CASE WHEN q.aged THEN q.datecreated END, CASE WHEN q.aged THEN q.id END,
-    q.shareowner, q.lastscore DESC, q.id
+    SELECT q.processor, q.virtualized, q.aged, q.id, q.build, q.shareowner,
+        coalesce(extract(epoch FROM q.estimated_duration)::float8, 0) AS seconds,
+        row_number() OVER (ORDER BY q.processor, q.virtualized, q.aged DESC,
+            CASE WHEN q.aged THEN q.datecreated END, CASE WHEN q.aged THEN q.id END,
+            q.shareowner, q.lastscore DESC, q.id) AS n
+    FROM (
+        SELECT q.*, q.datecreated
+                <= now() - make_interval(secs => f.aging_bound - f.aging_slack) AS aged
+        FROM buildqueue q CROSS JOIN fairshare f
+        WHERE q.status = 0 AND q.builder IS NULL) q) q
+GROUP BY processor, virtualized, (n - 1) / %(chunk)s
+ORDER BY min(n)
 """
 
 
@@ -191,7 +200,8 @@ class _KindJobs:
         self.aged = 0
         #: each owner's jobs (indices), the best first while reading
         self.queues: dict[int, list[int]] = {}
-        self.owners_aged: list[tuple[int, float]] = []
+        #: the owners of the aged jobs (the first ``aged``), in order
+        self.aged_owners = array("q")
 
 
 class _Reading:
@@ -218,20 +228,20 @@ class _Reading:
             self.usage.setdefault((processor, virtualized), {})[owner] = float(value)
         self.kinds: dict[tuple[int, bool], _KindJobs] = {}
 
-    def add(self, rows: list[tuple[Any, ...]]) -> None:
-        """A slice of :data:`_JOBS_SQL`'s rows."""
-        kinds = self.kinds
-        for processor, virtualized, aged, job_id, build_id, owner, seconds in rows:
-            jobs = kinds.get((processor, virtualized))
-            if jobs is None:
-                jobs = kinds[(processor, virtualized)] = _KindJobs()
+    def add(self, chunk: tuple[Any, ...]) -> None:
+        """A chunk of :data:`_JOBS_SQL`: jobs of one kind, in order."""
+        processor, virtualized, aged_ones, job_ids, build_ids, owners, seconds_of = chunk
+        jobs = self.kinds.get((processor, virtualized))
+        if jobs is None:
+            jobs = self.kinds[(processor, virtualized)] = _KindJobs()
+        jobs.build_ids.extend(build_ids)
+        jobs.seconds.extend(seconds_of)
+        for aged, job_id, owner in zip(aged_ones, job_ids, owners, strict=True):
             index = len(jobs.job_ids)
             jobs.job_ids.append(job_id)
-            jobs.build_ids.append(build_id)
-            jobs.seconds.append(seconds)
             if aged:
                 jobs.aged += 1
-                jobs.owners_aged.append((owner, seconds))
+                jobs.aged_owners.append(owner)
             else:
                 queue = jobs.queues.get(owner)
                 if queue is None:
@@ -245,12 +255,13 @@ def _ordering(reading: _Reading, done: dict[tuple[int, bool], KindOrder]) -> Ite
         kind = done[key] = KindOrder(*key)
         kind.aged = jobs.aged
         used = dict(reading.usage.get(key, {}))
-        for owner, seconds in jobs.owners_aged:
-            used[owner] = used.get(owner, 0.0) + seconds
         job_ids, build_ids, seconds_of = jobs.job_ids, jobs.build_ids, jobs.seconds
         take = kind._take
-        for index in range(jobs.aged):
-            take(job_ids[index], build_ids[index], seconds_of[index])
+        # the aged jobs first, the longest waiting first, each charged to its owner
+        for index, owner in enumerate(jobs.aged_owners):
+            seconds = seconds_of[index]
+            take(job_ids[index], build_ids[index], seconds)
+            used[owner] = used.get(owner, 0.0) + seconds
             if index % _STEP_JOBS == 0:
                 yield None
         for queue in jobs.queues.values():
@@ -322,12 +333,12 @@ class DispatchOrders:
         async def read(tx: Transaction) -> _Reading:
             await tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             reading = _Reading((await tx.query(_SETTINGS_SQL))[0])
-            await tx.execute(_JOBS_SQL)
+            await tx.execute(_JOBS_SQL, {"chunk": CHUNK_JOBS})
             while True:
-                rows = await tx.query(f"FETCH {FETCH_ROWS} FROM dispatch_order")
-                reading.add(rows)
-                if len(rows) < FETCH_ROWS:
+                chunk = await tx.query_one("FETCH 1 FROM dispatch_order")
+                if chunk is None:
                     return reading
+                reading.add(chunk)
 
         return await self._db.transaction(read)
 
