@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from share_support import set_share_usage
+from twisted.internet import defer
 
 from buildmaster.dispatchorder import dispatch_order
 from buildmaster.fairshare import FairShareConfig, Waiting, choose
@@ -151,6 +152,37 @@ async def test_builders_claim_the_jobs_in_the_forecast_order(
         claimed.append(job.id)
     assert claimed == list(kind.job_ids)
     assert claimed != by_score  # (the queue is one where the rules are not the score)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_master_goes_on_with_other_work_while_a_reading_is_made(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ordering of a reading is made in steps between which the reactor runs other work:
+    here every job is a step of its own, and a call the reactor keeps getting runs again
+    and again while the jobs are ordered (were the ordering one block of work, it would
+    run once or twice)."""
+    from twisted.internet import reactor
+
+    monkeypatch.setattr(order, "_STEP_JOBS", 1)
+    monkeypatch.setattr(order, "SLICE_SECONDS", 0.0)
+    data = await load_sample_data(store)
+    await queue_jobs(store, data, 30)
+    orders = store.views.queue.orders
+    reading = await orders.read_queue()
+    ordering = defer.Deferred.fromCoroutine(orders.order(reading))
+    turns = []
+
+    def other_work() -> None:
+        if not ordering.called:
+            turns.append(1)
+            reactor.callLater(0, other_work)
+
+    reactor.callLater(0, other_work)
+    kinds = await ordering
+    kind = kinds[(data.processor_386.id, False)]
+    assert len(kind) >= 30
+    assert len(turns) >= 30
 
 
 def test_a_listing_of_several_kinds_takes_one_of_each_in_turn() -> None:
