@@ -162,13 +162,12 @@ async def test_the_master_goes_on_with_other_work_while_a_reading_is_made(
     here every job is a step of its own, and a call the reactor keeps getting runs again
     and again while the jobs are ordered (were the ordering one block of work, it would
     run once or twice)."""
-    from twisted.internet import reactor
-
     monkeypatch.setattr(order, "_STEP_JOBS", 1)
     monkeypatch.setattr(order, "SLICE_SECONDS", 0.0)
     data = await load_sample_data(store)
     await queue_jobs(store, data, 30)
     orders = store.views.queue.orders
+    reactor = store.db.clock  # the reactor
     reading = await orders.read_queue()
     ordering = defer.Deferred.fromCoroutine(orders.order(reading))
     turns = []
