@@ -15,10 +15,11 @@ spread over 20 owners; the primary archive's trusted), then two owners get a wei
 * a new forecast (``forecast(max_age=0)``): the whole of it as a reader waits for it, and
   apart, its reading alone (one snapshot, the jobs fetched through a cursor in slices) and
   its ordering alone (in slices on the reactor); meanwhile a 5 ms ``LoopingCall`` on the
-  reactor records how late it runs (how long the reading holds the reactor at a time), and
-  then, as long again with nothing read, the same timer's lateness (the baseline: what
-  the machine's load alone does to it);
-* with that forecast shared (as readers within 2 s get it): the first page (50) of one kind
+  reactor records how late it runs and the CPU the reactor's thread used between two of
+  its ticks (how long the reading holds the reactor at a time, whatever the machine's load
+  does to the wall clock), and then, as long again with nothing read, the same (the
+  baseline: what the machine's load alone does to them);
+* with that forecast shared (as readers within 10 s get it): the first page (50) of one kind
   (amd64 virtualized), of every kind, a page 20,000 jobs deep, and a waiting build's standing
   (its position, estimated start and why);
 * the baseline, in the same round: the score-order listing as it was (the first page's
