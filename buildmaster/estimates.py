@@ -22,7 +22,8 @@ class KindLoad:
     #: waiting builds, and the sum of their estimated durations
     waiting: int
     waiting_seconds: float
-    #: the estimated duration of the last waiting build in dispatch order
+    #: the estimated duration of the build that starts last (read as the lowest-scored
+    #: one's: the drain time does not need the whole dispatch order's forecast)
     last_seconds: float
     #: what is left of the builds running now (their estimate less the time they ran, >= 0)
     running_remaining_seconds: float

@@ -140,8 +140,69 @@ async def test_the_queue_per_kind_and_its_jobs_in_dispatch_order(api_world: Any)
         await anonymous.get("/api/v1/queue/jobs?processor=sparc"), 400, "invalid-parameter", "sparc"
     )
     assert_problem(
-        await anonymous.get("/api/v1/queue/jobs?after=x"), 400, "invalid-parameter", "SCORE:JOB"
+        await anonymous.get("/api/v1/queue/jobs?after=x"), 400, "invalid-parameter", "COUNT:JOB"
     )
+    assert_problem(
+        await anonymous.get("/api/v1/queue/jobs?after=-1:2"), 400, "invalid-parameter", "COUNT:JOB"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_queue_lists_jobs_in_the_order_builders_will_take_them(api_world: Any) -> None:
+    """Two owners wait for trusted i386 builders: ubuntu-team used them much more lately, so
+    cprov's job goes first though its score is lower; a job that has waited past the aging
+    threshold goes before both. The listing is that order (not the scores'), and a waiting
+    build's position and estimated start agree with it."""
+    world, admin, anonymous, store = (
+        api_world.world,
+        api_world.admin,
+        api_world.anonymous,
+        api_world.store,
+    )
+    high = await world.queue("busy-high")
+    low = await world.queue("busy-low")
+    other = await world.queue("other-owner")
+    old = await world.queue("waited-long")
+    await world.builder("t1")  # (the master is not started: nothing is dispatched)
+    for build, score in ((high, 900), (low, 800), (other, 100), (old, 50)):
+        await store.db.execute(
+            "UPDATE buildqueue SET lastscore = %s WHERE build = %s", (score, build.id)
+        )
+    cprov = world.data.cprov_ppa.owner_id
+    await store.db.execute(
+        "UPDATE buildqueue SET shareowner = %s WHERE build = %s", (cprov, other.id)
+    )
+    await set_share_usage(store, world.data.primary.owner_id, 36000)
+    await store.db.execute(
+        "UPDATE buildqueue SET datecreated = now() - interval '4 hours' WHERE build = %s",
+        (old.id,),
+    )
+    listed = (
+        await anonymous.get("/api/v1/queue/jobs?processor=386&virtualized=false&limit=3")
+    ).json
+    first_page = listed["jobs"]
+    rest = (await anonymous.get(listed["next"])).json["jobs"]
+    order = [j["build"]["id"] for j in first_page + rest]
+    assert order == [old.id, other.id, high.id, low.id]  # by score: high, low, other, old
+    assert [j["position"] for j in first_page + rest] == [1, 2, 3, 4]
+    assert [j["aged"] for j in first_page + rest] == [True, False, False, False]
+    assert listed["as_of"] is not None
+    # every kind: the same order (one kind waits here), positions within it
+    every = (await anonymous.get("/api/v1/queue/jobs")).json["jobs"]
+    assert [(j["build"]["id"], j["position"]) for j in every] == [
+        (build_id, n + 1) for n, build_id in enumerate(order)
+    ]
+    for position, build_id in enumerate(order, 1):
+        waiting = (await anonymous.get(f"/api/v1/builds/{build_id}")).json["waiting"]
+        assert waiting["position"] == position and waiting["position_exact"] is True
+        # one builder: the estimates of the builds before it (300 s each by default)
+        assert waiting["estimated_start_in"] == 300.0 * (position - 1)
+    # a rescore through the API is seen at once: low goes before high within its owner
+    await admin.post(f"/api/v1/builds/{low.id}/rescore", {"score": 5000})
+    again = (await anonymous.get("/api/v1/queue/jobs?processor=386&virtualized=false")).json
+    assert [j["build"]["id"] for j in again["jobs"]] == [old.id, other.id, low.id, high.id]
+    shown = (await anonymous.get(f"/api/v1/builds/{low.id}")).json["waiting"]
+    assert shown["position"] == 3
 
 
 @pytest_twisted.ensureDeferred

@@ -301,7 +301,7 @@ async def test_the_whole_story(farm: Any, dsn: str, tmp_path: Path) -> None:
     rescored = await cli("build", "rescore", waiting_id, "5000")
     assert rescored.out.strip().endswith(": NEEDSBUILD, score 5000"), rescored.err
     listing = await cli("queue", "--list")
-    assert table_row(listing.out, "-")[1:3] == ["5000 (manual)", waiting_id]
+    assert table_row(listing.out, "1")[1:3] == ["5000 (manual)", waiting_id]
     listing = await cli("queue", "--list", "--processor", "386", "--virtualized")
     assert table_row(listing.out, "1")[1:5] == [
         "5000 (manual)",

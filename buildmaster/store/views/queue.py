@@ -1,6 +1,7 @@
 """The queue as operators see it: per kind of build (processor x virtualization) its size,
-oldest job and estimated drain time; the waiting jobs in dispatch order; where a waiting
-build stands and why it is not running."""
+oldest job and estimated drain time; the waiting jobs in dispatch order (the order the claim
+would take them in: a forecast, :mod:`buildmaster.store.views.order`); where a waiting build
+stands and why it is not running."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from buildmaster.store.views.builds import (
     visibility_args,
     visible_sql,
 )
+from buildmaster.store.views.order import DispatchOrders
 from buildmaster.waiting import KindBuilder, KindBuilders, WaitInputs, WaitReason, why_waiting
 
 __all__ = ["QueueKind", "WaitingJob", "WaitingPage", "Standing", "QueueViews", "kind_name"]
@@ -74,23 +76,28 @@ class WaitingJob:
     queued: datetime.datetime
     estimated_seconds: float
     build: BuildSummary | None
-    #: its place among the waiting jobs of its kind (1: next), when known
-    position: int | None
+    #: its place among the waiting jobs of its kind in dispatch order (1: next)
+    position: int
+    #: it has waited long enough to go before fair shares (the longest waiting first)
+    aged: bool
 
 
 @attrs.frozen
 class WaitingPage:
     jobs: tuple[WaitingJob, ...]
-    #: ``(score, job id)`` of the last job, to ask for the next page; ``None`` at the end
+    #: ``(jobs listed so far, job id of the last)``, to ask for the next page; ``None`` at
+    #: the end
     next_after: tuple[int, int] | None
+    #: when the order was forecast (the database's clock)
+    as_of: datetime.datetime
 
 
 @attrs.frozen
 class Standing:
     """Where a waiting (or suspended) build stands, and why it is not running."""
 
-    #: its place among the waiting builds of its kind (at least this, if not exact: only so
-    #: many builds ahead are counted)
+    #: its place among the waiting builds of its kind in dispatch order; not exact (at
+    #: least this) for a suspended build, which is out of the order until it is back
     position: int
     position_exact: bool
     ahead_seconds: float
@@ -134,29 +141,11 @@ LEFT JOIN builders bu ON bu.processor = k.processor AND bu.virtualized = k.virtu
 ORDER BY p.name, k.virtualized
 """
 
-#: at most this many waiting jobs ahead of a build are counted (and their estimates added up):
-#: counting is a walk through them, and a position further back is "more than" this
-AHEAD_COUNTED = 1000
-
-#: the waiting jobs of a kind before a job in dispatch order, and their estimates (the
-#: candidate index is in that order: the walk stops after AHEAD_COUNTED of them)
-_AHEAD_SQL = f"""
-SELECT count(*) AS n, coalesce(sum(ahead.seconds), 0) AS seconds FROM (
-    SELECT extract(epoch FROM q.estimated_duration) AS seconds
-    FROM buildqueue q
-    WHERE q.status = 0 AND q.builder IS NULL AND q.processor = %(processor)s
-        AND q.virtualized = %(virtualized)s
-        AND (q.lastscore > %(score)s OR (q.lastscore = %(score)s AND q.id < %(job)s))
-    ORDER BY q.lastscore DESC, q.id
-    LIMIT {AHEAD_COUNTED}) ahead
-"""
-
-#: where a waiting job stands: the jobs before it and their estimates, what is left of the
-#: running jobs of its kind, whether its architecture lacks a chroot, and when this was read
-_STANDING_SQL = f"""
-SELECT ahead.n, ahead.seconds, running.seconds,
-    (SELECT chroot IS NULL FROM distroarchseries WHERE id = %(das)s), now()
-FROM ({_AHEAD_SQL}) ahead, (
+#: where a waiting job stands: what is left of the running jobs of its kind, whether its
+#: architecture lacks a chroot (the jobs before it: the dispatch order's forecast)
+_STANDING_SQL = """
+SELECT running.seconds, (SELECT chroot IS NULL FROM distroarchseries WHERE id = %(das)s)
+FROM (
     SELECT coalesce(sum(greatest(extract(epoch FROM q.estimated_duration
         - coalesce(now() - q.date_started, interval '0')), 0)), 0) AS seconds
     FROM buildqueue q
@@ -205,6 +194,8 @@ FROM ({_STANDING_SQL}) st, ({_KIND_BUILDERS_SQL}) kb
 class QueueViews:
     def __init__(self, db: Database) -> None:
         self._db = db
+        #: the dispatch order's readings (shared by readers of the same moment)
+        self.orders = DispatchOrders(db)
         #: the last reading of :meth:`kinds` (when, what), and a reading in flight
         self._kinds: tuple[float, list[QueueKind]] | None = None
         self._waiting_for_kinds: list[defer.Deferred[list[QueueKind]]] | None = None
@@ -263,6 +254,10 @@ class QueueViews:
             for r in rows
         ]
 
+    def forget(self) -> None:
+        """The queue was changed by an operator: the next readers see it at once."""
+        self.orders.forget()
+
     async def waiting(
         self,
         grant: Grant,
@@ -270,56 +265,37 @@ class QueueViews:
         virtualized: bool | None = None,
         after: tuple[int, int] | None = None,
         limit: int = 50,
+        max_age: float = 0.0,
     ) -> WaitingPage:
-        """Waiting jobs in dispatch order (highest score, then oldest), of one kind or all,
-        after the job ``after`` = ``(score, job id)``. Positions are given when one kind is
-        asked for."""
-        conditions = ["q.status = 0", "q.builder IS NULL"]
-        args: dict[str, Any] = {"limit": limit, **visibility_args(grant)}
-        one_kind = processor_id is not None and virtualized is not None
-        if processor_id is not None:
-            conditions.append("q.processor = %(processor)s")
-            args["processor"] = processor_id
-        if virtualized is not None:
-            conditions.append("q.virtualized = %(virtualized)s")
-            args["virtualized"] = virtualized
+        """Waiting jobs in dispatch order, of one kind or several (of several kinds: the
+        first of each kind, then the second of each, ...), after ``after`` = ``(jobs listed
+        so far, job id of the last)``: after that job while it is listed, else after that
+        many. A job claimed since the order was forecast (at most ``max_age`` seconds ago)
+        is left out."""
+        forecast = await self.orders.forecast(max_age)
+        listing = forecast.listing(processor_id, virtualized)
+        start = 0
         if after is not None:
-            conditions.append(
-                "(q.lastscore < %(score)s OR (q.lastscore = %(score)s AND q.id > %(job)s))"
+            place = listing.place(after[1])
+            start = place + 1 if place is not None else after[0]
+        entries = listing.slice(start, limit)
+        builds = [kind.build_ids[i] for kind, i in entries]
+        rows: list[tuple[Any, ...]] = []
+        if builds:
+            # what the page shows of the builds still waiting, found by the builds' ids
+            rows = await self._db.query(
+                f"SELECT {SUMMARY_COLUMNS}, q.datecreated, {visible_sql()}"
+                f" FROM {SUMMARY_FROM.replace('LEFT JOIN buildqueue q', 'JOIN buildqueue q')}"
+                " WHERE b.id = ANY(%(builds)s) AND q.status = 0 AND q.builder IS NULL",
+                {"builds": builds, **visibility_args(grant)},
+                prepared=True,
             )
-            args["score"], args["job"] = after
-        # the page's jobs first, from the queue alone (its candidate index is in this very
-        # order for one kind), then what the page shows of their builds, found by the
-        # builds' ids (by the jobs' ids, the planner may join every build to find them)
-        rows = await self._db.query(
-            f"SELECT {SUMMARY_COLUMNS}, q.datecreated, {visible_sql()}"
-            f" FROM {SUMMARY_FROM.replace('LEFT JOIN buildqueue q', 'JOIN buildqueue q')}"
-            " WHERE b.id = ANY(ARRAY("
-            f"  SELECT q.build FROM buildqueue q WHERE {' AND '.join(conditions)}"
-            "  ORDER BY q.lastscore DESC, q.id LIMIT %(limit)s))"
-            " ORDER BY q.lastscore DESC, q.id",
-            args,
-            prepared=True,
-        )
-        first = None
-        if one_kind and rows:
-            if after is None:
-                first = 1
-            else:
-                ahead = await self._db.query(
-                    _AHEAD_SQL,
-                    {
-                        "processor": processor_id,
-                        "virtualized": virtualized,
-                        "score": after[0],
-                        "job": after[1] + 1,
-                    },
-                    prepared=True,
-                )
-                counted = int(ahead[0][0])
-                first = counted + 1 if counted < AHEAD_COUNTED else None
+        found = {row[0]: row for row in rows}
         jobs = []
-        for i, row in enumerate(rows):
+        for kind, i in entries:
+            row = found.get(kind.build_ids[i])
+            if row is None:
+                continue  # dispatched (or cancelled) since
             summary = summary_from_row(row[:-2])
             assert summary.job is not None
             jobs.append(
@@ -332,33 +308,50 @@ class QueueViews:
                     queued=row[-2],
                     estimated_seconds=summary.estimated_seconds or 0.0,
                     build=summary if row[-1] else None,
-                    position=first + i if first is not None else None,
+                    position=i + 1,
+                    aged=i < kind.aged,
                 )
             )
-        next_after = (jobs[-1].score, jobs[-1].job_id) if len(jobs) == limit and jobs else None
-        return WaitingPage(tuple(jobs), next_after)
+        end = start + len(entries)
+        next_after = None
+        if entries and end < len(listing):
+            last_kind, last = entries[-1]
+            next_after = (end, last_kind.job_ids[last])
+        return WaitingPage(tuple(jobs), next_after, forecast.as_of)
 
-    async def standing(self, summary: BuildSummary) -> Standing | None:
+    async def standing(
+        self, summary: BuildSummary, max_age: float = 0.0, missing_max_age: float = 0.0
+    ) -> Standing | None:
         """Where a waiting or suspended build stands and why it is not running; ``None``
-        for a build that is not waiting."""
+        for a build that is not waiting. Its place is from a forecast of the dispatch order
+        at most ``max_age`` seconds old, or ``missing_max_age`` when the job is not in that
+        one (queued since)."""
         job = summary.job
         if job is None or job.status not in (BuildQueueStatus.WAITING, BuildQueueStatus.SUSPENDED):
             return None
+        suspended = job.status is BuildQueueStatus.SUSPENDED
+        forecast = await self.orders.forecast(max_age)
+        kind_order = forecast.kind(job.processor_id, job.virtualized)
+        position = kind_order.position(job.id) if kind_order is not None else None
+        if position is None and not suspended and missing_max_age < max_age:
+            forecast = await self.orders.forecast(missing_max_age)  # queued since
+            kind_order = forecast.kind(job.processor_id, job.virtualized)
+            position = kind_order.position(job.id) if kind_order is not None else None
+        waiting = len(kind_order) if kind_order is not None else 0
+        exact = position is not None
+        if position is None:  # suspended: out of the order, behind every waiting build
+            position = waiting + 1
+        ahead = position - 1
+        ahead_seconds = kind_order.ahead_seconds(position) if kind_order is not None else 0.0
         kind = {"processor": job.processor_id, "virtualized": job.virtualized}
         rows = await self._db.query(
             _STANDING_AND_BUILDERS_SQL,
-            {
-                **kind,
-                "score": job.lastscore,
-                "job": job.id,
-                "das": summary.build.distroarchseries_id,
-                "build": summary.id,
-            },
+            {**kind, "das": summary.build.distroarchseries_id, "build": summary.id},
             prepared=True,
         )
-        ahead, ahead_seconds, running, no_chroot, as_of = rows[0][:5]
-        ahead, ahead_seconds, running = int(ahead), float(ahead_seconds), float(running)
-        counts = rows[0][5:-1]
+        running, no_chroot = rows[0][:2]
+        running = float(running)
+        counts = rows[0][2:-1]
         names, by_master, notes, since = (list(v or ()) for v in counts[4:8])
         builders = KindBuilders(
             total=int(counts[0]),
@@ -371,7 +364,6 @@ class QueueViews:
             manual=tuple(counts[8] or ()),
             a_free_one=counts[9],
         )
-        suspended = job.status is BuildQueueStatus.SUSPENDED
         suspended_reason = rows[0][-1] if suspended else None
         inputs = WaitInputs(
             architecture=summary.architecture,
@@ -381,16 +373,15 @@ class QueueViews:
             chroot_missing=bool(no_chroot),
             builders=builders,
             ahead=ahead,
-            ahead_counted_to=AHEAD_COUNTED,
         )
         usable = builders.automatic
         return Standing(
-            position=ahead + 1,
-            position_exact=ahead < AHEAD_COUNTED,
+            position=position,
+            position_exact=exact,
             ahead_seconds=ahead_seconds,
             start_in_seconds=None
             if suspended
             else start_in_seconds(ahead_seconds, running, usable),
             reason=why_waiting(inputs),
-            as_of=as_of,
+            as_of=forecast.as_of,
         )

@@ -116,7 +116,10 @@ class Build(Endpoint):
         grant = await call.grant()
         views = self.ctx.store.views
         detail = await views.builds.detail(self.build_id, grant)
-        standing = await views.queue.standing(detail.summary)
+        limits = self.ctx.limits
+        standing = await views.queue.standing(
+            detail.summary, limits.order_max_age, limits.queue_max_age
+        )
         share = await views.shares.standing(detail.summary) if standing is not None else None
         return ok(self.detail_json(detail, standing, grant, share))
 
@@ -355,4 +358,5 @@ async def operate_build(
         await operations.rescore(build_id, score)
     else:
         raise ValueError(f"no operation {action!r} on builds")
+    views.queue.forget()  # the dispatch order changed: readers see it at once
     return await views.builds.summary(build_id, grant)

@@ -88,6 +88,11 @@ class ApiLimits:
     follow_max: float = 3600.0
     #: seconds a reading of the queue's kinds may be old (a walk through the whole queue)
     queue_max_age: float = 2.0
+    #: seconds a forecast of the dispatch order (the queue listing, a waiting build's
+    #: position) may be old: a walk through the whole queue and its ordering, seconds of
+    #: work at 100,000 waiting jobs; a build not in it gets one at most
+    #: ``queue_max_age`` old, and a change through the API a new one
+    order_max_age: float = 10.0
     #: seconds an anonymous GET answer is shared with the anonymous requests for the same
     #: target (:mod:`buildmaster.web.api.answers`; 0: each is answered afresh)
     shared_answers: float = 1.0

@@ -436,6 +436,7 @@ class Endpoint(resource.Resource):
             answer = await self._make(call, method)
             if method not in ("GET", "HEAD") and answer.status < 400:
                 answers.clear()  # the farm changed: anonymous readers see it at once
+                self.ctx.store.views.queue.forget()  # and its dispatch order too
         if answer is _STREAMED:
             return
         self.ctx.metrics.api_request(method, answer.status)

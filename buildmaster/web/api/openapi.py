@@ -173,11 +173,16 @@ SCHEMAS: dict[str, Any] = {
     ),
     "Standing": obj(
         {
-            "position": {"type": "integer", "minimum": 1},
+            "position": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "its place among the waiting builds of its kind in dispatch"
+                " order (the order builders will take them in: a forecast, see /queue/jobs)",
+            },
             "position_exact": {
                 **BOOL,
-                "description": "false: at least this far back (only the first 1000 builds"
-                " ahead are counted)",
+                "description": "false: at least this far back (a suspended build is out of"
+                " the dispatch order, behind every waiting build)",
             },
             "ahead_seconds": NUMBER,
             "share": nullable(ref("Share")),
@@ -385,7 +390,17 @@ SCHEMAS: dict[str, Any] = {
     "Queue": obj({"as_of": TIME, "kinds": array(ref("QueueKind"))}),
     "WaitingJob": obj(
         {
-            "position": N_INT,
+            "position": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "its place among the waiting jobs of its kind (1: the next"
+                " free builder of that kind takes it)",
+            },
+            "aged": {
+                **BOOL,
+                "description": "it has waited long enough to go before fair shares (the"
+                " longest waiting first)",
+            },
             "score": INT,
             "manual_score": BOOL,
             "processor": STRING,
@@ -396,7 +411,13 @@ SCHEMAS: dict[str, Any] = {
             "build": nullable(ref("BuildSummary")),
         }
     ),
-    "WaitingPage": obj({"jobs": array(ref("WaitingJob")), "next": nullable(PATH)}),
+    "WaitingPage": obj(
+        {
+            "as_of": {**TIME, "description": "when the dispatch order was forecast"},
+            "jobs": array(ref("WaitingJob")),
+            "next": nullable(PATH),
+        }
+    ),
     "QueueHistory": obj(
         {
             "since": TIME,
@@ -720,7 +741,7 @@ def _paths() -> dict[str, Any]:
         },
         "/api/v1/queue/jobs": {
             "get": _op(
-                "Waiting jobs in dispatch order, with their scores",
+                "Waiting jobs in dispatch order",
                 _answer("200", "a page of waiting jobs", "WaitingPage"),
                 params=(
                     _query("processor", {"type": "string"}, "only this processor's"),
@@ -729,11 +750,19 @@ def _paths() -> dict[str, Any]:
                     ),
                     _query(
                         "after",
-                        {"type": "string", "pattern": r"^-?\d+:\d+$"},
-                        "SCORE:JOB of the last job seen",
+                        {"type": "string", "pattern": r"^\d+:\d+$"},
+                        "COUNT:JOB: how many jobs were listed so far and the last one's id"
+                        " (the next page's link has it)",
                     ),
                     LIMIT,
                 ),
+                description="The order builders will take the waiting jobs in, as the"
+                " claim's rules forecast it from the queue as it is now: aged jobs first (the"
+                " longest waiting first), then the owner with the largest fair-share deficit,"
+                " each job taken charging its estimate to its owner, by score within an owner"
+                " (docs/api.md says what the forecast assumes). Of several kinds: the first"
+                " of each kind, then the second of each, and so on. Readers within ten"
+                " seconds share one forecast (as_of).",
             )
         },
         "/api/v1/builds": {

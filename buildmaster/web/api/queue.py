@@ -1,6 +1,7 @@
 """``/api/v1/queue``: per kind of build its size, oldest job and estimated drain time;
-``/api/v1/queue/jobs``: the waiting jobs in dispatch order; ``/api/v1/queue/history``: the
-farm minute by minute (builds finished, queue depth) over the last hours."""
+``/api/v1/queue/jobs``: the waiting jobs in dispatch order (the order builders will take
+them in, as forecast from the fair-share rules); ``/api/v1/queue/history``: the farm minute
+by minute (builds finished, queue depth) over the last hours."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from buildmaster.web.api.endpoint import Call, Endpoint, Reply, ok
 from buildmaster.web.api.problems import invalid_parameter
 from buildmaster.web.api.representations import build_summary_json, iso, later
 
-__all__ = ["Queue"]
+__all__ = ["Queue", "parse_after"]
 
 
 def kind_json(kind: QueueKind) -> Any:
@@ -33,6 +34,16 @@ def kind_json(kind: QueueKind) -> Any:
         "estimated_drain_seconds": drain,
         "estimated_drain": later(kind.as_of, drain),
     }
+
+
+def parse_after(cursor: str) -> tuple[int, int] | None:
+    """``COUNT:JOB`` (jobs listed so far, the last one's id) as numbers, ``None`` if it is
+    not that."""
+    count, _, job = cursor.partition(":")
+    if not (count.isascii() and count.isdigit() and job.isascii() and job.isdigit()):
+        return None
+    after = (int(count), int(job))
+    return after if after[0] < 2**31 and after[1] < 2**31 else None
 
 
 class Queue(Endpoint):
@@ -68,15 +79,16 @@ class QueueJobs(Endpoint):
         after = None
         cursor = call.param("after")
         if cursor is not None:
-            score, _, job = cursor.rpartition(":")
-            try:
-                after = (int(score), int(job))
-            except ValueError:
-                raise invalid_parameter("after", f"{cursor!r} is not SCORE:JOB") from None
-            if not -(2**31) <= after[0] < 2**31 or not 0 <= after[1] < 2**31:
-                raise invalid_parameter("after", f"{cursor!r} is out of range")
+            after = parse_after(cursor)
+            if after is None:
+                raise invalid_parameter("after", f"{cursor!r} is not COUNT:JOB") from None
         page = await self.ctx.store.views.queue.waiting(
-            grant, processor_id, virtualized, after, call.page_size()
+            grant,
+            processor_id,
+            virtualized,
+            after,
+            call.page_size(),
+            max_age=self.ctx.limits.order_max_age,
         )
         next_url = None
         if page.next_after is not None:
@@ -84,11 +96,18 @@ class QueueJobs(Endpoint):
             args["after"] = f"{page.next_after[0]}:{page.next_after[1]}"
             next_url = f"/api/v1/queue/jobs?{urlencode(sorted(args.items()))}"
         now = self.ctx.now()
-        return ok({"jobs": [self.job_json(j, now) for j in page.jobs], "next": next_url})
+        return ok(
+            {
+                "as_of": iso(page.as_of),
+                "jobs": [self.job_json(j, now) for j in page.jobs],
+                "next": next_url,
+            }
+        )
 
     def job_json(self, job: WaitingJob, now: datetime.datetime) -> Any:
         return {
             "position": job.position,
+            "aged": job.aged,
             "score": job.score,
             "manual_score": job.manual,
             "processor": job.processor,

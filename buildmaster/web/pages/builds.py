@@ -124,7 +124,8 @@ class BuildPage(Page):
         views = self.ctx.store.views
         detail = await views.builds.detail(self.build_id, viewer.grant)
         summary = detail.summary
-        standing = await views.queue.standing(summary)
+        limits = self.ctx.limits
+        standing = await views.queue.standing(summary, limits.order_max_age, limits.queue_max_age)
         share = await views.shares.standing(summary) if standing is not None else None
         tokens = summary.archive.private and may_read(viewer.grant, summary.archive)
         librarian = self.ctx.librarian

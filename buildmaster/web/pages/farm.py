@@ -1,5 +1,6 @@
 """``/builders``, ``/builders/NAME`` and ``/queue``: the farm at a glance, one builder, the
-queue in dispatch order. Read through the store's views, as the API reads."""
+queue in dispatch order (the order builders will take the jobs in, forecast from the
+fair-share rules). Read through the store's views, as the API reads."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from twisted.web import resource, server
 from buildmaster.builderstate import BuilderState
 from buildmaster.store.views import BuilderOverview, QueueKind
 from buildmaster.web.api.builds import _live_logtail
+from buildmaster.web.api.queue import parse_after
 from buildmaster.web.pages import text
 from buildmaster.web.pages.chart import chart_of
 from buildmaster.web.pages.page import Html, Page, Redirect, Viewer, arg
@@ -182,12 +184,17 @@ class QueuePage(Page):
         after = None
         cursor = arg(request, "after")
         if cursor is not None:
-            score, _, job = cursor.rpartition(":")
-            try:
-                after = (int(score), int(job))
-            except ValueError:
-                return self.error_page(viewer, 400, f"{cursor} is not SCORE:JOB.")
-        page = await views.queue.waiting(viewer.grant, processor_id, virtualized, after, 50)
+            after = parse_after(cursor)
+            if after is None:
+                return self.error_page(viewer, 400, f"{cursor} is not COUNT:JOB.")
+        page = await views.queue.waiting(
+            viewer.grant,
+            processor_id,
+            virtualized,
+            after,
+            50,
+            max_age=self.ctx.limits.order_max_age,
+        )
         history = await views.samples.history(HISTORY_HOURS)
         return self.render_template(
             viewer,
