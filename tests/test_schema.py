@@ -241,36 +241,36 @@ async def test_the_candidate_query_is_an_index_scan(store: Store, seeded: Sample
     )
     await store.db.execute("ANALYZE buildqueue")
     await store.db.execute("ANALYZE shareusage_stripe")
-    # the claim runs buildqueue_candidate(): its three queries, as stored in the database (the
-    # aged jobs; the best job of the one owner with work; the owners' best but those the
-    # reserve holds back), planned once for any arguments as PL/pgSQL does
+    # the claim runs buildqueue_candidate(): its two queries of the queue, as stored in the
+    # database (the aged jobs; an owner's best job, for each owner in turn), planned once for
+    # any arguments as PL/pgSQL does in the master's sessions (plan_cache_mode)
     [(source,)] = await store.db.query(
         "SELECT prosrc FROM pg_proc WHERE proname = 'buildqueue_candidate'"
     )
     queries = re.findall(r"(SELECT c\.id INTO found .*?);", source, re.S)
-    assert len(queries) == 3, source
+    assert len(queries) == 2, source
 
     def generic(query: str) -> str:
         query = query.replace(" INTO found", "")
-        for n, name in enumerate(("processors", "virt", "avoid", "held_back"), start=1):
+        for n, name in enumerate(("processors", "virt", "avoid", "turn"), start=1):
             query = re.sub(rf"\b{name}\b", f"${n}", query)
-        return re.sub(r"\bowners\b", "$4", query)  # (held_back's type: one or the other)
+        return query
 
     async def explain_generic(tx: Transaction, query: str) -> list[tuple[Any, ...]]:
         await tx.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         await tx.execute(
-            "PREPARE candidate_generic (integer[], boolean, integer[], integer[]) AS "
+            "PREPARE candidate_generic (integer[], boolean, integer[], integer) AS "
             + generic(query)
         )
         try:
             return await tx.query(
                 "EXPLAIN EXECUTE candidate_generic (%s, %s, %s, %s)",
-                ([seeded.processor_386.id], False, [7, 8], [9]),
+                ([seeded.processor_386.id], False, [7, 8], 9),
             )
         finally:
             await tx.execute("DEALLOCATE candidate_generic")
 
-    indexes = ("buildqueue_age_idx", "buildqueue_share_idx", "buildqueue_share_idx")
+    indexes = ("buildqueue_age_idx", "buildqueue_share_idx")
     for query, index in zip(queries, indexes, strict=True):
         text = "\n".join(r[0] for r in await store.db.transaction(explain_generic, query))
         assert f"Index Scan using {index}" in text, text
