@@ -13,7 +13,7 @@ The calls take the general path (twisted.web), where the request's headers are a
 
 With ``--runs``, each build that starts on a builder and each that ends there (finished or
 aborted) is written to that file too: ``{"b": builder, "id": build id, "start": t}`` and
-``{"b": builder, "id": build id, "end": t}``.
+``{"b": builder, "id": build id, "end": t, "files": the SHA-1s of its result files}``.
 """
 
 from __future__ import annotations
@@ -85,6 +85,21 @@ def build_runs(path: Path) -> dict[str, list[tuple[str, float, float]]]:
     for builder, (build_id, start) in open_runs.items():
         runs.setdefault(build_id, []).append((builder, start, float("inf")))
     return runs
+
+
+def built_files(path: Path) -> dict[str, str]:
+    """Which build made each result file (by its SHA-1: each build's files name the build,
+    so no two builds make the same bytes)."""
+    made: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            for sha1 in r.get("files", ()):
+                made[sha1] = r["id"]
+    return made
 
 
 def main() -> None:
@@ -161,7 +176,9 @@ def _record_runs(state: Any, name: str, out: Any) -> None:
 
     def ended(original: Any) -> Any:
         def end(*args: Any) -> Any:
-            out.write(json.dumps({"b": name, "id": state._build_id, "end": time.time()}) + "\n")
+            files = sorted(set(state._build.filemap.values())) if state._build else []
+            line = {"b": name, "id": state._build_id, "end": time.time(), "files": files}
+            out.write(json.dumps(line) + "\n")
             return original(*args)
 
         return end

@@ -50,6 +50,8 @@ class Relay:
         self._blackholed = False
         #: when :meth:`blackhole` was called (``time.time()``)
         self.blackholed_at: float | None = None
+        #: when the relay's thread really stopped forwarding (a little after ``blackholed_at``)
+        self.held_at: float | None = None
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="tcp-relay", daemon=True)
         self._thread.start()
@@ -95,6 +97,8 @@ class Relay:
                     self._forward(sock)
 
     def _hold_everything(self) -> None:
+        if self.held_at is None:
+            self.held_at = time.time()
         for sock in list(self._peers):
             self._selector.unregister(sock)
             self._held.append(sock)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +18,7 @@ from buildmaster.store.database import (
     MAX_PREPARED,
     StatementRefused,
     Transaction,
+    application_name,
     prepared_statement,
 )
 from buildmaster.testing import wait_for
@@ -319,3 +322,35 @@ async def test_a_statement_the_server_cancels_costs_that_statement_only(
             release.callback(None)
         await pool.close()
         await other.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sessions_name_their_process_to_the_server(db: Database, dsn: str) -> None:
+    """An operator reading pg_stat_activity tells which process of which machine each
+    session belongs to: the name the master gives the builders, ``buildmaster (HOST pid N)``."""
+    rows = await db.query(
+        "SELECT DISTINCT application_name FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND backend_type = 'client backend'"
+    )
+    [(mine,)] = await db.query(
+        "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+    )
+    assert mine == f"buildmaster ({socket.gethostname()} pid {os.getpid()})"[:63]
+    assert mine.endswith(f" pid {os.getpid()})")
+    assert rows == [(mine,)]  # every connection of the pool
+
+    # a long host name is shortened, never the pid: the server keeps the whole name
+    long = application_name(pid=4194304, host="h" * 80 + ".example.org")
+    assert long.startswith("buildmaster (hhh") and long.endswith(" pid 4194304)")
+
+    def read_back() -> str:
+        conn = psycopg2.connect(dsn, application_name=long)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SHOW application_name")
+                return str(cur.fetchone()[0])
+        finally:
+            conn.close()
+
+    assert await threads.deferToThread(read_back) == long

@@ -21,6 +21,7 @@ import collections
 import itertools
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -30,13 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
-from failover_farm import Call, build_runs, read_calls, runs
+from failover_farm import Call, build_runs, built_files, read_calls, runs
 from tcp_relay import Relay, relayed_dsn
 from twisted.internet import defer, task
 
 from buildmaster.enums import BuildStatus, PackagePublishingPocket, SourcePackageFileType
 from buildmaster.ownership import OWNERSHIP_LOCK
 from buildmaster.store import Store
+from buildmaster.store.database import application_name
 from buildmaster.testing import master_process, wait_for
 
 HERE = Path(__file__).resolve().parent
@@ -107,6 +109,51 @@ async def _holders(store: Store) -> list[int]:
         (OWNERSHIP_LOCK,),
     )
     return [int(r[0]) for r in rows]
+
+
+async def _sessions(store: Store, pid: int) -> int:
+    """How many database sessions the master process ``pid`` has (by the name it gives them)."""
+    [(n,)] = await store.db.query(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+        (application_name(pid),),
+    )
+    return int(n)
+
+
+async def _sessions_gone(reactor: Any, store: Store, pid: int) -> float:
+    """Wait until the master process ``pid`` has no database session left; that moment, in
+    the server's clock (epoch seconds). A killed or cut-off master's backends still run what
+    had reached them (a statement sent just before, the transaction it is in), and PostgreSQL
+    dates a row by its transaction's start: no statement of that master starts after this."""
+    deadline = reactor.seconds() + PATIENCE
+    while (left := await _sessions(store, pid)) > 0:
+        assert reactor.seconds() < deadline, f"{left} sessions of pid {pid} still open"
+        await task.deferLater(reactor, 0.01, lambda: None)
+    [(gone,)] = await store.db.query("SELECT extract(epoch FROM clock_timestamp())")
+    return float(gone)
+
+
+def _last_polls(
+    calls: list[Call], masters: Masters, before: float, name: str | None, held: set[str] | None
+) -> dict[str, float]:
+    """The time of the last status call before ``before`` to each builder (of ``held``, from
+    master ``name``, when given): a collection starts with one, and none comes while it goes
+    on."""
+    last: dict[str, float] = {}
+    for c in calls:
+        if (
+            c.method == "status"
+            and c.t < before
+            and (held is None or c.builder in held)
+            and (name is None or masters.name_of(c) == name)
+        ):
+            last[c.builder] = max(last.get(c.builder, c.t), c.t)
+    return last
+
+
+#: a log's name says its build's source (``p17``: the 18th build queued):
+#: ``buildlog_ubuntu-hoary-i386.p17_1.0_FULLYBUILT.txt.gz``
+_SOURCE = re.compile(r"^buildlog_[^.]*\.p(\d+)_1\.0_")
 
 
 async def _queue_builds(store: Store, world: Any, count: int) -> list[int]:
@@ -238,11 +285,17 @@ async def test_three_masters_fail_over_and_fence(
         await wait_for(reactor, lambda: holders_are(spread), PATIENCE, "the masters to spread")
         spread_at = time.time()
         await wait_for(reactor, lambda: built_at_least(20), PATIENCE, "builds to flow")
+        # each master's sessions carry its name (and pid): what tells its files' end below
+        for name in ("a", "b", "c"):
+            assert await _sessions(store, masters.procs[name].pid) > 0, name
 
         # -- SIGKILL one ---------------------------------------------------------------
         killed_at = time.time()
         masters.procs["a"].kill()
         masters.procs["a"].wait()
+        # the master is the process killed (twistd -n, no wrapper, no children); its
+        # backends may still run what it had sent: no statement of a starts after a_gone
+        a_gone = await _sessions_gone(reactor, store, masters.procs["a"].pid)
         held_by_a = {
             b for b, m in _last_worker(read_calls(record), masters, killed_at).items() if m == "a"
         }
@@ -301,6 +354,11 @@ async def test_three_masters_fail_over_and_fence(
             reactor, lambda: taken_over(held_by_c, cut_at, "c"), PATIENCE, "calls to them"
         )
         assert not drop.active()
+        # the relay forwarded c's statements until held_at; the server ran them until it
+        # ended c's sessions (2 x LEASE after the cut): no statement of c starts after c_gone
+        c_gone = await _sessions_gone(reactor, store, masters.procs["c"].pid)
+        assert relay.held_at is not None
+        held_at = relay.held_at
         await task.deferLater(reactor, SCAN, lambda: None)  # anything c might still send
     finally:
         stopping_at = time.time()
@@ -355,19 +413,68 @@ async def test_three_masters_fail_over_and_fence(
                 at_once[build] = [b1, b2]
     assert not at_once, _story(calls, masters, at_once)
     # Files stored for a build but linked to none: a collection that never finished. The
-    # only ones allowed are those of the collections the SIGKILL (or the final stop) broke
-    # off: still expiring (the collector reclaims them), and made before the kill (or after
-    # the stop began). Any other would be a second collection of a build.
+    # only ones allowed are those of the collections the SIGKILL, the cut or the final stop
+    # broke off, still expiring (the collector reclaims them): made before the kill or after
+    # the stop began, or made by the last collection of the build that had ended on a
+    # builder when it was last polled before the break (by the killed or the cut-off master,
+    # or by anyone before the stop, the build then never finished), after that poll (the
+    # collection started there) and, for the kill and the cut, before the server ended the
+    # master's last session; one such file of each name per build and break (one collection
+    # was under way). Any other would be a second collection of a build.
     strays = await store.db.query(
-        "SELECT extract(epoch FROM a.datecreated), a.expires IS NOT NULL"
-        " FROM libraryfilealias a WHERE NOT EXISTS"
-        " (SELECT 1 FROM buildfile f WHERE f.libraryfile = a.id)"
+        "SELECT a.filename, extract(epoch FROM a.datecreated), a.expires IS NOT NULL, c.sha1"
+        " FROM libraryfilealias a JOIN libraryfilecontent c ON c.id = a.content"
+        " WHERE NOT EXISTS (SELECT 1 FROM buildfile f WHERE f.libraryfile = a.id)"
         " AND NOT EXISTS (SELECT 1 FROM build b WHERE b.log = a.id)"
         " AND NOT EXISTS (SELECT 1 FROM sourcepackagereleasefile s WHERE s.libraryfile = a.id)"
         " AND NOT EXISTS (SELECT 1 FROM distroarchseries d WHERE d.chroot = a.id)"
     )
-    broken_off = [(float(t), e) for t, e in strays]
-    assert all(e and (t <= killed_at or t >= stopping_at) for t, e in broken_off), broken_off
+    unfinished = {
+        f"PACKAGEBUILD-{b}"
+        for (b,) in await store.db.query(
+            "SELECT id FROM build WHERE id = ANY(%s) AND buildstate = %s",
+            (builds, int(BuildStatus.BUILDING)),
+        )
+    }
+    ran_where, made_by = build_runs(ran), built_files(ran)
+    breaks = {  # the last polls before each break, and the end of the master's statements
+        "a": (_last_polls(calls, masters, killed_at, "a", held_by_a), a_gone),
+        "c": (_last_polls(calls, masters, held_at, "c", held_by_c), c_gone),
+        "the stop": (_last_polls(calls, masters, stopping_at, None, None), stopping_at),
+    }
+
+    def broken_off_by(build: str, t: float) -> str | None:
+        """Which break broke off the collection of ``build`` that stored a file at ``t``."""
+        if t <= killed_at:
+            return "before the kill"
+        if t >= stopping_at:
+            return "after the stop began"
+        for name, (polled, gone) in breaks.items():
+            if name == "the stop" and build not in unfinished:
+                continue
+            for builder, _, end in ran_where.get(build, []):
+                if builder in polled and end <= polled[builder] <= t <= gone:
+                    return name
+        return None
+
+    broken_off = collections.Counter[str | None]()
+    wrong, once = [], set()
+    for filename, t, expiring, sha1 in sorted(strays, key=lambda r: float(r[1])):
+        named = _SOURCE.search(filename)
+        build = f"PACKAGEBUILD-{builds[int(named[1])]}" if named else made_by.get(sha1, "")
+        by = broken_off_by(build, float(t))
+        if by in breaks and (by, build, filename) in once:
+            by = None  # a second file of that name for the build: a second collection
+        once.add((by, build, filename))
+        broken_off[by] += 1
+        if not expiring or by is None:
+            wrong.append((filename, build, f"{float(t) - killed_at:.3f} s after the kill"))
+    assert not wrong, (
+        f"{len(wrong)} files of no broken-off collection: {wrong[:10]}; a's sessions gone"
+        f" {a_gone - killed_at:.3f} s after the kill; c cut at {held_at - killed_at:.3f} s,"
+        f" its sessions gone at {c_gone - killed_at:.3f} s; stop at"
+        f" {stopping_at - killed_at:.3f} s"
+    )
     [(results,)] = await store.db.query("SELECT count(*) FROM buildfile")
     assert results >= 2 * states[BuildStatus.FULLYBUILT]  # a .deb and a .changes each
     print(
@@ -376,6 +483,7 @@ async def test_three_masters_fail_over_and_fence(
         f" server gives up at {2 * LEASE:g} s), its {len(held_by_c)} builders worked again"
         f" after {min(firsts[b] for b in held_by_c) - cut_at:.2f} s at the earliest;"
         f" builds {dict((s.name, n) for s, n in states.items())};"
-        f" {len(broken_off)} files of collections broken off, expiring;"
+        f" files of collections broken off, expiring: {dict(broken_off)}"
+        f" (a's sessions gone {a_gone - killed_at:.3f} s after the kill);"
         f" build() of one build sent to two builders: {len(given_twice)}"
     )

@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -52,6 +54,7 @@ from txpostgres import reconnection, retrying, txpostgres
 
 __all__ = [
     "Database",
+    "application_name",
     "Transaction",
     "DatabaseError",
     "ConstraintViolation",
@@ -64,6 +67,24 @@ __all__ = [
 T = TypeVar("T")
 _log = Logger()
 Row = tuple[Any, ...]
+
+
+#: PostgreSQL keeps the first 63 bytes of an ``application_name`` (NAMEDATALEN - 1)
+_NAME_LIMIT = 63
+
+
+def application_name(pid: int | None = None, host: str | None = None) -> str:
+    """What a process's sessions call themselves (``pg_stat_activity.application_name``):
+    ``buildmaster (HOST pid N)``, as the master names itself to the builders, so that an
+    operator tells which master (or tool) a session belongs to. ``pid`` and ``host`` are
+    this process's and this machine's unless given. A long host name is shortened so that
+    the pid survives PostgreSQL's limit; characters other than printable ASCII are replaced
+    (the server would turn them into ``?``)."""
+    pid = os.getpid() if pid is None else pid
+    host = socket.gethostname() if host is None else host
+    host = "".join(c if " " <= c <= "~" else "?" for c in host)
+    room = _NAME_LIMIT - len(f"buildmaster ( pid {pid})")
+    return f"buildmaster ({host[:room]} pid {pid})"
 
 
 class DatabaseError(Exception):
@@ -516,9 +537,10 @@ class Database:
         # The client's keepalives: a statement on a connection whose packets are dropped
         # fails after CLIENT_DEAD_AFTER seconds (and the connection reconnects) rather than
         # after the kernel's quarter of an hour of retransmissions.
+        # The name is taken at each connection: a process that forks (a daemon) names its own.
         return {
             "options": "-c timezone=UTC -c plan_cache_mode=force_generic_plan -c jit=off",
-            "application_name": "buildmaster",
+            "application_name": application_name(),
             **_keepalives(CLIENT_DEAD_AFTER),
         }
 
