@@ -67,6 +67,9 @@ __all__ = ["BuilddMaster", "OWNERSHIP_LOCK"]
 #: instead of in one burst: at most this many slices, each at least SCAN_SLICE seconds.
 MAX_SCAN_SLICES = 20
 SCAN_SLICE = 0.05
+#: How often (seconds) a master deletes the usage rows of the owners idle for 20 half-lives
+#: (the fair-share claims read every owner's rows of their kind)
+FORGET_INTERVAL = 3600.0
 
 
 class BuilddMaster(service.Service):
@@ -138,6 +141,8 @@ class BuilddMaster(service.Service):
         )
         self._resume_loop = task.LoopingCall(self._resume_due)
         self._resume_loop.clock = self.clock
+        self._forget_loop = task.LoopingCall(self._forget_idle_owners)
+        self._forget_loop.clock = self.clock
         self._loops: list[defer.Deferred[Any]] = []
         self._started: defer.Deferred[None] = defer.succeed(None)
         self._readiness = Readiness()
@@ -199,6 +204,7 @@ class BuilddMaster(service.Service):
             self._resume_loop.start(
                 min(self.config.scan_interval, self.config.fault_retry_initial), now=False
             ),
+            self._forget_loop.start(FORGET_INTERVAL, now=False),
         ]
 
     def stopService(self) -> defer.Deferred[None]:
@@ -214,7 +220,7 @@ class BuilddMaster(service.Service):
             await self._started
         except Exception:
             self._log.failure("The master had not started properly")
-        for loop in (self._scan_loop, self._logtail_loop, self._resume_loop):
+        for loop in (self._scan_loop, self._logtail_loop, self._resume_loop, self._forget_loop):
             if loop.running:
                 loop.stop()
         self.ownership.stop()
@@ -281,6 +287,22 @@ class BuilddMaster(service.Service):
                 self.faults.report(MasterFault(DATABASE, f"waiting jobs not resumed: {e}"))
         except Exception:
             self._log.failure("Resuming waiting jobs failed")
+
+    async def _forget_idle_owners(self) -> None:
+        """Forget the fair-share usage of the owners long idle (the claims read every owner
+        of their kind): once per ``FORGET_INTERVAL``."""
+        try:
+            forgotten = await self.store.jobs.forget_idle_owners()
+        except DatabaseError as e:
+            if not self.store.db.explains(e):
+                self.faults.report(MasterFault(DATABASE, f"idle owners' usage not pruned: {e}"))
+        except Exception:
+            self._log.failure("Forgetting idle owners' usage failed")
+        else:
+            if forgotten:
+                self._log.info(
+                    "Forgot the fair-share usage of {n} idle owner(s) and kind(s)", n=forgotten
+                )
 
     def resume_waiting(self) -> defer.Deferred[int]:
         """Put back in the queue the jobs a failure of the master's own side suspended

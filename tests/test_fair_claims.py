@@ -24,6 +24,7 @@ from buildmaster.model import Builder
 from buildmaster.sampledata import SampleData, load_sample_data
 from buildmaster.store import Database, Store
 from buildmaster.store.views import Views
+from buildmaster.testing import wait_for
 
 
 async def queue_jobs(store: Store, data: SampleData, prefix: str, n: int) -> list[int]:
@@ -580,3 +581,160 @@ async def test_two_claims_at_the_same_moment_neither_wait_nor_see_each_other_for
         "SELECT idle, held FROM fairshare_reserve(%s, false)", (kind,)
     )
     assert (idle, held_back) == (1, [ann])
+
+
+_OLD_ROW_SQL = (
+    "INSERT INTO shareusage_stripe (processor, virtualized, owner, stripe, waiting, running,"
+    " usage, stamp) VALUES (%s, true, %s, %s, 0, %s, %s,"
+    " now() - make_interval(secs => %s * (SELECT half_life FROM fairshare)))"
+)
+
+
+async def usage_owners(db: Any, processor: int) -> set[int]:
+    rows = await db.query(
+        "SELECT DISTINCT owner FROM shareusage_stripe WHERE processor = %s AND virtualized",
+        (processor,),
+    )
+    return {r[0] for r in rows}
+
+
+@pytest_twisted.ensureDeferred
+async def test_owners_idle_for_twenty_half_lives_are_forgotten(store: Store) -> None:
+    """The claims read every owner's usage rows of their kind: the rows of an owner with
+    nothing waiting or running whose usage has not changed for 20 half-lives are deleted;
+    an owner with work, or idle for less, keeps them."""
+    data = await load_sample_data(store)
+    i386 = data.processor_386.id
+    gone, recent, busy = await owners(store, ["gone", "recent", "busy"])
+    # nothing of its own left, its running count split across two stripes (a claim in one
+    # session, the end of the build in another), long idle
+    await store.db.execute(_OLD_ROW_SQL, (i386, gone, 0, 1, 500.0, 21))
+    await store.db.execute(_OLD_ROW_SQL, (i386, gone, 3, -1, -200.0, 22))
+    await store.db.execute(_OLD_ROW_SQL, (i386, recent, 0, 0, 500.0, 10))
+    await store.db.execute(_OLD_ROW_SQL, (i386, busy, 0, 1, 500.0, 30))  # one still running
+    assert await usage_owners(store.db, i386) == {gone, recent, busy}
+
+    assert await store.jobs.forget_idle_owners() == 1
+    assert await usage_owners(store.db, i386) == {recent, busy}
+    assert await store.jobs.forget_idle_owners() == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_job_queued_while_its_idle_owner_is_forgotten_is_counted(
+    reactor: Any, store: Store, dsn: str
+) -> None:
+    """Forgetting takes no lock on the claims: a job queued for the owner in another session
+    while its rows are being deleted waits for them, then counts in a row of its own."""
+    data = await load_sample_data(store)
+    await store.queue.destroySelf(data.lost_job_id)
+    await store.queue.destroySelf(data.waiting_job_id)
+    ppa = data.cprov_ppa
+    owner = ppa.owner_id
+    i386 = data.processor_386.id
+    queuer, stripe = await _session_with_stripe(reactor, dsn, None)
+    try:
+        # the owner's long-idle rows, one in the stripe the queuing session writes
+        await store.db.execute("DELETE FROM shareusage_stripe WHERE owner = %s", (owner,))
+        await store.db.execute(_OLD_ROW_SQL, (i386, owner, stripe, 1, 300.0, 25))
+        await store.db.execute(_OLD_ROW_SQL, (i386, owner, (stripe + 1) % 8, -1, 0.0, 25))
+        spr = await store.sources.new("late", "1", data.hoary)
+        build = await store.builds.createBuild(
+            spr, data.hoary_i386, PackagePublishingPocket.RELEASE, ppa
+        )
+        forgetting: defer.Deferred[None] = defer.Deferred()
+        commit: defer.Deferred[None] = defer.Deferred()
+
+        async def forget(tx: Any) -> int:
+            [(n,)] = await tx.query("SELECT shareusage_forget()")
+            forgetting.callback(None)
+            await commit
+            return int(n)
+
+        forgot = store.db.transaction(forget, retries=0)
+        await forgetting
+        queued = defer.Deferred.fromCoroutine(Store(queuer).queue.createBuildQueueEntry(build))
+
+        async def queuer_waits() -> bool:
+            rows = await store.db.query(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%%INSERT INTO buildqueue%%'"
+            )
+            return bool(rows[0][0])
+
+        await wait_for(reactor, queuer_waits, timeout=30, what="the queuing to wait")
+        assert not queued.called
+        commit.callback(None)
+        assert await forgot == 1
+        await queued
+    finally:
+        await queuer.close()
+    await bookkeeping_is_true(store)
+    [(waiting, running)] = await store.db.query(
+        "SELECT waiting, running FROM shareusage WHERE owner = %s AND processor = %s"
+        " AND virtualized",
+        (owner, i386),
+    )
+    assert (waiting, running) == (1, 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_running_master_forgets_idle_owners_once_an_hour(
+    reactor: Any, make_world: Any, store: Store
+) -> None:
+    from twisted.internet import task
+
+    from buildmaster.config import MasterConfig
+    from buildmaster.master import FORGET_INTERVAL
+
+    clock = task.Clock()
+    clock.advance(reactor.seconds())
+    world = await make_world(MasterConfig(scan_interval=3600.0), clock=clock)
+    master = world.harness.master
+    master.startService()
+    await master.when_ready()
+    data = world.data
+    [gone] = await owners(store, ["gone"])
+    i386 = data.processor_386.id
+    await store.db.execute(_OLD_ROW_SQL, (i386, gone, 0, 0, 500.0, 21))
+    clock.advance(FORGET_INTERVAL - 1)
+    assert gone in await usage_owners(store.db, i386)
+
+    async def forgotten() -> bool:
+        return gone not in await usage_owners(store.db, i386)
+
+    clock.advance(1)
+    await wait_for(reactor, forgotten, timeout=30, what="the idle owner forgotten")
+
+
+@pytest_twisted.ensureDeferred
+async def test_builders_claiming_together_for_one_owner_take_aged_jobs_then_the_best(
+    store: Store,
+) -> None:
+    """While one owner alone has work of the kind, the shared claim takes its jobs in one
+    UPDATE: the same jobs, in the same order, as claims one after the other (the aged
+    ones, longest waiting first, then by score)."""
+    data = await load_sample_data(store)
+    await store.queue.destroySelf(data.lost_job_id)
+    await store.queue.destroySelf(data.waiting_job_id)
+    jobs = await queue_jobs(store, data, "one", 6)
+    scores = dict(zip(jobs, (50, 10, 900, 500, 100, 700), strict=True))
+    for job_id, score in scores.items():
+        await store.db.execute(
+            "UPDATE buildqueue SET lastscore = %s WHERE id = %s", (score, job_id)
+        )
+    # the first two have waited past the aging threshold, the second longer
+    for job_id, hours in ((jobs[0], 4), (jobs[1], 5)):
+        await store.db.execute(
+            "UPDATE buildqueue SET datecreated = now() - make_interval(hours => %s) WHERE id = %s",
+            (hours, job_id),
+        )
+    asking = await builders(store, data, "one", 4)
+    claims = await store.jobs._claim_many(asking)
+    got = [c.job.id if c is not None else None for c in claims]
+    assert got == [jobs[1], jobs[0], jobs[2], jobs[5]]
+    assert [c.job.builder_id for c in claims if c is not None] == [b.id for b in asking]
+    await bookkeeping_is_true(store)
+    # the next ones take what is left, best first
+    more = await store.jobs._claim_many(await builders(store, data, "two", 3))
+    assert [c.job.id if c is not None else None for c in more] == [jobs[3], jobs[4], None]
+    await bookkeeping_is_true(store)

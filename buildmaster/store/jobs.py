@@ -604,6 +604,13 @@ class JobQueries:
         )
         return int(rows[0][0])
 
+    async def forget_idle_owners(self) -> int:
+        """Delete the usage rows of the owners that have had no job of a kind waiting or on
+        a builder for 20 half-lives (``shareusage_forget()``, migration 0015): the claims
+        read every row of their kind. Returns how many (owner, kind) it forgot."""
+        rows = await self._db.query("SELECT shareusage_forget()")
+        return int(rows[0][0])
+
     # -- failures ------------------------------------------------------------------------
 
     async def count_failure(
