@@ -11,6 +11,18 @@
 -- in turn, goes to the first builder still without a job that holds its chroot, else to
 -- the first one left. With two owners or more the claims are made one by one, as before.
 
+-- The first of the candidate builders that holds the chroot (holders: a chroot, as text,
+-- to the asking builders that hold it, in asking order), or NULL.
+CREATE FUNCTION buildqueue_first_holder(holders jsonb, chroot bigint, candidates integer[])
+RETURNS integer LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT x.b::integer
+            FROM jsonb_array_elements_text(holders -> chroot::text) WITH ORDINALITY AS x(b, n)
+            WHERE x.b::integer = ANY(candidates)
+            ORDER BY x.n LIMIT 1);
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION buildqueue_claim_many(builders integer[], processors integer[],
     virt boolean)
 RETURNS SETOF buildqueue LANGUAGE plpgsql VOLATILE AS $$
@@ -71,15 +83,7 @@ BEGIN
         FROM unnest(jobs) WITH ORDINALITY AS j(id, n) JOIN buildqueue q ON q.id = j.id
             JOIN build bd ON bd.id = q.build JOIN distroarchseries das ON das.id = bd.distroarchseries;
         FOR i IN 1 .. cardinality(jobs) LOOP
-            chosen := NULL;
-            IF holders IS NOT NULL AND chroots[i] IS NOT NULL THEN
-                SELECT x.b::integer INTO chosen
-                FROM jsonb_array_elements_text(holders -> chroots[i]::text)
-                    WITH ORDINALITY AS x(b, n)
-                WHERE x.b::integer = ANY(left_)
-                ORDER BY x.n LIMIT 1;
-            END IF;
-            chosen := coalesce(chosen, left_[1]);
+            chosen := coalesce(buildqueue_first_holder(holders, chroots[i], left_), left_[1]);
             left_ := array_remove(left_, chosen);
             given := given || chosen;
         END LOOP;
@@ -98,13 +102,7 @@ BEGIN
             SELECT das.chroot INTO job_chroot FROM buildqueue q JOIN build bd ON bd.id = q.build
                 JOIN distroarchseries das ON das.id = bd.distroarchseries
             WHERE q.id = job;
-            IF job_chroot IS NOT NULL THEN
-                SELECT x.b::integer INTO chosen
-                FROM jsonb_array_elements_text(holders -> job_chroot::text)
-                    WITH ORDINALITY AS x(b, n)
-                WHERE x.b::integer = ANY(left_)
-                ORDER BY x.n LIMIT 1;
-            END IF;
+            chosen := buildqueue_first_holder(holders, job_chroot, left_);
         END IF;
         chosen := coalesce(chosen, left_[1]);
         left_ := array_remove(left_, chosen);
