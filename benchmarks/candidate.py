@@ -23,9 +23,18 @@ txpostgres, round trips included):
    before them; the two indexes issue 25 added are still written), then its job leaves the
    queue too.
 
-It runs twice: with durable commits (``synchronous_commit = on``, the production setting:
-the claim's commit waits for the WAL flush), and with ``synchronous_commit = off`` (what the
-tests use: no disk wait), each after ``--warmup`` discarded iterations.
+It runs with durable commits (``synchronous_commit = on``, the production setting: the
+claim's commit waits for the WAL flush), and with ``synchronous_commit = off`` (what the
+tests use: no disk wait), each after ``--warmup`` discarded iterations, and each both ways
+that the claim can choose:
+
+* ``aged``: the jobs' ages spread over eleven days, so nearly every claim takes the longest
+  waiting job past the aging bound (the aged-job probe);
+* ``fair``: the aging bound set beyond the oldest job (``UPDATE fairshare``), so that no job
+  is aged, as on a farm that keeps up: a trusted builder's claim takes the primary
+  archive's best job (one owner), a virtualized builder's claim ranks the 20 owners (their
+  usage, the reserve, the deficits) and takes the best job of the owner whose turn it is.
+  The virtualized builders' claims are also reported on their own (``claim, PPA``).
 
     python benchmarks/candidate.py [--jobs 1000000] [--iterations 2000]
 """
@@ -165,6 +174,10 @@ async def load(reactor: Any, db: Any, store: Any, jobs: int) -> tuple[Any, list[
 
 SHARE_TRIGGERS = ("buildqueue_share_update", "buildqueue_share_delete")
 
+#: how the claims choose: (name, fairshare.aging_bound in seconds); the slack stays 1,800 s
+PATHS = (("aged", 14_400.0), ("fair", 10 * 365 * 86_400.0))
+AGING_SQL = "UPDATE fairshare SET aging_bound = %s"
+
 
 async def share_triggers(db: Any, enable: bool) -> None:
     for name in SHARE_TRIGGERS:
@@ -178,6 +191,7 @@ async def measure(
 ) -> dict[str, Any]:
     find: list[float] = []
     claim: list[float] = []
+    claim_ppa: list[float] = []
     both: list[float] = []
     before: list[float] = []
     mismatched = 0
@@ -224,11 +238,14 @@ async def measure(
                 find.append(t1 - t0)
                 claim.append(t2 - t1)
                 both.append(t2 - t0)
+                if builder.virtualized:
+                    claim_ppa.append(t2 - t1)
         if start >= warmup:
             cpu += common.self_cpu() - cpu0
     return {
         "find": find,
         "claim": claim,
+        "claim_ppa": claim_ppa,
         "both": both,
         "before": before,
         "mismatched": mismatched,
@@ -266,16 +283,23 @@ async def run(reactor: Any, args: argparse.Namespace, dsn: str) -> dict[str, Any
         try:
             store = Store(db)
             fresh = [await store.builders.get(b) for b in builders]
-            results[label] = await measure(reactor, db, store, fresh, args.iterations, args.warmup)
-            r = results[label]
-            print(
-                f"synchronous_commit={setting}: find {common.fmt_ms(r['find'])}\n"
-                f"  claim {common.fmt_ms(r['claim'])}\n  find + claim {common.fmt_ms(r['both'])}\n"
-                f"  claim before issue 25 {common.fmt_ms(r['before'])}\n"
-                f"  master CPU {r['cpu'] / args.iterations * 1000:.3f} ms per find + claim (after);"
-                f" candidate != claimed: {r['mismatched']}; load {common.loadavg()}",
-                flush=True,
-            )
+            for path, bound in PATHS:
+                await db.execute(AGING_SQL, (bound,))
+                key = f"{label} {path}"
+                results[key] = r = await measure(
+                    reactor, db, store, fresh, args.iterations, args.warmup
+                )
+                print(
+                    f"synchronous_commit={setting}, {path}: find {common.fmt_ms(r['find'])}\n"
+                    f"  claim {common.fmt_ms(r['claim'])}\n"
+                    f"  claim, PPA {common.fmt_ms(r['claim_ppa'])}\n"
+                    f"  find + claim {common.fmt_ms(r['both'])}\n"
+                    f"  claim before issue 25 {common.fmt_ms(r['before'])}\n"
+                    f"  master CPU {r['cpu'] / args.iterations * 1000:.3f} ms per find + claim"
+                    f" (after); candidate != claimed: {r['mismatched']};"
+                    f" load {common.loadavg()}",
+                    flush=True,
+                )
         finally:
             await db.close()
     return results
@@ -311,25 +335,32 @@ def main() -> None:
     print(f"load average at the end: {common.loadavg()}")
     print("| ms, as seen by the master | p50 | p90 | p99 | min | max |")
     print("|---|---|---|---|---|---|")
-    for label in ("durable", "no-wait"):
-        for key, name in (
+    keys = [f"{label} {path}" for label in ("durable", "no-wait") for path, _ in PATHS]
+    for key in keys:
+        setting = "on" if key.startswith("durable") else "off"
+        path = key.split()[1]
+        for series, name in (
             ("find", "findBuildCandidate"),
             ("claim", "claim_next"),
+            ("claim_ppa", "claim_next, virtualized builders only"),
             ("both", "both"),
             ("before", "claim before issue 25 (score order)"),
         ):
-            s = common.summary(results[label][key])
+            s = common.summary(results[key][series])
             print(
-                f"| {name}, synchronous_commit={'on' if label == 'durable' else 'off'} |"
+                f"| {name}, synchronous_commit={setting}, {path} |"
                 f" {s['p50'] * 1000:.2f} | {s['p90'] * 1000:.2f} | {s['p99'] * 1000:.2f} |"
                 f" {s['min'] * 1000:.2f} | {s['max'] * 1000:.2f} |"
             )
-    for label in ("durable", "no-wait"):
-        p99 = common.percentile(results[label]["claim"], 99)
-        p99_before = common.percentile(results[label]["before"], 99)
+    for key in keys:
+        p99 = common.percentile(results[key]["claim"], 99)
+        p99_ppa = common.percentile(results[key]["claim_ppa"], 99)
+        p99_before = common.percentile(results[key]["before"], 99)
         print(
-            f"target: claim_next < 2 ms at p99 ({label}): {'met' if p99 < 0.002 else 'missed'}"
-            f" ({p99 * 1000:.2f} ms; before issue 25, same run: {p99_before * 1000:.2f} ms;"
+            f"target: claim_next < 2 ms at p99 ({key}):"
+            f" {'met' if max(p99, p99_ppa) < 0.002 else 'missed'}"
+            f" ({p99 * 1000:.2f} ms, virtualized builders' {p99_ppa * 1000:.2f} ms;"
+            f" before issue 25, same run: {p99_before * 1000:.2f} ms;"
             f" ratio {p99 / p99_before:.2f})"
         )
 
