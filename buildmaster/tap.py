@@ -469,13 +469,18 @@ class _Ending:
             signal.signal(number, self._signalled)
 
     def _signalled(self, number: int, frame: object) -> None:
-        name = signal.Signals(number).name
+        # A Python signal handler runs between two steps of whatever the main thread is
+        # doing, the log's own writing included: it only queues the signal, and the
+        # reactor's loop logs it and stops, in the order the signals came.
+        self.reactor.callFromThread(self._signal_received, signal.Signals(number).name)
+
+    def _signal_received(self, name: str) -> None:
         if self.stopping:
             _log.info("Received {signal} while stopping: still stopping", signal=name)
             return
         self.stopping = True
         _log.info("Received {signal}, shutting down.", signal=name)
-        self.reactor.callFromThread(self._stop)
+        self._stop()
 
     def _stop(self) -> None:
         try:

@@ -243,9 +243,9 @@ def test_twistd_demo_dispatches_and_stops_cleanly_on_ctrl_c(reachable_tmp: Path)
     output += rest.decode("utf-8", "replace")
     # a stop that was asked for is a success
     assert process.returncode == 0, output[-3000:]
-    assert "buildmaster stopped" in output
-    assert "Received SIGINT, shutting down." in output
-    assert "Received SIGTERM while stopping: still stopping" in output
+    assert "buildmaster stopped" in output, output[-3000:]
+    assert "Received SIGINT, shutting down." in output, output[-3000:]
+    assert "Received SIGTERM while stopping: still stopping" in output, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     # downloads make HTTP client factories, one per connection: they say nothing about it
     assert "Starting factory" not in output and "Stopping factory" not in output
