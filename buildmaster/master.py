@@ -469,7 +469,8 @@ class BuilddMaster(service.Service):
 
     def scan_wanted(self, payload: str) -> None:
         """NOTIFY builder_scan: ``"<builder id>"``, a builder another process wants looked at
-        now (:mod:`buildmaster.operations`); scanned if this master holds it. The empty
+        now (:mod:`buildmaster.operations`); scanned if this master holds it, and its slice
+        of the builders scanned if no master has it yet (a builder just added). The empty
         payload after a reconnection asks for nothing: the scans catch up by themselves."""
         builder_id = parse_scan_wanted(payload)
         if builder_id is None:
@@ -479,10 +480,21 @@ class BuilddMaster(service.Service):
                     payload=payload[:80],
                 )
             return
+        if self.stopping:
+            return
         worker = self.workers.get(builder_id)
-        if worker is None or self.stopping or not self._works(builder_id):
-            return  # another master's, or one this master does not know yet (its next scan)
-        worker.request_scan()
+        if worker is None:
+            self._scan_new(builder_id)
+            return
+        if self._works(builder_id):
+            worker.request_scan()
+
+    def _scan_new(self, builder_id: int) -> None:
+        """A builder this master has no worker for (just added, or brought back): scan its
+        slice of the builders now, rather than when that slice's turn comes (up to a scan
+        interval later). Every master does: whichever takes its lock works it."""
+        if self.running and self._scan_loop.running:
+            defer.Deferred.fromCoroutine(self._safe_scan([builder_id % self._slices]))
 
     def _wake(self, builder_id: int) -> defer.Deferred[None]:
         """Have the builder scanned now: by this master if it holds it (a master not started,

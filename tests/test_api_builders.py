@@ -145,6 +145,37 @@ async def test_a_builder_is_removed_only_when_it_has_no_job(api_world: Any) -> N
     assert (await admin.get("/api/v1/builders/t9")).status == 404
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_builder_added_while_the_master_runs_takes_a_waiting_build_at_once(
+    make_world: Any,
+) -> None:
+    from api_support import ApiClient
+
+    from buildmaster.config import MasterConfig
+
+    # an hour between two scans of a builder: it is taken because it came, not in its turn
+    world = await make_world(MasterConfig(scan_interval=3600.0), 30.0)
+    store, reactor, master = world.store, world.harness.reactor, world.harness.master
+    token = await store.tokens.create(admin=True, description="the test admin")
+    admin = ApiClient(reactor, world.harness.base_url).with_token(token.secret)
+    try:
+        build = await world.queue("hello")
+        master.startService()
+        await master.when_ready()
+        sim = await world.harness.start_builder("late", "i386")
+        added_at = reactor.seconds()
+        added = await admin.post(
+            "/api/v1/builders", {"name": "late", "url": sim.url, "processors": ["386"]}
+        )
+        assert added.status == 201, added.body
+        await wait_for(reactor, lambda: _state(store, build.id, "BUILDING"), 30, "the build")
+        assert reactor.seconds() - added_at < 30
+        shown = (await admin.get(f"/api/v1/builds/{build.id}")).json
+        assert shown["builder"] == "late", shown
+    finally:
+        admin.close()
+
+
 async def _state(store: Any, build_id: int, state: str) -> bool:
     return (await store.builds.get(build_id)).status.name == state
 

@@ -166,6 +166,51 @@ async def test_a_second_master_takes_over_without_building_anything_twice(
         assert max(started.values()) == 1
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_builder_added_to_a_shared_farm_is_taken_by_a_master_at_once(
+    reactor: Any, store: Store, dsn: str, make_world: Any
+) -> None:
+    """Two masters share the farm and an hour lies between two scans of a builder. A builder
+    is added whose coming does not change how many builders each master may hold (it would
+    otherwise make them look at every builder): told of it (what the API does when it adds
+    one), the masters scan its slice, and one of them has it build the waiting job."""
+    config = MasterConfig(
+        socket_timeout=5.0, scan_interval=3600.0, vm_resume_command="true %(vm_host)s"
+    )
+    world = await make_world(config, build_time=30.0)
+    data = world.data
+    active = (await store.db.query("SELECT count(*) FROM builder WHERE active"))[0][0]
+    if active % 2 == 0:  # an odd count: one more builder leaves each master's share as it is
+        await store.builders.new("pad", "http://127.0.0.1:1/", [data.processor_amd64])
+    build = await world.queue()
+    async with _two_masters(reactor, dsn, world, config) as (_, first, second):
+        for master in (first, second):
+            master.startService()
+            await master.when_ready()
+        await wait_for(
+            reactor,
+            lambda: first.ownership.share is not None and second.ownership.share is not None,
+            30,
+            "the masters to count each other",
+        )
+        shares = (first.ownership.share, second.ownership.share)
+        sim = await world.harness.start_builder("late", "i386")
+        late = await store.builders.new("late", sim.url, [data.processor_386])
+        await first.builder_changed(late)  # not first's yet: every master is told
+        await wait_for(
+            reactor,
+            lambda: _at_least(_building(store, build.id), 1),
+            20,
+            "the added builder to take the build",
+        )
+        assert (first.ownership.share, second.ownership.share) == shares
+        assert late.id in first.ownership.owned | second.ownership.owned
+
+
+async def _building(store: Store, build_id: int) -> int:
+    return int((await store.builds.get(build_id)).status == BuildStatus.BUILDING)
+
+
 @contextlib.asynccontextmanager
 async def _two_masters(
     reactor: Any, dsn: str, world: Any, config: MasterConfig

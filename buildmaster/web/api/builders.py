@@ -108,6 +108,8 @@ class Builders(Endpoint):
             title=body.get("title", ""),
             manual=body.get("manual", False),
         )
+        # the masters take it now, not when its slice of the scan comes round
+        await self.ctx.operations.builder_changed(builder)
         overview = await store.views.builders.overview(builder.name, await call.grant())
         return created(overview_json(self.ctx, overview), f"/api/v1/builders/{builder.name}")
 
