@@ -354,3 +354,18 @@ async def test_sessions_name_their_process_to_the_server(db: Database, dsn: str)
             conn.close()
 
     assert await threads.deferToThread(read_back) == long
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_name_given_in_the_dsn_is_the_sessions_name(reactor: Any, dsn: str) -> None:
+    """An operator who names the master's sessions (``application_name`` in the DSN, or
+    PGAPPNAME) sees that name: the product's own is only the fallback."""
+    named = Database(reactor, f"{dsn} application_name=ops-master-2", size=2)
+    await named.connect()
+    try:
+        [(name,)] = await named.query(
+            "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        )
+        assert name == "ops-master-2"
+    finally:
+        await named.close()

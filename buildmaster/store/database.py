@@ -538,9 +538,10 @@ class Database:
         # fails after CLIENT_DEAD_AFTER seconds (and the connection reconnects) rather than
         # after the kernel's quarter of an hour of retransmissions.
         # The name is taken at each connection: a process that forks (a daemon) names its own.
+        # It is libpq's fallback: an application_name in the DSN or PGAPPNAME wins.
         return {
             "options": "-c timezone=UTC -c plan_cache_mode=force_generic_plan -c jit=off",
-            "application_name": application_name(),
+            "fallback_application_name": application_name(),
             **_keepalives(CLIENT_DEAD_AFTER),
         }
 
