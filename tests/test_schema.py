@@ -241,31 +241,34 @@ async def test_the_candidate_query_is_an_index_scan(store: Store, seeded: Sample
     )
     await store.db.execute("ANALYZE buildqueue")
     await store.db.execute("ANALYZE shareusage_stripe")
-    # the claim runs buildqueue_candidate(): its two queries of the queue, as stored in the
-    # database (the aged jobs; an owner's best job, for each owner in turn), planned once for
-    # any arguments as PL/pgSQL does in the master's sessions (plan_cache_mode)
-    [(source,)] = await store.db.query(
-        "SELECT prosrc FROM pg_proc WHERE proname = 'buildqueue_candidate'"
-    )
-    queries = re.findall(r"(SELECT c\.id INTO found .*?);", source, re.S)
-    assert len(queries) == 2, source
+    # the claims run two queries of the queue (migration 0017): the aged jobs, and an
+    # owner's best jobs (for each owner in turn), as stored in the database, planned once
+    # for any arguments as PL/pgSQL does in the master's sessions (plan_cache_mode)
+    queries = []
+    for function in ("buildqueue_aged", "buildqueue_best_of"):
+        [(source,)] = await store.db.query(
+            "SELECT prosrc FROM pg_proc WHERE proname = %s", (function,)
+        )
+        found = re.findall(r"(SELECT coalesce\(array_agg.*?);", source, re.S)
+        assert len(found) == 1, source
+        queries.append(found[0])
 
     def generic(query: str) -> str:
-        query = query.replace(" INTO found", "")
-        for n, name in enumerate(("processors", "virt", "avoid", "turn"), start=1):
+        query = query.replace(" INTO jobs", "")
+        for n, name in enumerate(("processors", "virt", "avoid", "owner", "n"), start=1):
             query = re.sub(rf"\b{name}\b", f"${n}", query)
         return query
 
     async def explain_generic(tx: Transaction, query: str) -> list[tuple[Any, ...]]:
         await tx.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         await tx.execute(
-            "PREPARE candidate_generic (integer[], boolean, integer[], integer) AS "
+            "PREPARE candidate_generic (integer[], boolean, integer[], integer, integer) AS "
             + generic(query)
         )
         try:
             return await tx.query(
-                "EXPLAIN EXECUTE candidate_generic (%s, %s, %s, %s)",
-                ([seeded.processor_386.id], False, [7, 8], 9),
+                "EXPLAIN EXECUTE candidate_generic (%s, %s, %s, %s, %s)",
+                ([seeded.processor_386.id], False, [7, 8], 9, 1),
             )
         finally:
             await tx.execute("DEALLOCATE candidate_generic")
