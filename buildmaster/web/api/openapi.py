@@ -955,7 +955,7 @@ def _paths() -> dict[str, Any]:
             "parameters": [
                 _path(
                     "reference",
-                    {"type": "string"},
+                    {"type": "string", "minLength": 1, "maxLength": 200},
                     "ubuntu, ubuntu/partner, ~cprov/ubuntu/ppa or ppa:cprov/ppa",
                 )
             ],
