@@ -247,13 +247,16 @@ async def test_nothing_puts_a_disabled_archives_job_back_in_the_queue(store: Sto
     assert (await _suspension(store, elsewhere.id))[0] is BuildQueueStatus.WAITING
     await bookkeeping_is_true(store)
 
-    # the chroot arrives: the job waiting for it stays suspended, now for the archive
+    # the master's side's wait is over: the job stays suspended, now for the archive (and
+    # no time to come back); the one waiting for a chroot is left as it is
+    assert await store.jobs.resume_due(now + datetime.timedelta(seconds=1)) == 0
+    assert await _suspension(store, master_side.id) == (BuildQueueStatus.SUSPENDED, reason, None)
+    assert (await _events(store, master_side.id))[-1] == ("suspended", reason)
+    assert (await _suspension(store, no_chroot.id))[1] == "not dispatched: no chroot"
+    # the chroot arrives: the same
     assert await store.jobs.resume_suspended(das) == 0
     assert await _suspension(store, no_chroot.id) == (BuildQueueStatus.SUSPENDED, reason, None)
     assert (await _events(store, no_chroot.id))[-1] == ("suspended", reason)
-    # the master's side's wait is over: the same (and no time to come back)
-    assert await store.jobs.resume_due(now + datetime.timedelta(seconds=1)) == 0
-    assert await _suspension(store, master_side.id) == (BuildQueueStatus.SUSPENDED, reason, None)
     # once is enough: a second arrival changes nothing and says nothing
     count = len(await _events(store, no_chroot.id))
     assert await store.jobs.resume_suspended(das) == 0
