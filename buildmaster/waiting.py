@@ -1,7 +1,7 @@
 """Why a waiting build is not running yet, in words an operator can act on. Pure.
 
-The reasons follow the dispatcher's rules (:mod:`buildmaster.policy`): a suspended job is
-not a candidate; a job whose architecture has no chroot is suspended when it is tried; a
+The reasons follow the dispatcher's rules (:mod:`buildmaster.policy`): a disabled archive's
+jobs are suspended (``ArchiveSet.set_enabled``); a suspended job is not a candidate; a job whose architecture has no chroot is suspended when it is tried; a
 job is offered only to builders of its processor and virtualization that are ok, active
 and not in manual mode; those take the best waiting job first.
 """
@@ -59,12 +59,15 @@ class WaitInputs:
     #: ``ahead_counted_to`` was reached)
     ahead: int
     ahead_counted_to: int | None = None
+    #: its archive's reference (``~cprov/ubuntu/ppa``), and whether the archive is disabled
+    archive: str = ""
+    archive_disabled: bool = False
 
 
 @attrs.frozen
 class WaitReason:
-    #: ``suspended``, ``no-chroot``, ``no-builder``, ``no-working-builder``, ``manual``,
-    #: ``busy`` or ``next``
+    #: ``archive-disabled``, ``suspended``, ``no-chroot``, ``no-builder``,
+    #: ``no-working-builder``, ``manual``, ``busy`` or ``next``
     code: str
     text: str
 
@@ -89,6 +92,19 @@ def _chroot_hint(architecture: str) -> str:
 
 def why_waiting(inputs: WaitInputs) -> WaitReason:
     """The first reason, in the dispatcher's order, that keeps the build waiting."""
+    if inputs.archive_disabled:
+        # (a job of a disabled archive that waits came back at the moment it was disabled)
+        state = "suspended" if inputs.suspended else "to be suspended when a builder tries it"
+        chroot = (
+            f"; {inputs.architecture} has no chroot either: {_chroot_hint(inputs.architecture)}"
+            if inputs.chroot_missing
+            else ""
+        )
+        return WaitReason(
+            "archive-disabled",
+            f"{state}: its archive {inputs.archive} is disabled; enable it with"
+            f' PATCH /api/v1/archives/{inputs.archive} {{"enabled": true}}{chroot}',
+        )
     if inputs.suspended:
         why = inputs.suspended_reason or "suspended"
         hint = f"; {_chroot_hint(inputs.architecture)}" if inputs.chroot_missing else ""

@@ -175,6 +175,27 @@ def test_why_a_build_waits() -> None:
         _inputs(suspended=True, suspended_reason="no chroot", chroot_missing=True)
     ).text == ("suspended (no chroot); upload one with PUT /api/v1/chroots/ubuntu/hoary/i386")
     assert why_waiting(_inputs(chroot_missing=True)).code == "no-chroot"
+    # a disabled archive comes first: the operator's own doing, and how to undo it
+    disabled = why_waiting(
+        _inputs(
+            suspended=True,
+            suspended_reason="the archive ~cprov/ubuntu/ppa is disabled",
+            archive="~cprov/ubuntu/ppa",
+            archive_disabled=True,
+            builders=KindBuilders(),
+        )
+    )
+    assert disabled.code == "archive-disabled" and disabled.text == (
+        "suspended: its archive ~cprov/ubuntu/ppa is disabled; enable it with"
+        ' PATCH /api/v1/archives/~cprov/ubuntu/ppa {"enabled": true}'
+    )
+    assert why_waiting(
+        _inputs(archive="ubuntu", archive_disabled=True, chroot_missing=True)
+    ).text == (
+        "to be suspended when a builder tries it: its archive ubuntu is disabled; enable it"
+        ' with PATCH /api/v1/archives/ubuntu {"enabled": true}; ubuntu/hoary/i386 has no'
+        " chroot either: upload one with PUT /api/v1/chroots/ubuntu/hoary/i386"
+    )
     assert why_waiting(_inputs(builders=KindBuilders())).code == "no-builder"
     manual = KindBuilders(total=2, working=2, manual=("bob",))
     assert why_waiting(_inputs(builders=manual)).text == (

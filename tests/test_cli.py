@@ -405,6 +405,35 @@ async def test_mistakes_are_one_line_with_a_status(farm: Any, tmp_path: Path) ->
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_archive_is_disabled_and_enabled_again(farm: Any) -> None:
+    """Disabled, an archive's waiting build is suspended; enabled, it waits again."""
+    world, cli = farm
+    admin = (await world.store.tokens.create(admin=True)).secret
+    build = await world.queue("hello", ppa=True)
+
+    async def queue_status() -> str:
+        shown = await cli("build", "show", str(build.id), "--json")
+        assert shown.code == 0, shown.err
+        return str(shown.json["queue_status"])
+
+    disabled = await cli("archive", "disable", "ppa:cprov/ppa", BUILDMASTER_TOKEN=admin)
+    assert disabled.code == 0, disabled.err
+    assert disabled.out.strip() == (
+        "archive ~cprov/ubuntu/ppa disabled: its waiting builds are suspended, those on"
+        " builders go on"
+    )
+    assert await queue_status() == "suspended"
+    enabled = await cli("archive", "enable", "~cprov/ubuntu/ppa", "--json", BUILDMASTER_TOKEN=admin)
+    assert enabled.code == 0, enabled.err
+    assert enabled.json["reference"] == "~cprov/ubuntu/ppa" and enabled.json["enabled"] is True
+    assert await queue_status() == "waiting"
+    unknown = await cli("archive", "disable", "ppa:nobody/ppa", BUILDMASTER_TOKEN=admin)
+    assert unknown.error_line.startswith("buildmaster: 404 Not Found: ")
+    anonymous = await cli("archive", "disable", "ppa:cprov/ppa")
+    assert "give a token: --token, $BUILDMASTER_TOKEN" in anonymous.error_line
+
+
+@pytest_twisted.ensureDeferred
 async def test_the_bootstrap_commands_reach_the_database(
     reactor: Any, empty_dsn: str, tmp_path: Path
 ) -> None:

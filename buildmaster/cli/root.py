@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from buildmaster.cli.archives import archive
 from buildmaster.cli.base import Context
 from buildmaster.cli.builders import builders
 from buildmaster.cli.builds import build, builds
@@ -50,5 +51,5 @@ def main(ctx: click.Context, url: str | None, token: str | None, config: Path | 
     ctx.obj = Context(url, token, config)
 
 
-for command in (builders, queue, builds, build, upload, chroot, token, migrate):
+for command in (builders, queue, builds, build, upload, chroot, archive, token, migrate):
     main.add_command(command)

@@ -35,6 +35,7 @@ from buildmaster.scan.context import Scope
 from buildmaster.scan.fetches import FileFetch, fetch_note
 from buildmaster.scan.judge import evict, failed
 from buildmaster.scan.machine import ready, reset_vm, set_clean_status
+from buildmaster.store.archives import disabled_reason
 from buildmaster.store.jobs import Claimed, JobGone
 from buildmaster.vmreset import VMResetFailed
 
@@ -133,6 +134,11 @@ async def dispatch(s: Scope, job: BuildQueue, ctx: BuildContext | None = None) -
     if ctx is None or ctx.build.id != job.build_id:
         ctx = await jobs.context(job.build_id)
     memory.contexts = {ctx.build.id: ctx}
+    if not ctx.archive.enabled:
+        # disabled since it was queued (the change suspends the archive's waiting jobs, but
+        # one may have come back to the queue at the same moment): it waits for the archive
+        await jobs.suspend(job, builder, disabled_reason(ctx.archive))
+        return False
     if ctx.chroot is None:
         das = ctx.distroarchseries
         reason = f"not dispatched: no chroot for {das.distribution_name}/{das.series_name}/{das.architecturetag}"

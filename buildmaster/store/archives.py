@@ -14,6 +14,9 @@ __all__ = [
     "ArchiveSet",
     "ARCHIVE_COLUMNS",
     "archive_columns",
+    "disabled_reason",
+    "disabled_reason_sql",
+    "archive_suspension",
     "BUILDD_SECRET",
     "archive_from_row",
     "new_buildd_secret",
@@ -43,6 +46,23 @@ ARCHIVE_FROM = (
 )
 
 
+def disabled_reason(archive: Archive) -> str:
+    """Why the jobs of a disabled archive are suspended (``buildqueue.suspended_reason``)."""
+    return f"the archive {archive.reference} is disabled"
+
+
+def disabled_reason_sql(a: str = "a", p: str = "p", d: str = "d") -> str:
+    """:func:`disabled_reason` in SQL, for the aliases of archive, its owner and its
+    distribution (the reference as :attr:`Archive.reference` makes it)."""
+    reference = (
+        f"CASE {a}.purpose WHEN {int(ArchivePurpose.PPA)}"
+        f" THEN '~' || {p}.name || '/' || {d}.name || '/' || {a}.name"
+        f" WHEN {int(ArchivePurpose.PRIMARY)} THEN {d}.name"
+        f" ELSE {d}.name || '/' || {a}.name END"
+    )
+    return f"('the archive ' || {reference} || ' is disabled')"
+
+
 _PURPOSES = {int(p): p for p in ArchivePurpose}
 
 
@@ -62,6 +82,18 @@ def archive_from_row(row: tuple[Any, ...]) -> Archive:
         enabled=row[11],
         buildd_secret=row[12],
     )
+
+
+async def archive_suspension(tx: Transaction, build_id: int) -> str | None:
+    """Why a job of the build that would wait must be suspended instead: its archive is
+    disabled (:meth:`~buildmaster.store.archives.ArchiveSet.set_enabled`); ``None`` when
+    it is enabled."""
+    row = await tx.query_one(
+        f"SELECT a.enabled, {disabled_reason_sql()} FROM build b"
+        f" JOIN {ARCHIVE_FROM} ON a.id = b.archive WHERE b.id = %s",
+        (build_id,),
+    )
+    return None if row is None or row[0] else str(row[1])
 
 
 class ArchiveSet:
@@ -172,4 +204,55 @@ class ArchiveSet:
         await self._db.execute(
             "UPDATE archive SET buildd_secret = %s WHERE id = %s", (secret, id_of(archive))
         )
+        return await self.get(archive)
+
+    async def set_enabled(self, archive: HasId | int, enabled: bool) -> Archive:
+        """Disable or enable an archive, with its jobs, in one transaction.
+
+        Disabled: its waiting jobs are suspended (the reason names the archive, a
+        "suspended" event each); its jobs on builders go on to the end. Nothing puts a
+        disabled archive's job back in the queue (a chroot's arrival, the end of a wait, a
+        retry, a builder giving it back: :mod:`buildmaster.store.jobs`) until it is enabled.
+
+        Enabled (when it was disabled): its jobs suspended without a time to come back go
+        back in the queue (a "resumed" event each); one whose architecture has no chroot is
+        suspended again when a builder tries it, as a new job would be. Those that wait for
+        the master's side keep their time to come back (:meth:`JobQueries.resume_due`).
+        """
+
+        async def change(tx: Transaction) -> None:
+            row = await tx.query_one(
+                "SELECT enabled FROM archive WHERE id = %s FOR UPDATE", (id_of(archive),)
+            )
+            if row is None:
+                raise NotFound(f"no archive {id_of(archive)}")
+            if enabled and row[0]:
+                return  # enabled already: its suspended jobs wait for something else
+            await tx.execute(
+                "UPDATE archive SET enabled = %s WHERE id = %s", (enabled, id_of(archive))
+            )
+            if enabled:
+                await tx.execute(
+                    "WITH q AS (UPDATE buildqueue SET status = 0, suspended_reason = NULL"
+                    "  FROM build b WHERE b.id = buildqueue.build AND b.archive = %s"
+                    "  AND buildqueue.status = 2 AND buildqueue.resume_after IS NULL"
+                    "  RETURNING buildqueue.build)"
+                    " INSERT INTO event (build, kind, message)"
+                    " SELECT build, 'resumed', 'back in the queue: its archive is enabled' FROM q",
+                    (id_of(archive),),
+                )
+            else:
+                await tx.execute(
+                    f"WITH q AS (UPDATE buildqueue SET status = 2,"
+                    f"  suspended_reason = {disabled_reason_sql()}, resume_after = NULL"
+                    f"  FROM build b JOIN {ARCHIVE_FROM} ON a.id = b.archive"
+                    "  WHERE b.id = buildqueue.build AND a.id = %s"
+                    "  AND buildqueue.status = 0 AND buildqueue.builder IS NULL"
+                    "  RETURNING buildqueue.build, buildqueue.suspended_reason)"
+                    " INSERT INTO event (build, kind, message)"
+                    " SELECT build, 'suspended', suspended_reason FROM q",
+                    (id_of(archive),),
+                )
+
+        await self._db.transaction(change)
         return await self.get(archive)

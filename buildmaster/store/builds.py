@@ -15,6 +15,7 @@ from buildmaster.enums import (
 from buildmaster.model import Build, Builder, BuildFile, BuildQueue, HasId, id_of
 from buildmaster.policy import builder_may_take_jobs
 from buildmaster.scoring import ScoreInputs, score_build
+from buildmaster.store.archives import archive_suspension
 from buildmaster.store.database import Database, NotFound, Transaction
 from buildmaster.store.events import record_event
 from buildmaster.store.files import LIBRARYFILE_COLUMNS, LIBRARYFILE_JOIN, library_file_from_row
@@ -37,6 +38,7 @@ __all__ = [
     "score_inputs",
     "insert_build",
     "queue_build",
+    "enqueue",
 ]
 
 
@@ -214,14 +216,30 @@ async def queue_build(tx: Transaction, build: HasId | int) -> BuildQueue:
     b = await get_build(tx, id_of(build), lock=True)
     if b.status is not BuildStatus.NEEDSBUILD:
         raise ValueError(f"build {b.id} is {b.status.name}: only NEEDSBUILD builds are queued")
+    return await enqueue(tx, b)
+
+
+async def enqueue(tx: Transaction, b: Build) -> BuildQueue:
+    """A queue entry for the (NEEDSBUILD, locked) build, scored: waiting, or suspended
+    when its archive is disabled."""
     score = score_build(await score_inputs(tx, b.id))
+    suspended = await archive_suspension(tx, b.id)
     row = await tx.query_one(
-        "INSERT INTO buildqueue (build, lastscore, processor, virtualized)"
-        " VALUES (%s, %s, %s, %s) RETURNING id",
-        (b.id, score, b.processor_id, b.virtualized),
+        "INSERT INTO buildqueue (build, lastscore, processor, virtualized, status,"
+        " suspended_reason) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+        (
+            b.id,
+            score,
+            b.processor_id,
+            b.virtualized,
+            int(BuildQueueStatus.WAITING if suspended is None else BuildQueueStatus.SUSPENDED),
+            suspended,
+        ),
     )
     assert row is not None
     await record_event(tx, "queued", f"queued with score {score}", build=b.id)
+    if suspended is not None:
+        await record_event(tx, "suspended", suspended, build=b.id)
     return await get_queue_entry(tx, row[0])
 
 

@@ -37,8 +37,13 @@ from buildmaster.model import (
     SourcePackageReleaseFile,
     id_of,
 )
-from buildmaster.scoring import score_build
-from buildmaster.store.archives import archive_columns, archive_from_row
+from buildmaster.store.archives import (
+    ARCHIVE_FROM,
+    archive_columns,
+    archive_from_row,
+    archive_suspension,
+    disabled_reason_sql,
+)
 from buildmaster.store.batching import StatementBatcher
 from buildmaster.store.builders import BUILDER_WIDTH, builder_columns, builder_from_row
 from buildmaster.store.builds import (
@@ -48,11 +53,11 @@ from buildmaster.store.builds import (
     QUEUE_WIDTH,
     build_columns,
     build_from_row,
+    enqueue,
     get_build,
     get_queue_entry,
     queue_columns,
     queue_from_row,
-    score_inputs,
     set_build_status,
 )
 from buildmaster.store.database import ConstraintViolation, Database, NotFound, Transaction
@@ -317,6 +322,43 @@ _RECORD_DISPATCH_SQL = (
 )
 
 
+#: a job whose archive is disabled is suspended, for its archive, where it would wait
+_WAITS_OR_SUSPENDED = (
+    "status = CASE WHEN a.enabled THEN 0 ELSE 2 END,"
+    f" suspended_reason = CASE WHEN a.enabled THEN NULL ELSE {disabled_reason_sql()} END"
+)
+
+# a claim that never reached the builder undone: the job waits (or is suspended) again
+_RELEASE_CLAIM_SQL = (
+    f"WITH q AS (UPDATE buildqueue SET builder = NULL, {_WAITS_OR_SUSPENDED},"
+    "  date_started = NULL, logtail = NULL"
+    f"  FROM build b JOIN {ARCHIVE_FROM} ON a.id = b.archive"
+    "  WHERE buildqueue.id = %(job)s AND buildqueue.builder = %(builder)s"
+    "  AND buildqueue.status = 1 AND b.id = buildqueue.build AND b.buildstate = 0"
+    "  RETURNING buildqueue.build, buildqueue.suspended_reason),"
+    " e AS (INSERT INTO event (build, builder, kind, message)"
+    "  SELECT build, %(builder)s, 'released', %(reason)s FROM q"
+    "  UNION ALL SELECT build, %(builder)s, 'suspended', suspended_reason FROM q"
+    "  WHERE suspended_reason IS NOT NULL)"
+    " SELECT build FROM q"
+)
+
+# suspended jobs ({which}) back in the queue, those of a disabled archive suspended for it
+# (a job suspended for its archive already is left as it is); how many went back
+_RESUME_SQL = (
+    f"WITH q AS (UPDATE buildqueue SET {_WAITS_OR_SUSPENDED}, resume_after = NULL"
+    f"  FROM build b JOIN {ARCHIVE_FROM} ON a.id = b.archive"
+    "  WHERE b.id = buildqueue.build AND buildqueue.status = 2 AND {which}"
+    "  AND (a.enabled OR buildqueue.resume_after IS NOT NULL"
+    f"   OR buildqueue.suspended_reason IS DISTINCT FROM {disabled_reason_sql()})"
+    "  RETURNING buildqueue.build, buildqueue.status, buildqueue.suspended_reason),"
+    " e AS (INSERT INTO event (build, kind, message)"
+    "  SELECT build, CASE WHEN status = 0 THEN 'resumed' ELSE 'suspended' END,"
+    "   coalesce(suspended_reason, %(message)s) FROM q)"
+    " SELECT count(*) FILTER (WHERE status = 0) FROM q"
+)
+
+
 #: seconds between two claims handed to their dispatches, at least (500 per second at most)
 CLAIM_PACE = 0.002
 
@@ -528,14 +570,10 @@ class JobQueries:
         ]
 
     async def release_claim(self, job: BuildQueue, builder: Builder, reason: str) -> bool:
-        """Undo a claim that never reached the builder (no blame): the job waits again."""
+        """Undo a claim that never reached the builder (no blame): the job waits again (or is
+        suspended, when its archive was disabled meanwhile)."""
         rows = await self._db.query(
-            "WITH q AS (UPDATE buildqueue SET builder = NULL, status = 0, date_started = NULL, logtail = NULL"
-            "  WHERE id = %(job)s AND builder = %(builder)s AND status = 1"
-            "  AND (SELECT buildstate FROM build WHERE id = buildqueue.build) = 0 RETURNING build),"
-            " e AS (INSERT INTO event (build, builder, kind, message)"
-            "  SELECT build, %(builder)s, 'released', %(reason)s FROM q)"
-            " SELECT build FROM q",
+            _RELEASE_CLAIM_SQL,
             {"job": job.id, "builder": builder.id, "reason": reason},
             prepared=True,
         )
@@ -579,28 +617,23 @@ class JobQueries:
         return await self._db.transaction(suspend)
 
     async def resume_suspended(self, distroarchseries: HasId | int) -> int:
-        """Put the suspended jobs of an architecture back in the queue (its chroot arrived)."""
+        """Put the suspended jobs of an architecture back in the queue (its chroot arrived);
+        those of a disabled archive stay suspended, for their archive. Returns how many went
+        back."""
         rows = await self._db.query(
-            "WITH q AS (UPDATE buildqueue SET status = 0, suspended_reason = NULL,"
-            "  resume_after = NULL WHERE status = 2 AND build IN"
-            "  (SELECT id FROM build WHERE distroarchseries = %s) RETURNING build),"
-            " e AS (INSERT INTO event (build, kind, message) SELECT build, 'resumed', 'back in the queue' FROM q)"
-            " SELECT count(*) FROM q",
-            (id_of(distroarchseries),),
+            _RESUME_SQL.format(which="b.distroarchseries = %(which)s"),
+            {"which": id_of(distroarchseries), "message": "back in the queue"},
         )
         return int(rows[0][0])
 
     async def resume_due(self, now: datetime.datetime) -> int:
         """Put back in the queue the suspended jobs whose ``resume_after`` has come (what
-        held them up was the master's side: they are tried again). Returns how many."""
+        held them up was the master's side: they are tried again); those of a disabled
+        archive stay suspended, for their archive, with no time to come back. Returns how
+        many went back."""
         rows = await self._db.query(
-            "WITH q AS (UPDATE buildqueue SET status = 0, suspended_reason = NULL,"
-            "  resume_after = NULL WHERE status = 2 AND resume_after <= %s"
-            "  RETURNING build),"
-            " e AS (INSERT INTO event (build, kind, message)"
-            "  SELECT build, 'resumed', 'back in the queue: trying again' FROM q)"
-            " SELECT count(*) FROM q",
-            (now,),
+            _RESUME_SQL.format(which="buildqueue.resume_after <= %(which)s"),
+            {"which": now, "message": "back in the queue: trying again"},
         )
         return int(rows[0][0])
 
@@ -646,7 +679,8 @@ class JobQueries:
         kind: str = "requeued",
         forgive: bool = False,
     ) -> bool:
-        """Send the job back to the queue (its build to NEEDSBUILD), if it is still ``builder``'s.
+        """Send the job back to the queue (its build to NEEDSBUILD), if it is still ``builder``'s;
+        it is suspended instead when its archive is disabled.
 
         ``forgive`` resets the build's failure count (the builder was to blame).
 
@@ -667,13 +701,19 @@ class JobQueries:
             build = await get_build(tx, job.build_id, lock=True)
             if build.status is not BuildStatus.NEEDSBUILD:
                 await set_build_status(tx, job.build_id, BuildStatus.NEEDSBUILD, None, reason)
+            suspended = await archive_suspension(tx, job.build_id)
+            status = BuildQueueStatus.WAITING if suspended is None else BuildQueueStatus.SUSPENDED
             await tx.execute(
-                "UPDATE buildqueue SET builder = NULL, status = 0, date_started = NULL, logtail = NULL WHERE id = %s",
-                (job.id,),
+                "UPDATE buildqueue SET builder = NULL, status = %s, suspended_reason = %s,"
+                " date_started = NULL, logtail = NULL WHERE id = %s",
+                (int(status), suspended, job.id),
             )
-            await record_event(
-                tx, kind, reason, build=job.build_id, builder=builder.id if builder else None
-            )
+            builder_id = builder.id if builder else None
+            await record_event(tx, kind, reason, build=job.build_id, builder=builder_id)
+            if suspended is not None:
+                await record_event(
+                    tx, "suspended", suspended, build=job.build_id, builder=builder_id
+                )
             return True
 
         return await self._db.transaction(requeue)
@@ -859,7 +899,8 @@ class JobQueries:
         return await self._db.transaction(cancel)
 
     async def retry(self, build: HasId | int) -> BuildQueue:
-        """Retry a failed or cancelled build: NEEDSBUILD with a fresh score.
+        """Retry a failed or cancelled build: NEEDSBUILD with a fresh score (its job is
+        suspended at once when its archive is disabled).
 
         :raises IllegalTransition: unless the build is in a retryable state.
         """
@@ -875,14 +916,7 @@ class JobQueries:
                 (b.id,),
             )
             await tx.execute("DELETE FROM buildfile WHERE build = %s", (b.id,))
-            score = score_build(await score_inputs(tx, b.id))
-            row = await tx.query_one(
-                "INSERT INTO buildqueue (build, lastscore, processor, virtualized) VALUES (%s, %s, %s, %s) RETURNING id",
-                (b.id, score, b.processor_id, b.virtualized),
-            )
-            assert row is not None
-            await record_event(tx, "queued", f"queued with score {score}", build=b.id)
-            return await get_queue_entry(tx, row[0])
+            return await enqueue(tx, b)
 
         return await self._db.transaction(retry)
 

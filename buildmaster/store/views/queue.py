@@ -373,6 +373,8 @@ class QueueViews:
             chroot_missing=bool(no_chroot),
             builders=builders,
             ahead=ahead,
+            archive=summary.archive.reference,
+            archive_disabled=not summary.archive.enabled,
         )
         usable = builders.automatic
         return Standing(

@@ -1,4 +1,4 @@
-"""``/api/v1/archives`` (list, show, create a PPA), ``/api/v1/series`` and
+"""``/api/v1/archives`` (list, show, create a PPA, disable and enable), ``/api/v1/series`` and
 ``/api/v1/processors``."""
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Archives(Endpoint):
 
 
 class ArchiveByReference(Endpoint):
-    methods = ("get",)
+    methods = ("get", "patch")
     isLeaf = True
 
     def __init__(self, ctx: Any, reference: str) -> None:
@@ -84,6 +84,19 @@ class ArchiveByReference(Endpoint):
             archive = await self.ctx.store.views.catalog.archive(self.reference, grant)
         except ValueError as e:
             raise not_found(str(e)) from None
+        return ok(archive_json(archive))
+
+    async def patch(self, call: Call) -> Reply:
+        grant = await call.require_admin(f"changing archive {self.reference}")
+        body = call.json("ArchiveUpdate")
+        store = self.ctx.store
+        try:
+            archive = await store.views.catalog.archive(self.reference, grant)
+        except ValueError as e:
+            raise not_found(str(e)) from None
+        # disabled: its waiting builds are suspended; enabled: they go back in the queue
+        # (whose NOTIFY wakes the idle builders)
+        archive = await store.archives.set_enabled(archive, body["enabled"])
         return ok(archive_json(archive))
 
 

@@ -124,6 +124,11 @@ SCHEMAS: dict[str, Any] = {
         additionalProperties=False,
         examples=[{"owner": "cprov", "name": "tools", "distribution": "ubuntu"}],
     ),
+    "ArchiveUpdate": obj(
+        {"enabled": BOOL},
+        additionalProperties=False,
+        examples=[{"enabled": False}],
+    ),
     "BuildSummary": obj(
         {
             "id": INT,
@@ -193,6 +198,7 @@ SCHEMAS: dict[str, Any] = {
                     "code": {
                         "type": "string",
                         "enum": [
+                            "archive-disabled",
                             "suspended",
                             "no-chroot",
                             "no-builder",
@@ -949,11 +955,19 @@ def _paths() -> dict[str, Any]:
             "parameters": [
                 _path(
                     "reference",
-                    {"type": "string"},
+                    {"type": "string", "minLength": 1, "maxLength": 200},
                     "ubuntu, ubuntu/partner, ~cprov/ubuntu/ppa or ppa:cprov/ppa",
                 )
             ],
             "get": _op("Show an archive", _answer("200", "the archive", "Archive")),
+            "patch": _op(
+                "Disable an archive (its waiting builds are suspended; those on builders go on)"
+                " or enable it (its suspended builds go back in the queue)",
+                _answer("200", "the archive", "Archive"),
+                errors=("404", "422"),
+                body="ArchiveUpdate",
+                auth=True,
+            ),
         },
         "/api/v1/series": {
             "get": _op(
