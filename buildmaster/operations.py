@@ -35,7 +35,7 @@ def parse_scan_wanted(payload: str) -> int | None:
     """The builder id a ``builder_scan`` notification names; ``None`` for anything else
     (the empty payload after a reconnection, or a payload not ours)."""
     text = payload.strip()
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         return None
     return int(text)
 

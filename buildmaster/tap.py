@@ -164,7 +164,7 @@ def _positive_count(value: str) -> int:
 
 def _port(value: str) -> str:
     """A plain port number means TCP on 127.0.0.1; otherwise a strports description."""
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return f"tcp:{value}:interface=127.0.0.1"
     return value
 

@@ -38,6 +38,10 @@ async def test_errors_are_problem_documents_a_person_can_act_on(api_world: Any) 
     anonymous, admin = api_world.anonymous, api_world.admin
     assert_problem(await anonymous.get("/api/v1/no/such/thing"), 404, "not-found", "openapi.json")
     assert_problem(await anonymous.get("/api/v1/builds/424242"), 404, "not-found", "424242")
+    # digits of other scripts are no id ("³" is a digit to Python, not to int())
+    for path in ("/api/v1/builds/%C2%B3", "/api/v1/builds/%D9%A3/log", "/api/v1/tokens/%C2%B3"):
+        assert_problem(await admin.get(path), 404, "not-found")
+    assert_problem(await admin.post("/api/v1/builds/%C2%B3/retry"), 404, "not-found")
     wrong = await anonymous.call("PUT", "/api/v1/builds")
     assert_problem(wrong, 405, "method-not-allowed", "GET")
     assert wrong.header("allow") == "GET"

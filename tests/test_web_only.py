@@ -361,3 +361,12 @@ def test_twistd_refuses_web_only_with_what_makes_no_sense(
     last = [line for line in output.splitlines() if line.strip()][-1]
     assert complaint in last, output[-2000:]
     assert "buildmaster cannot start" not in output  # refused before anything started
+
+
+def test_a_builder_scan_notification_names_a_builder_by_ascii_digits_only() -> None:
+    from buildmaster.operations import parse_scan_wanted
+
+    assert parse_scan_wanted("42") == 42 and parse_scan_wanted(" 7\n") == 7
+    # anyone with the database can NOTIFY: what is not a plain id is ignored, not an error
+    for payload in ("", "\u00b3", "\u0663", "4x", "-1", "9" * 19):
+        assert parse_scan_wanted(payload) is None, payload

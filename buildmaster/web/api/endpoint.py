@@ -366,8 +366,11 @@ class Call:
 
 
 def numeric_id(segment: str) -> int | None:
-    """A path segment as an id (``None`` when it is not one)."""
-    return int(segment) if segment.isdigit() and len(segment) < 10 else None
+    """A path segment as an id (``None`` when it is not one: ASCII digits only, as ``int``
+    would also read other scripts' digits and fail on superscripts)."""
+    if segment.isascii() and segment.isdigit() and len(segment) < 10:
+        return int(segment)
+    return None
 
 
 def unavailable(detail: str) -> Problem:

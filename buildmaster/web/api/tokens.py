@@ -6,7 +6,7 @@ from typing import Any
 
 from buildmaster.store.database import NotFound
 from buildmaster.store.tokens import ApiToken
-from buildmaster.web.api.endpoint import Call, Endpoint, Reply, created, no_content, ok
+from buildmaster.web.api.endpoint import Call, Endpoint, Reply, created, no_content, numeric_id, ok
 from buildmaster.web.api.problems import forbidden, not_found, unprocessable
 from buildmaster.web.api.representations import iso
 
@@ -34,9 +34,8 @@ class Tokens(Endpoint):
     def child(self, segment: str) -> Endpoint | None:
         if segment == "current":
             return CurrentToken(self.ctx)
-        if segment.isdigit() and len(segment) < 10:
-            return Token(self.ctx, int(segment))
-        return None
+        token_id = numeric_id(segment)
+        return Token(self.ctx, token_id) if token_id is not None else None
 
     async def get(self, call: Call) -> Reply:
         await call.require_admin("listing tokens")
