@@ -488,6 +488,7 @@ async def run(reactor: Any, args: argparse.Namespace, ctx: dict[str, Any]) -> di
                         scan_interval=interval, max_collections=args.max_collections
                     ),
                     pool_size=args.pool_size,
+                    api_pool_size=args.api_pool_size,
                 ),
             )
             await common.start_service(reactor, service)
@@ -728,6 +729,9 @@ def main() -> None:
         "--profile-out", help="also write the cprofile stats to this file (python -m pstats)"
     )
     parser.add_argument("--pool-size", type=int, default=8, help="database connections")
+    parser.add_argument(
+        "--api-pool-size", type=int, default=2, help="the operator API's own database connections"
+    )
     parser.add_argument(
         "--synchronous-commit",
         choices=("on", "off"),
