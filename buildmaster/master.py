@@ -36,8 +36,6 @@ program or trial test, with or without coroutines.
 from __future__ import annotations
 
 import datetime
-import os
-import socket
 from typing import Any
 
 from twisted.application import service
@@ -58,7 +56,7 @@ from buildmaster.protocol import BuilderError
 from buildmaster.readiness import Readiness
 from buildmaster.scan import BuilderWorker, Openings, failure_message
 from buildmaster.store import Store
-from buildmaster.store.database import DatabaseError
+from buildmaster.store.database import DatabaseError, application_name
 
 __all__ = ["BuilddMaster", "OWNERSHIP_LOCK"]
 
@@ -103,8 +101,9 @@ class BuilddMaster(service.Service):
         self.store = store
         self.librarian = librarian
         self.config = config or MasterConfig()
-        #: how the master introduces itself to builders (which master sent a call)
-        self.user_agent = f"buildmaster ({socket.gethostname()} pid {os.getpid()})"
+        #: how the master introduces itself to builders (which master sent a call): the name
+        #: its database sessions have too
+        self.user_agent = application_name()
         self.http = HTTPClient(reactor, clock=self.clock, user_agent=self.user_agent.encode())
         self.logtails = LogtailBuffer(store)
         #: what the master measures (/metrics)

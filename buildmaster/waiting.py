@@ -1,9 +1,10 @@
 """Why a waiting build is not running yet, in words an operator can act on. Pure.
 
 The reasons follow the dispatcher's rules (:mod:`buildmaster.policy`): a disabled archive's
-jobs are suspended (``ArchiveSet.set_enabled``); a suspended job is not a candidate; a job whose architecture has no chroot is suspended when it is tried; a
-job is offered only to builders of its processor and virtualization that are ok, active
-and not in manual mode; those take the best waiting job first.
+jobs are suspended (``ArchiveSet.set_enabled``); a suspended job is not a candidate; a job
+whose architecture has no chroot is suspended when it is tried; a job is offered only to
+builders of its processor and virtualization that are ok, active and not in manual mode;
+those take the best waiting job first.
 """
 
 from __future__ import annotations
