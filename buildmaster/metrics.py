@@ -11,6 +11,8 @@ registry.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from buildmaster.builderclient import BuilderFault, BuilderUnreachable
@@ -26,6 +28,8 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 #: the kinds of file a dispatch sends a builder to fetch
 FILE_KINDS = ("chroot", "source")
+#: the methods the API's requests are counted by (any other is counted as ``OTHER``)
+_API_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _BYTES_BUCKETS = (1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10)
 
 
@@ -93,6 +97,7 @@ class Metrics:
             ["where"],
             registry=r,
         )
+        self._api_counters: dict[tuple[str, int], Any] = {}
         self.api_requests = Counter(
             "buildmaster_api_requests",
             "Requests to the operator API, by method and status class.",
@@ -152,4 +157,12 @@ class Metrics:
         self.librarian_errors.labels(where).inc()
 
     def api_request(self, method: str, status: int) -> None:
-        self.api_requests.labels(method, f"{status // 100}xx").inc()
+        """A request answered: counted by method (one the API knows, else ``OTHER``: the
+        method is the client's, and every new label value would be kept for good) and
+        status class."""
+        key = (method if method in _API_METHODS else "OTHER", status // 100)
+        counter = self._api_counters.get(key)
+        if counter is None:
+            counter = self.api_requests.labels(key[0], f"{key[1]}xx")
+            self._api_counters[key] = counter
+        counter.inc()

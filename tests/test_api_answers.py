@@ -39,6 +39,11 @@ async def test_anonymous_readers_share_an_answer_for_a_second(make_world: Any) -
         clock.advance(0.9)
         again = await anonymous.get(path)  # the answer of 0.9 s ago, as it was
         assert again.body == first.body and again.header("etag") == first.header("etag")
+        head = await anonymous.call("HEAD", path)  # the same answer's head, without its body
+        assert (
+            head.status == 200 and head.body == b"" and head.header("etag") == first.header("etag")
+        )
+        assert head.header("content-length") == str(len(first.body))
         # a token's reads are answered afresh, and kept out of shared caches
         fresh = await admin.get(path)
         assert fresh.json["failure_count"] == 3

@@ -38,8 +38,11 @@ async def test_metrics_count_what_the_farm_did(api_world: Any) -> None:
 
     await wait_for(reactor, done, 60, "the builds")
     await farm.refresh()
-    for path in ("/api/v1", "/api/v1/builds", "/api/v1/nothing"):
-        await api_world.anonymous.get(path)
+    for path in ("/api/v1", "/api/v1/builds", "/api/v1/builds", "/api/v1/nothing"):
+        await api_world.anonymous.get(path)  # the second listing: the shared answer
+    for method in ("BREW", "XYZZY"):  # methods nobody knows are not label values of their own
+        refused = await api_world.anonymous.call(method, "/api/v1/builds")
+        assert refused.status == 405
     text = (await api_world.anonymous.get("/metrics")).body.decode()
     found = samples(text)
     assert found[("buildmaster_builds_finished_total", (("state", "FULLYBUILT"),))] == 2
@@ -54,8 +57,10 @@ async def test_metrics_count_what_the_farm_did(api_world: Any) -> None:
     assert found[("buildmaster_handover_seconds_count", ())] == 1  # t1: the first to the second
     assert found[("buildmaster_scan_seconds_count", ())] >= 2
     assert found[("buildmaster_builder_failures_total", (("kind", "unreachable"),))] == 0
-    assert found[("buildmaster_api_requests_total", (("method", "GET"), ("status", "2xx")))] == 2
+    assert found[("buildmaster_api_requests_total", (("method", "GET"), ("status", "2xx")))] == 3
     assert found[("buildmaster_api_requests_total", (("method", "GET"), ("status", "4xx")))] == 1
+    assert found[("buildmaster_api_requests_total", (("method", "OTHER"), ("status", "4xx")))] == 2
+    assert not [labels for _, labels in found if ("method", "BREW") in labels]
     # a builder that refuses connections is counted as it fails
     sim, _ = await world.builder("t2")
     sim.faults.refuse = True

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import attrs
 from twisted.internet import defer
-from twisted.web import http
+from twisted.web.http import OK
 
 __all__ = ["Answer", "SharedAnswers", "etag_of"]
 
@@ -71,14 +71,23 @@ class SharedAnswers:
         seconds: float = self._clock.seconds()  # type: ignore[attr-defined]
         return seconds
 
+    def fresh(self, target: bytes) -> Answer | None:
+        """The kept answer for ``target`` if it is younger than ``seconds``, else ``None``
+        (at once: most shared answers are given out this way)."""
+        kept = self._kept.get(target)
+        if kept is None:
+            return None
+        if self._now() - kept[0] < self.seconds:
+            return kept[1]
+        self._forget(target)
+        return None
+
     async def get(self, target: bytes, make: Callable[[], Awaitable[Answer]]) -> Answer:
         """The answer for ``target``: a kept one younger than ``seconds``, the one being
         made now, or a new one from ``make`` (kept when it is a ``200``)."""
-        kept = self._kept.get(target)
+        kept = self.fresh(target)
         if kept is not None:
-            if self._now() - kept[0] < self.seconds:
-                return kept[1]
-            self._forget(target)
+            return kept
         waiting = self._making.get(target)
         if waiting is not None:
             d: defer.Deferred[Answer] = defer.Deferred()
@@ -94,7 +103,7 @@ class SharedAnswers:
                 d.errback()
             raise
         del self._making[target]
-        if answer.status == http.OK:
+        if answer.status == OK:
             self._keep(target, made_at, answer)
         for d in waiting:
             d.callback(answer)

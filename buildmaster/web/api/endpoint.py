@@ -29,6 +29,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
+from twisted.web.http import NO_CONTENT, NOT_MODIFIED, OK
 
 from buildmaster.access import ANONYMOUS, Grant
 from buildmaster.librarian import (
@@ -63,6 +64,8 @@ __all__ = [
 E = TypeVar("E", bound=enum.Enum)
 
 JSON_TYPE = b"application/json"
+#: the methods whose anonymous answers may be shared (:mod:`buildmaster.web.api.answers`)
+_SHAREABLE = frozenset({b"GET", b"HEAD"})
 _CHALLENGE = b'Bearer realm="buildmaster"'
 
 
@@ -80,7 +83,7 @@ STREAMED = Reply(0)
 
 
 def ok(body: Any) -> Reply:
-    return Reply(http.OK, body)
+    return Reply(OK, body)
 
 
 def created(body: Any, location: str) -> Reply:
@@ -88,7 +91,7 @@ def created(body: Any, location: str) -> Reply:
 
 
 def no_content() -> Reply:
-    return Reply(http.NO_CONTENT)
+    return Reply(NO_CONTENT)
 
 
 class Call:
@@ -424,6 +427,14 @@ class Endpoint(resource.Resource):
         return found
 
     def render(self, request: server.Request) -> int:
+        method = request.method
+        if method in _SHAREABLE and self.shared and request.getHeader(b"authorization") is None:
+            kept = self.ctx.answers.fresh(request.uri) if self.ctx.answers.enabled else None
+            if kept is not None:  # at once, as most of the polling readers are answered
+                name = method.decode("ascii")
+                self.ctx.metrics.api_request(name, kept.status)
+                _send(request, kept, name, True)
+                return server.NOT_DONE_YET
         d = defer.Deferred.fromCoroutine(self._answer(request))
         d.addErrback(lambda f: self._log.failure("Answering {uri} failed", f, uri=request.uri))
         return server.NOT_DONE_YET
@@ -533,7 +544,7 @@ def encode(reply: Reply, with_etag: bool = False) -> Answer:
         return Answer(reply.status, headers, b"")
     body = encode_json(reply.body)
     headers.setdefault(b"content-type", JSON_TYPE)
-    etag = etag_of(body) if with_etag and reply.status == http.OK else None
+    etag = etag_of(body) if with_etag and reply.status == OK else None
     return Answer(reply.status, headers, body, etag)
 
 
@@ -550,9 +561,9 @@ def _send(request: server.Request, answer: Answer, method: str, anonymous: bool)
     if answer.etag is not None:
         request.setHeader(b"etag", answer.etag)
         if _matches(request.getHeader(b"if-none-match"), answer.etag):
-            status, body = http.NOT_MODIFIED, b""
+            status, body = NOT_MODIFIED, b""
     request.setResponseCode(status)
-    if status not in (http.NO_CONTENT, http.NOT_MODIFIED):
+    if status != NO_CONTENT and status != NOT_MODIFIED:
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
     request.finish()
