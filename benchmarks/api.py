@@ -242,7 +242,14 @@ async def measure(
 
 
 async def measure_readers(
-    reactor: Any, base: str, cluster: Any, rate: float, seconds: float, profile: bool, tmp: Path
+    reactor: Any,
+    base: str,
+    cluster: Any,
+    rate: float,
+    seconds: float,
+    profile: bool,
+    tmp: Path,
+    only: str = "",
 ) -> dict[str, Any]:
     """The readers' mix at ``rate`` per second for ``seconds``: this process's CPU (the
     master's) and PostgreSQL's per read answered."""
@@ -263,6 +270,7 @@ async def measure_readers(
                 str(seconds),
                 "--out",
                 str(out),
+                *(["--only", only] if only else []),
             ]
         )
         await common.sleep(reactor, 1.0)  # its start-up and first reads
@@ -350,6 +358,7 @@ async def run(
                 args.readers_seconds,
                 args.profile_readers,
                 workdir,
+                args.readers_only,
             )
         return results
     finally:
@@ -367,6 +376,9 @@ def main() -> None:
     parser.add_argument("--readers", type=float, default=0.0, help="reads per second (0: none)")
     parser.add_argument("--readers-seconds", type=float, default=30.0)
     parser.add_argument("--profile-readers", action="store_true")
+    parser.add_argument(
+        "--readers-only", default="", help="the readers send only this kind of their mix"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     print(common.machine_line())

@@ -47,6 +47,9 @@ builds per second of each pair. With ``--api-process`` the readers ask a web-onl
 (``twistd buildmaster --web-only``, on ``--api-cpu``, the builders' CPU by default) on the
 same database and files directory instead of the scanning master, as a farm that keeps the
 API off its scanning master does (docs/deployment.md); its CPU per read is reported.
+``--api-nice N`` runs that process at niceness N (as ``packaging/systemd/buildmaster-web.service``
+does with ``Nice=10``), ``--api-batch`` under ``SCHED_BATCH``. The readers' window starts
+once they have their first list of builds and send (their start-up is not the API's cost).
 
 Then, with a profiler on the reactor thread (``--profiler cprofile`` or ``pyinstrument``), a
 ``--profile`` s window: where the master's CPU goes per completed build.
@@ -573,6 +576,7 @@ async def measure_and_print(
     web_cpu0 = common.cpu_seconds(web_pid) if web_pid else 0.0
     if with_readers:
         out = ctx["dir"] / f"readers-{len(results['windows'])}.json"
+        ready = out.with_suffix(".ready")
         readers = ctx["children"].start(
             [
                 common.PYTHON,
@@ -585,9 +589,15 @@ async def measure_and_print(
                 str(args.window),
                 "--out",
                 str(out),
+                "--ready",
+                str(ready),
             ],
             cpus=args.builders_cpu,
         )
+        # the window starts once they send: their start-up is not the API's cost
+        deadline = time.monotonic() + 60
+        while not ready.exists() and readers.poll() is None and time.monotonic() < deadline:
+            await common.sleep(reactor, 0.05)
     window = await measure_window(reactor, ctx, args.window, label)
     window["interval"] = interval
     window["readers"] = None
@@ -670,8 +680,11 @@ async def start_web_process(
     from buildmaster.store.cluster import free_port
 
     port = free_port()
+    nice = ["nice", "-n", str(args.api_nice)] if args.api_nice else []
+    if args.api_batch:
+        nice = ["chrt", "--batch", "0", *nice]
     process = ctx["children"].start(
-        [common.TWISTD, "-n", "--pidfile=", "--logfile", str(ctx["dir"] / "web.log")]
+        [*nice, common.TWISTD, "-n", "--pidfile=", "--logfile", str(ctx["dir"] / "web.log")]
         + ["buildmaster", "--web-only", "--dsn", ctx["dsn"], "--port", str(port)]
         + ["--files-dir", str(state / "librarian"), "--state-dir", str(ctx["dir"] / "web")],
         cpus=args.api_cpu if args.api_cpu is not None else args.builders_cpu,
@@ -696,7 +709,8 @@ async def start_web_process(
             await common.sleep(reactor, 0.5)
     finally:
         http.close_idle()
-    print(f"web-only process (pid {process.pid}) ready at {url}", flush=True)
+    how = " ".join(nice) or "the same priority as the others"
+    print(f"web-only process (pid {process.pid}, {how}) ready at {url}", flush=True)
     return url
 
 
@@ -808,6 +822,18 @@ def main() -> None:
         "--api-cpu",
         default=None,
         help="CPU(s) for the web-only process of --api-process (default: --builders-cpu)",
+    )
+    parser.add_argument(
+        "--api-nice",
+        type=int,
+        default=0,
+        help="run the web-only process of --api-process at this niceness (0: as the others)",
+    )
+    parser.add_argument(
+        "--api-batch",
+        action="store_true",
+        help="run the web-only process of --api-process under SCHED_BATCH (its wake-ups do"
+        " not preempt the farm's processes)",
     )
     parser.add_argument("--log", help="write the master's log to this file")
     parser.add_argument("--master-cpu", default="0", help="CPU(s) for this process ('' = any)")
