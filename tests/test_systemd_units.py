@@ -1,6 +1,6 @@
 """The systemd units of packaging/systemd: systemd finds nothing wrong with them, and their
-command lines, with the example options, start a master and a farm of simulated builders
-that stop cleanly on SIGTERM (what ``systemctl stop`` sends)."""
+command lines, with the example options, start a master, a web-only process and a farm of
+simulated builders that stop cleanly on SIGTERM (what ``systemctl stop`` sends)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ VENV = Path(sys.executable).parent.parent
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
 def test_systemd_finds_nothing_wrong_with_the_units(tmp_path: Path) -> None:
-    for unit in ("buildmaster.service", "slavesim.service"):
+    for unit in ("buildmaster.service", "buildmaster-web.service", "slavesim.service"):
         # this test's virtualenv where the units expect buildmaster's
         text = (UNITS / unit).read_text().replace(INSTALLED, str(VENV))
         (tmp_path / unit).write_text(text)
@@ -116,6 +116,43 @@ def test_the_master_units_command_line_starts_a_master_of_several(tmp_path: Path
     assert "librarian at http://farm.example.com:8000/librarian/" in output
     assert "buildmaster stopped" in output
     assert (tmp_path / "f" / "farm-id").exists()
+
+
+def test_the_web_units_command_line_serves_the_farm_of_a_master(tmp_path: Path, dsn: str) -> None:
+    """The web unit's example beside the master unit's example for several masters: the
+    same database and files directory; it answers the API and stops on SIGTERM."""
+    paths = {"/var/lib/buildmaster": tmp_path / "state", "/srv/buildmaster/files": tmp_path / "f"}
+    master = _replace(
+        _command("buildmaster.service", "master.env.example", "BUILDMASTER_OPTIONS", 1),
+        {"--dsn": dsn, "--port": "tcp:0:interface=127.0.0.1"},
+        paths,
+    )
+    _run_until(master, tmp_path, lambda seen: "buildmaster is running" in seen, frozenset({0}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    web = _replace(
+        _command("buildmaster-web.service", "web.env.example", "BUILDMASTER_OPTIONS", 0),
+        {"--dsn": dsn, "--port": f"tcp:{port}:interface=127.0.0.1"},
+        paths,
+    )
+    assert "--web-only" in web and web[web.index("--state-dir") + 1] == str(tmp_path / "state-web")
+    # the web unit's state directory, which systemd makes
+    (tmp_path / "state-web").mkdir(mode=0o700)
+    answers: list[bytes] = []
+
+    def serving(seen: str) -> bool:
+        if "buildmaster is running, web only" not in seen:
+            return False
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            c.sendall(b"GET /api/v1/builders HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answers.append(b"".join(iter(lambda: c.recv(65536), b"")))
+        return True
+
+    output = _run_until(web, tmp_path, serving, frozenset({0}))
+    assert answers[0].startswith(b"HTTP/1.1 200 "), answers[0][:300]
+    assert b'"builders":[]' in answers[0]
+    assert "librarian at http://api.example.com:8080/librarian/" in output
 
 
 def test_the_slavesim_units_command_line_starts_builders(tmp_path: Path) -> None:
