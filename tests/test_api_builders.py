@@ -213,3 +213,38 @@ async def test_names_that_would_become_options_of_the_reset_command_are_refused(
         )
     assert [b.name for b in await api_world.store.builders.all() if b.active] == ["t1"]
     assert (await api_world.store.builders.getByName("t1")).vm_host is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_builders_history_keeps_private_builds_to_those_who_may_see_them(
+    api_world: Any,
+) -> None:
+    world, store = api_world.world, api_world.store
+    ppa = world.data.cprov_ppa
+    await store.db.execute("UPDATE archive SET private = true WHERE id = %s", (ppa.id,))
+    hidden = await world.queue("hidden", ppa=True)
+    shown = await world.queue("shown")
+    _, builder = await world.builder("t1")
+    for build in (hidden, shown):
+        await store.db.execute(
+            "INSERT INTO event (kind, message, builder, build) VALUES ('dispatched', %s, %s, %s)",
+            (f"build {build.id} dispatched", builder.id, build.id),
+        )
+    insider = await api_world.uploader(ppa)
+
+    async def history(client: Any) -> list[tuple[Any, str]]:
+        answer = await client.get("/api/v1/builders/t1")
+        assert answer.status == 200, answer.body
+        return [
+            (e["build"], e["message"]) for e in answer.json["events"] if e["kind"] == "dispatched"
+        ]
+
+    assert await history(api_world.anonymous) == [
+        (shown.id, f"build {shown.id} dispatched"),
+        (None, "(a private build)"),
+    ]
+    for who in (insider, api_world.admin):
+        assert await history(who) == [
+            (shown.id, f"build {shown.id} dispatched"),
+            (hidden.id, f"build {hidden.id} dispatched"),
+        ]

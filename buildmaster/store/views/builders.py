@@ -141,9 +141,7 @@ class BuilderViews:
         builder_id = overview.builder.id
         builds = await self._builds.page(grant, BuildFilter(builder_id=builder_id), limit=recent)
         event_rows = await self._db.query(
-            f"SELECT {EVENT_COLUMNS}, e.build IS NULL OR EXISTS (SELECT 1 FROM build b"
-            f"  JOIN archive a ON a.id = b.archive WHERE b.id = e.build AND {visible_sql()})"
-            f" FROM {EVENT_FROM} WHERE e.builder = %(builder)s ORDER BY e.id DESC LIMIT %(limit)s",
+            BUILDER_EVENTS_SQL,
             {"builder": builder_id, "limit": events, **visibility_args(grant)},
             prepared=True,
         )
@@ -152,6 +150,17 @@ class BuilderViews:
             builds.builds,
             tuple(_event_for(r[:-1], visible=r[-1]) for r in event_rows),
         )
+
+
+#: a builder's latest events, and whether the reader may see each one's build: looked up
+#: for each event (LATERAL), as an EXISTS subquery PostgreSQL may hash, reading every build
+BUILDER_EVENTS_SQL = (
+    f"SELECT {EVENT_COLUMNS}, e.build IS NULL OR v.visible IS NOT NULL"
+    f" FROM {EVENT_FROM} LEFT JOIN LATERAL (SELECT true AS visible FROM build b"
+    f"  JOIN archive a ON a.id = b.archive WHERE b.id = e.build AND {visible_sql()}) v"
+    f" ON true"
+    f" WHERE e.builder = %(builder)s ORDER BY e.id DESC LIMIT %(limit)s"
+)
 
 
 def _event_for(row: tuple[Any, ...], visible: bool) -> EventView:
