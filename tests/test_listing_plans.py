@@ -64,24 +64,29 @@ async def _generic_rows_read(store: Store, sql: str, args: dict[str, Any], table
     return _build_rows_read(document[0]["Plan"], table)
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_listing_reads_only_the_builds_it_shows(store: Store) -> None:
-    data = await load_sample_data(store)
-    busy = data.bob
-    idle = await store.builders.new("idle", "http://127.0.0.1:9/", [data.processor_386])
+async def _finished_builds(store: Store, data: Any, builder_id: int | None) -> None:
+    """``BUILDS`` finished builds of the primary archive (on ``builder_id``), ANALYZEd."""
     template = await store.db.query(
         "SELECT id FROM build WHERE archive = %s ORDER BY id LIMIT 1", (data.primary.id,)
     )
-    # finished builds of the primary archive, all on one builder
     await store.db.execute(
         "INSERT INTO build (sourcepackagerelease, distroarchseries, archive, pocket,"
         " processor, virtualized, buildstate, builder, date_started, date_finished)"
         " SELECT b.sourcepackagerelease, b.distroarchseries, b.archive, b.pocket,"
         " b.processor, b.virtualized, %s, %s, now(), now()"
         " FROM build b, generate_series(1, %s) WHERE b.id = %s",
-        (int(BuildStatus.FULLYBUILT), busy.id, BUILDS, template[0][0]),
+        (int(BuildStatus.FULLYBUILT), builder_id, BUILDS, template[0][0]),
     )
     await store.db.execute("ANALYZE build")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_listing_reads_only_the_builds_it_shows(store: Store) -> None:
+    data = await load_sample_data(store)
+    busy = data.bob
+    idle = await store.builders.new("idle", "http://127.0.0.1:9/", [data.processor_386])
+    # finished builds of the primary archive, all on one builder
+    await _finished_builds(store, data, busy.id)
     newest = (await store.db.query("SELECT max(id) FROM build"))[0][0]
 
     # what a page shows is read twice (its ids, then its rows): about 2 x 50
@@ -113,16 +118,7 @@ async def test_a_builders_events_read_only_their_own_builds(store: Store) -> Non
     data = await load_sample_data(store)
     farm = [await store.builders.new(f"b{i}", "http://127.0.0.1:9/", []) for i in range(100)]
     ids = [b.id for b in farm]
-    template = await store.db.query(
-        "SELECT id FROM build WHERE archive = %s ORDER BY id LIMIT 1", (data.primary.id,)
-    )
-    await store.db.execute(
-        "INSERT INTO build (sourcepackagerelease, distroarchseries, archive, pocket,"
-        " processor, virtualized, buildstate)"
-        " SELECT b.sourcepackagerelease, b.distroarchseries, b.archive, b.pocket,"
-        " b.processor, b.virtualized, %s FROM build b, generate_series(1, %s) WHERE b.id = %s",
-        (int(BuildStatus.FULLYBUILT), BUILDS, template[0][0]),
-    )
+    await _finished_builds(store, data, None)
     newest = (await store.db.query("SELECT max(id) FROM build"))[0][0]
     # the farm's events, the builders' turns interleaved, each about one of the builds
     await store.db.execute(
@@ -131,7 +127,6 @@ async def test_a_builders_events_read_only_their_own_builds(store: Store) -> Non
         (ids, len(ids), newest, BUILDS, 5 * BUILDS),
     )
     await store.db.execute("ANALYZE event")
-    await store.db.execute("ANALYZE build")
     args = {"builder": ids[0], "limit": LIMIT, **visibility_args(ANONYMOUS)}
     read = {
         table: await _generic_rows_read(store, BUILDER_EVENTS_SQL, args, table)
