@@ -11,8 +11,6 @@ registry.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from buildmaster.builderclient import BuilderFault, BuilderUnreachable
@@ -97,7 +95,6 @@ class Metrics:
             ["where"],
             registry=r,
         )
-        self._api_counters: dict[tuple[str, int], Any] = {}
         self.api_requests = Counter(
             "buildmaster_api_requests",
             "Requests to the operator API, by method and status class.",
@@ -160,9 +157,5 @@ class Metrics:
         """A request answered: counted by method (one the API knows, else ``OTHER``: the
         method is the client's, and every new label value would be kept for good) and
         status class."""
-        key = (method if method in _API_METHODS else "OTHER", status // 100)
-        counter = self._api_counters.get(key)
-        if counter is None:
-            counter = self.api_requests.labels(key[0], f"{key[1]}xx")
-            self._api_counters[key] = counter
-        counter.inc()
+        known = method if method in _API_METHODS else "OTHER"
+        self.api_requests.labels(known, f"{status // 100}xx").inc()

@@ -7,7 +7,9 @@ from typing import Any, cast
 
 from twisted.web import resource, server
 
+from buildmaster.access import Grant
 from buildmaster.enums import ArchivePurpose
+from buildmaster.model import Archive
 from buildmaster.store.database import NotFound
 from buildmaster.store.views import SeriesView
 from buildmaster.web.api.endpoint import Call, Endpoint, Reply, created, ok
@@ -78,25 +80,23 @@ class ArchiveByReference(Endpoint):
         super().__init__(ctx)
         self.reference = reference
 
-    async def get(self, call: Call) -> Reply:
-        grant = await call.grant()
+    async def _archive(self, grant: Grant) -> Archive:
+        """The archive named, if the grant may see it (404 otherwise)."""
         try:
-            archive = await self.ctx.store.views.catalog.archive(self.reference, grant)
+            return await self.ctx.store.views.catalog.archive(self.reference, grant)
         except ValueError as e:
             raise not_found(str(e)) from None
-        return ok(archive_json(archive))
+
+    async def get(self, call: Call) -> Reply:
+        return ok(archive_json(await self._archive(await call.grant())))
 
     async def patch(self, call: Call) -> Reply:
         grant = await call.require_admin(f"changing archive {self.reference}")
         body = call.json("ArchiveUpdate")
-        store = self.ctx.store
-        try:
-            archive = await store.views.catalog.archive(self.reference, grant)
-        except ValueError as e:
-            raise not_found(str(e)) from None
+        archive = await self._archive(grant)
         # disabled: its waiting builds are suspended; enabled: they go back in the queue
         # (whose NOTIFY wakes the idle builders)
-        archive = await store.archives.set_enabled(archive, body["enabled"])
+        archive = await self.ctx.store.archives.set_enabled(archive, body["enabled"])
         return ok(archive_json(archive))
 
 

@@ -426,15 +426,23 @@ class Endpoint(resource.Resource):
         found: Handler = getattr(self, name)
         return found
 
+    def _shares(self, request: server.Request) -> bool:
+        """Whether the request's answer is one shared by anonymous readers
+        (:mod:`buildmaster.web.api.answers`)."""
+        return (
+            self.shared
+            and (request.method or b"GET").upper() in _SHAREABLE
+            and request.getHeader(b"authorization") is None
+            and self.ctx.answers.enabled
+        )
+
     def render(self, request: server.Request) -> int:
-        method = request.method
-        if method in _SHAREABLE and self.shared and request.getHeader(b"authorization") is None:
-            kept = self.ctx.answers.fresh(request.uri) if self.ctx.answers.enabled else None
-            if kept is not None:  # at once, as most of the polling readers are answered
-                name = method.decode("ascii")
-                self.ctx.metrics.api_request(name, kept.status)
-                _send(request, kept, name, True)
-                return server.NOT_DONE_YET
+        kept = self.ctx.answers.fresh(request.uri) if self._shares(request) else None
+        if kept is not None:  # at once, as most of the polling readers are answered
+            method = (request.method or b"GET").decode("ascii").upper()
+            self.ctx.metrics.api_request(method, kept.status)
+            _send(request, kept, method, True)
+            return server.NOT_DONE_YET
         d = defer.Deferred.fromCoroutine(self._answer(request))
         d.addErrback(lambda f: self._log.failure("Answering {uri} failed", f, uri=request.uri))
         return server.NOT_DONE_YET
@@ -444,7 +452,7 @@ class Endpoint(resource.Resource):
         call = Call(self.ctx, request)
         anonymous = request.getHeader(b"authorization") is None
         answers = self.ctx.answers
-        if self.shared and method in ("GET", "HEAD") and anonymous and answers.enabled:
+        if self._shares(request):
             answer = await answers.get(request.uri, lambda: self._make(call, method))
         else:
             answer = await self._make(call, method)
